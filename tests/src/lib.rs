@@ -1,1 +1,12 @@
+//! Shared helpers for Vigil's end-to-end tests.
+//!
+//! - [`tier`]: tests that need root (eBPF, namespaces, the lab) say so instead
+//!   of failing obscurely; under `CI=true` or `VIGIL_REQUIRE_ROOT=1` a missing
+//!   prerequisite fails the test rather than skipping it.
+//! - [`bins`]: paths of the workspace's binaries (built by `cargo xtask test`
+//!   before the tests run).
+//! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
 
+pub mod bins;
+pub mod tier;
+pub mod wait;

@@ -1,0 +1,28 @@
+//! Locating the workspace binaries under test.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Path of a workspace binary built by `cargo build` in the same profile as
+/// the tests (`cargo xtask test` builds them first). Panics with the command
+/// to run when it is missing, because every caller is a test.
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first: `cargo build --bin {name}` (cargo xtask test does this)",
+        path.display()
+    );
+    path
+}
