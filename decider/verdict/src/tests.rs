@@ -1,0 +1,560 @@
+//! The fault matrix as a table: one compact row per case of PRODUCT.md and
+//! issue 5 (issue 7 runs the same cases end to end), each asserting the
+//! verdict and its reasons through one `check` helper.
+
+use crate::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const NOW: Moment = Moment::from_secs(1000);
+
+fn ago(ms: u64) -> Moment {
+    NOW.minus(Duration::from_millis(ms))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Evidence under construction, starting from a healthy node with three
+/// running instances that answer ping.
+#[derive(Clone)]
+struct Ev(Evidence, Policy);
+
+fn node() -> Ev {
+    let instances = (1..=3)
+        .map(|i| InstanceActivity {
+            uuid: format!("uuid-{i}"),
+            alive: true,
+            cpu_delta: Duration::from_millis(20),
+            exited: false,
+        })
+        .collect();
+    let answering = |address: &str, role: PingRole| PingWitness {
+        address: ip(address),
+        role,
+        last_probe_at: Some(ago(300)),
+        last_answer_at: Some(ago(300)),
+        last_rtt: Some(Duration::from_micros(80)),
+        consecutive_failures: 0,
+    };
+    let mut pings = vec![answering("198.51.100.11", PingRole::Host)];
+    for i in 1..=3 {
+        pings.push(answering(
+            &format!("203.0.113.10{i}"),
+            PingRole::Instance {
+                uuid: format!("uuid-{i}"),
+            },
+        ));
+    }
+    Ev(
+        Evidence {
+            sensor: SensorWitness::Seen(Box::new(SensorReading {
+                connected: true,
+                last_heartbeat_at: ago(400),
+                interval: Duration::from_secs(1),
+                boot_id: "boot-a".into(),
+                seq: 812,
+                seq_gaps: 0,
+                boot_changes: 0,
+                boot_changed_at: None,
+                signals: Signals {
+                    mode: ProbeMode::Ebpf,
+                    nova_compute: NovaComputeProcess::Running,
+                    instances,
+                    ..Signals::default()
+                },
+            })),
+            nova: NovaWitness::Listed(NovaService {
+                polled_at: ago(500),
+                state: ServiceState::Up,
+                enabled: true,
+                disabled_reason: None,
+                forced_down: false,
+                updated_at_stalled: Duration::from_secs(4),
+                instances: None,
+            }),
+            pings,
+            decider: DeciderView {
+                reference_pings: vec![answering("198.51.100.1", PingRole::Reference)],
+                nodes_known: 3,
+                sensors_silent: 0,
+                nova_reachable: true,
+            },
+        },
+        Policy::default(),
+    )
+}
+
+impl Ev {
+    fn reading(&mut self) -> &mut SensorReading {
+        match &mut self.0.sensor {
+            SensorWitness::Seen(r) => r,
+            SensorWitness::NeverSeen { .. } => panic!("test evidence has no sensor reading"),
+        }
+    }
+    fn service(&mut self) -> &mut NovaService {
+        match &mut self.0.nova {
+            NovaWitness::Listed(s) => s,
+            _ => panic!("test evidence has no Nova service"),
+        }
+    }
+    fn sensor_silent(mut self, secs: u64) -> Self {
+        let r = self.reading();
+        r.last_heartbeat_at = NOW.minus(Duration::from_secs(secs));
+        r.connected = false;
+        self.0.decider.sensors_silent += 1;
+        self
+    }
+    fn sensor_never_seen(mut self) -> Self {
+        self.0.sensor = SensorWitness::NeverSeen {
+            since: NOW.minus(Duration::from_secs(60)),
+        };
+        self
+    }
+    fn nova_compute(mut self, p: NovaComputeProcess) -> Self {
+        self.reading().signals.nova_compute = p;
+        self
+    }
+    fn instances(mut self, progressing: usize, total: usize) -> Self {
+        self.reading().signals.instances = (0..total)
+            .map(|i| InstanceActivity {
+                uuid: format!("uuid-{i}"),
+                alive: true,
+                cpu_delta: if i < progressing {
+                    Duration::from_millis(9)
+                } else {
+                    Duration::ZERO
+                },
+                exited: false,
+            })
+            .collect();
+        self
+    }
+    fn nova_stalled(mut self, secs: u64) -> Self {
+        self.service().updated_at_stalled = Duration::from_secs(secs);
+        self
+    }
+    fn nova_down(mut self) -> Self {
+        self.service().state = ServiceState::Down;
+        self.nova_stalled(70)
+    }
+    fn nova_disabled(mut self, reason: &str) -> Self {
+        let s = self.service();
+        s.enabled = false;
+        s.disabled_reason = Some(reason.to_string());
+        self
+    }
+    fn nova_unreachable(mut self) -> Self {
+        let last_known = match &self.0.nova {
+            NovaWitness::Listed(s) => Some(s.clone()),
+            _ => None,
+        };
+        self.0.nova = NovaWitness::Unreachable {
+            since: NOW.minus(Duration::from_secs(20)),
+            error: "GET http://198.51.100.1:8774/v2.1/os-services: connection refused".into(),
+            last_known,
+        };
+        self.0.decider.nova_reachable = false;
+        self
+    }
+    fn nova_not_listed(mut self) -> Self {
+        self.0.nova = NovaWitness::NotListed {
+            polled_at: ago(500),
+        };
+        self
+    }
+    fn silence(p: &mut PingWitness) {
+        p.last_probe_at = Some(ago(200));
+        p.consecutive_failures = 5;
+    }
+    fn host_ping_silent(mut self) -> Self {
+        self.0
+            .pings
+            .iter_mut()
+            .filter(|p| p.role == PingRole::Host)
+            .for_each(Self::silence);
+        self
+    }
+    fn instance_pings_silent(mut self) -> Self {
+        self.0
+            .pings
+            .iter_mut()
+            .filter(|p| matches!(p.role, PingRole::Instance { .. }))
+            .for_each(Self::silence);
+        self
+    }
+    fn instance_pings_never_answered(mut self) -> Self {
+        for p in self
+            .0
+            .pings
+            .iter_mut()
+            .filter(|p| matches!(p.role, PingRole::Instance { .. }))
+        {
+            Self::silence(p);
+            p.last_answer_at = None;
+        }
+        self
+    }
+    fn pings_stale(mut self) -> Self {
+        for p in &mut self.0.pings {
+            p.last_probe_at = Some(NOW.minus(Duration::from_secs(90)));
+            p.consecutive_failures = 5;
+        }
+        self
+    }
+    fn no_host_address(mut self) -> Self {
+        self.0.pings.retain(|p| p.role != PingRole::Host);
+        self
+    }
+    /// Power loss: heartbeats stop, Nova's updated_at stops, nothing answers.
+    fn power_loss(self) -> Self {
+        self.sensor_silent(14)
+            .nova_stalled(13)
+            .host_ping_silent()
+            .instance_pings_silent()
+    }
+    /// The decider's own network is cut: Nova, every sensor and every
+    /// address, the reference ones included, go silent at once.
+    fn decider_cut_off(mut self) -> Self {
+        self = self
+            .sensor_silent(20)
+            .nova_unreachable()
+            .host_ping_silent()
+            .instance_pings_silent();
+        self.0.decider.sensors_silent = self.0.decider.nodes_known;
+        self.0
+            .decider
+            .reference_pings
+            .iter_mut()
+            .for_each(Self::silence);
+        self
+    }
+    fn device_stall(mut self, device: &str, secs: u64) -> Self {
+        self.reading().signals.device_stalls.push(DeviceStall {
+            device: device.into(),
+            in_flight: 4,
+            oldest: Duration::from_secs(secs),
+        });
+        self
+    }
+    fn rebooted(mut self, secs_ago: u64) -> Self {
+        let r = self.reading();
+        r.boot_id = "boot-b".into();
+        r.seq = 20;
+        r.boot_changes = 1;
+        r.boot_changed_at = Some(NOW.minus(Duration::from_secs(secs_ago)));
+        self
+    }
+    fn procfs(mut self) -> Self {
+        self.reading().signals.mode = ProbeMode::Procfs;
+        self
+    }
+    fn require(mut self, w: &[WitnessKind]) -> Self {
+        self.1.required_for_dead = w.to_vec();
+        self
+    }
+    fn nothing_known(mut self) -> Self {
+        self.0.sensor = SensorWitness::NeverSeen { since: ago(500) };
+        self.0.nova = NovaWitness::NotPolled { since: ago(500) };
+        for p in &mut self.0.pings {
+            p.last_probe_at = None;
+            p.last_answer_at = None;
+        }
+        self
+    }
+}
+
+/// Evaluates `ev` and asserts the verdict, that the headline contains
+/// `reasons[0]` and that each further fragment appears in some reason.
+#[track_caller]
+fn check(ev: Ev, expected: Verdict, reasons: &[&str]) -> Assessment {
+    let a = evaluate(&ev.0, &ev.1, NOW);
+    let dump = a.reasons.join("\n  ");
+    assert_eq!(a.verdict, expected, "verdict; reasons:\n  {dump}");
+    if let Some(head) = reasons.first() {
+        assert!(
+            a.reasons[0].contains(head),
+            "headline lacks {head:?}; reasons:\n  {dump}"
+        );
+    }
+    for r in reasons.iter().skip(1) {
+        assert!(
+            a.reasons.iter().any(|x| x.contains(r)),
+            "no reason contains {r:?}; reasons:\n  {dump}"
+        );
+    }
+    if expected == Verdict::Dead {
+        assert!(a.vetoes.is_empty(), "dead with vetoes: {:?}", a.vetoes);
+    } else if expected != Verdict::Healthy && expected != Verdict::Suspect {
+        assert!(
+            !a.vetoes.is_empty(),
+            "{expected} must name what forbids fencing"
+        );
+    }
+    a
+}
+
+#[rustfmt::skip]
+mod matrix {
+    use super::*;
+    use NovaComputeProcess::*;
+    use Verdict::*;
+    use WitnessKind::*;
+
+    #[test] fn healthy_node() { check(node(), Healthy, &["up", "heartbeat 0.4 s ago (seq 812); 3/3 instances progressing", "1/1 host address(es) answer, 3/3 instance"]); }
+    #[test] fn clean_power_loss() { check(node().power_loss(), Dead, &["all required witnesses say dead: sensor, Nova, pings", "silent 14 s", "updated_at stalled 13 s", "0/1 host address(es) answer"]); }
+    #[test] fn power_loss_before_nova_goes_stale() { check(node().power_loss().nova_stalled(5), Suspect, &["sensor and pings say dead; waiting for Nova (service up, updated_at advancing (unchanged for 5.0 s of 12 s))", "veto: safety rule 4"]); }
+    #[test] fn nova_compute_crashed_host_and_vms_fine() { check(node().nova_compute(Gone).nova_down(), Degraded, &["nova-compute process gone; 3/3 instances progressing", "Nova: service down, updated_at stalled 70 s", "veto: safety rule 3"]); }
+    #[test] fn nova_compute_hung_vms_running() { check(node().nova_compute(Blocked { blocked_for: Duration::from_secs(312) }).instances(14, 14).nova_stalled(40), Degraded, &["nova-compute blocked 312 s in D state; 14/14 instances progressing", "veto: safety rule 3", "veto: safety rule 2"]); }
+    #[test] fn nova_compute_blocked_briefly_is_not_yet_degraded() { check(node().nova_compute(Blocked { blocked_for: Duration::from_secs(2) }), Healthy, &["up"]); }
+    #[test] fn management_link_down_vms_answering() { check(node().sensor_silent(30).nova_stalled(30).host_ping_silent(), Degraded, &["sensor and Nova say dead but 203.0.113.101 (instance uuid-1), 203.0.113.102 (instance uuid-2), 203.0.113.103 (instance uuid-3) answer ping", "veto: safety rule 2"]); }
+    #[test] fn sensor_crashed_only() { check(node().sensor_silent(30), Degraded, &["sensor says dead but 198.51.100.11 (host)", "sensor: silent 30 s", "veto: safety rule 4"]); }
+    #[test] fn nova_api_down_node_fine() { check(node().nova_unreachable(), Healthy, &["up", "never counts as dead"]); }
+    #[test] fn nova_api_down_and_node_dead() { check(node().power_loss().nova_unreachable(), Suspect, &["waiting for Nova (unreachable for 20 s", "never counts as dead"]); }
+    #[test] fn decider_network_cut() { check(node().decider_cut_off(), Suspect, &["decider may be cut off: no reference address answers (198.51.100.1); not judging any node dead"]); }
+    #[test] fn decider_network_cut_without_reference_addresses() { let mut ev = node().decider_cut_off().require(&[Sensor, Ping]); ev.0.decider.reference_pings.clear(); check(ev, Suspect, &["decider may be cut off: all 3 sensors silent at once and Nova unreachable"]); }
+    #[test] fn node_rebooted() { check(node().rebooted(20), Healthy, &["up", "rebooted: boot id changed 20 s ago"]); }
+    #[test] fn maintenance_node() { check(node().nova_disabled("disk swap, ticket 4411"), Maintenance, &["nova-compute service disabled by an operator: \"disk swap, ticket 4411\"", "never acted on (safety rule 5)"]); }
+    #[test] fn maintenance_node_loses_power() { check(node().nova_disabled("bios upgrade").power_loss(), Maintenance, &["disabled by an operator"]); }
+    #[test] fn maintenance_survives_nova_outage() { check(node().nova_disabled("bios upgrade").power_loss().nova_unreachable(), Maintenance, &["(as last seen; Nova unreachable now)"]); }
+    #[test] fn disabled_by_vigil_is_not_maintenance() { check(node().nova_disabled("vigil: incident 42, node dead").power_loss(), Dead, &["all required witnesses say dead"]); }
+    #[test] fn live_sensor_with_progress_vetoes_even_when_icmp_is_filtered() { check(node().nova_stalled(30).host_ping_silent().instance_pings_silent(), Degraded, &["Nova and pings say dead but its sensor stream is live", "veto: safety rule 3: heartbeat 0.4 s ago (seq 812); 3/3 instances progressing"]); }
+    #[test] fn nova_not_listing_the_host_never_confirms() { check(node().power_loss().nova_not_listed(), Suspect, &["waiting for Nova (lists no nova-compute service"]); }
+    #[test] fn instances_filtering_icmp_do_not_block_dead() { check(node().power_loss().instance_pings_never_answered(), Dead, &["all required witnesses say dead", "0/1 host address(es) answer, 0/0 instance"]); }
+    #[test] fn stale_probes_never_confirm() { check(node().sensor_silent(20).nova_stalled(20).pings_stale(), Suspect, &["waiting for pings"]); }
+    #[test] fn no_management_address() { check(node().power_loss().no_host_address(), Suspect, &["waiting for pings (no management address to probe; configure one"]); }
+    #[test] fn stalled_block_device() { check(node().device_stall("loop3", 45), Degraded, &["block device loop3: oldest request in flight 45 s (4 in flight)"]); }
+    #[test] fn procfs_fallback_is_said() { check(node().procfs(), Healthy, &["up", "/proc fallback mode"]); }
+    #[test] fn vms_not_progressing_are_reported() { check(node().instances(0, 3), Healthy, &["up", "0/3 instances progressing"]); }
+    #[test] fn sensor_never_connected_and_node_dead() { check(node().sensor_never_seen().power_loss_without_sensor(), Dead, &["all required witnesses say dead", "no heartbeat since watching began 60 s ago"]); }
+    #[test] fn nodes_without_sensors_with_nova_and_ping_required() { check(node().sensor_never_seen().require(&[Nova, Ping]).power_loss_without_sensor(), Dead, &["all required witnesses say dead", "Nova: service up, updated_at stalled 13 s"]); }
+    #[test] fn frozen_kernel_with_stream_still_open() { let mut ev = node().power_loss(); ev.reading().connected = true; check(ev, Dead, &["all required witnesses say dead", "stream still open"]); }
+    #[test] fn nothing_known_yet() { check(node().nothing_known(), Suspect, &["no witness has reported on this node yet"]); }
+}
+
+impl Ev {
+    fn power_loss_without_sensor(self) -> Self {
+        self.nova_stalled(13)
+            .host_ping_silent()
+            .instance_pings_silent()
+    }
+}
+
+/// A timeline of assessments through the state machine.
+mod machine {
+    use super::*;
+
+    fn at(ms: u64) -> Moment {
+        NOW.plus(Duration::from_millis(ms))
+    }
+
+    fn assess(ev: &Ev, when: Moment) -> Assessment {
+        // The evidence is fixed at NOW; the tracker sees it at `when`.
+        let mut a = evaluate(&ev.0, &ev.1, NOW);
+        a.reasons
+            .push(format!("observed at {:?}", when.since_epoch()));
+        a
+    }
+
+    #[test]
+    fn first_assessment_applies_at_once() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let c = t
+            .observe(assess(&node(), at(0)), &p, at(0))
+            .expect("change");
+        assert_eq!((c.from, c.to), (Verdict::Suspect, Verdict::Healthy));
+    }
+
+    #[test]
+    fn dead_is_confirmed_only_after_the_window() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node(), at(0)), &p, at(0));
+        let dead = node().power_loss();
+        t.observe(assess(&dead, at(100)), &p, at(100));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        assert!(
+            t.reasons()[0].starts_with("confirming dead"),
+            "{:?}",
+            t.reasons()
+        );
+        t.observe(assess(&dead, at(600)), &p, at(600));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        let c = t
+            .observe(assess(&dead, at(1100)), &p, at(1100))
+            .expect("dead");
+        assert_eq!(c.to, Verdict::Dead);
+        assert!(t.actionable());
+    }
+
+    #[test]
+    fn a_veto_ends_dead_at_once() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let dead = node().power_loss();
+        t.observe(assess(&dead, at(0)), &p, at(0));
+        t.observe(assess(&dead, at(2000)), &p, at(2000));
+        assert_eq!(t.verdict(), Verdict::Dead);
+        let answering = node().sensor_silent(14).nova_stalled(13);
+        let c = t
+            .observe(assess(&answering, at(2100)), &p, at(2100))
+            .expect("change");
+        assert_eq!(c.to, Verdict::Degraded);
+        assert!(!t.actionable());
+    }
+
+    #[test]
+    fn hysteresis_holds_degraded_until_healthy_long_enough() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(
+            assess(&node().nova_compute(NovaComputeProcess::Gone), at(0)),
+            &p,
+            at(0),
+        );
+        assert_eq!(t.verdict(), Verdict::Degraded);
+        t.observe(assess(&node(), at(1000)), &p, at(1000));
+        assert_eq!(t.verdict(), Verdict::Degraded);
+        assert!(
+            t.reasons()[0].starts_with("recovering: healthy for 0.0 s of 5.0 s"),
+            "{:?}",
+            t.reasons()
+        );
+        t.observe(assess(&node(), at(4000)), &p, at(4000));
+        assert_eq!(t.verdict(), Verdict::Degraded);
+        let c = t
+            .observe(assess(&node(), at(6000)), &p, at(6000))
+            .expect("healthy");
+        assert_eq!(c.to, Verdict::Healthy);
+    }
+
+    #[test]
+    fn flapping_node_is_held_degraded_and_slow_to_be_dead() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let sick = node().sensor_silent(30);
+        let mut ms = 0;
+        for _ in 0..3 {
+            t.observe(assess(&node(), at(ms)), &p, at(ms));
+            ms += 10_000;
+            t.observe(assess(&sick, at(ms)), &p, at(ms));
+            ms += 10_000;
+        }
+        t.observe(assess(&node(), at(ms)), &p, at(ms));
+        ms += 10_000;
+        t.observe(assess(&node(), at(ms)), &p, at(ms));
+        assert!(t.flapping(&p));
+        assert_eq!(t.verdict(), Verdict::Degraded);
+        assert!(
+            t.reasons()[0].starts_with("flapping: 6 flips"),
+            "{:?}",
+            t.reasons()
+        );
+        // Dead now needs the flapping window (30 s), not 1 s.
+        let dead = node().power_loss();
+        let start = ms + 1000;
+        t.observe(assess(&dead, at(start)), &p, at(start));
+        t.observe(assess(&dead, at(start + 5000)), &p, at(start + 5000));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        assert!(t.reasons()[0].contains("of 30 s"), "{:?}", t.reasons());
+        t.observe(assess(&dead, at(start + 31_000)), &p, at(start + 31_000));
+        assert_eq!(t.verdict(), Verdict::Dead);
+    }
+
+    #[test]
+    fn workflow_owns_the_verdict_until_release() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let dead = node().power_loss();
+        t.observe(assess(&dead, at(0)), &p, at(0));
+        t.observe(assess(&dead, at(1500)), &p, at(1500));
+        assert_eq!(t.verdict(), Verdict::Dead);
+        let step = |t: &mut NodeTracker, s, ms| t.workflow(s, format!("{s:?}"), &p, at(ms));
+        assert_eq!(
+            step(&mut t, WorkflowStep::Fencing, 2000)
+                .expect("fencing")
+                .map(|c| c.to),
+            Some(Verdict::Fencing)
+        );
+        // Evidence does not move a node the workflow owns, even healthy evidence.
+        assert_eq!(t.observe(assess(&node(), at(2500)), &p, at(2500)), None);
+        assert_eq!(t.verdict(), Verdict::Fencing);
+        assert_eq!(t.reasons()[0], "Fencing");
+        step(&mut t, WorkflowStep::Fenced, 3000).expect("fenced");
+        step(&mut t, WorkflowStep::Evacuating, 3500).expect("evacuating");
+        step(&mut t, WorkflowStep::Recovered, 9000).expect("recovered");
+        assert_eq!(t.verdict(), Verdict::Recovered);
+        let c = step(&mut t, WorkflowStep::Release, 9500)
+            .expect("release")
+            .expect("change");
+        assert_eq!((c.from, c.to), (Verdict::Recovered, Verdict::Healthy));
+    }
+
+    #[test]
+    fn illegal_workflow_steps_are_refused() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node(), at(0)), &p, at(0));
+        let e = t
+            .workflow(WorkflowStep::Fencing, "x".into(), &p, at(1))
+            .expect_err("healthy node");
+        assert_eq!(
+            e,
+            IllegalTransition {
+                from: Verdict::Healthy,
+                step: WorkflowStep::Fencing
+            }
+        );
+        assert!(t
+            .workflow(WorkflowStep::Evacuating, "x".into(), &p, at(1))
+            .is_err());
+        assert!(t
+            .workflow(WorkflowStep::Release, "x".into(), &p, at(1))
+            .is_err());
+    }
+
+    #[test]
+    fn needs_attention_after_failed_fence_and_operator_confirmation() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.resume(
+            Verdict::Fencing,
+            "resumed from journal: incident 7".into(),
+            at(0),
+        );
+        t.workflow(
+            WorkflowStep::NeedsAttention,
+            "BMC did not answer".into(),
+            &p,
+            at(1),
+        )
+        .expect("page");
+        t.workflow(
+            WorkflowStep::Fenced,
+            "operator confirmed power off".into(),
+            &p,
+            at(2),
+        )
+        .expect("confirmed");
+        assert_eq!(t.verdict(), Verdict::Fenced);
+    }
+
+    #[test]
+    fn storm_hold_blocks_action_and_leads_the_reasons() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let dead = node().power_loss();
+        t.observe(assess(&dead, at(0)), &p, at(0));
+        t.observe(assess(&dead, at(1500)), &p, at(1500));
+        t.set_hold(Some("storm guard: 2 of 3 nodes".into()));
+        assert!(!t.actionable());
+        assert_eq!(t.reasons()[0], "storm guard: 2 of 3 nodes");
+        t.observe(assess(&dead, at(2000)), &p, at(2000));
+        assert_eq!(t.reasons()[0], "storm guard: 2 of 3 nodes");
+        t.set_hold(None);
+        assert!(t.actionable());
+        assert_ne!(t.reasons()[0], "storm guard: 2 of 3 nodes");
+    }
+}
