@@ -1,0 +1,280 @@
+//! Fencing: making sure a dead node is really off before anything it ran is
+//! started elsewhere (safety rule 1).
+//!
+//! A [`Fencer`] powers a node off and reads its power state back. Each node
+//! has an ordered list of [`FenceLevel`]s (e.g. Redfish, then IPMI, then an
+//! operator's script); the workflow tries them in order, each within its
+//! deadline, until one is confirmed. Implementations: [`redfish`], [`ipmi`],
+//! [`command`].
+
+pub mod command;
+pub mod ipmi;
+pub mod redfish;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FencingConfig, LevelConfig};
+use crate::secret::{SecretEnv, SecretError};
+
+/// A node's power state as its BMC (or fence script) reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    On,
+    Off,
+    /// Transitional or unreadable (Redfish `PoweringOff`, a script that said
+    /// `unknown`): never counts as off.
+    Unknown,
+}
+
+impl fmt::Display for PowerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PowerState::On => "on",
+            PowerState::Off => "off",
+            PowerState::Unknown => "unknown",
+        })
+    }
+}
+
+/// What a fencer said after its power-off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceAck {
+    /// The power state it reported with the answer, if it did.
+    pub power: Option<PowerState>,
+    /// A storage fence (e.g. a Ceph blocklist entry) is in place.
+    pub storage_fenced: bool,
+    /// Its own words, for the journal.
+    pub message: String,
+}
+
+/// A fence action that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The BMC could not be reached.
+    #[error("{fencer}: cannot reach the BMC; check its address and network path from the decider")]
+    Unreachable {
+        fencer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The BMC answered with an error.
+    #[error("{fencer}: BMC refused {action}: {detail}")]
+    Refused { fencer: String, action: String, detail: String },
+    /// The BMC's answer could not be understood.
+    #[error("{fencer}: unexpected answer to {action}: {detail}")]
+    BadAnswer { fencer: String, action: String, detail: String },
+    /// The fence program could not be run.
+    #[error("{fencer}: cannot run {program}")]
+    Spawn {
+        fencer: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fence program ran and failed.
+    #[error("{fencer}: exited with {status}: {detail}")]
+    Failed { fencer: String, status: String, detail: String },
+    /// One request took longer than its timeout.
+    #[error("{fencer}: {action} timed out after {after:?}")]
+    Timeout { fencer: String, action: String, after: Duration },
+}
+
+/// One way of fencing one node.
+pub trait Fencer: Send + Sync {
+    /// A short description for the journal and logs (kind and address, never
+    /// a credential).
+    fn describe(&self) -> String;
+    /// Turns the node off (hard: ForceOff, `chassis power off`).
+    fn power_off(&self) -> BoxFuture<'_, Result<FenceAck, FenceError>>;
+    /// Reads the power state. Never changes it.
+    fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>>;
+}
+
+/// One level of a node's fencing: a fencer, how long it may take, and whether
+/// it fences storage rather than power.
+#[derive(Clone)]
+pub struct FenceLevel {
+    pub fencer: Arc<dyn Fencer>,
+    /// Power-off plus read-back must finish within this.
+    pub deadline: Duration,
+    /// A storage fence: confirmed by the fencer's own answer, and enough on its
+    /// own only where policy accepts it.
+    pub storage_fence: bool,
+}
+
+impl fmt::Debug for FenceLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FenceLevel")
+            .field("fencer", &self.fencer.describe())
+            .field("deadline", &self.deadline)
+            .field("storage_fence", &self.storage_fence)
+            .finish()
+    }
+}
+
+/// Fencing configuration that cannot be turned into fencers.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceConfigError {
+    /// No fence levels are configured for the node.
+    #[error("node {node} has no fence levels; add it to [recovery.fencing] before Vigil may act on it")]
+    NoLevels { node: String },
+    /// A credential could not be read.
+    #[error("node {node}, level {level}: credential")]
+    Secret {
+        node: String,
+        level: usize,
+        #[source]
+        source: SecretError,
+    },
+    /// The HTTP client for a Redfish level could not be built.
+    #[error("node {node}, level {level}: cannot build the HTTP client")]
+    Http {
+        node: String,
+        level: usize,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Replaces `{node}` and `{bmc}` in a configured string.
+fn fill(template: &str, node: &str, bmc: Option<&str>) -> String {
+    let s = template.replace("{node}", node);
+    match bmc {
+        Some(b) => s.replace("{bmc}", b),
+        None => s,
+    }
+}
+
+/// The nodes fencing is configured for, in name order.
+pub fn configured_nodes(cfg: &FencingConfig) -> Vec<String> {
+    let mut nodes: Vec<String> = cfg.nodes.keys().cloned().collect();
+    for g in &cfg.groups {
+        nodes.extend(g.nodes.keys().cloned());
+    }
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+/// Builds `node`'s fence levels from config, reading their credentials now.
+pub fn levels_for(cfg: &FencingConfig, node: &str, env: &dyn SecretEnv) -> Result<Vec<FenceLevel>, FenceConfigError> {
+    let (levels, bmc) = if let Some(nf) = cfg.nodes.get(node) {
+        (&nf.levels, nf.bmc.as_deref())
+    } else if let Some(g) = cfg.groups.iter().find(|g| g.nodes.contains_key(node)) {
+        (&g.levels, g.nodes.get(node).map(String::as_str))
+    } else {
+        return Err(FenceConfigError::NoLevels { node: node.into() });
+    };
+    if levels.is_empty() {
+        return Err(FenceConfigError::NoLevels { node: node.into() });
+    }
+    let mut out = Vec::with_capacity(levels.len());
+    for (i, level) in levels.iter().enumerate() {
+        let secret_err = |source| FenceConfigError::Secret { node: node.into(), level: i, source };
+        let (fencer, storage_fence): (Arc<dyn Fencer>, bool) = match level {
+            LevelConfig::Redfish(c) => {
+                let password = c.password.load(env).map_err(secret_err)?;
+                let f = redfish::RedfishFencer::new(redfish::RedfishTarget {
+                    url: fill(&c.url, node, bmc),
+                    system_id: c.system_id.as_deref().map(|s| fill(s, node, bmc)),
+                    username: c.username.clone(),
+                    password,
+                    auth: c.auth,
+                    insecure_tls: c.insecure_tls,
+                    request_timeout: c.request_timeout,
+                })
+                .map_err(|source| FenceConfigError::Http { node: node.into(), level: i, source })?;
+                (Arc::new(f), false)
+            }
+            LevelConfig::Ipmi(c) => {
+                let password = c.password.load(env).map_err(secret_err)?;
+                let f = ipmi::IpmiFencer::new(ipmi::IpmiTarget {
+                    host: fill(&c.host, node, bmc),
+                    port: c.port,
+                    username: c.username.clone(),
+                    password,
+                    cipher_suite: c.cipher_suite,
+                    ipmitool: c.ipmitool.clone(),
+                    request_timeout: c.request_timeout,
+                });
+                (Arc::new(f), false)
+            }
+            LevelConfig::Command(c) => {
+                let f = command::CommandFencer::new(command::CommandTarget {
+                    node: node.into(),
+                    program: c.program.clone(),
+                    args: c.args.iter().map(|a| fill(a, node, bmc)).collect(),
+                    timeout: c.deadline,
+                });
+                (Arc::new(f), c.storage_fence)
+            }
+        };
+        out.push(FenceLevel { fencer, deadline: level.deadline(), storage_fence });
+    }
+    Ok(out)
+}
+
+/// One row of `vigil-decider fence-check`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceCheckRow {
+    pub node: String,
+    /// Level index, 0 first.
+    pub level: usize,
+    pub fencer: String,
+    /// The power state read, or why it could not be read.
+    pub result: Result<PowerState, String>,
+}
+
+/// Asks every configured BMC for its node's power state (status only, never a
+/// power action), all at once. A node whose config cannot be built gets one
+/// row with the config error.
+pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceCheckRow> {
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    for node in configured_nodes(cfg) {
+        match levels_for(cfg, &node, env) {
+            Ok(levels) => {
+                for (i, level) in levels.into_iter().enumerate() {
+                    let node = node.clone();
+                    checks.push(async move {
+                        let fencer = level.fencer.describe();
+                        // Each status read is bounded by the level deadline.
+                        let result = match tokio::time::timeout(level.deadline, level.fencer.power_status()).await {
+                            Ok(Ok(p)) => Ok(p),
+                            Ok(Err(e)) => Err(error_chain(&e)),
+                            Err(_) => Err(format!("no answer within {:?}", level.deadline)),
+                        };
+                        FenceCheckRow { node, level: i, fencer, result }
+                    });
+                }
+            }
+            Err(e) => rows.push(FenceCheckRow {
+                node,
+                level: 0,
+                fencer: "-".into(),
+                result: Err(error_chain(&e)),
+            }),
+        }
+    }
+    rows.extend(futures::future::join_all(checks).await);
+    rows.sort_by(|a, b| (&a.node, a.level).cmp(&(&b.node, b.level)));
+    rows
+}
+
+/// An error and its causes on one line, for the journal and the CLI.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

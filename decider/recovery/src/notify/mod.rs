@@ -1,0 +1,271 @@
+//! Telling people: what recovery did, and paging when it could not.
+//!
+//! [`Notifier`]s ([`webhook`], [`email`]) send one [`Message`]. The
+//! [`Dispatcher`] sends each message to every notifier in a background task
+//! with retries and backoff, so a receiver that is down never blocks or fails
+//! a recovery; deliveries are recorded in the incident's timeline.
+
+pub mod email;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::journal::{Event, IncidentId, Journal};
+use crate::time::Clock;
+
+/// One instance in a notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub server_id: String,
+    pub name: String,
+    pub project_id: String,
+    pub from_host: String,
+    pub to_host: Option<String>,
+    /// Seconds from its evacuate call to ACTIVE elsewhere.
+    pub took_secs: Option<f64>,
+    /// `evacuated`, `failed`, …
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// What recovery tells people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Message {
+    /// A node was judged dead and recovery started.
+    IncidentOpened { incident: IncidentId, node: String, dry_run: bool, evidence: Value },
+    /// The node is confirmed off.
+    NodeFenced { incident: IncidentId, node: String, how: String },
+    /// Every selected instance was handled.
+    EvacuationFinished { incident: IncidentId, node: String, instances: Vec<InstanceReport> },
+    /// Recovery stopped where it could not go on safely: a page.
+    NeedsAttention { incident: IncidentId, node: String, reason: String, instances: Vec<InstanceReport> },
+}
+
+impl Message {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::IncidentOpened { .. } => "incident-opened",
+            Message::NodeFenced { .. } => "node-fenced",
+            Message::EvacuationFinished { .. } => "evacuation-finished",
+            Message::NeedsAttention { .. } => "needs-attention",
+        }
+    }
+
+    pub fn incident(&self) -> &IncidentId {
+        match self {
+            Message::IncidentOpened { incident, .. }
+            | Message::NodeFenced { incident, .. }
+            | Message::EvacuationFinished { incident, .. }
+            | Message::NeedsAttention { incident, .. } => incident,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        match self {
+            Message::IncidentOpened { node, .. }
+            | Message::NodeFenced { node, .. }
+            | Message::EvacuationFinished { node, .. }
+            | Message::NeedsAttention { node, .. } => node,
+        }
+    }
+
+    /// A page wakes a person.
+    pub fn is_page(&self) -> bool {
+        matches!(self, Message::NeedsAttention { .. })
+    }
+
+    pub fn instances(&self) -> &[InstanceReport] {
+        match self {
+            Message::EvacuationFinished { instances, .. } | Message::NeedsAttention { instances, .. } => instances,
+            _ => &[],
+        }
+    }
+
+    /// Projects with instances in this message.
+    pub fn projects(&self) -> BTreeSet<&str> {
+        self.instances().iter().map(|i| i.project_id.as_str()).collect()
+    }
+
+    /// The same message with only `project`'s instances (for its contacts).
+    pub fn for_project(&self, project: &str) -> Message {
+        let keep = |v: &[InstanceReport]| v.iter().filter(|i| i.project_id == project).cloned().collect::<Vec<_>>();
+        match self {
+            Message::EvacuationFinished { incident, node, instances } => {
+                Message::EvacuationFinished { incident: incident.clone(), node: node.clone(), instances: keep(instances) }
+            }
+            Message::NeedsAttention { incident, node, reason, instances } => Message::NeedsAttention {
+                incident: incident.clone(),
+                node: node.clone(),
+                reason: reason.clone(),
+                instances: keep(instances),
+            },
+            other => other.clone(),
+        }
+    }
+
+    pub fn subject(&self) -> String {
+        match self {
+            Message::IncidentOpened { node, dry_run: true, .. } => format!("[vigil] dry run: {node} judged dead"),
+            Message::IncidentOpened { node, .. } => format!("[vigil] {node} is dead; recovery started"),
+            Message::NodeFenced { node, .. } => format!("[vigil] {node} fenced (confirmed off)"),
+            Message::EvacuationFinished { node, instances, .. } => {
+                let ok = instances.iter().filter(|i| i.state == "evacuated").count();
+                format!("[vigil] {node}: {ok}/{} instances recovered", instances.len())
+            }
+            Message::NeedsAttention { node, .. } => format!("[vigil] PAGE: {node} needs attention"),
+        }
+    }
+
+    /// Plain text for e-mail.
+    pub fn text(&self) -> String {
+        let mut s = format!("{}\nincident: {}\nnode: {}\n", self.subject(), self.incident(), self.node());
+        match self {
+            Message::IncidentOpened { evidence, .. } => {
+                s.push_str("\nevidence at decision time:\n");
+                s.push_str(&serde_json::to_string_pretty(evidence).unwrap_or_default());
+                s.push('\n');
+            }
+            Message::NodeFenced { how, .. } => s.push_str(&format!("fenced by: {how}\n")),
+            Message::NeedsAttention { reason, .. } => s.push_str(&format!("\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n")),
+            Message::EvacuationFinished { .. } => {}
+        }
+        if !self.instances().is_empty() {
+            s.push_str("\ninstance                              name                 from -> to            took    state\n");
+            for i in self.instances() {
+                s.push_str(&format!(
+                    "{:<37} {:<20} {} -> {:<12} {:>6}  {}{}\n",
+                    i.server_id,
+                    i.name,
+                    i.from_host,
+                    i.to_host.as_deref().unwrap_or("-"),
+                    i.took_secs.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into()),
+                    i.state,
+                    i.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// A notification that could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The receiver could not be reached.
+    #[error("{notifier}: cannot reach the receiver")]
+    Unreachable {
+        notifier: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The receiver refused the message.
+    #[error("{notifier}: refused: {detail}")]
+    Refused { notifier: String, detail: String },
+    /// The message could not be built (a bad address in config).
+    #[error("{notifier}: cannot build the message: {detail}")]
+    Build { notifier: String, detail: String },
+}
+
+/// One channel to people.
+pub trait Notifier: Send + Sync {
+    fn name(&self) -> String;
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), NotifyError>>;
+}
+
+/// How hard to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Sends messages to every notifier in the background.
+#[derive(Clone)]
+pub struct Dispatcher {
+    notifiers: Vec<Arc<dyn Notifier>>,
+    retry: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    /// Where deliveries are recorded, if anywhere.
+    journal: Option<Arc<dyn Journal>>,
+}
+
+/// The result of one message to one notifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub notifier: String,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub last_error: Option<String>,
+}
+
+impl Dispatcher {
+    pub fn new(notifiers: Vec<Arc<dyn Notifier>>, retry: RetryPolicy, clock: Arc<dyn Clock>, journal: Option<Arc<dyn Journal>>) -> Self {
+        Dispatcher { notifiers, retry, clock, journal }
+    }
+
+    /// Queues `message` for every notifier and returns at once; the handles
+    /// let tests (and shutdown) wait for the deliveries.
+    pub fn dispatch(&self, message: Message) -> Vec<JoinHandle<Delivery>> {
+        let message = Arc::new(message);
+        self.notifiers
+            .iter()
+            .map(|n| {
+                let n = n.clone();
+                let message = message.clone();
+                let retry = self.retry;
+                let clock = self.clock.clone();
+                let journal = self.journal.clone();
+                tokio::spawn(async move {
+                    let d = deliver(n.as_ref(), &message, retry, clock.as_ref()).await;
+                    if let Some(j) = journal {
+                        let event = Event {
+                            at: clock.now(),
+                            kind: if d.delivered { "notify-delivered".into() } else { "notify-failed".into() },
+                            message: format!("{} via {} after {} attempt(s)", message.kind(), d.notifier, d.attempts),
+                            detail: json!({"error": d.last_error}),
+                        };
+                        // The delivery record is best effort: the recovery
+                        // itself is already journaled.
+                        if let Err(e) = j.record_event(message.incident(), event).await {
+                            warn!(error = %e, "cannot record a notification delivery");
+                        }
+                    }
+                    d
+                })
+            })
+            .collect()
+    }
+}
+
+async fn deliver(n: &dyn Notifier, message: &Message, retry: RetryPolicy, clock: &dyn Clock) -> Delivery {
+    let mut backoff = retry.initial_backoff;
+    let mut last_error = None;
+    for attempt in 1..=retry.attempts {
+        match n.send(message).await {
+            Ok(()) => {
+                info!(notifier = %n.name(), kind = message.kind(), attempt, "notification delivered");
+                return Delivery { notifier: n.name(), attempts: attempt, delivered: true, last_error: None };
+            }
+            Err(e) => {
+                let text = crate::fence::error_chain(&e);
+                warn!(notifier = %n.name(), kind = message.kind(), attempt, error = %text, "notification failed");
+                last_error = Some(text);
+                if attempt < retry.attempts {
+                    clock.sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry.max_backoff);
+                }
+            }
+        }
+    }
+    Delivery { notifier: n.name(), attempts: retry.attempts, delivered: false, last_error }
+}
