@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// `state` of a compute service, as Nova computes it from `updated_at` and
 /// `service_down_time` (and `forced_down`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
     Up,
@@ -20,7 +20,7 @@ pub enum ServiceState {
 }
 
 /// `status` of a compute service: `disabled` is set by an operator (or by us).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceStatus {
     Enabled,
@@ -30,7 +30,7 @@ pub enum ServiceStatus {
 }
 
 /// One `nova-compute` service from `GET /os-services`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ComputeService {
     /// UUID from microversion 2.53, an integer (as text) before.
     #[serde(deserialize_with = "string_or_number")]
@@ -52,6 +52,28 @@ pub struct ComputeService {
     pub zone: Option<String>,
 }
 
+impl ServiceState {
+    /// `up`, `down` or `unknown`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServiceState::Up => "up",
+            ServiceState::Down => "down",
+            ServiceState::Unknown => "unknown",
+        }
+    }
+}
+
+impl ServiceStatus {
+    /// `enabled`, `disabled` or `unknown`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServiceStatus::Enabled => "enabled",
+            ServiceStatus::Disabled => "disabled",
+            ServiceStatus::Unknown => "unknown",
+        }
+    }
+}
+
 impl ComputeService {
     /// `updated_at` as a time (Nova sends UTC without a zone suffix).
     pub fn updated_at_time(&self) -> Option<SystemTime> {
@@ -60,7 +82,7 @@ impl ComputeService {
 }
 
 /// A hypervisor from `GET /os-hypervisors/detail`, for management addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Hypervisor {
     pub id: String,
     pub hypervisor_hostname: String,
@@ -106,7 +128,7 @@ impl From<RawHypervisor> for Hypervisor {
 }
 
 /// A server's `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerStatus {
     Active,
@@ -135,7 +157,7 @@ pub enum ServerStatus {
 }
 
 /// One address of a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerAddress {
     /// The network name (the key in Nova's `addresses`).
     pub network: String,
@@ -148,7 +170,7 @@ pub struct ServerAddress {
 }
 
 /// The flavor as embedded in the server (2.47+), or just its id before.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ServerFlavor {
     /// Before 2.47 only the id is given.
     pub id: Option<String>,
@@ -161,7 +183,7 @@ pub struct ServerFlavor {
 }
 
 /// A fault recorded on a server (ERROR state).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ServerFault {
     #[serde(default)]
     pub code: Option<u16>,
@@ -172,7 +194,7 @@ pub struct ServerFault {
 }
 
 /// A server from `GET /servers/detail` or `GET /servers/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Server {
     pub id: String,
     pub name: String,
@@ -337,7 +359,7 @@ impl From<RawServer> for Server {
 }
 
 /// A migration record from `GET /os-migrations`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Migration {
     #[serde(default, deserialize_with = "opt_string_or_number")]
     pub id: Option<String>,
@@ -370,7 +392,7 @@ pub struct Migration {
 }
 
 /// One entry of `GET /servers/{id}/os-instance-actions`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct InstanceAction {
     /// e.g. `create`, `evacuate`, `start`, `stop`.
     pub action: String,
@@ -390,7 +412,7 @@ pub struct InstanceAction {
 }
 
 /// A host aggregate.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Aggregate {
     #[serde(deserialize_with = "string_or_number")]
     pub id: String,
