@@ -1,0 +1,680 @@
+"""`tests/lab/lab`: the lab's one entry point (see tests/lab/README.md).
+
+  up [--nodes N] [--sensors] [--report-interval S]   build and start everything
+  down                      stop and remove everything (venv/ and cache/ kept)
+  purge                     down, then remove $VIGIL_LAB_DIR entirely
+  status [--json] [--show-secrets]
+  fault KIND NODE [--json]  power-off power-on kill-nova-compute hang-nova-compute
+                            unhang-nova-compute mgmt-link-down mgmt-link-up
+                            kill-sensor isolate unisolate heal
+  boot N NODE [--json] [cloud boot options]         (delegates to `cloud boot`)
+  servers [--json]                                  (delegates to `cloud servers`)
+  sensor start|stop NODE
+  wait-compute NODE... [--timeout S]                (delegates to `cloud wait-compute`)
+  net up|down               only the host bridges (tests/lab/nodes/net does the same)
+  info                      print state/lab.json
+"""
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bmc
+import faults
+import labcommon as lc
+import net
+import power
+
+T0 = time.monotonic()
+
+
+def step(msg):
+    lc.log(f"{time.strftime('%H:%M:%S')} lab: {msg} (+{time.monotonic() - T0:.1f}s)")
+
+
+def need_root():
+    if os.geteuid() != 0:
+        raise lc.LabError("the lab needs root (network namespaces, cgroups, loop devices); "
+                          "run it with sudo")
+
+
+def cloud(*args, env=None, capture=False, timeout=1800):
+    """Run tests/lab/cloud/cloud; its output goes to our stderr unless captured."""
+    if not lc.CLOUD.exists():
+        raise lc.LabError(f"{lc.CLOUD} does not exist (the control plane half of the lab)")
+    full_env = dict(os.environ, VIGIL_LAB_DIR=str(lc.LAB_DIR), **(env or {}))
+    p = subprocess.run([str(lc.CLOUD), *args], env=full_env, text=True, timeout=timeout,
+                       stdout=subprocess.PIPE if capture else sys.stderr,
+                       stderr=subprocess.PIPE if capture else sys.stderr)
+    if p.returncode != 0:
+        detail = (p.stderr or "").strip() if capture else "see the output above"
+        raise lc.LabError(f"`cloud {' '.join(args)}` failed (rc {p.returncode}): {detail}")
+    return p.stdout
+
+
+def cloud_json(*args):
+    return json.loads(cloud(*args, "--json", capture=True, timeout=120))
+
+
+def nodes_of(cfg):
+    return [lc.Node(lc.node_name(i)) for i in range(1, int(cfg.get("nodes", 0)) + 1)]
+
+
+def known_nodes():
+    """Every node this lab has state for (also after a failed `up`)."""
+    names = set()
+    base = lc.STATE / "nodes"
+    if base.exists():
+        names |= {p.name for p in base.iterdir() if p.is_dir()}
+    for e in lc.made_list("netns"):
+        if e.get("name", "").startswith("vlab-compute"):
+            names.add(e["name"][len("vlab-"):])
+    out = []
+    for n in sorted(names, key=lambda s: (len(s), s)):
+        with contextlib.suppress(lc.LabError):
+            out.append(lc.Node(n))
+    return out
+
+
+# --- packages --------------------------------------------------------------
+
+# Debian packages the node half needs (the cloud installs its own).
+APT = {"ipmi_sim": "openipmi", "ipmitool": "ipmitool", "nft": "nftables", "losetup": "mount",
+       "ip": "iproute2"}
+
+
+def ensure_packages():
+    missing = sorted({pkg for cmd, pkg in APT.items() if not shutil.which(cmd)})
+    # fusepy loads libfuse 2 through ctypes.
+    if not any(Path(p).exists() for p in ("/usr/lib/x86_64-linux-gnu/libfuse.so.2",
+                                          "/lib/x86_64-linux-gnu/libfuse.so.2",
+                                          "/usr/lib/aarch64-linux-gnu/libfuse.so.2")):
+        missing.append("libfuse2")
+    if not missing:
+        return
+    step(f"apt: installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    lc.run(["apt-get", "update", "-q"], timeout=600, env=env)
+    lc.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+           timeout=900, env=env)
+
+
+def check_tools_venv():
+    py = lc.tools_python()
+    probe = "import sushy_tools, aiosmtpd, fuse, bcrypt"
+    p = subprocess.run([py, "-c", probe], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise lc.LabError(f"{py} lacks sushy-tools/aiosmtpd/fusepy (`{probe}`: "
+                          f"{p.stderr.strip().splitlines()[-1:]}); `cloud install` installs them")
+
+
+# --- receivers ---------------------------------------------------------------
+
+def start_receivers():
+    if lc.daemon_alive("receivers"):
+        return False
+    lc.RECEIVERS_DIR.mkdir(parents=True, exist_ok=True)
+    for f in ("smtp.jsonl", "webhook.jsonl"):
+        (lc.RECEIVERS_DIR / f).touch()
+    log = lc.LOGS / "receivers.log"
+    lc.spawn_daemon("receivers", [lc.tools_python(), str(lc.NODES_DIR / "receivers.py"),
+                                  str(lc.RECEIVERS_DIR)], log)
+    url = f"http://{lc.HOST_MGMT_IP}:{lc.WEBHOOK_PORT}/healthz"
+
+    def ready():
+        if not lc.daemon_alive("receivers"):
+            raise lc.LabError(f"receivers exited; {log}:\n" + lc.tail(log))
+        import socket
+        import urllib.request
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                pass
+            with socket.create_connection((lc.HOST_MGMT_IP, lc.SMTP_PORT), timeout=2) as s:
+                return s.recv(100).startswith(b"220")
+        except OSError:
+            return False
+    lc.wait_for(f"receivers (SMTP {lc.HOST_MGMT_IP}:{lc.SMTP_PORT}, webhook {url}; log {log})",
+                20, ready, 0.2)
+    return True
+
+
+# --- lab.json ----------------------------------------------------------------
+
+def lab_info(cfg, up_seconds=None):
+    cloud_info = lc.read_json(lc.STATE / "cloud.json", {}) or {}
+    nodes = []
+    for node in nodes_of(cfg):
+        nodes.append({
+            "name": node.name, "index": node.index, "netns": node.netns,
+            "mgmt_ip": node.mgmt_ip, "inst_ip": node.inst_ip,
+            "cgroup": node.cgroup_rel, "cgroup_path": str(node.cgroup),
+            "boot_id_path": str(node.boot_id_path),
+            "sensor_token_path": str(node.token_path),
+            "sensor": node.sensor_flag.exists(),
+            "logs": str(node.logs),
+            "nova_compute_log": str(lc.LOGS / f"nova-compute-{node.name}.log"),
+            "redfish": {"url": bmc.redfish_url(node), "system_id": node.name,
+                        "system_path": f"/redfish/v1/Systems/{node.name}"},
+            "ipmi": {"host": lc.HOST_MGMT_IP, "port": node.ipmi_port, "interface": "lanplus",
+                     "cipher_suite": 3},
+        })
+    return {
+        "version": 1,
+        "lab_dir": str(lc.LAB_DIR),
+        "written_at": time.time(),
+        "up_seconds": up_seconds,
+        "config": cfg,
+        "cloud": cloud_info.get("cloud", "vigil-lab"),
+        "clouds_yaml": cloud_info.get("clouds_yaml", str(lc.STATE / "clouds.yaml")),
+        "openrc": cloud_info.get("openrc", str(lc.STATE / "openrc")),
+        "controller": {"mgmt_ip": lc.HOST_MGMT_IP, "inst_ip": lc.HOST_INST_IP,
+                       "mgmt_bridge": lc.MGMT_BRIDGE, "inst_bridge": lc.INST_BRIDGE,
+                       "endpoints": {k: v for k, v in cloud_info.items()
+                                     if k in ("keystone", "nova", "placement", "glance",
+                                              "neutron_standin", "rabbitmq")},
+                       "image_id": cloud_info.get("image_id"),
+                       "flavor_id": cloud_info.get("flavor_id"),
+                       "network_name": cloud_info.get("network_name"),
+                       "report_interval": cloud_info.get("report_interval"),
+                       "service_down_time": cloud_info.get("service_down_time")},
+        "decider": {"listen": f"{lc.HOST_MGMT_IP}:50051", "url": lc.DECIDER_URL},
+        # The password itself stays in its file (mode 0600): lab.json is read
+        # and printed by tools; only `status --show-secrets` prints it.
+        "bmc": {"username": "admin", "password_file": str(lc.BMC_PASSWORD)},
+        "receivers": {
+            "smtp": {"host": lc.HOST_MGMT_IP, "port": lc.SMTP_PORT,
+                     "log": str(lc.RECEIVERS_DIR / "smtp.jsonl")},
+            "webhook": {"url": f"http://{lc.HOST_MGMT_IP}:{lc.WEBHOOK_PORT}/",
+                        "log": str(lc.RECEIVERS_DIR / "webhook.jsonl")},
+        },
+        "nodes": nodes,
+        "logs": str(lc.LOGS),
+    }
+
+
+# --- up ------------------------------------------------------------------------
+
+def is_up(cfg):
+    """What is not running, for the quick check of an `up` on a running lab."""
+    problems = []
+    if not lc.LAB_JSON.exists():
+        return ["no lab.json"]
+    try:
+        st = {"running": True} if lc.NO_CLOUD else cloud_json("status")
+    except (lc.LabError, ValueError) as e:
+        return [f"cloud status: {e}"]
+    if not st.get("running"):
+        problems.append("control plane: " + ", ".join(
+            s["name"] for s in st.get("services", []) if not s.get("running")))
+    svcs = {s["host"]: s for s in st.get("nova_services") or [] if s["binary"] == "nova-compute"}
+    for node in nodes_of(cfg):
+        if not power.is_on(node):
+            problems.append(f"{node.name} is off")
+        elif not faults._proc(node, "nova-compute"):
+            problems.append(f"{node.name}: nova-compute not running")
+        elif not lc.NO_CLOUD and (svcs.get(node.name) or {}).get("state") != "up":
+            problems.append(f"{node.name}: nova-compute not up in Nova")
+        for d in (f"{node.name}-ipmi", f"{node.name}-redfish"):
+            if not lc.daemon_alive(d):
+                problems.append(f"BMC {d} not running")
+    if not lc.daemon_alive("receivers"):
+        problems.append("receivers not running")
+    return problems
+
+
+def cmd_up(args):
+    need_root()
+    n = args.nodes
+    if not 1 <= n <= lc.MAX_NODES:
+        raise lc.LabError(f"--nodes {n}: between 1 and {lc.MAX_NODES}")
+    cfg = lc.lab_config()
+    if cfg and lc.LAB_JSON.exists():
+        if cfg.get("nodes") != n and args.nodes_given:
+            raise lc.LabError(f"the lab is up with {cfg.get('nodes')} nodes, not {n}: "
+                              "`lab down` first")
+        problems = is_up(cfg)
+        if not problems:
+            print(f"lab already up ({cfg.get('nodes')} nodes; checked in "
+                  f"{time.monotonic() - T0:.1f}s); `lab status` shows it")
+            return
+        step("lab partly up; repairing: " + "; ".join(problems))
+        n = cfg.get("nodes", n)
+    sensor_bin = os.environ.get("VIGIL_SENSOR_BIN") or cfg.get("sensor_bin")
+    if not sensor_bin:
+        for prof in ("debug", "release"):
+            cand = lc.REPO / "target" / prof / "vigil-sensor"
+            if cand.exists():
+                sensor_bin = str(cand)
+                break
+    report_interval = args.report_interval or cfg.get("report_interval") or 10
+    cfg = {"nodes": n, "sensors": bool(args.sensors or cfg.get("sensors")),
+           "report_interval": report_interval, "sensor_bin": sensor_bin,
+           "created_at": cfg.get("created_at") or time.time()}
+    for d in (lc.STATE, lc.LOGS, lc.RUN, lc.ETC):
+        d.mkdir(parents=True, exist_ok=True)
+    lc.write_json(lc.CONFIG_JSON, cfg)
+    timings = {}
+
+    t = time.monotonic()
+    ensure_packages()
+    if not lc.NO_CLOUD:
+        step("cloud install")
+        cloud("install")
+    check_tools_venv()
+    timings["install"] = time.monotonic() - t
+
+    t = time.monotonic()
+    for line in net.net_up():
+        step(f"net: {line}")
+    cloud_env = {"VIGIL_LAB_REPORT_INTERVAL": str(report_interval)}
+    step("cloud start (in the background while nodes and BMCs are built)")
+    cloud_start = subprocess.Popen(
+        ["true"] if lc.NO_CLOUD else [str(lc.CLOUD), "start"], stdout=sys.stderr,
+        stderr=sys.stderr, env=dict(os.environ, VIGIL_LAB_DIR=str(lc.LAB_DIR), **cloud_env))
+    try:
+        nodes = nodes_of(cfg)
+        bmc.password()
+        for node in nodes:
+            net.node_create(node)
+            if cfg["sensors"]:
+                node.sensor_flag.touch()
+        with cf.ThreadPoolExecutor(8) as ex:
+            futs = [ex.submit(bmc.start_ipmi, node) for node in nodes]
+            futs += [ex.submit(bmc.start_redfish, node) for node in nodes]
+            futs.append(ex.submit(start_receivers))
+            for f in futs:
+                f.result()
+        step(f"{n} nodes built (netns, cgroup, veths); BMCs and receivers up")
+        rc = cloud_start.wait(timeout=900)
+    except BaseException:
+        if cloud_start.poll() is None:
+            cloud_start.terminate()
+            cloud_start.wait(timeout=30)
+        raise
+    if rc != 0:
+        raise lc.LabError(f"`cloud start` failed (rc {rc}); see its output above and "
+                          f"`cloud status`; logs in {lc.LOGS}")
+    timings["control plane"] = time.monotonic() - t
+
+    t = time.monotonic()
+    since = time.time()
+    for node in nodes:
+        if not power.is_on(node):
+            power.wait_off(node, 60)
+            power.power_on_via_ipmi(node)
+    for node in nodes:
+        boot = power.wait_on(node, None, 60)
+        step(f"{node.name} powered on through IPMI, boot id {boot}")
+    names = [node.name for node in nodes]
+    try:
+        if lc.NO_CLOUD:
+            for node in nodes:
+                power.wait_proc(node, "nova-compute", running=True, deadline_s=60)
+        else:
+            cloud("wait-compute", *names, "--timeout", "240", capture=True, timeout=900)
+    except lc.LabError as e:
+        dead = [nd.name for nd in nodes if not faults._proc(nd, "nova-compute")]
+        hint = "; ".join(f"{nd}: {lc.LOGS / f'nova-compute-{nd}.log'} and "
+                         f"{lc.LOGS / nd / 'nova-compute.out'}" for nd in (dead or names))
+        raise lc.LabError(f"compute services did not report: {e}"
+                          + (f" (nova-compute exited on {', '.join(dead)})" if dead else "")
+                          + f"; logs: {hint}") from e
+    timings["computes reporting"] = time.monotonic() - t
+    total = time.monotonic() - T0
+    lc.write_json(lc.LAB_JSON, lab_info(cfg, total))
+    print(f"lab up in {total:.1f}s: {n} nodes ({', '.join(names)}), "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+          + f"; computes reporting since {time.strftime('%H:%M:%S', time.localtime(since))}; "
+          f"lab.json {lc.LAB_JSON}")
+
+
+# --- down / purge ------------------------------------------------------------
+
+def cmd_down(args, keep=("venv", "cache")):
+    need_root()
+    done = []
+    errors = []
+
+    def attempt(what, fn):
+        try:
+            r = fn()
+            if r:
+                done.extend(r if isinstance(r, list) else [what])
+        except (lc.LabError, OSError) as e:
+            errors.append(f"{what}: {e}")
+
+    nodes = known_nodes()
+    for node in nodes:
+        if node.cgroup.exists() or power.is_on(node):
+            attempt(f"power off {node.name}",
+                    lambda node=node: [f"{node.name} powered off "
+                                       f"({power.cut(node)[0]} processes)"])
+    for node in nodes:
+        attempt(f"stalled disk of {node.name}", lambda node=node: faults.rig_down(node))
+    # Every process the node half started (BMCs, receivers, FUSE daemons),
+    # by recorded pid + start time only.
+    for e in lc.made_list("proc"):
+        attempt(f"stop {e.get('name')}", lambda e=e: [f"stopped {e['name']}"]
+                if lc.stop_daemon(e["name"]) else [])
+    if lc.CLOUD.exists() and (lc.VENV / "bin" / "python").exists() and not lc.NO_CLOUD:
+        attempt("cloud stop", lambda: (cloud("stop"), ["control plane stopped"])[1])
+    for node in nodes:
+        attempt(f"remove {node.name}", lambda node=node: net.node_destroy(node))
+    # Loop devices and mounts recorded but not tied to a known node.
+    for e in lc.made_list("loop"):
+        for dev in faults._loops_backing(e["file"]):
+            attempt(f"loop {dev}", lambda dev=dev: (lc.run(["losetup", "-d", dev]),
+                                                   [f"loop {dev}"])[1])
+    for e in lc.made_list("mount"):
+        if faults._mounted(e["path"]):
+            attempt(f"umount {e['path']}", lambda e=e: (lc.run(["umount", "-l", e["path"]]),
+                                                       [f"mount {e['path']}"])[1])
+    for e in lc.made_list("netns"):
+        if Path(f"/run/netns/{e['name']}").exists():
+            attempt(f"netns {e['name']}", lambda e=e: (lc.run(["ip", "netns", "del", e["name"]]),
+                                                      [f"netns {e['name']}"])[1])
+    for e in lc.made_list("link"):
+        if e["name"] not in (lc.MGMT_BRIDGE, lc.INST_BRIDGE) and \
+                lc.run(["ip", "link", "show", e["name"]], check=False).returncode == 0:
+            attempt(f"link {e['name']}", lambda e=e: (lc.run(["ip", "link", "del", e["name"]]),
+                                                     [f"link {e['name']}"])[1])
+    attempt("host network", net.net_down)
+    for e in sorted(lc.made_list("cgroup"), key=lambda e: -len(e["path"])):
+        p = Path(e["path"])
+        if p.exists() and p != lc.CGROUP_PARENT:
+            attempt(f"cgroup {p}", lambda p=p: (net.kill_cgroup(p), p.rmdir(), [f"cgroup {p}"])[2])
+    attempt("cgroup parent", net.remove_cgroup_parent)
+    if errors:
+        # Keep the state (made.json) so a second `down` can finish the job.
+        for line in done:
+            print(f"removed: {line}")
+        raise lc.LabError("down left things behind: " + "; ".join(errors)
+                          + f"; state kept in {lc.STATE}, run `lab down` again")
+    if lc.LAB_DIR.exists():
+        for p in lc.LAB_DIR.iterdir():
+            if p.name in keep:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    for line in done:
+        print(f"removed: {line}")
+    print(f"lab down in {time.monotonic() - T0:.1f}s ({lc.LAB_DIR}: kept "
+          f"{', '.join(k for k in keep if (lc.LAB_DIR / k).exists()) or 'nothing'})")
+
+
+def cmd_purge(args):
+    cmd_down(args, keep=())
+    if lc.LAB_DIR.exists():
+        shutil.rmtree(lc.LAB_DIR, ignore_errors=True)
+    print(f"purged {lc.LAB_DIR}")
+
+
+# --- status --------------------------------------------------------------------
+
+def _ipmi_reading(node):
+    try:
+        return bmc.ipmi_status(node)
+    except lc.LabError:
+        return "unreachable"
+
+
+def _redfish_reading(node):
+    try:
+        return bmc.redfish_power_state(node)
+    except Exception:  # noqa: BLE001 - any failure is "unreachable" here
+        return "unreachable"
+
+
+def node_status(node, nova_svcs, servers):
+    procs = lc.read_json(node.procs_json, {}) or {}
+    pids = {}
+    for what in ("nova-compute", "sensor"):
+        rec = procs.get(what) or {}
+        if rec.get("pid") and lc.record_alive(rec):
+            pids[what] = rec["pid"]
+        elif rec.get("error"):
+            pids[what] = f"error: {rec['error']}"
+    sup = power.supervisor(node)
+    if sup:
+        pids["supervisor"] = sup["pid"]
+    in_cg = lc.cgroup_pids(node.cgroup)
+    qemus = [p for p in in_cg if "qemu-system" in " ".join(lc.proc_cmdline(p)[:1])]
+    with cf.ThreadPoolExecutor(2) as ex:
+        ipmi_f = ex.submit(_ipmi_reading, node)
+        rf_f = ex.submit(_redfish_reading, node)
+    svc = nova_svcs.get(node.name) or {}
+    return {
+        "name": node.name,
+        "power": "on" if sup else "off",
+        "bmc": {"ipmi": ipmi_f.result(), "redfish": rf_f.result()},
+        "boot_id": power.boot_id(node),
+        "pids": pids,
+        "processes": len(in_cg),
+        "qemu": len(qemus),
+        "faults": faults.active(node),
+        "sensor_wanted": node.sensor_flag.exists(),
+        "mgmt_ip": node.mgmt_ip, "inst_ip": node.inst_ip,
+        "nova": {k: svc.get(k) for k in ("status", "state", "forced_down", "updated_at")}
+        if svc else None,
+        "servers": [s for s in servers if s.get("host") == node.name],
+    }
+
+
+def gather_status(show_secrets=False):
+    cfg = lc.lab_config()
+    out = {"lab_dir": str(lc.LAB_DIR), "configured": bool(cfg), "config": cfg,
+           "lab_json": str(lc.LAB_JSON) if lc.LAB_JSON.exists() else None,
+           "control_plane": None, "daemons": [], "nodes": [], "servers": [], "errors": []}
+    if lc.CLOUD.exists() and (lc.VENV / "bin" / "python").exists() and not lc.NO_CLOUD:
+        try:
+            out["control_plane"] = cloud_json("status")
+        except (lc.LabError, ValueError) as e:
+            out["errors"].append(f"cloud status: {e}")
+    cp = out["control_plane"] or {}
+    if cp.get("nova_services"):
+        try:
+            out["servers"] = cloud_json("servers")
+        except (lc.LabError, ValueError) as e:
+            out["errors"].append(f"cloud servers: {e}")
+    nova_svcs = {s["host"]: s for s in cp.get("nova_services") or []
+                 if s.get("binary") == "nova-compute"}
+    for rec_path in sorted(lc.RUN.glob("*.json")) if lc.RUN.exists() else []:
+        if rec_path.name.endswith(".supervisor.json"):
+            continue
+        rec = lc.read_json(rec_path) or {}
+        out["daemons"].append({"name": rec_path.stem, "pid": rec.get("pid"),
+                               "running": lc.record_alive(rec), "log": rec.get("log")})
+    nodes = nodes_of(cfg) if cfg else known_nodes()
+    with cf.ThreadPoolExecutor(max(1, len(nodes))) as ex:
+        out["nodes"] = list(ex.map(lambda nd: node_status(nd, nova_svcs, out["servers"]), nodes))
+    rss = 0
+    for p in [p for nd in nodes for p in lc.cgroup_pids(nd.cgroup)] + \
+            [d["pid"] for d in out["daemons"] if d["running"]]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rss += int(Path(f"/proc/{p}/smaps_rollup").read_text().split("Rss:")[1].split()[0])
+    out["node_half_rss_mib"] = round(rss / 1024, 1)
+    if show_secrets and lc.BMC_PASSWORD.exists():
+        out["bmc_password"] = lc.read_text(lc.BMC_PASSWORD)
+    out["up"] = bool(cfg) and lc.LAB_JSON.exists() and bool(out["nodes"]) and all(
+        nd["power"] == "on" for nd in out["nodes"]) and (lc.NO_CLOUD or bool(cp.get("running")))
+    return out
+
+
+def cmd_status(args):
+    st = gather_status(args.show_secrets)
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+        return
+    if not st["configured"] and not st["nodes"]:
+        print(f"no lab in {lc.LAB_DIR} (`lab up` makes one)")
+        return
+    cp = st["control_plane"] or {}
+    print(f"LAB {lc.LAB_DIR}: {'up' if st['up'] else 'NOT fully up'}"
+          + (f"; control plane RSS {cp.get('total', {}).get('rss_mib')} MiB" if cp else "")
+          + f"; nodes+BMCs+receivers RSS {st['node_half_rss_mib']} MiB")
+    print("\n%-16s %-8s %-4s %-5s %s" % ("SERVICE", "PID", "UP", "HTTP", "LOG"))
+    for s in cp.get("services", []):
+        print("%-16s %-8s %-4s %-5s %s" % (s["name"], s.get("pid") or "-",
+                                           "yes" if s.get("running") else "no",
+                                           {True: "ok", False: "NO"}.get(s.get("answering"), "-"),
+                                           s.get("log")))
+    for d in st["daemons"]:
+        print("%-16s %-8s %-4s %-5s %s" % (d["name"][:16], d["pid"] or "-",
+                                           "yes" if d["running"] else "no", "-", d["log"]))
+    print("\n%-9s %-5s %-10s %-36s %-9s %-9s %-7s %-4s %-14s %s" % (
+        "NODE", "POWER", "IPMI/RF", "BOOT ID", "SUPERVSR", "NOVA-CPU", "SENSOR", "QEMU",
+        "NOVA SERVICE", "FAULTS"))
+    for nd in st["nodes"]:
+        nova = nd["nova"] or {}
+        svc = (f"{nova.get('state')}/{nova.get('status')}"
+               + ("/forced" if nova.get("forced_down") else "")) if nova else "-"
+        print("%-9s %-5s %-10s %-36s %-9s %-9s %-7s %-4s %-14s %s" % (
+            nd["name"], nd["power"], f"{nd['bmc']['ipmi']}/{nd['bmc']['redfish']}",
+            nd["boot_id"] or "-", nd["pids"].get("supervisor", "-"),
+            str(nd["pids"].get("nova-compute", "-"))[:9],
+            str(nd["pids"].get("sensor", "-" if not nd["sensor_wanted"] else "wanted"))[:7],
+            nd["qemu"], svc, ",".join(nd["faults"]) or "-"))
+    if st["servers"]:
+        print("\n%-36s %-26s %-8s %-9s %s" % ("SERVER", "NAME", "STATUS", "HOST", "ADDRESSES"))
+        for s in st["servers"]:
+            print("%-36s %-26s %-8s %-9s %s" % (s["id"], s["name"][:26], s["status"],
+                                               s.get("host") or "-", ",".join(s.get("ips", []))))
+    if st.get("bmc_password"):
+        print(f"\nBMC: user admin, password {st['bmc_password']}")
+    for e in st["errors"]:
+        print(f"error: {e}")
+
+
+# --- the rest --------------------------------------------------------------------
+
+def cmd_fault(args):
+    need_root()
+    node = lc.Node(args.node)
+    t = time.monotonic()
+    lines = faults.run(args.kind, node)
+    took = time.monotonic() - t
+    if args.json:
+        print(json.dumps({"fault": args.kind, "node": node.name, "did": lines,
+                          "seconds": round(took, 3), "boot_id": power.boot_id(node),
+                          "power": "on" if power.is_on(node) else "off"}))
+    else:
+        for line in lines:
+            print(line)
+
+
+def cmd_sensor(args):
+    need_root()
+    node = lc.Node(args.node)
+    if args.action == "start":
+        binary = os.environ.get("VIGIL_SENSOR_BIN")
+        if binary:
+            cfg = lc.lab_config()
+            cfg["sensor_bin"] = str(Path(binary).resolve())
+            lc.write_json(lc.CONFIG_JSON, cfg)
+        node.sensor_flag.touch()
+        if not power.is_on(node):
+            print(f"{node.name}: sensor configured; the node is off, it starts at power on")
+            return
+        power.request(node, "start sensor")
+
+        def started():
+            procs = lc.read_json(node.procs_json, {}) or {}
+            rec = procs.get("sensor") or {}
+            if rec.get("error"):
+                raise lc.LabError(f"sensor on {node.name}: {rec['error']} (set VIGIL_SENSOR_BIN "
+                                  "or build it: cargo build -p vigil-sensor)")
+            return rec if rec.get("pid") and lc.record_alive(rec) else None
+        rec = lc.wait_for(f"vigil-sensor to run on {node.name}", 30, started)
+        print(f"{node.name}: vigil-sensor running (pid {rec['pid']}, log {rec.get('log')})")
+    else:
+        node.sensor_flag.unlink(missing_ok=True)
+        if power.is_on(node) and faults._proc(node, "sensor"):
+            power.request(node, "stop sensor")
+            power.wait_proc(node, "sensor", running=False, deadline_s=20)
+            print(f"{node.name}: vigil-sensor stopped (and not started at next power on)")
+        else:
+            print(f"{node.name}: no sensor running; not started at next power on")
+
+
+def cmd_info(args):
+    if not lc.LAB_JSON.exists():
+        raise lc.LabError(f"no {lc.LAB_JSON}: the lab is not up (`lab up`)")
+    print(lc.LAB_JSON.read_text(), end="")
+
+
+def cmd_net(args):
+    need_root()
+    lines = net.net_up() if args.action == "up" else net.net_down()
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"net {args.action}: nothing to do")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="lab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("up")
+    s.add_argument("--nodes", type=int, default=None)
+    s.add_argument("--sensors", action="store_true")
+    s.add_argument("--report-interval", type=int, default=None)
+    sub.add_parser("down")
+    sub.add_parser("purge")
+    s = sub.add_parser("status")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--show-secrets", action="store_true")
+    s = sub.add_parser("fault")
+    s.add_argument("kind", choices=faults.KINDS)
+    s.add_argument("node")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("boot")
+    s.add_argument("n")
+    s.add_argument("node")
+    s = sub.add_parser("servers")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("sensor")
+    s.add_argument("action", choices=("start", "stop"))
+    s.add_argument("node")
+    s = sub.add_parser("wait-compute")
+    s.add_argument("nodes", nargs="+")
+    s.add_argument("--timeout", default="120")
+    sub.add_parser("info")
+    s = sub.add_parser("net")
+    s.add_argument("action", choices=("up", "down"))
+    args, rest = ap.parse_known_args(argv)
+    if rest and args.cmd != "boot":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.cmd == "up":
+            args.nodes_given = args.nodes is not None
+            args.nodes = args.nodes if args.nodes is not None else \
+                int(lc.lab_config().get("nodes") or 3)
+            cmd_up(args)
+        elif args.cmd == "boot":
+            lc.Node(args.node)
+            sys.stdout.write(cloud("boot", args.n, args.node, *rest, capture=True))
+        elif args.cmd == "servers":
+            sys.stdout.write(cloud("servers", *(["--json"] if args.json else []), capture=True))
+        elif args.cmd == "wait-compute":
+            sys.stdout.write(cloud("wait-compute", *args.nodes, "--timeout", args.timeout,
+                                   capture=True))
+        else:
+            {"down": cmd_down, "purge": cmd_purge, "status": cmd_status, "fault": cmd_fault,
+             "sensor": cmd_sensor, "info": cmd_info, "net": cmd_net}[args.cmd](args)
+    except lc.LabError as e:
+        print(f"lab {args.cmd}: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lab {args.cmd}: interrupted; `lab down` cleans up", file=sys.stderr)
+        return 130
+    return 0

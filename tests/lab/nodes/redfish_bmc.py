@@ -1,0 +1,165 @@
+"""Redfish BMC of one lab node: sushy-tools' emulator (PyPI, unmodified) with
+a systems driver whose one system is the lab node itself.
+
+    <lab venv>/bin/python redfish_bmc.py computeN
+
+Listens on http://198.51.100.1:(8000+N) (CONTRACT.md), HTTP basic auth
+(admin / state/bmc-password, through sushy-tools' own bcrypt htpasswd
+middleware). The system id is `computeN`.
+
+PowerState is the truth: "On" while the node's supervisor runs (power.py).
+ComputerSystem.Reset:
+  On                        -> ipmi_sim powers the node on (it owns the machine)
+  ForceOff                  -> power loss now (cgroup.kill), as `lab fault power-off`
+  GracefulShutdown          -> orderly shutdown (SIGTERM, grace period, power off)
+  ForceRestart, PowerCycle  -> ForceOff, then On
+  GracefulRestart           -> GracefulShutdown, then On
+  Nmi, PushPowerButton      -> not supported (400)
+Every action returns only once the node is off (ForceOff) or the power-on was
+accepted by ipmi_sim (On); a client still reads PowerState back to confirm, as
+it must with a real BMC.
+"""
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bcrypt  # noqa: E402  (sushy-tools dependency)
+from sushy_tools import error  # noqa: E402
+from sushy_tools.emulator import main as emulator  # noqa: E402
+from sushy_tools.emulator.resources.systems.base import AbstractSystemsDriver  # noqa: E402
+
+import bmc  # noqa: E402
+import labcommon as lc  # noqa: E402
+import power  # noqa: E402
+
+
+class LabNodeDriver(AbstractSystemsDriver):
+    """sushy-tools systems driver for exactly one lab node."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+        # Stable per node and per lab: Redfish clients may key on UUID.
+        self._uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil-lab:{lc.LAB_DIR}:{node.name}"))
+        self._boot_device = "Hdd"
+        # One power action at a time, as a BMC serializes them.
+        self._lock = threading.Lock()
+
+    @property
+    def driver(self):
+        return "<vigil-lab node>"
+
+    @property
+    def systems(self):
+        return [self.node.name]
+
+    def _check(self, identity):
+        if identity not in (self.node.name, self._uuid):
+            raise error.NotFound(f"no system {identity} on the BMC of {self.node.name}")
+
+    def uuid(self, identity):
+        self._check(identity)
+        return self._uuid
+
+    def name(self, identity):
+        self._check(identity)
+        return self.node.name
+
+    def get_power_state(self, identity):
+        self._check(identity)
+        return "On" if power.is_on(self.node) else "Off"
+
+    def _on(self):
+        if not power.is_on(self.node):
+            power.wait_off(self.node, 60)
+            power.power_on_via_ipmi(self.node)
+
+    def _force_off(self):
+        killed, was_on = power.cut(self.node)
+        emulator.app.logger.info("%s: ForceOff: power cut (%d processes killed, was %s)",
+                                 self.node.name, killed, "on" if was_on else "off")
+
+    def _graceful(self):
+        if power.graceful_shutdown(self.node):
+            power.wait_off(self.node, 60)
+
+    def set_power_state(self, identity, state):
+        self._check(identity)
+        with self._lock:
+            try:
+                if state in ("On", "ForceOn"):
+                    self._on()
+                elif state == "ForceOff":
+                    self._force_off()
+                elif state == "GracefulShutdown":
+                    self._graceful()
+                elif state in ("ForceRestart", "PowerCycle"):
+                    self._force_off()
+                    self._on()
+                elif state == "GracefulRestart":
+                    self._graceful()
+                    self._on()
+                else:
+                    raise error.BadRequest(f"ResetType {state} is not supported by this BMC")
+            except lc.LabError as e:
+                raise error.FishyError(f"{state} on {self.node.name} failed: {e}") from e
+
+    def get_boot_device(self, identity):
+        self._check(identity)
+        return self._boot_device
+
+    def set_boot_device(self, identity, boot_source):
+        self._check(identity)
+        self._boot_device = boot_source
+
+    def get_boot_mode(self, identity):
+        self._check(identity)
+        return "Legacy"
+
+    def get_total_memory(self, identity):
+        self._check(identity)
+        return 8
+
+    def get_total_cpus(self, identity):
+        self._check(identity)
+        return 4
+
+    def get_nics(self, identity):
+        self._check(identity)
+        mac = "02:00:00:00:%02x:%02x" % (self.node.index >> 8, self.node.index & 0xFF)
+        return [{"id": mac, "mac": mac}]
+
+
+def main():
+    node = lc.Node(sys.argv[1])
+    # sushy-tools' basic auth reads an Apache htpasswd file with bcrypt
+    # digests only.
+    htpasswd = node.bmc_dir / "redfish.htpasswd"
+    digest = bcrypt.hashpw(bmc.password().encode(), bcrypt.gensalt(rounds=6)).decode()
+    lc.write_atomic(htpasswd, f"admin:{digest}\n", 0o600)
+
+    driver = LabNodeDriver(node)
+    # The emulator picks its systems driver in Application.systems; the lab's
+    # driver is not one of its built-ins, so replace that property.
+    emulator.Application.systems = property(lambda _self: driver)
+    emulator.app.configure(extra_config={
+        "SUSHY_EMULATOR_AUTH_FILE": str(htpasswd),
+        "SUSHY_EMULATOR_LISTEN_IP": lc.HOST_MGMT_IP,
+        "SUSHY_EMULATOR_LISTEN_PORT": node.redfish_port,
+        # Virtual media, BIOS and storage are not part of the lab.
+        "SUSHY_EMULATOR_FEATURE_SET": "minimum",
+        "SUSHY_EMULATOR_ALLOWED_INSTANCES": [node.name, driver._uuid],
+    })
+    emulator.app.logger.info("Redfish BMC for %s on http://%s:%d (pid %d, started %s)",
+                             node.name, lc.HOST_MGMT_IP, node.redfish_port, os.getpid(),
+                             time.strftime("%H:%M:%S"))
+    emulator.app.run(host=lc.HOST_MGMT_IP, port=node.redfish_port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()
