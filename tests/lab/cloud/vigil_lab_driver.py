@@ -1,7 +1,7 @@
 """Vigil lab virt driver: Nova's fake driver, plus guests that look real from the node.
 
-`compute_driver = vigil_lab_driver.LabDriver` (run-compute puts this directory on
-PYTHONPATH).  It is `nova.virt.fake.FakeDriverWithoutFakeNodes` (stable node
+`compute_driver = vigil_lab_driver.LabDriver` (run-compute's pyshim makes it
+nova.virt.vigil_lab_driver).  It is `nova.virt.fake.FakeDriverWithoutFakeNodes` (stable node
 UUID in $state_path/compute_id, restartable) with three additions:
 
 * every running guest is a real process: `$VIGIL_LAB_DIR/bin/qemu-system-x86_64
@@ -122,27 +122,38 @@ class LabDriver(fake.FakeDriverWithoutFakeNodes):
         return os.path.join(self._vm_dir, uuid + ".pid")
 
     # ------------------------------------------------------------ addresses
-    def _run(self, argv, ok_errors=()):
+    def _run(self, argv):
         r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if r.returncode != 0 and not any(e in r.stderr for e in ok_errors):
+        if r.returncode != 0:
             raise exception.NovaException(
                 "vigil lab driver: %s failed (rc %d): %s"
                 % (" ".join(argv), r.returncode, r.stderr.strip()))
         return r
 
+    def _dev_ips(self):
+        """IPv4 /32 addresses now on the instance interface."""
+        r = self._run(["ip", "-4", "-o", "addr", "show", "dev", self._dev])
+        have = set()
+        for line in r.stdout.splitlines():
+            f = line.split()
+            if "inet" in f:
+                ip, _, plen = f[f.index("inet") + 1].partition("/")
+                if plen == "32":
+                    have.add(ip)
+        return have
+
     def _add_ips(self, ips):
+        have = self._dev_ips()
         for ip in ips:
-            # "File exists": already there (adopted guest) - the wanted state
-            self._run(["ip", "addr", "add", ip + "/32", "dev", self._dev],
-                      ok_errors=("File exists",))
+            if ip not in have:
+                self._run(["ip", "addr", "add", ip + "/32", "dev", self._dev])
             self._garp(ip)
 
     def _del_ips(self, ips):
+        have = self._dev_ips()
         for ip in ips:
-            # "Cannot assign requested address": not there - the wanted state
-            self._run(["ip", "addr", "del", ip + "/32", "dev", self._dev],
-                      ok_errors=("Cannot assign requested address",
-                                 "does not exist"))
+            if ip in have:
+                self._run(["ip", "addr", "del", ip + "/32", "dev", self._dev])
 
     def _garp(self, ip):
         """Gratuitous ARP on the instance interface (the address moved here)."""
@@ -270,17 +281,11 @@ class LabDriver(fake.FakeDriverWithoutFakeNodes):
 
     def _flush_stray_ips(self, owned):
         """Remove /32s from the instance interface that no guest owns."""
-        r = self._run(["ip", "-4", "-o", "addr", "show", "dev", self._dev])
-        for line in r.stdout.splitlines():
-            f = line.split()
-            if "inet" not in f:
-                continue
-            cidr = f[f.index("inet") + 1]
-            ip, _, plen = cidr.partition("/")
-            if plen == "32" and ip not in owned:
-                LOG.info("vigil lab driver: removing stray %s from %s",
-                         cidr, self._dev)
-                self._del_ips([ip])
+        stray = self._dev_ips() - set(owned)
+        if stray:
+            LOG.info("vigil lab driver: removing stray %s from %s",
+                     " ".join(sorted(stray)), self._dev)
+            self._del_ips(stray)
 
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
