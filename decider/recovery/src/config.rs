@@ -341,7 +341,9 @@ pub struct JournalConfig {
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        JournalConfig { path: PathBuf::from("/var/lib/vigil/journal.sqlite") }
+        JournalConfig {
+            path: PathBuf::from("/var/lib/vigil/journal.sqlite"),
+        }
     }
 }
 
@@ -436,7 +438,10 @@ impl RecoveryConfig {
     /// Checks what serde cannot; run before the decider acts on anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, problem: &str| {
-            Err(ConfigError::Invalid { field: field.into(), problem: problem.into() })
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                problem: problem.into(),
+            })
         };
         let ev = &self.evacuation;
         if ev.concurrency == 0 {
@@ -451,14 +456,19 @@ impl RecoveryConfig {
                 "must be 2.94 or lower: from 2.95 nova leaves evacuated servers stopped",
             );
         }
-        if ev.destination != DestinationPolicy::Scheduler && ev.run_microversion < Microversion::HOST_VALIDATED {
+        if ev.destination != DestinationPolicy::Scheduler
+            && ev.run_microversion < Microversion::HOST_VALIDATED
+        {
             return bad(
                 "evacuation.run_microversion",
                 "must be 2.29 or higher when naming destination hosts, so nova's scheduler still validates them",
             );
         }
         if ev.destination == DestinationPolicy::Reserved && ev.reserved.is_empty() {
-            return bad("evacuation.reserved", "destination = \"reserved\" needs at least one reserved host");
+            return bad(
+                "evacuation.reserved",
+                "destination = \"reserved\" needs at least one reserved host",
+            );
         }
         let g = &self.guards;
         if !(g.storm_max_share > 0.0 && g.storm_max_share <= 1.0) {
@@ -468,13 +478,24 @@ impl RecoveryConfig {
             if nf.levels.is_empty() {
                 return bad(&format!("fencing.nodes.{node}"), "has no fence levels");
             }
-            if self.fencing.groups.iter().any(|grp| grp.nodes.contains_key(node)) {
-                return bad(&format!("fencing.nodes.{node}"), "is also in a fencing group; keep one");
+            if self
+                .fencing
+                .groups
+                .iter()
+                .any(|grp| grp.nodes.contains_key(node))
+            {
+                return bad(
+                    &format!("fencing.nodes.{node}"),
+                    "is also in a fencing group; keep one",
+                );
             }
         }
         for grp in &self.fencing.groups {
             if grp.levels.is_empty() {
-                return bad(&format!("fencing.groups.{}", grp.name), "has no fence levels");
+                return bad(
+                    &format!("fencing.groups.{}", grp.name),
+                    "has no fence levels",
+                );
             }
         }
         if self.notify.attempts == 0 {
@@ -523,7 +544,10 @@ mod tests {
         let c: RecoveryConfig = toml::from_str(text).expect("parses");
         c.validate().expect("valid");
         assert_eq!(c.fencing.nodes["compute1"].levels.len(), 3);
-        assert_eq!(c.fencing.nodes["compute1"].levels[0].deadline(), Duration::from_secs(30));
+        assert_eq!(
+            c.fencing.nodes["compute1"].levels[0].deadline(),
+            Duration::from_secs(30)
+        );
         assert!(toml::from_str::<RecoveryConfig>("[evacuation]\nconcurency = 3\n").is_err());
         assert!(toml::from_str::<RecoveryConfig>(
             "[fencing.nodes.a]\nlevels = [{ kind = \"ipmi\", host = \"h\", username = \"u\", password = { env = \"P\" }, pasword = 1 }]\n"

@@ -93,7 +93,9 @@ impl SecretSource {
                 (text.to_string(), format!("file {}", path.display()))
             }
             SecretSource::Env(name) => {
-                let v = env.var(name).ok_or_else(|| SecretError::Env { name: name.clone() })?;
+                let v = env
+                    .var(name)
+                    .ok_or_else(|| SecretError::Env { name: name.clone() })?;
                 (v, format!("env {name}"))
             }
         };
@@ -121,8 +123,17 @@ mod tests {
         let path = dir.path().join("pw");
         std::fs::write(&path, "s3cret\n").expect("write");
         let env = std::collections::BTreeMap::from([("BMC_PW".to_string(), "fromenv".to_string())]);
-        assert_eq!(SecretSource::File(path).load(&env).expect("file").expose(), "s3cret");
-        assert_eq!(SecretSource::Env("BMC_PW".into()).load(&env).expect("env").expose(), "fromenv");
+        assert_eq!(
+            SecretSource::File(path).load(&env).expect("file").expose(),
+            "s3cret"
+        );
+        assert_eq!(
+            SecretSource::Env("BMC_PW".into())
+                .load(&env)
+                .expect("env")
+                .expose(),
+            "fromenv"
+        );
         assert!(matches!(
             SecretSource::Env("NOPE".into()).load(&env),
             Err(SecretError::Env { .. })

@@ -27,7 +27,10 @@ impl Timestamp {
 
     /// This instant plus `d` (saturating: deadlines far in the future stay there).
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time from `earlier` to `self`; zero if `earlier` is later (clock steps back).

@@ -46,7 +46,11 @@ struct Reply {
 
 /// Reads the last non-empty stdout line.
 fn parse_reply(stdout: &str) -> Option<Reply> {
-    let line = stdout.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    let line = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())?;
     if line.starts_with('{') {
         return serde_json::from_str(line).ok();
     }
@@ -57,7 +61,11 @@ fn parse_reply(stdout: &str) -> Option<Reply> {
         "done" | "ok" => None,
         _ => return None,
     };
-    Some(Reply { power, storage_fenced: false, message: line.to_string() })
+    Some(Reply {
+        power,
+        storage_fenced: false,
+        message: line.to_string(),
+    })
 }
 
 impl CommandFencer {
@@ -92,18 +100,33 @@ impl CommandFencer {
         };
         let out = tokio::time::timeout(t.timeout, run)
             .await
-            .map_err(|_| FenceError::Timeout { fencer: self.describe(), action: action.into(), after: t.timeout })?
+            .map_err(|_| FenceError::Timeout {
+                fencer: self.describe(),
+                action: action.into(),
+                after: t.timeout,
+            })?
             .map_err(spawn_err)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-            return Err(FenceError::Failed { fencer: self.describe(), status: out.status.to_string(), detail: format!("{action}: {last}") });
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(FenceError::Failed {
+                fencer: self.describe(),
+                status: out.status.to_string(),
+                detail: format!("{action}: {last}"),
+            });
         }
         parse_reply(&stdout).ok_or_else(|| FenceError::BadAnswer {
             fencer: self.describe(),
             action: action.into(),
-            detail: format!("cannot read its last stdout line: {:?}", stdout.lines().last().unwrap_or("")),
+            detail: format!(
+                "cannot read its last stdout line: {:?}",
+                stdout.lines().last().unwrap_or("")
+            ),
         })
     }
 
@@ -111,7 +134,11 @@ impl CommandFencer {
     async fn off(&self) -> Result<FenceAck, FenceError> {
         info!("fence command off");
         let r = self.run("off").await?;
-        Ok(FenceAck { power: r.power, storage_fenced: r.storage_fenced, message: r.message })
+        Ok(FenceAck {
+            power: r.power,
+            storage_fenced: r.storage_fenced,
+            message: r.message,
+        })
     }
 }
 
@@ -125,7 +152,13 @@ impl Fencer for CommandFencer {
     }
 
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
-        Box::pin(async move { Ok(self.run("status").await?.power.unwrap_or(PowerState::Unknown)) })
+        Box::pin(async move {
+            Ok(self
+                .run("status")
+                .await?
+                .power
+                .unwrap_or(PowerState::Unknown))
+        })
     }
 }
 
@@ -135,8 +168,12 @@ mod tests {
 
     #[test]
     fn reads_words_and_json() {
-        assert_eq!(parse_reply("noise\noff\n").and_then(|r| r.power), Some(PowerState::Off));
-        let r = parse_reply(r#"{"power":"unknown","storage_fenced":true,"message":"blocklisted"}"#).expect("json");
+        assert_eq!(
+            parse_reply("noise\noff\n").and_then(|r| r.power),
+            Some(PowerState::Off)
+        );
+        let r = parse_reply(r#"{"power":"unknown","storage_fenced":true,"message":"blocklisted"}"#)
+            .expect("json");
         assert!(r.storage_fenced);
         assert_eq!(r.power, Some(PowerState::Unknown));
         assert!(parse_reply("maybe").is_none());

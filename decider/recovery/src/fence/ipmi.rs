@@ -40,7 +40,17 @@ impl IpmiFencer {
     async fn chassis_power(&self, verb: &str) -> Result<String, FenceError> {
         let t = &self.target;
         let mut cmd = Command::new(&t.ipmitool);
-        cmd.args(["-I", "lanplus", "-H", &t.host, "-p", &t.port.to_string(), "-U", &t.username, "-E"]);
+        cmd.args([
+            "-I",
+            "lanplus",
+            "-H",
+            &t.host,
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            &t.username,
+            "-E",
+        ]);
         if let Some(c) = t.cipher_suite {
             cmd.args(["-C", &c.to_string()]);
         }
@@ -73,7 +83,10 @@ impl IpmiFencer {
             // ipmitool prints "Unable to Get Channel Cipher Suites" on stderr
             // even when it works, so stderr only matters on failure.
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let detail: Vec<&str> = stderr.lines().filter(|l| !l.contains("Cipher Suites")).collect();
+            let detail: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.contains("Cipher Suites"))
+                .collect();
             return Err(FenceError::Failed {
                 fencer: self.describe(),
                 status: out.status.to_string(),
@@ -89,9 +102,17 @@ impl IpmiFencer {
         let out = self.chassis_power("off").await?;
         // "Chassis Power Control: Down/Off" on success.
         if !out.to_ascii_lowercase().contains("down/off") {
-            return Err(FenceError::BadAnswer { fencer: self.describe(), action: "chassis power off".into(), detail: out });
+            return Err(FenceError::BadAnswer {
+                fencer: self.describe(),
+                action: "chassis power off".into(),
+                detail: out,
+            });
         }
-        Ok(FenceAck { power: None, storage_fenced: false, message: out })
+        Ok(FenceAck {
+            power: None,
+            storage_fenced: false,
+            message: out,
+        })
     }
 
     async fn status(&self) -> Result<PowerState, FenceError> {

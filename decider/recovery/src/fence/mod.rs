@@ -65,10 +65,18 @@ pub enum FenceError {
     },
     /// The BMC answered with an error.
     #[error("{fencer}: BMC refused {action}: {detail}")]
-    Refused { fencer: String, action: String, detail: String },
+    Refused {
+        fencer: String,
+        action: String,
+        detail: String,
+    },
     /// The BMC's answer could not be understood.
     #[error("{fencer}: unexpected answer to {action}: {detail}")]
-    BadAnswer { fencer: String, action: String, detail: String },
+    BadAnswer {
+        fencer: String,
+        action: String,
+        detail: String,
+    },
     /// The fence program could not be run.
     #[error("{fencer}: cannot run {program}")]
     Spawn {
@@ -79,10 +87,18 @@ pub enum FenceError {
     },
     /// The fence program ran and failed.
     #[error("{fencer}: exited with {status}: {detail}")]
-    Failed { fencer: String, status: String, detail: String },
+    Failed {
+        fencer: String,
+        status: String,
+        detail: String,
+    },
     /// One request took longer than its timeout.
     #[error("{fencer}: {action} timed out after {after:?}")]
-    Timeout { fencer: String, action: String, after: Duration },
+    Timeout {
+        fencer: String,
+        action: String,
+        after: Duration,
+    },
 }
 
 /// One way of fencing one node.
@@ -122,7 +138,9 @@ impl fmt::Debug for FenceLevel {
 #[derive(Debug, thiserror::Error)]
 pub enum FenceConfigError {
     /// No fence levels are configured for the node.
-    #[error("node {node} has no fence levels; add it to [recovery.fencing] before Vigil may act on it")]
+    #[error(
+        "node {node} has no fence levels; add it to [recovery.fencing] before Vigil may act on it"
+    )]
     NoLevels { node: String },
     /// A credential could not be read.
     #[error("node {node}, level {level}: credential")]
@@ -163,7 +181,11 @@ pub fn configured_nodes(cfg: &FencingConfig) -> Vec<String> {
 }
 
 /// Builds `node`'s fence levels from config, reading their credentials now.
-pub fn levels_for(cfg: &FencingConfig, node: &str, env: &dyn SecretEnv) -> Result<Vec<FenceLevel>, FenceConfigError> {
+pub fn levels_for(
+    cfg: &FencingConfig,
+    node: &str,
+    env: &dyn SecretEnv,
+) -> Result<Vec<FenceLevel>, FenceConfigError> {
     let (levels, bmc) = if let Some(nf) = cfg.nodes.get(node) {
         (&nf.levels, nf.bmc.as_deref())
     } else if let Some(g) = cfg.groups.iter().find(|g| g.nodes.contains_key(node)) {
@@ -176,7 +198,11 @@ pub fn levels_for(cfg: &FencingConfig, node: &str, env: &dyn SecretEnv) -> Resul
     }
     let mut out = Vec::with_capacity(levels.len());
     for (i, level) in levels.iter().enumerate() {
-        let secret_err = |source| FenceConfigError::Secret { node: node.into(), level: i, source };
+        let secret_err = |source| FenceConfigError::Secret {
+            node: node.into(),
+            level: i,
+            source,
+        };
         let (fencer, storage_fence): (Arc<dyn Fencer>, bool) = match level {
             LevelConfig::Redfish(c) => {
                 let password = c.password.load(env).map_err(secret_err)?;
@@ -189,7 +215,11 @@ pub fn levels_for(cfg: &FencingConfig, node: &str, env: &dyn SecretEnv) -> Resul
                     insecure_tls: c.insecure_tls,
                     request_timeout: c.request_timeout,
                 })
-                .map_err(|source| FenceConfigError::Http { node: node.into(), level: i, source })?;
+                .map_err(|source| FenceConfigError::Http {
+                    node: node.into(),
+                    level: i,
+                    source,
+                })?;
                 (Arc::new(f), false)
             }
             LevelConfig::Ipmi(c) => {
@@ -215,7 +245,11 @@ pub fn levels_for(cfg: &FencingConfig, node: &str, env: &dyn SecretEnv) -> Resul
                 (Arc::new(f), c.storage_fence)
             }
         };
-        out.push(FenceLevel { fencer, deadline: level.deadline(), storage_fence });
+        out.push(FenceLevel {
+            fencer,
+            deadline: level.deadline(),
+            storage_fence,
+        });
     }
     Ok(out)
 }
@@ -245,12 +279,20 @@ pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceC
                     checks.push(async move {
                         let fencer = level.fencer.describe();
                         // Each status read is bounded by the level deadline.
-                        let result = match tokio::time::timeout(level.deadline, level.fencer.power_status()).await {
-                            Ok(Ok(p)) => Ok(p),
-                            Ok(Err(e)) => Err(error_chain(&e)),
-                            Err(_) => Err(format!("no answer within {:?}", level.deadline)),
-                        };
-                        FenceCheckRow { node, level: i, fencer, result }
+                        let result =
+                            match tokio::time::timeout(level.deadline, level.fencer.power_status())
+                                .await
+                            {
+                                Ok(Ok(p)) => Ok(p),
+                                Ok(Err(e)) => Err(error_chain(&e)),
+                                Err(_) => Err(format!("no answer within {:?}", level.deadline)),
+                            };
+                        FenceCheckRow {
+                            node,
+                            level: i,
+                            fencer,
+                            result,
+                        }
                     });
                 }
             }

@@ -51,7 +51,13 @@ impl RedfishFencer {
         if let Some(stripped) = origin.strip_suffix("/redfish/v1") {
             origin = stripped.to_string();
         }
-        Ok(RedfishFencer { target, origin, client, session: Mutex::new(None), system: Mutex::new(None) })
+        Ok(RedfishFencer {
+            target,
+            origin,
+            client,
+            session: Mutex::new(None),
+            system: Mutex::new(None),
+        })
     }
 
     fn name(&self) -> String {
@@ -66,7 +72,10 @@ impl RedfishFencer {
                 after: self.target.request_timeout,
             }
         } else {
-            FenceError::Unreachable { fencer: self.name(), source: Box::new(e) }
+            FenceError::Unreachable {
+                fencer: self.name(),
+                source: Box::new(e),
+            }
         }
     }
 
@@ -113,7 +122,9 @@ impl RedfishFencer {
 
     async fn authed(&self, rb: RequestBuilder) -> Result<RequestBuilder, FenceError> {
         Ok(match self.target.auth {
-            RedfishAuth::Basic => rb.basic_auth(&self.target.username, Some(self.target.password.expose())),
+            RedfishAuth::Basic => {
+                rb.basic_auth(&self.target.username, Some(self.target.password.expose()))
+            }
             RedfishAuth::Session => {
                 let token = match self.session_token() {
                     Some(t) => t,
@@ -125,22 +136,39 @@ impl RedfishFencer {
     }
 
     /// Sends one request, logging in again once if a session expired.
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), FenceError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), FenceError> {
         let url = format!("{}{}", self.origin, path);
         for attempt in 0..2 {
             let mut rb = self.client.request(method.clone(), &url);
             if let Some(b) = body {
                 rb = rb.json(b);
             }
-            let resp = self.authed(rb).await?.send().await.map_err(|e| self.unreachable(e))?;
+            let resp = self
+                .authed(rb)
+                .await?
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && self.target.auth == RedfishAuth::Session && attempt == 0 {
+            if status == StatusCode::UNAUTHORIZED
+                && self.target.auth == RedfishAuth::Session
+                && attempt == 0
+            {
                 self.set_session_token(None);
                 continue;
             }
             let text = resp.text().await.map_err(|e| self.unreachable(e))?;
             // Many BMCs answer actions with an empty body (204); that is fine.
-            let value = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+            let value = if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
             return Ok((status, value));
         }
         Err(FenceError::Refused {
@@ -171,16 +199,26 @@ impl RedfishFencer {
         let members: Vec<String> = coll
             .get("Members")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|m| m.get("@odata.id")?.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.get("@odata.id")?.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let found = match &self.target.system_id {
-            Some(id) => members.iter().find(|m| m.trim_end_matches('/').rsplit('/').next() == Some(id.as_str())).cloned(),
+            Some(id) => members
+                .iter()
+                .find(|m| m.trim_end_matches('/').rsplit('/').next() == Some(id.as_str()))
+                .cloned(),
             None => members.first().cloned(),
         };
         let path = found.ok_or_else(|| FenceError::BadAnswer {
             fencer: self.name(),
             action: "GET /redfish/v1/Systems".into(),
-            detail: format!("no system {:?} among {members:?}", self.target.system_id.as_deref().unwrap_or("(first)")),
+            detail: format!(
+                "no system {:?} among {members:?}",
+                self.target.system_id.as_deref().unwrap_or("(first)")
+            ),
         })?;
         if let Ok(mut g) = self.system.lock() {
             *g = Some(path.clone());
@@ -215,24 +253,51 @@ impl RedfishFencer {
             .pointer("/Actions/#ComputerSystem.Reset/target")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| format!("{}/Actions/ComputerSystem.Reset", path.trim_end_matches('/')));
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/Actions/ComputerSystem.Reset",
+                    path.trim_end_matches('/')
+                )
+            });
         info!(%target, power_before = %before, "redfish ForceOff");
-        let (status, body) = self.send(Method::POST, &target, Some(&json!({"ResetType": "ForceOff"}))).await?;
+        let (status, body) = self
+            .send(
+                Method::POST,
+                &target,
+                Some(&json!({"ResetType": "ForceOff"})),
+            )
+            .await?;
         if status.is_success() {
-            return Ok(FenceAck { power: None, storage_fenced: false, message: format!("ForceOff accepted (HTTP {status}), power was {before}") });
+            return Ok(FenceAck {
+                power: None,
+                storage_fenced: false,
+                message: format!("ForceOff accepted (HTTP {status}), power was {before}"),
+            });
         }
         // Some BMCs refuse ForceOff on a system that is already off; what
         // counts is the state, so read it before calling this a failure.
         if let Ok((PowerState::Off, _)) = self.read_power().await {
-            return Ok(FenceAck { power: Some(PowerState::Off), storage_fenced: false, message: format!("ForceOff answered HTTP {status}; system already off") });
+            return Ok(FenceAck {
+                power: Some(PowerState::Off),
+                storage_fenced: false,
+                message: format!("ForceOff answered HTTP {status}; system already off"),
+            });
         }
-        Err(FenceError::Refused { fencer: self.name(), action: "ComputerSystem.Reset ForceOff".into(), detail: format!("HTTP {status}: {body}") })
+        Err(FenceError::Refused {
+            fencer: self.name(),
+            action: "ComputerSystem.Reset ForceOff".into(),
+            detail: format!("HTTP {status}: {body}"),
+        })
     }
 }
 
 impl Fencer for RedfishFencer {
     fn describe(&self) -> String {
-        format!("redfish {} system {}", self.origin, self.target.system_id.as_deref().unwrap_or("(first)"))
+        format!(
+            "redfish {} system {}",
+            self.origin,
+            self.target.system_id.as_deref().unwrap_or("(first)")
+        )
     }
 
     fn power_off(&self) -> BoxFuture<'_, Result<FenceAck, FenceError>> {

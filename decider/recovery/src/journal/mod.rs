@@ -249,7 +249,10 @@ impl IncidentDetail {
             t.push(TimelineEntry {
                 at: s.began_at,
                 what: "step-begin".into(),
-                message: format!("{:?} {} (attempt {}) {}", s.kind, s.target, s.attempt, s.detail),
+                message: format!(
+                    "{:?} {} (attempt {}) {}",
+                    s.kind, s.target, s.attempt, s.detail
+                ),
             });
             if let (Some(at), Some(o)) = (s.ended_at, s.outcome) {
                 t.push(TimelineEntry {
@@ -260,7 +263,11 @@ impl IncidentDetail {
             }
         }
         for e in &self.events {
-            t.push(TimelineEntry { at: e.at, what: e.kind.clone(), message: e.message.clone() });
+            t.push(TimelineEntry {
+                at: e.at,
+                what: e.kind.clone(),
+                message: e.message.clone(),
+            });
         }
         // Stable: same-millisecond entries keep step-then-event order.
         t.sort_by_key(|e| e.at);
@@ -268,8 +275,14 @@ impl IncidentDetail {
     }
 
     /// Steps of `kind` on `target`.
-    pub fn steps_of<'a>(&'a self, kind: StepKind, target: &'a str) -> impl Iterator<Item = &'a StepRecord> + 'a {
-        self.steps.iter().filter(move |s| s.kind == kind && s.target == target)
+    pub fn steps_of<'a>(
+        &'a self,
+        kind: StepKind,
+        target: &'a str,
+    ) -> impl Iterator<Item = &'a StepRecord> + 'a {
+        self.steps
+            .iter()
+            .filter(move |s| s.kind == kind && s.target == target)
     }
 
     pub fn events_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Event> + 'a {
@@ -304,20 +317,59 @@ pub enum JournalError {
 pub trait Journal: Send + Sync + 'static {
     /// Opens an incident; fails with `AlreadyOpen` if the node has one.
     fn open_incident(&self, new: NewIncident) -> BoxFuture<'_, Result<IncidentId, JournalError>>;
-    fn begin_step<'a>(&'a self, incident: &'a IncidentId, step: StepBegin) -> BoxFuture<'a, Result<StepId, JournalError>>;
-    fn end_step(&self, step: StepId, at: Timestamp, outcome: StepOutcome, result: Value) -> BoxFuture<'_, Result<(), JournalError>>;
-    fn record_event<'a>(&'a self, incident: &'a IncidentId, event: Event) -> BoxFuture<'a, Result<(), JournalError>>;
+    fn begin_step<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        step: StepBegin,
+    ) -> BoxFuture<'a, Result<StepId, JournalError>>;
+    fn end_step(
+        &self,
+        step: StepId,
+        at: Timestamp,
+        outcome: StepOutcome,
+        result: Value,
+    ) -> BoxFuture<'_, Result<(), JournalError>>;
+    fn record_event<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
     /// Inserts or replaces the instance's record.
-    fn put_instance<'a>(&'a self, incident: &'a IncidentId, instance: InstanceRecord) -> BoxFuture<'a, Result<(), JournalError>>;
-    fn set_phase<'a>(&'a self, incident: &'a IncidentId, phase: Phase) -> BoxFuture<'a, Result<(), JournalError>>;
+    fn put_instance<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        instance: InstanceRecord,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+    fn set_phase<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        phase: Phase,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
     /// Sets the status; a closed status also sets `closed_at`.
-    fn set_status<'a>(&'a self, incident: &'a IncidentId, status: IncidentStatus, reason: Option<String>, at: Timestamp) -> BoxFuture<'a, Result<(), JournalError>>;
-    fn mark_recovered<'a>(&'a self, incident: &'a IncidentId, boot_id: String, at: Timestamp) -> BoxFuture<'a, Result<(), JournalError>>;
+    fn set_status<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        status: IncidentStatus,
+        reason: Option<String>,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
+    fn mark_recovered<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        boot_id: String,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), JournalError>>;
     /// Open and needs-attention incidents, oldest first.
     fn open_incidents(&self) -> BoxFuture<'_, Result<Vec<IncidentSummary>, JournalError>>;
     /// The newest `limit` incidents, newest first.
     fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<IncidentSummary>, JournalError>>;
     /// The node's newest incident.
-    fn latest_for_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<IncidentSummary>, JournalError>>;
-    fn get<'a>(&'a self, incident: &'a IncidentId) -> BoxFuture<'a, Result<IncidentDetail, JournalError>>;
+    fn latest_for_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IncidentSummary>, JournalError>>;
+    fn get<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+    ) -> BoxFuture<'a, Result<IncidentDetail, JournalError>>;
 }

@@ -70,7 +70,10 @@ PRAGMA user_version = 1;
 ";
 
 fn store_err(what: &str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
-    move |e| JournalError::Store { what: what.to_string(), source: Box::new(e) }
+    move |e| JournalError::Store {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// An enum's serde name (`"needs-attention"`), as stored.
@@ -83,26 +86,55 @@ fn enum_text<T: Serialize>(v: &T) -> String {
 }
 
 fn parse_enum<T: DeserializeOwned>(what: &str, s: &str) -> Result<T, JournalError> {
-    serde_json::from_value(Value::String(s.to_string()))
-        .map_err(|e| JournalError::Corrupt { what: what.to_string(), detail: format!("{s:?}: {e}") })
+    serde_json::from_value(Value::String(s.to_string())).map_err(|e| JournalError::Corrupt {
+        what: what.to_string(),
+        detail: format!("{s:?}: {e}"),
+    })
 }
 
 fn parse_json(what: &str, s: &str) -> Result<Value, JournalError> {
-    serde_json::from_str(s).map_err(|e| JournalError::Corrupt { what: what.to_string(), detail: e.to_string() })
+    serde_json::from_str(s).map_err(|e| JournalError::Corrupt {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
 }
 
-const SUMMARY_COLUMNS: &str = "id, node, status, phase, dry_run, opened_at, closed_at, reason, boot_id, recovered_at";
+const SUMMARY_COLUMNS: &str =
+    "id, node, status, phase, dry_run, opened_at, closed_at, reason, boot_id, recovered_at";
 
 /// Raw columns of an incidents row; parsed outside the rusqlite closure so a
 /// bad enum text becomes `Corrupt`, not a panic.
-type SummaryRow = (String, String, String, String, bool, i64, Option<i64>, Option<String>, Option<String>, Option<i64>);
+type SummaryRow = (
+    String,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 
 fn summary_row(r: &Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
 }
 
 fn summary(raw: SummaryRow) -> Result<IncidentSummary, JournalError> {
-    let (id, node, status, phase, dry_run, opened_at, closed_at, reason, boot_id, recovered_at) = raw;
+    let (id, node, status, phase, dry_run, opened_at, closed_at, reason, boot_id, recovered_at) =
+        raw;
     Ok(IncidentSummary {
         id: IncidentId(id),
         node,
@@ -120,8 +152,10 @@ fn summary(raw: SummaryRow) -> Result<IncidentSummary, JournalError> {
 impl SqliteJournal {
     /// Opens (creating if needed) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let conn = Connection::open(path)
-            .map_err(|e| JournalError::Store { what: format!("open {}", path.display()), source: Box::new(e) })?;
+        let conn = Connection::open(path).map_err(|e| JournalError::Store {
+            what: format!("open {}", path.display()),
+            source: Box::new(e),
+        })?;
         Self::setup(conn)
     }
 
@@ -135,12 +169,19 @@ impl SqliteJournal {
         // WAL: the CLI reads while the workflow writes. synchronous=FULL: a
         // step recorded as ended is on disk before the next step starts, which
         // is what resume relies on.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(store_err("set WAL"))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(store_err("set synchronous=FULL"))?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(store_err("enable foreign keys"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(store_err("set busy timeout"))?;
-        conn.execute_batch(SCHEMA).map_err(store_err("create schema"))?;
-        Ok(SqliteJournal { conn: Arc::new(Mutex::new(conn)) })
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_err("set WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(store_err("set synchronous=FULL"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(store_err("enable foreign keys"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_err("set busy timeout"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(store_err("create schema"))?;
+        Ok(SqliteJournal {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Runs `f` on the connection off the async threads.
@@ -158,7 +199,10 @@ impl SqliteJournal {
                 f(&mut guard)
             })
             .await
-            .map_err(|e| JournalError::Store { what: "journal task".into(), source: Box::new(e) })?
+            .map_err(|e| JournalError::Store {
+                what: "journal task".into(),
+                source: Box::new(e),
+            })?
         })
     }
 }
@@ -179,9 +223,31 @@ fn get_detail(conn: &Connection, id: &IncidentId) -> Result<IncidentDetail, Jour
     let mut stmt = conn
         .prepare("SELECT id, kind, target, attempt, began_at, detail, ended_at, outcome, result FROM steps WHERE incident = ?1 ORDER BY id")
         .map_err(store_err("read steps"))?;
-    type StepRow = (i64, String, String, u32, i64, String, Option<i64>, Option<String>, Option<String>);
+    type StepRow = (
+        i64,
+        String,
+        String,
+        u32,
+        i64,
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    );
     let rows: Vec<StepRow> = stmt
-        .query_map(params![id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)))
+        .query_map(params![id.0], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
         .map_err(store_err("read steps"))?
         .collect::<Result<_, _>>()
         .map_err(store_err("read steps"))?;
@@ -195,8 +261,15 @@ fn get_detail(conn: &Connection, id: &IncidentId) -> Result<IncidentDetail, Jour
             began_at: Timestamp(began_at),
             detail: parse_json("step detail", &detail)?,
             ended_at: ended_at.map(Timestamp),
-            outcome: outcome.as_deref().map(|o| parse_enum("step outcome", o)).transpose()?,
-            result: result.as_deref().map(|r| parse_json("step result", r)).transpose()?.unwrap_or(Value::Null),
+            outcome: outcome
+                .as_deref()
+                .map(|o| parse_enum("step outcome", o))
+                .transpose()?,
+            result: result
+                .as_deref()
+                .map(|r| parse_json("step result", r))
+                .transpose()?
+                .unwrap_or(Value::Null),
         });
     }
 
@@ -210,25 +283,49 @@ fn get_detail(conn: &Connection, id: &IncidentId) -> Result<IncidentDetail, Jour
         .map_err(store_err("read instances"))?;
     let instances = recs
         .iter()
-        .map(|s| serde_json::from_str(s).map_err(|e| JournalError::Corrupt { what: "instance record".into(), detail: e.to_string() }))
+        .map(|s| {
+            serde_json::from_str(s).map_err(|e| JournalError::Corrupt {
+                what: "instance record".into(),
+                detail: e.to_string(),
+            })
+        })
         .collect::<Result<Vec<InstanceRecord>, _>>()?;
 
     let mut stmt = conn
         .prepare("SELECT at, kind, message, detail FROM events WHERE incident = ?1 ORDER BY id")
         .map_err(store_err("read events"))?;
     let rows: Vec<(i64, String, String, String)> = stmt
-        .query_map(params![id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_map(params![id.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .map_err(store_err("read events"))?
         .collect::<Result<_, _>>()
         .map_err(store_err("read events"))?;
     let events = rows
         .into_iter()
-        .map(|(at, kind, message, detail)| Ok(Event { at: Timestamp(at), kind, message, detail: parse_json("event detail", &detail)? }))
+        .map(|(at, kind, message, detail)| {
+            Ok(Event {
+                at: Timestamp(at),
+                kind,
+                message,
+                detail: parse_json("event detail", &detail)?,
+            })
+        })
         .collect::<Result<Vec<_>, JournalError>>()?;
-    Ok(IncidentDetail { summary, evidence, steps, instances, events })
+    Ok(IncidentDetail {
+        summary,
+        evidence,
+        steps,
+        instances,
+        events,
+    })
 }
 
-fn query_summaries(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<IncidentSummary>, JournalError> {
+fn query_summaries(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<IncidentSummary>, JournalError> {
     let mut stmt = conn.prepare(sql).map_err(store_err("list incidents"))?;
     let rows: Vec<SummaryRow> = stmt
         .query_map(p, summary_row)
@@ -269,7 +366,11 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn begin_step<'a>(&'a self, incident: &'a IncidentId, step: StepBegin) -> BoxFuture<'a, Result<StepId, JournalError>> {
+    fn begin_step<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        step: StepBegin,
+    ) -> BoxFuture<'a, Result<StepId, JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
             conn.execute(
@@ -281,7 +382,13 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn end_step(&self, step: StepId, at: Timestamp, outcome: StepOutcome, result: Value) -> BoxFuture<'_, Result<(), JournalError>> {
+    fn end_step(
+        &self,
+        step: StepId,
+        at: Timestamp,
+        outcome: StepOutcome,
+        result: Value,
+    ) -> BoxFuture<'_, Result<(), JournalError>> {
         self.with(move |conn| {
             conn.execute(
                 "UPDATE steps SET ended_at = ?2, outcome = ?3, result = ?4 WHERE id = ?1",
@@ -292,7 +399,11 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn record_event<'a>(&'a self, incident: &'a IncidentId, event: Event) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn record_event<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
             conn.execute(
@@ -304,11 +415,17 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn put_instance<'a>(&'a self, incident: &'a IncidentId, instance: InstanceRecord) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn put_instance<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        instance: InstanceRecord,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
-            let record = serde_json::to_string(&instance)
-                .map_err(|e| JournalError::Corrupt { what: "instance record".into(), detail: e.to_string() })?;
+            let record = serde_json::to_string(&instance).map_err(|e| JournalError::Corrupt {
+                what: "instance record".into(),
+                detail: e.to_string(),
+            })?;
             // Upsert keeps the rowid, so instances list in selection order.
             conn.execute(
                 "INSERT INTO instances (incident, server_id, record) VALUES (?1, ?2, ?3)
@@ -320,16 +437,29 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn set_phase<'a>(&'a self, incident: &'a IncidentId, phase: Phase) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn set_phase<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        phase: Phase,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
-            conn.execute("UPDATE incidents SET phase = ?2 WHERE id = ?1", params![incident.0, enum_text(&phase)])
-                .map_err(store_err("set phase"))?;
+            conn.execute(
+                "UPDATE incidents SET phase = ?2 WHERE id = ?1",
+                params![incident.0, enum_text(&phase)],
+            )
+            .map_err(store_err("set phase"))?;
             Ok(())
         })
     }
 
-    fn set_status<'a>(&'a self, incident: &'a IncidentId, status: IncidentStatus, reason: Option<String>, at: Timestamp) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn set_status<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        status: IncidentStatus,
+        reason: Option<String>,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
             let closed_at = if status.is_open() { None } else { Some(at.0) };
@@ -346,7 +476,12 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn mark_recovered<'a>(&'a self, incident: &'a IncidentId, boot_id: String, at: Timestamp) -> BoxFuture<'a, Result<(), JournalError>> {
+    fn mark_recovered<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+        boot_id: String,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| {
             conn.execute(
@@ -367,11 +502,20 @@ impl Journal for SqliteJournal {
     fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<IncidentSummary>, JournalError>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(move |conn| {
-            query_summaries(conn, &format!("SELECT {SUMMARY_COLUMNS} FROM incidents ORDER BY opened_at DESC, id LIMIT ?1"), params![limit])
+            query_summaries(
+                conn,
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM incidents ORDER BY opened_at DESC, id LIMIT ?1"
+                ),
+                params![limit],
+            )
         })
     }
 
-    fn latest_for_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<IncidentSummary>, JournalError>> {
+    fn latest_for_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IncidentSummary>, JournalError>> {
         let node = node.to_string();
         self.with(move |conn| {
             Ok(query_summaries(
@@ -384,7 +528,10 @@ impl Journal for SqliteJournal {
         })
     }
 
-    fn get<'a>(&'a self, incident: &'a IncidentId) -> BoxFuture<'a, Result<IncidentDetail, JournalError>> {
+    fn get<'a>(
+        &'a self,
+        incident: &'a IncidentId,
+    ) -> BoxFuture<'a, Result<IncidentDetail, JournalError>> {
         let incident = incident.clone();
         self.with(move |conn| get_detail(conn, &incident))
     }
@@ -397,7 +544,13 @@ mod tests {
     use super::*;
 
     fn new(node: &str, at: i64) -> NewIncident {
-        NewIncident { node: node.into(), opened_at: Timestamp(at), dry_run: false, evidence: json!({"why": "test"}), boot_id: Some("b1".into()) }
+        NewIncident {
+            node: node.into(),
+            opened_at: Timestamp(at),
+            dry_run: false,
+            evidence: json!({"why": "test"}),
+            boot_id: Some("b1".into()),
+        }
     }
 
     #[tokio::test]
@@ -405,15 +558,44 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.sqlite");
         let j = SqliteJournal::open(&path).expect("open");
-        let id = j.open_incident(new("compute1", 1000)).await.expect("open incident");
-        assert!(matches!(j.open_incident(new("compute1", 1001)).await, Err(JournalError::AlreadyOpen { .. })));
+        let id = j
+            .open_incident(new("compute1", 1000))
+            .await
+            .expect("open incident");
+        assert!(matches!(
+            j.open_incident(new("compute1", 1001)).await,
+            Err(JournalError::AlreadyOpen { .. })
+        ));
         let s = j
-            .begin_step(&id, StepBegin { kind: StepKind::PowerOff, target: "compute1".into(), attempt: 1, at: Timestamp(1100), detail: json!({"level": 0}) })
+            .begin_step(
+                &id,
+                StepBegin {
+                    kind: StepKind::PowerOff,
+                    target: "compute1".into(),
+                    attempt: 1,
+                    at: Timestamp(1100),
+                    detail: json!({"level": 0}),
+                },
+            )
             .await
             .expect("begin");
-        j.end_step(s, Timestamp(1200), StepOutcome::Ok, json!({"power": "off"})).await.expect("end");
-        j.record_event(&id, Event { at: Timestamp(1150), kind: "note".into(), message: "hello".into(), detail: json!(null) }).await.expect("event");
-        j.set_status(&id, IncidentStatus::Completed, None, Timestamp(2000)).await.expect("close");
+        j.end_step(s, Timestamp(1200), StepOutcome::Ok, json!({"power": "off"}))
+            .await
+            .expect("end");
+        j.record_event(
+            &id,
+            Event {
+                at: Timestamp(1150),
+                kind: "note".into(),
+                message: "hello".into(),
+                detail: json!(null),
+            },
+        )
+        .await
+        .expect("event");
+        j.set_status(&id, IncidentStatus::Completed, None, Timestamp(2000))
+            .await
+            .expect("close");
         drop(j);
 
         let j = SqliteJournal::open(&path).expect("reopen");
@@ -426,9 +608,16 @@ mod tests {
         assert_eq!(what, ["step-begin", "note", "step-end"]);
         assert!(j.open_incidents().await.expect("open list").is_empty());
         // Closed, so a new one for the node is allowed.
-        j.open_incident(new("compute1", 3000)).await.expect("second incident");
+        j.open_incident(new("compute1", 3000))
+            .await
+            .expect("second incident");
         assert_eq!(j.list(10).await.expect("list").len(), 2);
-        let mode: String = j.conn.lock().expect("lock").query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
+        let mode: String = j
+            .conn
+            .lock()
+            .expect("lock")
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("pragma");
         assert_eq!(mode, "wal");
     }
 }

@@ -10,7 +10,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::{Message, NotifyError, Notifier};
+use super::{Message, Notifier, NotifyError};
 use crate::config::SmtpSecurity;
 use crate::secret::Secret;
 
@@ -35,39 +35,65 @@ pub struct EmailNotifier {
 
 impl EmailNotifier {
     pub fn new(target: EmailTarget) -> Result<Self, NotifyError> {
-        let build_err = |e: lettre::transport::smtp::Error| NotifyError::Build { notifier: format!("smtp {}", target.smtp_host), detail: e.to_string() };
+        let build_err = |e: lettre::transport::smtp::Error| NotifyError::Build {
+            notifier: format!("smtp {}", target.smtp_host),
+            detail: e.to_string(),
+        };
         let builder = match target.security {
-            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&target.smtp_host).map_err(build_err)?,
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&target.smtp_host).map_err(build_err)?,
-            SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&target.smtp_host),
+            SmtpSecurity::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&target.smtp_host)
+                    .map_err(build_err)?
+            }
+            SmtpSecurity::Tls => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&target.smtp_host).map_err(build_err)?
+            }
+            SmtpSecurity::None => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&target.smtp_host)
+            }
         };
         let mut builder = builder.port(target.smtp_port).timeout(Some(target.timeout));
         if let Some((user, pass)) = &target.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
+            builder =
+                builder.credentials(Credentials::new(user.clone(), pass.expose().to_string()));
         }
-        Ok(EmailNotifier { transport: builder.build(), target })
+        Ok(EmailNotifier {
+            transport: builder.build(),
+            target,
+        })
     }
 
     fn mailbox(&self, addr: &str) -> Result<Mailbox, NotifyError> {
-        addr.parse().map_err(|e: lettre::address::AddressError| NotifyError::Build { notifier: self.name(), detail: format!("address {addr:?}: {e}") })
+        addr.parse()
+            .map_err(|e: lettre::address::AddressError| NotifyError::Build {
+                notifier: self.name(),
+                detail: format!("address {addr:?}: {e}"),
+            })
     }
 
     async fn send_to(&self, to: &[String], message: &Message) -> Result<(), NotifyError> {
         if to.is_empty() {
             return Ok(());
         }
-        let mut b = lettre::Message::builder().from(self.mailbox(&self.target.from)?).subject(message.subject());
+        let mut b = lettre::Message::builder()
+            .from(self.mailbox(&self.target.from)?)
+            .subject(message.subject());
         for addr in to {
             b = b.to(self.mailbox(addr)?);
         }
         let email = b
             .header(ContentType::TEXT_PLAIN)
             .body(message.text())
-            .map_err(|e| NotifyError::Build { notifier: self.name(), detail: e.to_string() })?;
+            .map_err(|e| NotifyError::Build {
+                notifier: self.name(),
+                detail: e.to_string(),
+            })?;
         self.transport
             .send(email)
             .await
-            .map_err(|e| NotifyError::Unreachable { notifier: self.name(), source: Box::new(e) })?;
+            .map_err(|e| NotifyError::Unreachable {
+                notifier: self.name(),
+                source: Box::new(e),
+            })?;
         Ok(())
     }
 }
@@ -82,7 +108,8 @@ impl Notifier for EmailNotifier {
             self.send_to(&self.target.admins, message).await?;
             for project in message.projects() {
                 if let Some(contacts) = self.target.project_contacts.get(project) {
-                    self.send_to(contacts, &message.for_project(project)).await?;
+                    self.send_to(contacts, &message.for_project(project))
+                        .await?;
                 }
             }
             Ok(())

@@ -41,13 +41,31 @@ pub struct InstanceReport {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Message {
     /// A node was judged dead and recovery started.
-    IncidentOpened { incident: IncidentId, node: String, dry_run: bool, evidence: Value },
+    IncidentOpened {
+        incident: IncidentId,
+        node: String,
+        dry_run: bool,
+        evidence: Value,
+    },
     /// The node is confirmed off.
-    NodeFenced { incident: IncidentId, node: String, how: String },
+    NodeFenced {
+        incident: IncidentId,
+        node: String,
+        how: String,
+    },
     /// Every selected instance was handled.
-    EvacuationFinished { incident: IncidentId, node: String, instances: Vec<InstanceReport> },
+    EvacuationFinished {
+        incident: IncidentId,
+        node: String,
+        instances: Vec<InstanceReport>,
+    },
     /// Recovery stopped where it could not go on safely: a page.
-    NeedsAttention { incident: IncidentId, node: String, reason: String, instances: Vec<InstanceReport> },
+    NeedsAttention {
+        incident: IncidentId,
+        node: String,
+        reason: String,
+        instances: Vec<InstanceReport>,
+    },
 }
 
 impl Message {
@@ -85,24 +103,44 @@ impl Message {
 
     pub fn instances(&self) -> &[InstanceReport] {
         match self {
-            Message::EvacuationFinished { instances, .. } | Message::NeedsAttention { instances, .. } => instances,
+            Message::EvacuationFinished { instances, .. }
+            | Message::NeedsAttention { instances, .. } => instances,
             _ => &[],
         }
     }
 
     /// Projects with instances in this message.
     pub fn projects(&self) -> BTreeSet<&str> {
-        self.instances().iter().map(|i| i.project_id.as_str()).collect()
+        self.instances()
+            .iter()
+            .map(|i| i.project_id.as_str())
+            .collect()
     }
 
     /// The same message with only `project`'s instances (for its contacts).
     pub fn for_project(&self, project: &str) -> Message {
-        let keep = |v: &[InstanceReport]| v.iter().filter(|i| i.project_id == project).cloned().collect::<Vec<_>>();
+        let keep = |v: &[InstanceReport]| {
+            v.iter()
+                .filter(|i| i.project_id == project)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         match self {
-            Message::EvacuationFinished { incident, node, instances } => {
-                Message::EvacuationFinished { incident: incident.clone(), node: node.clone(), instances: keep(instances) }
-            }
-            Message::NeedsAttention { incident, node, reason, instances } => Message::NeedsAttention {
+            Message::EvacuationFinished {
+                incident,
+                node,
+                instances,
+            } => Message::EvacuationFinished {
+                incident: incident.clone(),
+                node: node.clone(),
+                instances: keep(instances),
+            },
+            Message::NeedsAttention {
+                incident,
+                node,
+                reason,
+                instances,
+            } => Message::NeedsAttention {
                 incident: incident.clone(),
                 node: node.clone(),
                 reason: reason.clone(),
@@ -114,12 +152,23 @@ impl Message {
 
     pub fn subject(&self) -> String {
         match self {
-            Message::IncidentOpened { node, dry_run: true, .. } => format!("[vigil] dry run: {node} judged dead"),
-            Message::IncidentOpened { node, .. } => format!("[vigil] {node} is dead; recovery started"),
+            Message::IncidentOpened {
+                node,
+                dry_run: true,
+                ..
+            } => format!("[vigil] dry run: {node} judged dead"),
+            Message::IncidentOpened { node, .. } => {
+                format!("[vigil] {node} is dead; recovery started")
+            }
             Message::NodeFenced { node, .. } => format!("[vigil] {node} fenced (confirmed off)"),
-            Message::EvacuationFinished { node, instances, .. } => {
+            Message::EvacuationFinished {
+                node, instances, ..
+            } => {
                 let ok = instances.iter().filter(|i| i.state == "evacuated").count();
-                format!("[vigil] {node}: {ok}/{} instances recovered", instances.len())
+                format!(
+                    "[vigil] {node}: {ok}/{} instances recovered",
+                    instances.len()
+                )
             }
             Message::NeedsAttention { node, .. } => format!("[vigil] PAGE: {node} needs attention"),
         }
@@ -127,7 +176,12 @@ impl Message {
 
     /// Plain text for e-mail.
     pub fn text(&self) -> String {
-        let mut s = format!("{}\nincident: {}\nnode: {}\n", self.subject(), self.incident(), self.node());
+        let mut s = format!(
+            "{}\nincident: {}\nnode: {}\n",
+            self.subject(),
+            self.incident(),
+            self.node()
+        );
         match self {
             Message::IncidentOpened { evidence, .. } => {
                 s.push_str("\nevidence at decision time:\n");
@@ -135,7 +189,9 @@ impl Message {
                 s.push('\n');
             }
             Message::NodeFenced { how, .. } => s.push_str(&format!("fenced by: {how}\n")),
-            Message::NeedsAttention { reason, .. } => s.push_str(&format!("\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n")),
+            Message::NeedsAttention { reason, .. } => s.push_str(&format!(
+                "\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n"
+            )),
             Message::EvacuationFinished { .. } => {}
         }
         if !self.instances().is_empty() {
@@ -147,9 +203,14 @@ impl Message {
                     i.name,
                     i.from_host,
                     i.to_host.as_deref().unwrap_or("-"),
-                    i.took_secs.map(|t| format!("{t:.1}s")).unwrap_or_else(|| "-".into()),
+                    i.took_secs
+                        .map(|t| format!("{t:.1}s"))
+                        .unwrap_or_else(|| "-".into()),
                     i.state,
-                    i.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    i.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
                 ));
             }
         }
@@ -209,8 +270,18 @@ pub struct Delivery {
 }
 
 impl Dispatcher {
-    pub fn new(notifiers: Vec<Arc<dyn Notifier>>, retry: RetryPolicy, clock: Arc<dyn Clock>, journal: Option<Arc<dyn Journal>>) -> Self {
-        Dispatcher { notifiers, retry, clock, journal }
+    pub fn new(
+        notifiers: Vec<Arc<dyn Notifier>>,
+        retry: RetryPolicy,
+        clock: Arc<dyn Clock>,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Self {
+        Dispatcher {
+            notifiers,
+            retry,
+            clock,
+            journal,
+        }
     }
 
     /// Queues `message` for every notifier and returns at once; the handles
@@ -230,8 +301,17 @@ impl Dispatcher {
                     if let Some(j) = journal {
                         let event = Event {
                             at: clock.now(),
-                            kind: if d.delivered { "notify-delivered".into() } else { "notify-failed".into() },
-                            message: format!("{} via {} after {} attempt(s)", message.kind(), d.notifier, d.attempts),
+                            kind: if d.delivered {
+                                "notify-delivered".into()
+                            } else {
+                                "notify-failed".into()
+                            },
+                            message: format!(
+                                "{} via {} after {} attempt(s)",
+                                message.kind(),
+                                d.notifier,
+                                d.attempts
+                            ),
                             detail: json!({"error": d.last_error}),
                         };
                         // The delivery record is best effort: the recovery
@@ -247,14 +327,24 @@ impl Dispatcher {
     }
 }
 
-async fn deliver(n: &dyn Notifier, message: &Message, retry: RetryPolicy, clock: &dyn Clock) -> Delivery {
+async fn deliver(
+    n: &dyn Notifier,
+    message: &Message,
+    retry: RetryPolicy,
+    clock: &dyn Clock,
+) -> Delivery {
     let mut backoff = retry.initial_backoff;
     let mut last_error = None;
     for attempt in 1..=retry.attempts {
         match n.send(message).await {
             Ok(()) => {
                 info!(notifier = %n.name(), kind = message.kind(), attempt, "notification delivered");
-                return Delivery { notifier: n.name(), attempts: attempt, delivered: true, last_error: None };
+                return Delivery {
+                    notifier: n.name(),
+                    attempts: attempt,
+                    delivered: true,
+                    last_error: None,
+                };
             }
             Err(e) => {
                 let text = crate::fence::error_chain(&e);
@@ -267,5 +357,10 @@ async fn deliver(n: &dyn Notifier, message: &Message, retry: RetryPolicy, clock:
             }
         }
     }
-    Delivery { notifier: n.name(), attempts: retry.attempts, delivered: false, last_error }
+    Delivery {
+        notifier: n.name(),
+        attempts: retry.attempts,
+        delivered: false,
+        last_error,
+    }
 }

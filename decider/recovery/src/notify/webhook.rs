@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{Message, NotifyError, Notifier};
+use super::{Message, Notifier, NotifyError};
 use crate::secret::Secret;
 
 /// The signature header's name.
@@ -29,8 +29,12 @@ pub fn sign(key: &Secret, body: &[u8]) -> String {
 
 /// Checks a signature header in constant time (for receivers and tests).
 pub fn verify(key: &Secret, body: &[u8], header: &str) -> bool {
-    let Some(hexsig) = header.strip_prefix("sha256=") else { return false };
-    let Ok(sig) = hex::decode(hexsig) else { return false };
+    let Some(hexsig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hexsig) else {
+        return false;
+    };
     match Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) {
         Ok(mut mac) => {
             mac.update(body);
@@ -49,7 +53,11 @@ pub struct WebhookNotifier {
 
 impl WebhookNotifier {
     pub fn new(url: String, key: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(WebhookNotifier { url, key, client: reqwest::Client::builder().timeout(timeout).build()? })
+        Ok(WebhookNotifier {
+            url,
+            key,
+            client: reqwest::Client::builder().timeout(timeout).build()?,
+        })
     }
 }
 
@@ -60,7 +68,10 @@ impl Notifier for WebhookNotifier {
 
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), NotifyError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(message).map_err(|e| NotifyError::Build { notifier: self.name(), detail: e.to_string() })?;
+            let body = serde_json::to_vec(message).map_err(|e| NotifyError::Build {
+                notifier: self.name(),
+                detail: e.to_string(),
+            })?;
             let resp = self
                 .client
                 .post(&self.url)
@@ -70,9 +81,15 @@ impl Notifier for WebhookNotifier {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| NotifyError::Unreachable { notifier: self.name(), source: Box::new(e) })?;
+                .map_err(|e| NotifyError::Unreachable {
+                    notifier: self.name(),
+                    source: Box::new(e),
+                })?;
             if !resp.status().is_success() {
-                return Err(NotifyError::Refused { notifier: self.name(), detail: format!("HTTP {}", resp.status()) });
+                return Err(NotifyError::Refused {
+                    notifier: self.name(),
+                    detail: format!("HTTP {}", resp.status()),
+                });
             }
             Ok(())
         })
@@ -88,9 +105,16 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let key = Secret::new("Jefe");
         let sig = sign(&key, b"what do ya want for nothing?");
-        assert_eq!(sig, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
         assert!(verify(&key, b"what do ya want for nothing?", &sig));
         assert!(!verify(&key, b"tampered", &sig));
-        assert!(!verify(&Secret::new("other"), b"what do ya want for nothing?", &sig));
+        assert!(!verify(
+            &Secret::new("other"),
+            b"what do ya want for nothing?",
+            &sig
+        ));
     }
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::fence_step::ConfirmedFence;
-use super::nova::{EvacuateRequest, NovaCallError, ResetTo, Server, ServerStatus};
+use super::nova::{EvacuateRequest, NovaCallError, ResetTo, ServerStatus};
 use super::{Run, WorkflowError};
 use crate::fence::error_chain;
 use crate::journal::{InstanceRecord, InstanceState, StepKind, StepOutcome};
@@ -18,12 +18,16 @@ enum Live {
     Moving,
     /// On the dead host, not moving; `attempts` evacuations Nova recorded since
     /// the incident opened (all failed, or none made).
-    Stuck { server: Server, attempts: u32 },
+    Stuck {
+        status: ServerStatus,
+        fault: Option<String>,
+        attempts: u32,
+    },
 }
 
 /// How a verification ended.
 enum Verified {
-    Done(InstanceRecord),
+    Done(Box<InstanceRecord>),
     /// Nova says this attempt failed and the server is still on the dead
     /// host: a retry may help.
     Retry(String),
@@ -44,18 +48,30 @@ impl Run<'_> {
             Err(e) => return Err(e),
         };
         let migrations = nova.evacuation_migrations(&rec.server_id).await?;
-        let moving = migrations.iter().any(|m| !m.finished() && m.created_at.is_none_or(|t| t >= self.opened_at));
+        let moving = migrations
+            .iter()
+            .any(|m| !m.finished() && m.created_at.is_none_or(|t| t >= self.opened_at));
         let moved = server.host.as_deref().is_some_and(|h| h != rec.from_host);
         if moved || moving || server.task_state.as_deref() == Some("rebuilding") {
             return Ok(Live::Moving);
         }
-        let attempts = nova.evacuate_action_count(&rec.server_id, self.opened_at).await?;
-        Ok(Live::Stuck { server, attempts })
+        let attempts = nova
+            .evacuate_action_count(&rec.server_id, self.opened_at)
+            .await?;
+        Ok(Live::Stuck {
+            status: server.status,
+            fault: server.fault,
+            attempts,
+        })
     }
 
     /// Takes one instance to a final state, journaling each call.
     #[instrument(skip_all, fields(workflow = %self.id, node = %self.node, server_id = %rec.server_id))]
-    pub(super) async fn handle_instance(&self, fence: Option<&ConfirmedFence>, mut rec: InstanceRecord) -> Result<InstanceRecord, WorkflowError> {
+    pub(super) async fn handle_instance(
+        &self,
+        fence: Option<&ConfirmedFence>,
+        mut rec: InstanceRecord,
+    ) -> Result<InstanceRecord, WorkflowError> {
         if rec.state.is_final() {
             return Ok(rec);
         }
@@ -66,7 +82,14 @@ impl Run<'_> {
         };
         let Some(fence) = fence.filter(|_| !self.dry_run) else {
             // Dry run: journal the call that would be made, make none.
-            let s = self.begin(StepKind::Evacuate, &rec.server_id, 1, json!({"request": request, "would": true})).await?;
+            let s = self
+                .begin(
+                    StepKind::Evacuate,
+                    &rec.server_id,
+                    1,
+                    json!({"request": request, "would": true}),
+                )
+                .await?;
             self.end(s, StepOutcome::DryRun, json!(null)).await?;
             rec.state = InstanceState::DryRun;
             self.put(&rec).await?;
@@ -81,7 +104,12 @@ impl Run<'_> {
                     // this instance (never evacuate blind).
                     read_failures += 1;
                     if read_failures >= 3 {
-                        return self.fail(rec, format!("cannot read the server from nova: {}", error_chain(&e))).await;
+                        return self
+                            .fail(
+                                rec,
+                                format!("cannot read the server from nova: {}", error_chain(&e)),
+                            )
+                            .await;
                     }
                     self.clock().sleep(policy.poll_interval).await;
                     continue;
@@ -96,36 +124,71 @@ impl Run<'_> {
                     return Ok(rec);
                 }
                 Live::Moving => {}
-                Live::Stuck { server, attempts } => {
+                Live::Stuck {
+                    status,
+                    fault,
+                    attempts,
+                } => {
                     // Safety rule 7: count what Nova recorded as well as what
                     // we journaled, so a crash between the call and its record
                     // cannot buy an extra attempt.
+                    let nova_attempts = attempts;
                     let attempts = attempts.max(rec.attempts);
                     if attempts >= policy.max_attempts {
-                        let why = server.fault.clone().unwrap_or_else(|| format!("status {} on {}", server.status, rec.from_host));
-                        return self.fail(rec, format!("evacuation failed after {attempts} attempt(s): {why}")).await;
+                        let why = fault
+                            .unwrap_or_else(|| format!("status {status} on {}", rec.from_host));
+                        return self
+                            .fail(
+                                rec,
+                                format!("evacuation failed after {attempts} attempt(s): {why}"),
+                            )
+                            .await;
                     }
-                    if attempts > 0 {
-                        // A failed evacuation can leave a task state behind
+                    if nova_attempts > 0 {
+                        // Nova recorded a failed evacuation; it can leave a task state behind
                         // that blocks the next; reset to `error` (claims nothing).
-                        let s = self.begin(StepKind::ResetState, &rec.server_id, attempts, json!({"to": "error"})).await?;
-                        match self.r.edges.nova.reset_state(&rec.server_id, ResetTo::Error).await {
+                        let s = self
+                            .begin(
+                                StepKind::ResetState,
+                                &rec.server_id,
+                                attempts,
+                                json!({"to": "error"}),
+                            )
+                            .await?;
+                        match self
+                            .r
+                            .edges
+                            .nova
+                            .reset_state(&rec.server_id, ResetTo::Error)
+                            .await
+                        {
                             Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
-                            Err(e) => self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)})).await?,
+                            Err(e) => {
+                                self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
+                                    .await?
+                            }
                         }
                     }
                     rec.attempts = attempts + 1;
                     rec.state = InstanceState::Evacuating;
                     rec.started_at = Some(self.clock().now());
                     self.put(&rec).await?;
-                    let s = self.begin(StepKind::Evacuate, &rec.server_id, rec.attempts, json!({"request": request})).await?;
+                    let s = self
+                        .begin(
+                            StepKind::Evacuate,
+                            &rec.server_id,
+                            rec.attempts,
+                            json!({"request": request}),
+                        )
+                        .await?;
                     info!(attempt = rec.attempts, microversion = %request.microversion, host = ?request.host, "evacuating");
                     match self.evacuate_call(fence, &rec.server_id, &request).await {
                         Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
                         Err(e) => {
                             let e = error_chain(&e);
                             warn!(error = %e, "evacuate refused");
-                            self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
+                            self.end(s, StepOutcome::Failed, json!({"error": e}))
+                                .await?;
                             rec.reason = Some(e);
                             self.put(&rec).await?;
                             continue;
@@ -134,7 +197,7 @@ impl Run<'_> {
                 }
             }
             match self.verify(&mut rec).await? {
-                Verified::Done(r) => return Ok(r),
+                Verified::Done(r) => return Ok(*r),
                 Verified::Retry(why) => {
                     rec.reason = Some(why);
                     self.put(&rec).await?;
@@ -144,7 +207,12 @@ impl Run<'_> {
     }
 
     /// The only place an evacuate call is made; it needs the fence proof.
-    async fn evacuate_call(&self, _fence: &ConfirmedFence, id: &str, request: &EvacuateRequest) -> Result<(), NovaCallError> {
+    async fn evacuate_call(
+        &self,
+        _fence: &ConfirmedFence,
+        id: &str,
+        request: &EvacuateRequest,
+    ) -> Result<(), NovaCallError> {
         self.r.edges.nova.evacuate(id, request).await
     }
 
@@ -153,7 +221,14 @@ impl Run<'_> {
     async fn verify(&self, rec: &mut InstanceRecord) -> Result<Verified, WorkflowError> {
         let policy = &self.r.settings.evacuation;
         let expected = parse_status(&rec.expected);
-        let s = self.begin(StepKind::Verify, &rec.server_id, rec.attempts, json!({"expect": rec.expected})).await?;
+        let s = self
+            .begin(
+                StepKind::Verify,
+                &rec.server_id,
+                rec.attempts,
+                json!({"expect": rec.expected}),
+            )
+            .await?;
         let deadline = self.clock().now().plus(policy.verify_deadline);
         let mut last = String::from("not read yet");
         while self.clock().now() < deadline {
@@ -161,25 +236,48 @@ impl Run<'_> {
                 Ok(server) => {
                     let elsewhere = server.host.as_deref().is_some_and(|h| h != rec.from_host);
                     let settled = server.task_state.is_none();
-                    last = format!("status {} task_state {:?} host {:?}", server.status, server.task_state, server.host);
+                    last = format!(
+                        "status {} task_state {:?} host {:?}",
+                        server.status, server.task_state, server.host
+                    );
                     if settled && elsewhere && server.status == expected {
                         rec.state = InstanceState::Evacuated;
                         rec.to_host = server.host.clone();
                         rec.finished_at = Some(self.clock().now());
                         rec.reason = None;
                         self.put(rec).await?;
-                        self.end(s, StepOutcome::Ok, json!({"host": server.host, "status": server.status})).await?;
+                        self.end(
+                            s,
+                            StepOutcome::Ok,
+                            json!({"host": server.host, "status": server.status}),
+                        )
+                        .await?;
                         info!(to = ?server.host, "instance recovered");
-                        return Ok(Verified::Done(rec.clone()));
+                        return Ok(Verified::Done(Box::new(rec.clone())));
                     }
-                    if settled && elsewhere && matches!(server.status, ServerStatus::Active | ServerStatus::Shutoff | ServerStatus::Error) {
+                    if settled
+                        && elsewhere
+                        && matches!(
+                            server.status,
+                            ServerStatus::Active | ServerStatus::Shutoff | ServerStatus::Error
+                        )
+                    {
                         // It moved but is not as it must be (e.g. stopped by a
                         // 2.95 evacuation, or broke on the destination): a
                         // second evacuate is impossible and wrong; a person decides.
                         self.end(s, StepOutcome::Failed, json!({"host": server.host, "status": server.status, "fault": server.fault})).await?;
                         rec.to_host = server.host.clone();
-                        let why = format!("landed on {} as {} (expected {}){}", server.host.as_deref().unwrap_or("?"), server.status, rec.expected, server.fault.map(|f| format!(": {f}")).unwrap_or_default());
-                        return self.fail(rec.clone(), why).await.map(Verified::Done);
+                        let why = format!(
+                            "landed on {} as {} (expected {}){}",
+                            server.host.as_deref().unwrap_or("?"),
+                            server.status,
+                            rec.expected,
+                            server.fault.map(|f| format!(": {f}")).unwrap_or_default()
+                        );
+                        return self
+                            .fail(rec.clone(), why)
+                            .await
+                            .map(|r| Verified::Done(Box::new(r)));
                     }
                     if settled && !elsewhere && server.status == ServerStatus::Error {
                         let moving = self
@@ -191,30 +289,48 @@ impl Run<'_> {
                             .map(|m| m.iter().any(|m| !m.finished()))
                             .unwrap_or(true);
                         if !moving {
-                            let why = server.fault.unwrap_or_else(|| "ERROR on the dead host after evacuate".into());
-                            self.end(s, StepOutcome::Failed, json!({"retry": true, "fault": why})).await?;
+                            let why = server
+                                .fault
+                                .unwrap_or_else(|| "ERROR on the dead host after evacuate".into());
+                            self.end(s, StepOutcome::Failed, json!({"retry": true, "fault": why}))
+                                .await?;
                             return Ok(Verified::Retry(why));
                         }
                     }
                 }
                 Err(NovaCallError::NotFound { .. }) => {
-                    self.end(s, StepOutcome::Skipped, json!({"deleted": true})).await?;
+                    self.end(s, StepOutcome::Skipped, json!({"deleted": true}))
+                        .await?;
                     rec.state = InstanceState::Gone;
                     rec.finished_at = Some(self.clock().now());
                     self.put(rec).await?;
-                    return Ok(Verified::Done(rec.clone()));
+                    return Ok(Verified::Done(Box::new(rec.clone())));
                 }
                 Err(e) => last = error_chain(&e),
             }
             self.clock().sleep(policy.poll_interval).await;
         }
-        self.end(s, StepOutcome::Failed, json!({"timeout": true, "last": last})).await?;
+        self.end(
+            s,
+            StepOutcome::Failed,
+            json!({"timeout": true, "last": last}),
+        )
+        .await?;
         // Maybe still moving: never evacuate again on a timeout.
-        let why = format!("not {} on another host within {:?}; last seen: {last}", rec.expected, policy.verify_deadline);
-        self.fail(rec.clone(), why).await.map(Verified::Done)
+        let why = format!(
+            "not {} on another host within {:?}; last seen: {last}",
+            rec.expected, policy.verify_deadline
+        );
+        self.fail(rec.clone(), why)
+            .await
+            .map(|r| Verified::Done(Box::new(r)))
     }
 
-    async fn fail(&self, mut rec: InstanceRecord, why: String) -> Result<InstanceRecord, WorkflowError> {
+    async fn fail(
+        &self,
+        mut rec: InstanceRecord,
+        why: String,
+    ) -> Result<InstanceRecord, WorkflowError> {
         warn!(server_id = %rec.server_id, reason = %why, "instance needs attention");
         rec.state = InstanceState::Failed;
         rec.finished_at = Some(self.clock().now());

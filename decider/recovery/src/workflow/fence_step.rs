@@ -38,31 +38,60 @@ pub(super) enum FenceResult {
 
 /// Did a previous run of this incident already confirm the fence?
 fn confirmed_before(d: &IncidentDetail) -> Option<ConfirmedFence> {
-    if let Some(s) = d.steps.iter().find(|s| s.kind == StepKind::ConfirmOff && s.outcome == Some(StepOutcome::Ok)) {
-        return Some(ConfirmedFence { how: format!("{} (journaled confirmation)", s.target) });
+    if let Some(s) = d
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::ConfirmOff && s.outcome == Some(StepOutcome::Ok))
+    {
+        return Some(ConfirmedFence {
+            how: format!("{} (journaled confirmation)", s.target),
+        });
     }
     d.events_of(OPERATOR_CONFIRMED_OFF)
         .next()
-        .map(|e| ConfirmedFence { how: format!("operator confirmation: {}", e.message) })
+        .map(|e| ConfirmedFence {
+            how: format!("operator confirmation: {}", e.message),
+        })
 }
 
 impl Run<'_> {
-    pub(super) async fn fence(&self, d: &IncidentDetail, levels: &[FenceLevel]) -> Result<FenceResult, WorkflowError> {
+    pub(super) async fn fence(
+        &self,
+        d: &IncidentDetail,
+        levels: &[FenceLevel],
+    ) -> Result<FenceResult, WorkflowError> {
         // Safety rule 7: a node confirmed off is never fenced again.
         if let Some(c) = confirmed_before(d) {
             info!(node = %self.node, how = c.how(), "fence already confirmed");
             return Ok(FenceResult::Confirmed(c));
         }
         if levels.is_empty() {
-            return Ok(FenceResult::Failed(format!("no fence levels configured for {}", self.node)));
+            return Ok(FenceResult::Failed(format!(
+                "no fence levels configured for {}",
+                self.node
+            )));
         }
         if self.dry_run {
             for l in levels {
                 let f = l.fencer.describe();
-                let s = self.begin(StepKind::PowerOff, &f, 1, json!({"would": "power off", "storage_fence": l.storage_fence})).await?;
+                let s = self
+                    .begin(
+                        StepKind::PowerOff,
+                        &f,
+                        1,
+                        json!({"would": "power off", "storage_fence": l.storage_fence}),
+                    )
+                    .await?;
                 self.end(s, StepOutcome::DryRun, json!(null)).await?;
             }
-            let s = self.begin(StepKind::ConfirmOff, &levels[0].fencer.describe(), 1, json!({"would": "read power state until off"})).await?;
+            let s = self
+                .begin(
+                    StepKind::ConfirmOff,
+                    &levels[0].fencer.describe(),
+                    1,
+                    json!({"would": "read power state until off"}),
+                )
+                .await?;
             self.end(s, StepOutcome::DryRun, json!(null)).await?;
             return Ok(FenceResult::DryRun);
         }
@@ -73,19 +102,46 @@ impl Run<'_> {
         if d.steps.iter().any(|s| s.kind == StepKind::PowerOff) {
             for l in levels.iter().filter(|l| !l.storage_fence) {
                 let f = l.fencer.describe();
-                let s = self.begin(StepKind::ConfirmOff, &f, 1, json!({"read": "power state", "on_resume": true})).await?;
-                let read = self.with_deadline(l.deadline, l.fencer.power_status()).await;
+                let s = self
+                    .begin(
+                        StepKind::ConfirmOff,
+                        &f,
+                        1,
+                        json!({"read": "power state", "on_resume": true}),
+                    )
+                    .await?;
+                let read = self
+                    .with_deadline(l.deadline, l.fencer.power_status())
+                    .await;
                 match read {
                     Some(Ok(PowerState::Off)) => {
-                        self.end(s, StepOutcome::Ok, json!({"power": "off", "on_resume": true})).await?;
-                        return Ok(FenceResult::Confirmed(ConfirmedFence { how: format!("{f}: power read back off") }));
+                        self.end(
+                            s,
+                            StepOutcome::Ok,
+                            json!({"power": "off", "on_resume": true}),
+                        )
+                        .await?;
+                        return Ok(FenceResult::Confirmed(ConfirmedFence {
+                            how: format!("{f}: power read back off"),
+                        }));
                     }
                     Some(Ok(p)) => {
-                        self.end(s, StepOutcome::Failed, json!({"power": p})).await?;
+                        self.end(s, StepOutcome::Failed, json!({"power": p}))
+                            .await?;
                         break;
                     }
-                    Some(Err(e)) => self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)})).await?,
-                    None => self.end(s, StepOutcome::Failed, json!({"error": "no answer within the level deadline"})).await?,
+                    Some(Err(e)) => {
+                        self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
+                            .await?
+                    }
+                    None => {
+                        self.end(
+                            s,
+                            StepOutcome::Failed,
+                            json!({"error": "no answer within the level deadline"}),
+                        )
+                        .await?
+                    }
                 }
             }
         }
@@ -100,11 +156,18 @@ impl Run<'_> {
                 }
             }
         }
-        Ok(FenceResult::Failed(format!("fence not confirmed: {}", failures.join("; "))))
+        Ok(FenceResult::Failed(format!(
+            "fence not confirmed: {}",
+            failures.join("; ")
+        )))
     }
 
     /// One level: power off, then read back until off, all within its deadline.
-    async fn fence_level(&self, i: usize, l: &FenceLevel) -> Result<Result<ConfirmedFence, String>, WorkflowError> {
+    async fn fence_level(
+        &self,
+        i: usize,
+        l: &FenceLevel,
+    ) -> Result<Result<ConfirmedFence, String>, WorkflowError> {
         let f = l.fencer.describe();
         let started = self.clock().now();
         let deadline = started.plus(l.deadline);
@@ -117,30 +180,58 @@ impl Run<'_> {
             }
             Some(Err(e)) => {
                 let e = error_chain(&e);
-                self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
+                self.end(s, StepOutcome::Failed, json!({"error": e}))
+                    .await?;
                 return Ok(Err(e));
             }
             None => {
-                self.end(s, StepOutcome::Failed, json!({"error": "deadline passed"})).await?;
+                self.end(s, StepOutcome::Failed, json!({"error": "deadline passed"}))
+                    .await?;
                 return Ok(Err(format!("no answer within {:?}", l.deadline)));
             }
         };
 
         if l.storage_fence {
             if !ack.storage_fenced {
-                return Ok(Err(format!("storage fence not reported in place: {}", ack.message)));
+                return Ok(Err(format!(
+                    "storage fence not reported in place: {}",
+                    ack.message
+                )));
             }
             if !self.r.settings.accept_storage_fence_alone {
-                self.event("storage-fenced", format!("{f}: storage fenced; policy wants power confirmed too"), json!(ack)).await?;
-                return Ok(Err("storage fenced, but policy does not accept a storage fence alone".into()));
+                self.event(
+                    "storage-fenced",
+                    format!("{f}: storage fenced; policy wants power confirmed too"),
+                    json!(ack),
+                )
+                .await?;
+                return Ok(Err(
+                    "storage fenced, but policy does not accept a storage fence alone".into(),
+                ));
             }
-            let s = self.begin(StepKind::ConfirmOff, &f, 1, json!({"storage_fence": true})).await?;
-            self.end(s, StepOutcome::Ok, json!({"storage_fenced": true, "message": ack.message})).await?;
-            return Ok(Ok(ConfirmedFence { how: format!("{f}: storage fence confirmed") }));
+            let s = self
+                .begin(StepKind::ConfirmOff, &f, 1, json!({"storage_fence": true}))
+                .await?;
+            self.end(
+                s,
+                StepOutcome::Ok,
+                json!({"storage_fenced": true, "message": ack.message}),
+            )
+            .await?;
+            return Ok(Ok(ConfirmedFence {
+                how: format!("{f}: storage fence confirmed"),
+            }));
         }
 
         // Power read-back until Off or the level's deadline.
-        let s = self.begin(StepKind::ConfirmOff, &f, 1, json!({"level": i, "read": "power state until off"})).await?;
+        let s = self
+            .begin(
+                StepKind::ConfirmOff,
+                &f,
+                1,
+                json!({"level": i, "read": "power state until off"}),
+            )
+            .await?;
         let mut reads = 0u32;
         let mut last = String::from("no read yet");
         loop {
@@ -153,18 +244,32 @@ impl Run<'_> {
                 Some(Ok(PowerState::Off)) => {
                     self.end(s, StepOutcome::Ok, json!({"power": "off", "reads": reads, "took_ms": self.clock().now().since(started).as_millis() as u64})).await?;
                     info!(node = %self.node, fencer = %f, reads, "power confirmed off");
-                    return Ok(Ok(ConfirmedFence { how: format!("{f}: power read back off") }));
+                    return Ok(Ok(ConfirmedFence {
+                        how: format!("{f}: power read back off"),
+                    }));
                 }
                 Some(Ok(p)) => last = format!("power {p}"),
                 Some(Err(e)) => last = error_chain(&e),
                 None => last = "no answer to the status read".into(),
             }
-            let pause = self.r.settings.confirm_poll_interval.min(deadline.since(self.clock().now()));
+            let pause = self
+                .r
+                .settings
+                .confirm_poll_interval
+                .min(deadline.since(self.clock().now()));
             if pause > Duration::ZERO {
                 self.clock().sleep(pause).await;
             }
         }
-        self.end(s, StepOutcome::Failed, json!({"reads": reads, "last": last})).await?;
-        Ok(Err(format!("power not read back off within {:?} (last: {last})", l.deadline)))
+        self.end(
+            s,
+            StepOutcome::Failed,
+            json!({"reads": reads, "last": last}),
+        )
+        .await?;
+        Ok(Err(format!(
+            "power not read back off within {:?} (last: {last})",
+            l.deadline
+        )))
     }
 }

@@ -23,7 +23,10 @@ pub enum Admission {
     Admit,
     /// Do nothing for this node now. `page` is true the first time a storm
     /// refuses it, so a storm pages once per node, not every tick.
-    Refuse { reason: String, page: bool },
+    Refuse {
+        reason: String,
+        page: bool,
+    },
 }
 
 /// Guard state across verdicts; one per decider.
@@ -38,13 +41,26 @@ pub struct Guards {
 
 impl Guards {
     pub fn new(cfg: GuardConfig) -> Self {
-        Guards { cfg, dead: BTreeMap::new(), storm_refused: BTreeSet::new() }
+        Guards {
+            cfg,
+            dead: BTreeMap::new(),
+            storm_refused: BTreeSet::new(),
+        }
     }
 
     /// Called each time `node`'s verdict is `dead`; `known_nodes` is how many
     /// compute nodes the decider knows.
-    pub async fn admit(&mut self, journal: &dyn Journal, node: &str, known_nodes: usize, now: Timestamp) -> Result<Admission, JournalError> {
-        let window_start = Timestamp(now.0.saturating_sub(i64::try_from(self.cfg.storm_window.as_millis()).unwrap_or(i64::MAX)));
+    pub async fn admit(
+        &mut self,
+        journal: &dyn Journal,
+        node: &str,
+        known_nodes: usize,
+        now: Timestamp,
+    ) -> Result<Admission, JournalError> {
+        let window_start =
+            Timestamp(now.0.saturating_sub(
+                i64::try_from(self.cfg.storm_window.as_millis()).unwrap_or(i64::MAX),
+            ));
         self.dead.retain(|_, at| *at >= window_start);
         self.dead.insert(node.to_string(), now);
         let dead = self.dead.len();
@@ -68,11 +84,17 @@ impl Guards {
         self.storm_refused.clear();
         if let Some(last) = journal.latest_for_node(node).await? {
             if last.status.is_open() {
-                return Ok(Admission::Refuse { reason: format!("incident {} is already open for {node}", last.id), page: false });
+                return Ok(Admission::Refuse {
+                    reason: format!("incident {} is already open for {node}", last.id),
+                    page: false,
+                });
             }
             // Cooldown counts from incidents that acted; an aborted or
             // dry-run one did nothing to the node.
-            let acted = matches!(last.status, IncidentStatus::Completed | IncidentStatus::Resolved);
+            let acted = matches!(
+                last.status,
+                IncidentStatus::Completed | IncidentStatus::Resolved
+            );
             if let (true, Some(closed)) = (acted, last.closed_at) {
                 let until = closed.plus(self.cfg.cooldown);
                 if now < until {

@@ -43,8 +43,9 @@ pub use nova::*;
 use crate::config::{EvacuationPolicy, RecoveryConfig};
 use crate::fence::{error_chain, FenceLevel};
 use crate::journal::{
-    Event, IncidentDetail, IncidentId, IncidentStatus, InstanceRecord, InstanceState, Journal, JournalError, NewIncident, Phase, StepBegin,
-    StepId, StepKind, StepOutcome, OPERATOR_CONFIRMED_OFF,
+    Event, IncidentDetail, IncidentId, IncidentStatus, InstanceRecord, InstanceState, Journal,
+    JournalError, NewIncident, Phase, StepBegin, StepId, StepKind, StepOutcome,
+    OPERATOR_CONFIRMED_OFF,
 };
 use crate::notify::{Delivery, Dispatcher, InstanceReport, Message};
 use crate::time::{Clock, Timestamp};
@@ -148,7 +149,12 @@ impl Recovery {
 
     /// Opens an incident for a dead node and runs it. The caller has asked
     /// [`Guards::admit`] first.
-    pub async fn start(&self, levels: &[FenceLevel], trigger: Trigger, mode: Mode) -> Result<Outcome, WorkflowError> {
+    pub async fn start(
+        &self,
+        levels: &[FenceLevel],
+        trigger: Trigger,
+        mode: Mode,
+    ) -> Result<Outcome, WorkflowError> {
         let id = self
             .edges
             .journal
@@ -167,7 +173,11 @@ impl Recovery {
     /// Runs (or continues) an incident from its journal. Closed incidents are
     /// returned as they are; a needs-attention one continues only once an
     /// operator has confirmed the node off.
-    pub async fn resume(&self, levels: &[FenceLevel], id: &IncidentId) -> Result<Outcome, WorkflowError> {
+    pub async fn resume(
+        &self,
+        levels: &[FenceLevel],
+        id: &IncidentId,
+    ) -> Result<Outcome, WorkflowError> {
         let d = self.edges.journal.get(id).await?;
         let run = Run {
             r: self,
@@ -179,18 +189,38 @@ impl Recovery {
         };
         let (status, reason) = run.drive(d, levels).await?;
         let instances = self.edges.journal.get(id).await?.instances;
-        let notifications = run.notifications.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
-        Ok(Outcome { incident: id.clone(), status, reason, instances, notifications })
+        let notifications = run
+            .notifications
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        Ok(Outcome {
+            incident: id.clone(),
+            status,
+            reason,
+            instances,
+            notifications,
+        })
     }
 
     /// Records an operator's confirmation that `incident`'s node is off; a
     /// later [`Recovery::resume`] then continues past the fence.
-    pub async fn confirm_off_by_operator(&self, incident: &IncidentId, who: &str, note: &str) -> Result<(), JournalError> {
+    pub async fn confirm_off_by_operator(
+        &self,
+        incident: &IncidentId,
+        who: &str,
+        note: &str,
+    ) -> Result<(), JournalError> {
         self.edges
             .journal
             .record_event(
                 incident,
-                Event { at: self.edges.clock.now(), kind: OPERATOR_CONFIRMED_OFF.into(), message: format!("{who}: {note}"), detail: json!({"who": who, "note": note}) },
+                Event {
+                    at: self.edges.clock.now(),
+                    kind: OPERATOR_CONFIRMED_OFF.into(),
+                    message: format!("{who}: {note}"),
+                    detail: json!({"who": who, "note": note}),
+                },
             )
             .await
     }
@@ -199,24 +229,49 @@ impl Recovery {
     /// after the fence, means it came back: mark the incident `recovered`. If
     /// the incident is already complete and policy says so, re-enable the
     /// service now; otherwise it stays disabled and forced down.
-    pub async fn node_booted(&self, node: &str, boot_id: &str) -> Result<Option<IncidentId>, WorkflowError> {
+    pub async fn node_booted(
+        &self,
+        node: &str,
+        boot_id: &str,
+    ) -> Result<Option<IncidentId>, WorkflowError> {
         let j = &self.edges.journal;
-        let Some(last) = j.latest_for_node(node).await? else { return Ok(None) };
+        let Some(last) = j.latest_for_node(node).await? else {
+            return Ok(None);
+        };
         if last.dry_run || last.recovered_at.is_some() || last.boot_id.as_deref() == Some(boot_id) {
             return Ok(None);
         }
         let d = j.get(&last.id).await?;
-        let fenced = d.steps.iter().any(|s| s.kind == StepKind::ConfirmOff && s.outcome == Some(StepOutcome::Ok)) || d.events_of(OPERATOR_CONFIRMED_OFF).next().is_some();
+        let fenced = d
+            .steps
+            .iter()
+            .any(|s| s.kind == StepKind::ConfirmOff && s.outcome == Some(StepOutcome::Ok))
+            || d.events_of(OPERATOR_CONFIRMED_OFF).next().is_some();
         if !fenced {
             return Ok(None);
         }
         let now = self.edges.clock.now();
         j.mark_recovered(&last.id, boot_id.to_string(), now).await?;
-        j.record_event(&last.id, Event { at: now, kind: "node-recovered".into(), message: format!("{node} is back with boot id {boot_id}"), detail: json!({"boot_id": boot_id}) })
-            .await?;
+        j.record_event(
+            &last.id,
+            Event {
+                at: now,
+                kind: "node-recovered".into(),
+                message: format!("{node} is back with boot id {boot_id}"),
+                detail: json!({"boot_id": boot_id}),
+            },
+        )
+        .await?;
         info!(incident = %last.id, node, boot_id, "node recovered");
         if last.status == IncidentStatus::Completed {
-            let run = Run { r: self, id: last.id.clone(), node: node.to_string(), dry_run: false, opened_at: last.opened_at, notifications: std::sync::Mutex::new(Vec::new()) };
+            let run = Run {
+                r: self,
+                id: last.id.clone(),
+                node: node.to_string(),
+                dry_run: false,
+                opened_at: last.opened_at,
+                notifications: std::sync::Mutex::new(Vec::new()),
+            };
             run.reenable_if_policy(true).await?;
         }
         Ok(Some(last.id))
@@ -232,19 +287,53 @@ impl<'a> Run<'a> {
         self.r.edges.journal.as_ref()
     }
 
-    async fn begin(&self, kind: StepKind, target: &str, attempt: u32, detail: Value) -> Result<StepId, WorkflowError> {
+    async fn begin(
+        &self,
+        kind: StepKind,
+        target: &str,
+        attempt: u32,
+        detail: Value,
+    ) -> Result<StepId, WorkflowError> {
         Ok(self
             .journal()
-            .begin_step(&self.id, StepBegin { kind, target: target.to_string(), attempt, at: self.clock().now(), detail })
+            .begin_step(
+                &self.id,
+                StepBegin {
+                    kind,
+                    target: target.to_string(),
+                    attempt,
+                    at: self.clock().now(),
+                    detail,
+                },
+            )
             .await?)
     }
 
-    async fn end(&self, step: StepId, outcome: StepOutcome, result: Value) -> Result<(), WorkflowError> {
-        Ok(self.journal().end_step(step, self.clock().now(), outcome, result).await?)
+    async fn end(
+        &self,
+        step: StepId,
+        outcome: StepOutcome,
+        result: Value,
+    ) -> Result<(), WorkflowError> {
+        Ok(self
+            .journal()
+            .end_step(step, self.clock().now(), outcome, result)
+            .await?)
     }
 
     async fn event(&self, kind: &str, message: String, detail: Value) -> Result<(), WorkflowError> {
-        Ok(self.journal().record_event(&self.id, Event { at: self.clock().now(), kind: kind.into(), message, detail }).await?)
+        Ok(self
+            .journal()
+            .record_event(
+                &self.id,
+                Event {
+                    at: self.clock().now(),
+                    kind: kind.into(),
+                    message,
+                    detail,
+                },
+            )
+            .await?)
     }
 
     async fn put(&self, rec: &InstanceRecord) -> Result<(), WorkflowError> {
@@ -252,7 +341,11 @@ impl<'a> Run<'a> {
     }
 
     /// Runs `fut` until it finishes or `d` passes on the workflow's clock.
-    async fn with_deadline<T>(&self, d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    async fn with_deadline<T>(
+        &self,
+        d: Duration,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
         tokio::select! {
             biased;
             v = fut => Some(v),
@@ -261,18 +354,30 @@ impl<'a> Run<'a> {
     }
 
     fn microversion_of(&self, rec: &InstanceRecord) -> Microversion {
-        let expected = if rec.expected == "SHUTOFF" { ServerStatus::Shutoff } else { ServerStatus::Active };
-        select::microversion_for(&expected, &self.r.settings.evacuation, self.r.edges.nova.max_microversion())
+        let expected = if rec.expected == "SHUTOFF" {
+            ServerStatus::Shutoff
+        } else {
+            ServerStatus::Active
+        };
+        select::microversion_for(
+            &expected,
+            &self.r.settings.evacuation,
+            self.r.edges.nova.max_microversion(),
+        )
     }
 
     /// Sends a message in the background, once per incident and kind: the
     /// journaled Notify step makes a resumed run skip what was already sent.
     async fn notify(&self, d: &IncidentDetail, message: Message) -> Result<(), WorkflowError> {
         let kind = message.kind();
-        if d.steps_of(StepKind::Notify, kind).any(|s| s.outcome.is_some()) {
+        if d.steps_of(StepKind::Notify, kind)
+            .any(|s| s.outcome.is_some())
+        {
             return Ok(());
         }
-        let s = self.begin(StepKind::Notify, kind, 1, json!({"message": message})).await?;
+        let s = self
+            .begin(StepKind::Notify, kind, 1, json!({"message": message}))
+            .await?;
         if self.dry_run && !matches!(message, Message::NeedsAttention { .. }) {
             return self.end(s, StepOutcome::DryRun, json!(null)).await;
         }
@@ -284,40 +389,91 @@ impl<'a> Run<'a> {
         self.end(s, StepOutcome::Ok, json!({"queued": true})).await
     }
 
-    async fn needs_attention(&self, reason: String) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
+    async fn needs_attention(
+        &self,
+        reason: String,
+    ) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
         warn!(incident = %self.id, node = %self.node, reason = %reason, "needs attention");
-        let instances = self.journal().get(&self.id).await?.instances.iter().map(report).collect();
-        self.journal().set_status(&self.id, IncidentStatus::NeedsAttention, Some(reason.clone()), self.clock().now()).await?;
-        let msg = Message::NeedsAttention { incident: self.id.clone(), node: self.node.clone(), reason: reason.clone(), instances };
+        let instances = self
+            .journal()
+            .get(&self.id)
+            .await?
+            .instances
+            .iter()
+            .map(report)
+            .collect();
+        self.journal()
+            .set_status(
+                &self.id,
+                IncidentStatus::NeedsAttention,
+                Some(reason.clone()),
+                self.clock().now(),
+            )
+            .await?;
+        let msg = Message::NeedsAttention {
+            incident: self.id.clone(),
+            node: self.node.clone(),
+            reason: reason.clone(),
+            instances,
+        };
         // A page for every needs-attention, even when an earlier run paged for
         // a different reason: read the journal fresh, not the snapshot.
         let fresh = self.journal().get(&self.id).await?;
-        if fresh.steps_of(StepKind::Notify, "needs-attention").any(|s| s.detail.pointer("/message/reason").and_then(Value::as_str) == Some(reason.as_str())) {
+        if fresh
+            .steps_of(StepKind::Notify, "needs-attention")
+            .any(|s| {
+                s.detail.pointer("/message/reason").and_then(Value::as_str) == Some(reason.as_str())
+            })
+        {
             return Ok((IncidentStatus::NeedsAttention, Some(reason)));
         }
-        let s = self.begin(StepKind::Notify, "needs-attention", 1, json!({"message": msg})).await?;
+        let s = self
+            .begin(
+                StepKind::Notify,
+                "needs-attention",
+                1,
+                json!({"message": msg}),
+            )
+            .await?;
         let handles = self.r.edges.notify.dispatch(msg);
         if let Ok(mut v) = self.notifications.lock() {
             v.extend(handles);
         }
-        self.end(s, StepOutcome::Ok, json!({"queued": true})).await?;
+        self.end(s, StepOutcome::Ok, json!({"queued": true}))
+            .await?;
         Ok((IncidentStatus::NeedsAttention, Some(reason)))
     }
 
-    async fn abort(&self, reason: String) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
+    async fn abort(
+        &self,
+        reason: String,
+    ) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
         warn!(incident = %self.id, node = %self.node, reason = %reason, "recovery refused");
         self.event("aborted", reason.clone(), json!(null)).await?;
         self.journal().set_phase(&self.id, Phase::Closed).await?;
-        self.journal().set_status(&self.id, IncidentStatus::Aborted, Some(reason.clone()), self.clock().now()).await?;
+        self.journal()
+            .set_status(
+                &self.id,
+                IncidentStatus::Aborted,
+                Some(reason.clone()),
+                self.clock().now(),
+            )
+            .await?;
         Ok((IncidentStatus::Aborted, Some(reason)))
     }
 
     fn did(d: &IncidentDetail, kind: StepKind) -> bool {
-        d.steps.iter().any(|s| s.kind == kind && matches!(s.outcome, Some(StepOutcome::Ok) | Some(StepOutcome::DryRun)))
+        d.steps.iter().any(|s| {
+            s.kind == kind && matches!(s.outcome, Some(StepOutcome::Ok) | Some(StepOutcome::DryRun))
+        })
     }
 
     #[instrument(skip_all, fields(workflow = %self.id, node = %self.node))]
-    async fn drive(&self, d: IncidentDetail, levels: &[FenceLevel]) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
+    async fn drive(
+        &self,
+        d: IncidentDetail,
+        levels: &[FenceLevel],
+    ) -> Result<(IncidentStatus, Option<String>), WorkflowError> {
         let nova = self.r.edges.nova.clone();
         match d.summary.status {
             IncidentStatus::Open => {}
@@ -327,7 +483,9 @@ impl<'a> Run<'a> {
                     && !d.instances.iter().any(|i| i.state == InstanceState::Failed) =>
             {
                 // The operator confirmed the node off: go on from the fence.
-                self.journal().set_status(&self.id, IncidentStatus::Open, None, self.clock().now()).await?;
+                self.journal()
+                    .set_status(&self.id, IncidentStatus::Open, None, self.clock().now())
+                    .await?;
             }
             s => return Ok((s, d.summary.reason.clone())),
         }
@@ -336,41 +494,90 @@ impl<'a> Run<'a> {
         // Self-check before the first action: a decider that cannot see Nova
         // or its reference addresses must not trust its own verdicts.
         if !acted {
-            let s = self.begin(StepKind::SelfCheck, "decider", 1, json!(null)).await?;
+            let s = self
+                .begin(StepKind::SelfCheck, "decider", 1, json!(null))
+                .await?;
             if let Err(why) = self.r.edges.self_check.check().await {
-                self.end(s, StepOutcome::Failed, json!({"error": why})).await?;
+                self.end(s, StepOutcome::Failed, json!({"error": why}))
+                    .await?;
                 let reason = format!("self-check failed: {why}; not acting on {}", self.node);
                 let (st, r) = self.abort(reason.clone()).await?;
                 self.page_only(reason).await?;
                 return Ok((st, r));
             }
             self.end(s, StepOutcome::Ok, json!(null)).await?;
-            self.notify(&d, Message::IncidentOpened { incident: self.id.clone(), node: self.node.clone(), dry_run: self.dry_run, evidence: d.evidence.clone() }).await?;
+            self.notify(
+                &d,
+                Message::IncidentOpened {
+                    incident: self.id.clone(),
+                    node: self.node.clone(),
+                    dry_run: self.dry_run,
+                    evidence: d.evidence.clone(),
+                },
+            )
+            .await?;
         }
 
         // Safety rule 5: a service disabled by someone else is maintenance.
         let service = match nova.compute_service(&self.node).await {
             Ok(s) => s,
-            Err(e) if !acted => return self.abort(format!("cannot read {}'s nova-compute service: {}", self.node, error_chain(&e))).await,
-            Err(e) => return self.needs_attention(format!("cannot read {}'s nova-compute service: {}", self.node, error_chain(&e))).await,
+            Err(e) if !acted => {
+                return self
+                    .abort(format!(
+                        "cannot read {}'s nova-compute service: {}",
+                        self.node,
+                        error_chain(&e)
+                    ))
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .needs_attention(format!(
+                        "cannot read {}'s nova-compute service: {}",
+                        self.node,
+                        error_chain(&e)
+                    ))
+                    .await
+            }
         };
         let ours = disable_reason(&self.id);
         if !service.enabled && service.disabled_reason.as_deref() != Some(ours.as_str()) {
             if acted {
-                return self.needs_attention(format!("{}'s service was disabled by someone else during recovery ({:?})", self.node, service.disabled_reason)).await;
+                return self
+                    .needs_attention(format!(
+                        "{}'s service was disabled by someone else during recovery ({:?})",
+                        self.node, service.disabled_reason
+                    ))
+                    .await;
             }
-            return self.abort(format!("{} is in maintenance (service disabled: {:?}); never acted on", self.node, service.disabled_reason.unwrap_or_default())).await;
+            return self
+                .abort(format!(
+                    "{} is in maintenance (service disabled: {:?}); never acted on",
+                    self.node,
+                    service.disabled_reason.unwrap_or_default()
+                ))
+                .await;
         }
 
         // Disable first, so the scheduler stops placing on the node.
         if !acted || service.enabled {
-            let s = self.begin(StepKind::DisableService, &self.node, 1, json!({"service_id": service.id, "reason": ours})).await?;
+            let s = self
+                .begin(
+                    StepKind::DisableService,
+                    &self.node,
+                    1,
+                    json!({"service_id": service.id, "reason": ours}),
+                )
+                .await?;
             if self.dry_run {
                 self.end(s, StepOutcome::DryRun, json!(null)).await?;
             } else if let Err(e) = nova.disable_service(&service, &ours).await {
                 let e = error_chain(&e);
-                self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
-                return self.needs_attention(format!("cannot disable {}'s service: {e}", self.node)).await;
+                self.end(s, StepOutcome::Failed, json!({"error": e}))
+                    .await?;
+                return self
+                    .needs_attention(format!("cannot disable {}'s service: {e}", self.node))
+                    .await;
             } else {
                 self.end(s, StepOutcome::Ok, json!(null)).await?;
             }
@@ -389,21 +596,42 @@ impl<'a> Run<'a> {
         };
         self.journal().set_phase(&self.id, Phase::Fenced).await?;
         if let Some(c) = &fence {
-            self.notify(&d, Message::NodeFenced { incident: self.id.clone(), node: self.node.clone(), how: c.how().to_string() }).await?;
+            self.notify(
+                &d,
+                Message::NodeFenced {
+                    incident: self.id.clone(),
+                    node: self.node.clone(),
+                    how: c.how().to_string(),
+                },
+            )
+            .await?;
         }
 
         // forced_down: Nova then lets evacuations start at once instead of
         // after service_down_time (lab: 400 "still in use" otherwise).
         if !Self::did(&d, StepKind::ForceDown) || !service.forced_down {
-            let s = self.begin(StepKind::ForceDown, &self.node, 1, json!({"service_id": service.id, "forced_down": true})).await?;
+            let s = self
+                .begin(
+                    StepKind::ForceDown,
+                    &self.node,
+                    1,
+                    json!({"service_id": service.id, "forced_down": true}),
+                )
+                .await?;
             match &fence {
                 None => self.end(s, StepOutcome::DryRun, json!(null)).await?,
                 Some(c) => match self.force_down(c, &service).await {
                     Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
                     Err(e) => {
                         let e = error_chain(&e);
-                        self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
-                        return self.needs_attention(format!("cannot force {}'s service down: {e}", self.node)).await;
+                        self.end(s, StepOutcome::Failed, json!({"error": e}))
+                            .await?;
+                        return self
+                            .needs_attention(format!(
+                                "cannot force {}'s service down: {e}",
+                                self.node
+                            ))
+                            .await;
                     }
                 },
             }
@@ -414,7 +642,9 @@ impl<'a> Run<'a> {
             if let Err(why) = self.prepare_spare(&d, sp).await? {
                 // A spare that cannot be readied is not fatal with the
                 // scheduler; with `reserved` it is.
-                if self.r.settings.evacuation.destination == crate::config::DestinationPolicy::Reserved {
+                if self.r.settings.evacuation.destination
+                    == crate::config::DestinationPolicy::Reserved
+                {
                     return self.needs_attention(why).await;
                 }
                 self.event("spare-unavailable", why, json!(null)).await?;
@@ -432,36 +662,82 @@ impl<'a> Run<'a> {
             }
         };
 
-        self.journal().set_phase(&self.id, Phase::Evacuating).await?;
+        self.journal()
+            .set_phase(&self.id, Phase::Evacuating)
+            .await?;
         let concurrency = self.r.settings.evacuation.concurrency.max(1);
         let fence_ref = fence.as_ref();
-        let results: Vec<InstanceRecord> = futures::stream::iter(selected.into_iter().map(|rec| self.handle_instance(fence_ref, rec)))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
+        let results: Vec<InstanceRecord> = futures::stream::iter(
+            selected
+                .into_iter()
+                .map(|rec| self.handle_instance(fence_ref, rec)),
+        )
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
 
         self.journal().set_phase(&self.id, Phase::Notifying).await?;
-        let failed: Vec<&InstanceRecord> = results.iter().filter(|r| r.state == InstanceState::Failed).collect();
+        let failed: Vec<&InstanceRecord> = results
+            .iter()
+            .filter(|r| r.state == InstanceState::Failed)
+            .collect();
         let d = self.journal().get(&self.id).await?;
-        self.notify(&d, Message::EvacuationFinished { incident: self.id.clone(), node: self.node.clone(), instances: results.iter().map(report).collect() }).await?;
+        self.notify(
+            &d,
+            Message::EvacuationFinished {
+                incident: self.id.clone(),
+                node: self.node.clone(),
+                instances: results.iter().map(report).collect(),
+            },
+        )
+        .await?;
         if !failed.is_empty() {
-            let names: Vec<String> = failed.iter().map(|r| format!("{} ({})", r.name, r.reason.as_deref().unwrap_or("?"))).collect();
-            return self.needs_attention(format!("{} of {} instances not recovered: {}", failed.len(), results.len(), names.join("; "))).await;
+            let names: Vec<String> = failed
+                .iter()
+                .map(|r| format!("{} ({})", r.name, r.reason.as_deref().unwrap_or("?")))
+                .collect();
+            return self
+                .needs_attention(format!(
+                    "{} of {} instances not recovered: {}",
+                    failed.len(),
+                    results.len(),
+                    names.join("; ")
+                ))
+                .await;
         }
-        let status = if self.dry_run { IncidentStatus::DryRun } else { IncidentStatus::Completed };
+        let status = if self.dry_run {
+            IncidentStatus::DryRun
+        } else {
+            IncidentStatus::Completed
+        };
         if !self.dry_run {
-            self.reenable_if_policy(d.summary.recovered_at.is_some()).await?;
+            self.reenable_if_policy(d.summary.recovered_at.is_some())
+                .await?;
         }
         self.journal().set_phase(&self.id, Phase::Closed).await?;
-        self.journal().set_status(&self.id, status, None, self.clock().now()).await?;
+        self.journal()
+            .set_status(&self.id, status, None, self.clock().now())
+            .await?;
         info!(instances = results.len(), ?status, "incident closed");
         Ok((status, None))
     }
 
     /// A page without changing the status (for aborts that must be seen).
     async fn page_only(&self, reason: String) -> Result<(), WorkflowError> {
-        let msg = Message::NeedsAttention { incident: self.id.clone(), node: self.node.clone(), reason, instances: Vec::new() };
-        let s = self.begin(StepKind::Notify, "needs-attention", 1, json!({"message": msg})).await?;
+        let msg = Message::NeedsAttention {
+            incident: self.id.clone(),
+            node: self.node.clone(),
+            reason,
+            instances: Vec::new(),
+        };
+        let s = self
+            .begin(
+                StepKind::Notify,
+                "needs-attention",
+                1,
+                json!({"message": msg}),
+            )
+            .await?;
         let handles = self.r.edges.notify.dispatch(msg);
         if let Ok(mut v) = self.notifications.lock() {
             v.extend(handles);
@@ -469,7 +745,11 @@ impl<'a> Run<'a> {
         self.end(s, StepOutcome::Ok, json!({"queued": true})).await
     }
 
-    async fn force_down(&self, _fence: &ConfirmedFence, service: &ComputeService) -> Result<(), NovaCallError> {
+    async fn force_down(
+        &self,
+        _fence: &ConfirmedFence,
+        service: &ComputeService,
+    ) -> Result<(), NovaCallError> {
         self.r.edges.nova.set_forced_down(service, true).await
     }
 
@@ -479,16 +759,25 @@ impl<'a> Run<'a> {
             .evacuation
             .reserved
             .iter()
-            .find(|s| s.host != self.node && (s.for_nodes.is_empty() || s.for_nodes.iter().any(|n| n == &self.node)))
+            .find(|s| {
+                s.host != self.node
+                    && (s.for_nodes.is_empty() || s.for_nodes.iter().any(|n| n == &self.node))
+            })
             .cloned()
     }
 
     /// Enables the spare's service and, if asked, adds it to the dead host's
     /// aggregates. Idempotent, so a resumed run simply does it again.
-    async fn prepare_spare(&self, d: &IncidentDetail, sp: &crate::config::ReservedSpare) -> Result<Result<(), String>, WorkflowError> {
+    async fn prepare_spare(
+        &self,
+        d: &IncidentDetail,
+        sp: &crate::config::ReservedSpare,
+    ) -> Result<Result<(), String>, WorkflowError> {
         let nova = &self.r.edges.nova;
         if !Self::did(d, StepKind::EnableSpare) {
-            let s = self.begin(StepKind::EnableSpare, &sp.host, 1, json!(null)).await?;
+            let s = self
+                .begin(StepKind::EnableSpare, &sp.host, 1, json!(null))
+                .await?;
             if self.dry_run {
                 self.end(s, StepOutcome::DryRun, json!(null)).await?;
             } else {
@@ -502,7 +791,8 @@ impl<'a> Run<'a> {
                 .await;
                 if let Err(e) = r {
                     let e = error_chain(&e);
-                    self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
+                    self.end(s, StepOutcome::Failed, json!({"error": e}))
+                        .await?;
                     return Ok(Err(format!("cannot enable reserved host {}: {e}", sp.host)));
                 }
                 self.end(s, StepOutcome::Ok, json!(null)).await?;
@@ -511,16 +801,33 @@ impl<'a> Run<'a> {
         if sp.join_aggregates && !Self::did(d, StepKind::JoinAggregate) {
             let aggs = match nova.host_aggregates(&self.node).await {
                 Ok(a) => a,
-                Err(e) => return Ok(Err(format!("cannot list {}'s aggregates: {}", self.node, error_chain(&e)))),
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "cannot list {}'s aggregates: {}",
+                        self.node,
+                        error_chain(&e)
+                    )))
+                }
             };
             for a in aggs.iter().filter(|a| !a.hosts.contains(&sp.host)) {
-                let s = self.begin(StepKind::JoinAggregate, &sp.host, 1, json!({"aggregate": a.name, "aggregate_id": a.id})).await?;
+                let s = self
+                    .begin(
+                        StepKind::JoinAggregate,
+                        &sp.host,
+                        1,
+                        json!({"aggregate": a.name, "aggregate_id": a.id}),
+                    )
+                    .await?;
                 if self.dry_run {
                     self.end(s, StepOutcome::DryRun, json!(null)).await?;
                 } else if let Err(e) = nova.add_host_to_aggregate(a, &sp.host).await {
                     let e = error_chain(&e);
-                    self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
-                    return Ok(Err(format!("cannot add {} to aggregate {}: {e}", sp.host, a.name)));
+                    self.end(s, StepOutcome::Failed, json!({"error": e}))
+                        .await?;
+                    return Ok(Err(format!(
+                        "cannot add {} to aggregate {}: {e}",
+                        sp.host, a.name
+                    )));
                 } else {
                     self.end(s, StepOutcome::Ok, json!(null)).await?;
                 }
@@ -529,16 +836,30 @@ impl<'a> Run<'a> {
         Ok(Ok(()))
     }
 
-    async fn select(&self, spare: Option<&str>) -> Result<Result<Vec<InstanceRecord>, String>, WorkflowError> {
+    async fn select(
+        &self,
+        spare: Option<&str>,
+    ) -> Result<Result<Vec<InstanceRecord>, String>, WorkflowError> {
         let nova = &self.r.edges.nova;
         let policy = &self.r.settings.evacuation;
-        let s = self.begin(StepKind::SelectInstances, &self.node, 1, json!({"policy": policy})).await?;
+        let s = self
+            .begin(
+                StepKind::SelectInstances,
+                &self.node,
+                1,
+                json!({"policy": policy}),
+            )
+            .await?;
         let servers = match nova.servers_on_host(&self.node).await {
             Ok(v) => v,
             Err(e) => {
                 let e = error_chain(&e);
-                self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
-                return Ok(Err(format!("cannot list the servers on {}: {e}", self.node)));
+                self.end(s, StepOutcome::Failed, json!({"error": e}))
+                    .await?;
+                return Ok(Err(format!(
+                    "cannot list the servers on {}: {e}",
+                    self.node
+                )));
             }
         };
         let services = if policy.destination == crate::config::DestinationPolicy::Spread {
@@ -546,14 +867,22 @@ impl<'a> Run<'a> {
                 Ok(v) => v,
                 Err(e) => {
                     let e = error_chain(&e);
-                    self.end(s, StepOutcome::Failed, json!({"error": e})).await?;
+                    self.end(s, StepOutcome::Failed, json!({"error": e}))
+                        .await?;
                     return Ok(Err(format!("cannot list compute services for spread: {e}")));
                 }
             }
         } else {
             Vec::new()
         };
-        let (chosen, skipped) = select::choose(&servers, &self.node, policy, nova.max_microversion(), &services, spare);
+        let (chosen, skipped) = select::choose(
+            &servers,
+            &self.node,
+            policy,
+            nova.max_microversion(),
+            &services,
+            spare,
+        );
         let mut recs = Vec::with_capacity(chosen.len());
         for c in &chosen {
             let rec = InstanceRecord {
@@ -575,7 +904,10 @@ impl<'a> Run<'a> {
             self.put(&rec).await?;
             recs.push(rec);
         }
-        let skipped: Vec<Value> = skipped.iter().map(|k| json!({"server_id": k.server_id, "reason": k.reason})).collect();
+        let skipped: Vec<Value> = skipped
+            .iter()
+            .map(|k| json!({"server_id": k.server_id, "reason": k.reason}))
+            .collect();
         self.end(s, StepOutcome::Ok, json!({"selected": recs.iter().map(|r| &r.server_id).collect::<Vec<_>>(), "skipped": skipped})).await?;
         Ok(Ok(recs))
     }
@@ -587,7 +919,14 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let nova = &self.r.edges.nova;
-        let s = self.begin(StepKind::ReenableService, &self.node, 1, json!({"forced_down": false, "status": "enabled"})).await?;
+        let s = self
+            .begin(
+                StepKind::ReenableService,
+                &self.node,
+                1,
+                json!({"forced_down": false, "status": "enabled"}),
+            )
+            .await?;
         let r = async {
             let svc = nova.compute_service(&self.node).await?;
             nova.set_forced_down(&svc, false).await?;
@@ -596,7 +935,10 @@ impl<'a> Run<'a> {
         .await;
         match r {
             Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await,
-            Err(e) => self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)})).await,
+            Err(e) => {
+                self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
+                    .await
+            }
         }
     }
 }
@@ -609,10 +951,15 @@ fn report(r: &InstanceRecord) -> InstanceReport {
         from_host: r.from_host.clone(),
         to_host: r.to_host.clone(),
         took_secs: match (r.started_at, r.finished_at) {
-            (Some(a), Some(b)) if r.state == InstanceState::Evacuated => Some(b.since(a).as_secs_f64()),
+            (Some(a), Some(b)) if r.state == InstanceState::Evacuated => {
+                Some(b.since(a).as_secs_f64())
+            }
             _ => None,
         },
-        state: serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        state: serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         reason: r.reason.clone(),
     }
 }

@@ -52,7 +52,10 @@ impl FromStr for Microversion {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || MicroversionParseError(s.to_string());
         let (a, b) = s.split_once('.').ok_or_else(bad)?;
-        Ok(Microversion::new(a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+        Ok(Microversion::new(
+            a.parse().map_err(|_| bad())?,
+            b.parse().map_err(|_| bad())?,
+        ))
     }
 }
 
@@ -64,7 +67,9 @@ impl Serialize for Microversion {
 
 impl<'de> Deserialize<'de> for Microversion {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -144,7 +149,10 @@ impl Migration {
     /// under way (Nova sets `done` slightly after the server is ACTIVE, and the
     /// returning source host turns it into `completed`).
     pub fn finished(&self) -> bool {
-        matches!(self.status.as_str(), "done" | "completed" | "failed" | "error" | "cancelled")
+        matches!(
+            self.status.as_str(),
+            "done" | "completed" | "failed" | "error" | "cancelled"
+        )
     }
 
     pub fn failed(&self) -> bool {
@@ -186,7 +194,11 @@ pub enum NovaCallError {
     NotFound { what: String },
     /// Nova answered with an error status.
     #[error("{what}: nova answered {status}: {message}")]
-    Rejected { what: String, status: u16, message: String },
+    Rejected {
+        what: String,
+        status: u16,
+        message: String,
+    },
     /// Nova could not be reached or its answer could not be read.
     #[error("{what}: nova unreachable")]
     Transport {
@@ -206,22 +218,58 @@ pub trait NovaActions: Send + Sync + 'static {
     fn compute_service(&self, host: &str) -> BoxFuture<'_, Result<ComputeService, NovaCallError>>;
     /// Every `nova-compute` service (for `spread` destinations and self-checks).
     fn compute_services(&self) -> BoxFuture<'_, Result<Vec<ComputeService>, NovaCallError>>;
-    fn disable_service<'a>(&'a self, service: &'a ComputeService, reason: &'a str) -> BoxFuture<'a, Result<(), NovaCallError>>;
-    fn enable_service<'a>(&'a self, service: &'a ComputeService) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn disable_service<'a>(
+        &'a self,
+        service: &'a ComputeService,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn enable_service<'a>(
+        &'a self,
+        service: &'a ComputeService,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
     /// `forced_down` (by service id from microversion 2.53).
-    fn set_forced_down<'a>(&'a self, service: &'a ComputeService, down: bool) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn set_forced_down<'a>(
+        &'a self,
+        service: &'a ComputeService,
+        down: bool,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
     /// Servers on `host`, all projects.
-    fn servers_on_host<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<Server>, NovaCallError>>;
+    fn servers_on_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Server>, NovaCallError>>;
     /// One server; `NotFound` when it was deleted.
     fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Server, NovaCallError>>;
-    fn evacuate<'a>(&'a self, id: &'a str, request: &'a EvacuateRequest) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn evacuate<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a EvacuateRequest,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
     /// The server's `evacuation` migrations, newest last.
-    fn evacuation_migrations<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<Migration>, NovaCallError>>;
+    fn evacuation_migrations<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Migration>, NovaCallError>>;
     /// How many `evacuate` instance actions the server has that started at or
     /// after `since` (`os-instance-actions`).
-    fn evacuate_action_count<'a>(&'a self, id: &'a str, since: Timestamp) -> BoxFuture<'a, Result<u32, NovaCallError>>;
-    fn reset_state<'a>(&'a self, id: &'a str, to: ResetTo) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn evacuate_action_count<'a>(
+        &'a self,
+        id: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<u32, NovaCallError>>;
+    fn reset_state<'a>(
+        &'a self,
+        id: &'a str,
+        to: ResetTo,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
     /// Aggregates that contain `host`.
-    fn host_aggregates<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<Aggregate>, NovaCallError>>;
-    fn add_host_to_aggregate<'a>(&'a self, aggregate: &'a Aggregate, host: &'a str) -> BoxFuture<'a, Result<(), NovaCallError>>;
+    fn host_aggregates<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Aggregate>, NovaCallError>>;
+    fn add_host_to_aggregate<'a>(
+        &'a self,
+        aggregate: &'a Aggregate,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<(), NovaCallError>>;
 }

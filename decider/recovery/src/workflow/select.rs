@@ -43,11 +43,17 @@ fn truthy(v: &str) -> Option<bool> {
 
 /// The microversion for a server that must end in `expected`, given the
 /// cloud's maximum.
-pub fn microversion_for(expected: &ServerStatus, policy: &EvacuationPolicy, cloud_max: Microversion) -> Microversion {
+pub fn microversion_for(
+    expected: &ServerStatus,
+    policy: &EvacuationPolicy,
+    cloud_max: Microversion,
+) -> Microversion {
     match expected {
         // From 2.95 Nova leaves evacuated servers stopped: servers that must
         // run go with ≤ 2.94.
-        ServerStatus::Shutoff if cloud_max >= policy.stopped_microversion => policy.stopped_microversion,
+        ServerStatus::Shutoff if cloud_max >= policy.stopped_microversion => {
+            policy.stopped_microversion
+        }
         // Below 2.95 Nova keeps a stopped server stopped anyway.
         _ => policy.run_microversion.min(cloud_max),
     }
@@ -66,14 +72,19 @@ pub fn choose(
     let mut chosen = Vec::new();
     let mut skipped = Vec::new();
     for s in servers {
-        let skip = |reason: String| Skipped { server_id: s.id.clone(), reason };
+        let skip = |reason: String| Skipped {
+            server_id: s.id.clone(),
+            reason,
+        };
         if s.host.as_deref() != Some(node) {
             skipped.push(skip(format!("not on {node} (host {:?})", s.host)));
             continue;
         }
         let expected = match &s.status {
             ServerStatus::Active | ServerStatus::Error => ServerStatus::Active,
-            ServerStatus::Shutoff if policy.shutoff == ShutoffPolicy::Evacuate => ServerStatus::Shutoff,
+            ServerStatus::Shutoff if policy.shutoff == ShutoffPolicy::Evacuate => {
+                ServerStatus::Shutoff
+            }
             ServerStatus::Shutoff => {
                 skipped.push(skip("SHUTOFF and policy shutoff = skip".into()));
                 continue;
@@ -89,16 +100,34 @@ pub fn choose(
             OptMode::OptIn => opted == Some(true),
         };
         if !take {
-            skipped.push(skip(format!("{} = {:?} ({:?})", policy.opt_key, lookup(s, &policy.opt_key), policy.opt)));
+            skipped.push(skip(format!(
+                "{} = {:?} ({:?})",
+                policy.opt_key,
+                lookup(s, &policy.opt_key),
+                policy.opt
+            )));
             continue;
         }
-        let priority = lookup(s, &policy.priority_key).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let priority = lookup(s, &policy.priority_key)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         let microversion = microversion_for(&expected, policy, cloud_max);
-        chosen.push(Candidate { server: s.clone(), expected, priority, microversion, destination: None });
+        chosen.push(Candidate {
+            server: s.clone(),
+            expected,
+            priority,
+            microversion,
+            destination: None,
+        });
     }
     // Higher priority first; ties by name then id so the order is stable
     // across a resume.
-    chosen.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.server.name.cmp(&b.server.name)).then_with(|| a.server.id.cmp(&b.server.id)));
+    chosen.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.server.name.cmp(&b.server.name))
+            .then_with(|| a.server.id.cmp(&b.server.id))
+    });
 
     match policy.destination {
         DestinationPolicy::Scheduler => {}
@@ -146,7 +175,10 @@ mod tests {
             host: Some("c1".into()),
             status,
             task_state: None,
-            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             flavor_extra_specs: BTreeMap::new(),
             image_properties: BTreeMap::new(),
             fault: None,
@@ -154,7 +186,14 @@ mod tests {
     }
 
     fn svc(host: &str, enabled: bool, up: bool) -> ComputeService {
-        ComputeService { id: host.into(), host: host.into(), enabled, disabled_reason: None, forced_down: false, up }
+        ComputeService {
+            id: host.into(),
+            host: host.into(),
+            enabled,
+            disabled_reason: None,
+            forced_down: false,
+            up,
+        }
     }
 
     fn ids(c: &[Candidate]) -> Vec<&str> {
@@ -174,31 +213,76 @@ mod tests {
             server("e", ServerStatus::Other("BUILD".into()), &[]),
         ];
         let (c, s) = choose(&servers, "c1", &p, MAX, &[], None);
-        assert_eq!(ids(&c), ["b", "a"], "priority first; SHUTOFF skipped by default; opt-out honoured");
+        assert_eq!(
+            ids(&c),
+            ["b", "a"],
+            "priority first; SHUTOFF skipped by default; opt-out honoured"
+        );
         assert_eq!(s.len(), 3);
-        assert!(c.iter().all(|c| c.expected == ServerStatus::Active && c.microversion == Microversion::new(2, 94)));
+        assert!(c
+            .iter()
+            .all(|c| c.expected == ServerStatus::Active
+                && c.microversion == Microversion::new(2, 94)));
 
-        let p = EvacuationPolicy { shutoff: ShutoffPolicy::Evacuate, ..EvacuationPolicy::default() };
+        let p = EvacuationPolicy {
+            shutoff: ShutoffPolicy::Evacuate,
+            ..EvacuationPolicy::default()
+        };
         let (c, _) = choose(&servers, "c1", &p, MAX, &[], None);
         let shutoff = c.iter().find(|c| c.server.id == "c").expect("c chosen");
-        assert_eq!((shutoff.expected.clone(), shutoff.microversion), (ServerStatus::Shutoff, Microversion::new(2, 95)));
+        assert_eq!(
+            (shutoff.expected.clone(), shutoff.microversion),
+            (ServerStatus::Shutoff, Microversion::new(2, 95))
+        );
         let (c, _) = choose(&servers, "c1", &p, Microversion::new(2, 60), &[], None);
-        assert!(c.iter().all(|c| c.microversion == Microversion::new(2, 60)), "capped at the cloud's maximum");
+        assert!(
+            c.iter().all(|c| c.microversion == Microversion::new(2, 60)),
+            "capped at the cloud's maximum"
+        );
 
-        let p = EvacuationPolicy { opt: OptMode::OptIn, ..EvacuationPolicy::default() };
+        let p = EvacuationPolicy {
+            opt: OptMode::OptIn,
+            ..EvacuationPolicy::default()
+        };
         let mut opted = server("f", ServerStatus::Active, &[]);
-        opted.flavor_extra_specs.insert("vigil:evacuate".into(), "true".into());
+        opted
+            .flavor_extra_specs
+            .insert("vigil:evacuate".into(), "true".into());
         let mut image_only = server("g", ServerStatus::Active, &[("vigil:evacuate", "false")]);
-        image_only.image_properties.insert("vigil:evacuate".into(), "true".into());
-        let (c, _) = choose(&[opted, image_only, server("h", ServerStatus::Active, &[])], "c1", &p, MAX, &[], None);
-        assert_eq!(ids(&c), ["f"], "opt-in by flavor; instance metadata beats image");
+        image_only
+            .image_properties
+            .insert("vigil:evacuate".into(), "true".into());
+        let (c, _) = choose(
+            &[opted, image_only, server("h", ServerStatus::Active, &[])],
+            "c1",
+            &p,
+            MAX,
+            &[],
+            None,
+        );
+        assert_eq!(
+            ids(&c),
+            ["f"],
+            "opt-in by flavor; instance metadata beats image"
+        );
     }
 
     #[test]
     fn spread_names_a_different_healthy_host_in_turn() {
-        let p = EvacuationPolicy { destination: DestinationPolicy::Spread, ..EvacuationPolicy::default() };
-        let servers: Vec<Server> = ["a", "b", "c"].iter().map(|id| server(id, ServerStatus::Active, &[])).collect();
-        let services = [svc("c1", true, false), svc("c2", true, true), svc("c3", true, true), svc("c4", false, true)];
+        let p = EvacuationPolicy {
+            destination: DestinationPolicy::Spread,
+            ..EvacuationPolicy::default()
+        };
+        let servers: Vec<Server> = ["a", "b", "c"]
+            .iter()
+            .map(|id| server(id, ServerStatus::Active, &[]))
+            .collect();
+        let services = [
+            svc("c1", true, false),
+            svc("c2", true, true),
+            svc("c3", true, true),
+            svc("c4", false, true),
+        ];
         let (c, _) = choose(&servers, "c1", &p, MAX, &services, None);
         let dests: Vec<_> = c.iter().map(|c| c.destination.as_deref()).collect();
         assert_eq!(dests, [Some("c2"), Some("c3"), Some("c2")]);
