@@ -25,7 +25,8 @@ pub use client::{
     ServerQuery,
 };
 pub use config::{
-    AppCredRef, Auth, CloudConfig, ConfigError, DomainRef, Interface, ProjectRef, UserRef,
+    AppCredRef, Auth, CloudConfig, ConfigError, DomainRef, Interface, ProjectRef, SearchPath,
+    UserRef,
 };
 pub use error::NovaError;
 pub use evacuate::{evacuate_body, evacuation_plan, EvacuateRequest, EvacuationPlan, LandAs};
