@@ -268,12 +268,14 @@ class LabDriver(fake.FakeDriverWithoutFakeNodes):
             else:
                 # the node lost power (or qemu died): defined, not running
                 state = power_state.SHUTDOWN
+                was = rec.get("state")
                 rec["pid"] = None
                 rec["state"] = "shutdown"
                 self._del_ips(rec["ips"])
                 self._save(rec)
-                LOG.info("vigil lab driver: guest %s is not running "
-                         "(node restarted): SHUTDOWN", uuid)
+                LOG.info("vigil lab driver: guest %s is not running (%s): "
+                         "SHUTDOWN", uuid, "it was shut off" if was == "shutdown"
+                         else "its qemu is gone: the node lost power or qemu died")
             self.instances[uuid] = fake.FakeInstance(rec["name"], state, uuid)
             self.resources.claim(vcpus=rec["vcpus"], mem=rec["memory_mb"],
                                  disk=rec["root_gb"])
