@@ -5,7 +5,10 @@
 /// back to procfs mode.
 #[cfg(vigil_ebpf)]
 pub fn ebpf_object() -> Option<&'static [u8]> {
-    Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil-sensor-ebpf.o")))
+    Some(aya::include_bytes_aligned!(concat!(
+        env!("OUT_DIR"),
+        "/vigil-sensor-ebpf.o"
+    )))
 }
 
 #[cfg(not(vigil_ebpf))]
