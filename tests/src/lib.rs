@@ -8,5 +8,6 @@
 //! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
 
 pub mod bins;
+pub mod lab;
 pub mod tier;
 pub mod wait;

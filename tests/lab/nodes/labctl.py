@@ -11,6 +11,8 @@
   servers [--json]                                  (delegates to `cloud servers`)
   sensor start|stop NODE
   wait-compute NODE... [--timeout S]                (delegates to `cloud wait-compute`)
+  reset-services            re-enable + un-force every nova-compute (`cloud reset-services`)
+  token                     print an admin Keystone token (`cloud token`)
   net up|down               only the host bridges (tests/lab/nodes/net does the same)
   info                      print state/lab.json
 """
@@ -649,6 +651,8 @@ def main(argv=None):
     s.add_argument("nodes", nargs="+")
     s.add_argument("--timeout", default="120")
     sub.add_parser("info")
+    sub.add_parser("reset-services")
+    sub.add_parser("token")
     s = sub.add_parser("net")
     s.add_argument("action", choices=("up", "down"))
     args, rest = ap.parse_known_args(argv)
@@ -665,6 +669,8 @@ def main(argv=None):
             sys.stdout.write(cloud("boot", args.n, args.node, *rest, capture=True))
         elif args.cmd == "servers":
             sys.stdout.write(cloud("servers", *(["--json"] if args.json else []), capture=True))
+        elif args.cmd in ("reset-services", "token"):
+            sys.stdout.write(cloud(args.cmd, capture=True, timeout=300))
         elif args.cmd == "wait-compute":
             sys.stdout.write(cloud("wait-compute", *args.nodes, "--timeout", args.timeout,
                                    capture=True))

@@ -54,11 +54,16 @@ def net_up():
     if lc.run(["nft", "list", "table", "inet", NFT_TABLE], check=False).returncode != 0:
         lc.made_add("nft", table=NFT_TABLE)
         # Safety: the lab's bridges are islands. Whatever ip_forward says, the
-        # host routes nothing into or out of them (bridged traffic between
-        # nodes on one bridge is not routed and is unaffected).
+        # host routes nothing into or out of them. Traffic between two ports
+        # of one lab bridge (node to node) is bridged, not routed; where
+        # br_netfilter is loaded (bridge-nf-call-iptables = 1, as on this
+        # host) it still passes this hook with the bridge as both iif and
+        # oif, so that case is accepted first.
         rules = (f"table inet {NFT_TABLE} {{\n"
                  "  chain forward {\n"
                  "    type filter hook forward priority -10; policy accept;\n"
+                 f'    iifname "{lc.MGMT_BRIDGE}" oifname "{lc.MGMT_BRIDGE}" accept\n'
+                 f'    iifname "{lc.INST_BRIDGE}" oifname "{lc.INST_BRIDGE}" accept\n'
                  '    iifname "vlab-*" counter drop\n'
                  '    oifname "vlab-*" counter drop\n'
                  "  }\n"

@@ -1,0 +1,692 @@
+//! The lab from tests: a real Nova, compute nodes in network namespaces, BMCs.
+//!
+//! [`Lab::shared`] brings the lab up once per test binary (or reuses one that
+//! is already up: `tests/lab/lab up` is then a quick check) and reads
+//! `state/lab.json`. Every other call runs `tests/lab/lab … --json` and parses
+//! the answer, so the tests drive the lab exactly as a person at the shell
+//! does. The lab needs root; gate tests with [`crate::tier::root`].
+//!
+//! Tests that change a node (faults, power) hold [`Lab::exclusive`] so tests
+//! in one binary do not power off each other's nodes; they start with
+//! [`Lab::heal`] on the nodes they use, because an earlier test may have left
+//! a fault behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::bins::workspace_root;
+
+/// Default node count when the lab is brought up by a test binary
+/// (`VIGIL_LAB_NODES` overrides it).
+pub const DEFAULT_NODES: u32 = 3;
+
+/// The faults of `tests/lab/lab fault KIND NODE` (tests/lab/CONTRACT.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Power loss: every process of the node killed at once, links down.
+    PowerOff,
+    /// Power on through the node's IPMI BMC (new boot id).
+    PowerOn,
+    /// SIGKILL to nova-compute; it stays dead until `Heal`.
+    KillNovaCompute,
+    /// nova-compute's main thread blocked in uninterruptible I/O on a stalled disk.
+    HangNovaCompute,
+    /// The stalled disk answers again.
+    UnhangNovaCompute,
+    /// The node's management link down (instance network stays up).
+    MgmtLinkDown,
+    MgmtLinkUp,
+    /// SIGKILL to the node's vigil-sensor.
+    KillSensor,
+    /// Traffic between the node's management interface and the controller dropped.
+    Isolate,
+    Unisolate,
+    /// Undo every fault on the node: powered on, links up, nova-compute running.
+    Heal,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::PowerOff => "power-off",
+            Fault::PowerOn => "power-on",
+            Fault::KillNovaCompute => "kill-nova-compute",
+            Fault::HangNovaCompute => "hang-nova-compute",
+            Fault::UnhangNovaCompute => "unhang-nova-compute",
+            Fault::MgmtLinkDown => "mgmt-link-down",
+            Fault::MgmtLinkUp => "mgmt-link-up",
+            Fault::KillSensor => "kill-sensor",
+            Fault::Isolate => "isolate",
+            Fault::Unisolate => "unisolate",
+            Fault::Heal => "heal",
+        }
+    }
+}
+
+/// What `lab fault … --json` reports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FaultReport {
+    pub fault: String,
+    pub node: String,
+    /// One line per step the lab took.
+    pub did: Vec<String>,
+    pub seconds: f64,
+    pub boot_id: Option<String>,
+    pub power: String,
+}
+
+/// A Nova server as `cloud servers --json` / `cloud boot --json` show it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub task_state: Option<String>,
+    pub power_state: Option<i64>,
+    pub host: Option<String>,
+    pub instance_name: Option<String>,
+    /// Network name -> addresses, as in Nova's server `addresses`.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// `state/lab.json`: what `lab up` built.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabInfo {
+    pub lab_dir: PathBuf,
+    pub cloud: String,
+    pub clouds_yaml: PathBuf,
+    pub openrc: PathBuf,
+    pub controller: Controller,
+    pub decider: DeciderInfo,
+    pub bmc: BmcCredentials,
+    pub receivers: Receivers,
+    pub nodes: Vec<NodeInfo>,
+    pub logs: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Controller {
+    pub mgmt_ip: String,
+    pub inst_ip: String,
+    /// keystone, nova, placement, glance, neutron_standin, rabbitmq.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    pub image_id: Option<String>,
+    pub flavor_id: Option<String>,
+    pub report_interval: Option<u64>,
+    pub service_down_time: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeciderInfo {
+    /// Where a decider run by the lab's users listens (198.51.100.1:50051).
+    pub listen: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BmcCredentials {
+    pub username: String,
+    /// The password stays in this file (0600); see [`LabInfo::bmc_password`].
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Receivers {
+    pub smtp: SmtpReceiver,
+    pub webhook: WebhookReceiver,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpReceiver {
+    pub host: String,
+    pub port: u16,
+    /// JSON lines, one per message.
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookReceiver {
+    pub url: String,
+    /// JSON lines, one per request (headers and exact body, base64).
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub index: u32,
+    pub netns: String,
+    pub mgmt_ip: String,
+    pub inst_ip: String,
+    /// cgroup v2 path relative to the hierarchy root (`/vigil-lab/computeN`).
+    pub cgroup: String,
+    /// The same group in the filesystem.
+    pub cgroup_path: PathBuf,
+    pub boot_id_path: PathBuf,
+    pub sensor_token_path: PathBuf,
+    pub redfish: RedfishEndpoint,
+    pub ipmi: IpmiEndpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedfishEndpoint {
+    /// `http://198.51.100.1:800N`
+    pub url: String,
+    pub system_id: String,
+    /// `/redfish/v1/Systems/computeN`
+    pub system_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IpmiEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub interface: String,
+    /// ipmitool `-C`: without it every call waits 10 s on a cipher-suite query.
+    pub cipher_suite: u8,
+}
+
+/// `lab status --json` (the parts tests use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub up: bool,
+    pub nodes: Vec<NodeStatus>,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// `cloud status --json` as is.
+    pub control_plane: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// "on" or "off": the node's supervisor runs.
+    pub power: String,
+    /// What each BMC reads back: ipmi "on"/"off", redfish "On"/"Off".
+    pub bmc: BmcReadings,
+    pub boot_id: Option<String>,
+    /// supervisor, nova-compute, sensor -> pid (or an error string).
+    #[serde(default)]
+    pub pids: BTreeMap<String, serde_json::Value>,
+    /// Processes in the node's cgroup.
+    pub processes: usize,
+    pub qemu: usize,
+    #[serde(default)]
+    pub faults: Vec<String>,
+    pub nova: Option<NovaService>,
+}
+
+impl NodeStatus {
+    pub fn pid(&self, what: &str) -> Option<i32> {
+        self.pids
+            .get(what)
+            .and_then(|v| v.as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BmcReadings {
+    pub ipmi: String,
+    pub redfish: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NovaService {
+    pub status: Option<String>,
+    pub state: Option<String>,
+    pub forced_down: Option<bool>,
+    pub updated_at: Option<String>,
+}
+
+/// A running lab.
+pub struct Lab {
+    script: PathBuf,
+    info: LabInfo,
+    /// Serializes tests that change nodes (see the module doc).
+    exclusive: Mutex<()>,
+}
+
+static SHARED: OnceLock<std::result::Result<Lab, String>> = OnceLock::new();
+
+impl Lab {
+    /// The lab for this test binary: `lab up` once (a quick check when it is
+    /// already up), then `state/lab.json`. The error says what failed and
+    /// where the logs are; it is the same for every caller in the binary.
+    pub fn shared() -> Result<&'static Lab> {
+        SHARED
+            .get_or_init(|| Lab::up().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("the lab is not up: {e}"))
+    }
+
+    fn up() -> Result<Lab> {
+        let script = workspace_root().join("tests/lab/lab");
+        let nodes = std::env::var("VIGIL_LAB_NODES")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(DEFAULT_NODES);
+        let started = Instant::now();
+        // `up` prints progress on stderr; keep it for the error message only.
+        run(&script, &["up", "--nodes", &nodes.to_string()])?;
+        eprintln!("lab: up (or checked) in {:.1?}", started.elapsed());
+        let info = read_info(&lab_dir())?;
+        Ok(Lab {
+            script,
+            info,
+            exclusive: Mutex::new(()),
+        })
+    }
+
+    pub fn info(&self) -> &LabInfo {
+        &self.info
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeInfo> {
+        self.info
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no node {name} in the lab (lab.json has {:?})",
+                    self.node_names()
+                )
+            })
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.info.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Hold this while changing nodes; a test that panicked while holding it
+    /// does not stop the others (they heal their nodes first anyway).
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.exclusive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `lab fault KIND NODE`.
+    pub fn fault(&self, kind: Fault, node: &str) -> Result<FaultReport> {
+        let out = run(&self.script, &["fault", kind.as_str(), node, "--json"])?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing `lab fault {} {node} --json`", kind.as_str()))
+    }
+
+    /// Undo every fault on these nodes and wait until their nova-compute
+    /// reports to Nova again.
+    pub fn heal(&self, nodes: &[&str]) -> Result<()> {
+        for node in nodes {
+            self.fault(Fault::Heal, node)?;
+        }
+        self.wait_compute(nodes, Duration::from_secs(180))
+    }
+
+    /// Until each node's nova-compute reports (heartbeat newer than now) and
+    /// is a hypervisor in Nova (`cloud wait-compute`).
+    pub fn wait_compute(&self, nodes: &[&str], timeout: Duration) -> Result<()> {
+        let secs = timeout.as_secs().to_string();
+        let mut args = vec!["wait-compute"];
+        args.extend_from_slice(nodes);
+        args.extend_from_slice(&["--timeout", &secs]);
+        run(&self.script, &args).map(|_| ())
+    }
+
+    /// `lab boot N NODE`: N servers on NODE, all ACTIVE there with an address.
+    pub fn boot(&self, n: usize, node: &str) -> Result<Vec<Server>> {
+        let out = run(&self.script, &["boot", &n.to_string(), node, "--json"])?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing `lab boot {n} {node} --json`"))
+    }
+
+    /// Every server of the cloud (all projects).
+    pub fn servers(&self) -> Result<Vec<Server>> {
+        let out = run(&self.script, &["servers", "--json"])?;
+        serde_json::from_slice(&out.stdout).context("parsing `lab servers --json`")
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let out = run(&self.script, &["status", "--json"])?;
+        serde_json::from_slice(&out.stdout).context("parsing `lab status --json`")
+    }
+
+    pub fn node_status(&self, node: &str) -> Result<NodeStatus> {
+        self.status()?
+            .nodes
+            .into_iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| anyhow!("`lab status` does not list node {node}"))
+    }
+
+    pub fn sensor_start(&self, node: &str) -> Result<()> {
+        run(&self.script, &["sensor", "start", node]).map(|_| ())
+    }
+
+    pub fn sensor_stop(&self, node: &str) -> Result<()> {
+        run(&self.script, &["sensor", "stop", node]).map(|_| ())
+    }
+
+    /// Re-enable and un-force-down every nova-compute service (after an
+    /// evacuation test).
+    pub fn reset_services(&self) -> Result<()> {
+        run(&self.script, &["reset-services"]).map(|_| ())
+    }
+
+    /// A Keystone token for the lab's admin (project admin), for raw Nova calls.
+    pub fn token(&self) -> Result<String> {
+        let out = run(&self.script, &["token"])?;
+        let token = String::from_utf8(out.stdout)
+            .context("token is not UTF-8")?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            bail!("`lab token` printed nothing");
+        }
+        Ok(token)
+    }
+
+    /// Runs `argv` inside the node's network namespace (e.g. ping from the node).
+    pub fn in_node(&self, node: &str, argv: &[&str]) -> Result<Output> {
+        let netns = &self.node(node)?.netns;
+        Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(argv)
+            .output()
+            .with_context(|| format!("running {argv:?} in netns {netns}"))
+    }
+
+    /// True if `addr` answers one ping sent from inside the node.
+    pub fn ping_from_node(&self, node: &str, addr: &str) -> Result<bool> {
+        Ok(self
+            .in_node(node, &["ping", "-c1", "-W1", "-q", addr])?
+            .status
+            .success())
+    }
+
+    /// Pids in the node's cgroup v2 group (every process of the node).
+    pub fn node_pids(&self, node: &str) -> Result<Vec<i32>> {
+        let path = self.node(node)?.cgroup_path.join("cgroup.procs");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+
+    /// The node's qemu-named processes: pid -> `-uuid` argument.
+    pub fn qemu_processes(&self, node: &str) -> Result<BTreeMap<i32, String>> {
+        let mut out = BTreeMap::new();
+        for pid in self.node_pids(node)? {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let argv: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_qemu = argv
+                .first()
+                .is_some_and(|a| a.ends_with("qemu-system-x86_64"));
+            if let (true, Some(i)) = (is_qemu, argv.iter().position(|a| a == "-uuid")) {
+                if let Some(uuid) = argv.get(i + 1) {
+                    out.insert(pid, uuid.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn boot_id(&self, node: &str) -> Result<String> {
+        let path = &self.node(node)?.boot_id_path;
+        Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
+    }
+}
+
+impl Lab {
+    /// Raw Nova API calls as the lab's admin (the test's own view of Nova,
+    /// independent of Vigil's Nova client).
+    pub fn nova(&self) -> Result<Nova> {
+        let url = self
+            .info
+            .controller
+            .endpoints
+            .get("nova")
+            .cloned()
+            .ok_or_else(|| anyhow!("lab.json has no nova endpoint"))?;
+        Ok(Nova {
+            http: http_client()?,
+            url,
+            token: self.token()?,
+        })
+    }
+
+    /// The node's Redfish BMC, authenticated with the lab's BMC password.
+    pub fn redfish(&self, node: &str) -> Result<Redfish> {
+        let n = self.node(node)?;
+        Ok(Redfish {
+            http: http_client()?,
+            system_url: format!("{}{}", n.redfish.url, n.redfish.system_path),
+            user: self.info.bmc.username.clone(),
+            password: self.info.bmc_password()?,
+        })
+    }
+
+    /// `ipmitool -I lanplus … ARGS` against the node's IPMI BMC; its stdout.
+    pub fn ipmi(&self, node: &str, args: &[&str]) -> Result<String> {
+        let n = self.node(node)?;
+        let out = Command::new("ipmitool")
+            .args([
+                "-I",
+                &n.ipmi.interface,
+                "-H",
+                &n.ipmi.host,
+                "-p",
+                &n.ipmi.port.to_string(),
+            ])
+            .args([
+                "-U",
+                &self.info.bmc.username,
+                "-C",
+                &n.ipmi.cipher_suite.to_string(),
+            ])
+            .arg("-f")
+            .arg(&self.info.bmc.password_file)
+            .args(args)
+            .output()
+            .context("running ipmitool (Debian package ipmitool)")?;
+        if !out.status.success() {
+            bail!(
+                "ipmitool {} against {}:{} failed ({}): {}",
+                args.join(" "),
+                n.ipmi.host,
+                n.ipmi.port,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// "on" / "off" as the node's IPMI BMC reads it back.
+    pub fn ipmi_power(&self, node: &str) -> Result<String> {
+        let out = self.ipmi(node, &["chassis", "power", "status"])?;
+        if out.contains("is on") {
+            Ok("on".into())
+        } else if out.contains("is off") {
+            Ok("off".into())
+        } else {
+            bail!("unexpected IPMI power status of {node}: {out:?}")
+        }
+    }
+}
+
+fn http_client() -> Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("building an HTTP client")
+}
+
+/// A Nova endpoint with an admin token.
+pub struct Nova {
+    http: reqwest::blocking::Client,
+    url: String,
+    token: String,
+}
+
+impl Nova {
+    /// One call; `microversion` as in `X-OpenStack-Nova-API-Version`. Fails
+    /// with the method, path, status and body when Nova answers >= 300.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        microversion: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .header("X-Auth-Token", &self.token)
+            .header("X-OpenStack-Nova-API-Version", microversion);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .with_context(|| format!("nova {method} {path}"))?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        if !status.is_success() {
+            bail!("nova {method} {path} (mv {microversion}) answered {status}: {text}");
+        }
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("nova {method} {path}: body is not JSON: {text}"))
+    }
+
+    pub fn get(&self, path: &str, microversion: &str) -> Result<serde_json::Value> {
+        self.call(reqwest::Method::GET, path, microversion, None)
+    }
+}
+
+/// A node's Redfish BMC (`/redfish/v1/Systems/computeN`).
+pub struct Redfish {
+    http: reqwest::blocking::Client,
+    system_url: String,
+    user: String,
+    password: String,
+}
+
+impl Redfish {
+    /// `PowerState` of the system: "On" or "Off".
+    pub fn power_state(&self) -> Result<String> {
+        let resp = self
+            .http
+            .get(&self.system_url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .with_context(|| format!("GET {}", self.system_url))?;
+        let status = resp.status();
+        let doc: serde_json::Value = resp
+            .json()
+            .with_context(|| format!("GET {}: not JSON", self.system_url))?;
+        if !status.is_success() {
+            bail!("GET {} answered {status}: {doc}", self.system_url);
+        }
+        doc.get("PowerState")
+            .and_then(|p| p.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("GET {}: no PowerState in {doc}", self.system_url))
+    }
+
+    /// `ComputerSystem.Reset` with this `ResetType` (On, ForceOff, GracefulShutdown, …).
+    pub fn reset(&self, reset_type: &str) -> Result<()> {
+        let url = format!("{}/Actions/ComputerSystem.Reset", self.system_url);
+        let resp = self
+            .http
+            .post(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&serde_json::json!({ "ResetType": reset_type }))
+            .send()
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!(
+                "POST {url} ResetType {reset_type} answered {status}: {}",
+                resp.text().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl LabInfo {
+    /// The BMC password (IPMI and Redfish), read from its 0600 file.
+    pub fn bmc_password(&self) -> Result<String> {
+        let pw = std::fs::read_to_string(&self.bmc.password_file)
+            .with_context(|| format!("reading {}", self.bmc.password_file.display()))?;
+        Ok(pw.trim().to_string())
+    }
+}
+
+/// Where the lab keeps its state (`VIGIL_LAB_DIR`, default /var/lib/vigil-lab).
+pub fn lab_dir() -> PathBuf {
+    std::env::var_os("VIGIL_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/vigil-lab"))
+}
+
+fn read_info(dir: &Path) -> Result<LabInfo> {
+    let path = dir.join("state/lab.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// One scheduler state letter of /proc/PID/stat (R, S, D, T, Z …), None if gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may contain spaces and parentheses: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Runs the lab script; a failure says which command failed, its exit status
+/// and the end of what it printed on stderr.
+fn run(script: &Path, args: &[&str]) -> Result<Output> {
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", script.display(), args.join(" ")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "`tests/lab/lab {}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.join("\n")
+        );
+    }
+    Ok(out)
+}
