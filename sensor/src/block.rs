@@ -173,7 +173,7 @@ impl DiskstatsTracker {
             });
         }
         self.last = next;
-        out.sort_by(|a, b| b.oldest_ms.cmp(&a.oldest_ms));
+        out.sort_by_key(|d| std::cmp::Reverse(d.oldest_ms));
         out
     }
 }
