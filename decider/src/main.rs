@@ -1,1 +1,5 @@
-fn main() {}
+//! `vigil-decider`: see `vigil_decider::cli`.
+
+fn main() {
+    std::process::exit(vigil_decider::cli::main());
+}

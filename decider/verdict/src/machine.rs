@@ -4,7 +4,7 @@
 //! (hysteresis), whether it keeps flipping (flapping), and the recovery
 //! workflow's own states, which evidence does not override.
 
-use crate::decide::Assessment;
+use crate::decide::{Assessment, Opinion};
 use crate::policy::Policy;
 use crate::time::{fmt_secs, Moment};
 use crate::verdict::Verdict;
@@ -229,7 +229,15 @@ impl NodeTracker {
         if flapping && target != Verdict::Degraded && target != Verdict::Healthy {
             reasons.push(flap_note);
         }
-        self.fresh = false;
+        // Until some witness has spoken, there is nothing to be hysteretic
+        // about: the first real evidence applies at once.
+        let spoke = [a.opinions.sensor, a.opinions.nova, a.opinions.ping]
+            .iter()
+            .any(|o| *o != Opinion::Unknown)
+            || a.verdict == Verdict::Maintenance;
+        if spoke {
+            self.fresh = false;
+        }
         self.latest = Some(a);
         if target != Verdict::Dead && self.hold.is_some() {
             // A hold only means something for a dead node.

@@ -368,6 +368,19 @@ mod machine {
     }
 
     #[test]
+    fn evidence_after_a_silent_start_applies_at_once() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node().nothing_known(), at(0)), &p, at(0));
+        t.observe(assess(&node().nothing_known(), at(300)), &p, at(300));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        let c = t
+            .observe(assess(&node(), at(600)), &p, at(600))
+            .expect("change");
+        assert_eq!(c.to, Verdict::Healthy);
+    }
+
+    #[test]
     fn dead_is_confirmed_only_after_the_window() {
         let p = Policy::default();
         let mut t = NodeTracker::new(at(0));

@@ -1,0 +1,265 @@
+//! The command line: `serve` runs the decider; `nodes`, `node` and `watch`
+//! ask a running decider over gRPC and print for people (tables) or tools
+//! (`--json`).
+
+use crate::config::{Config, LogFormat, Overrides};
+use crate::serve::{Server, Witnesses};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use vigil_proto::v1;
+use vigil_proto::v1::operator_client::OperatorClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil-decider",
+    version,
+    about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the decider (gRPC sensor stream + operator API, /metrics).
+    Serve(ServeArgs),
+    /// Every node: verdict, since, heartbeat age, Nova state, pings, top reason.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Everything about one node.
+    Node {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print verdict changes as they happen.
+    Watch {
+        /// Only this node.
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The TOML config file.
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (overrides server.listen).
+    #[arg(long, env = "VIGIL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus listen address (overrides metrics.listen).
+    #[arg(long, env = "VIGIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "VIGIL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// tracing filter, e.g. `info,vigil_decider=debug` (overrides log.filter).
+    #[arg(long, env = "VIGIL_LOG")]
+    pub log: Option<String>,
+    /// Validate the config (and read the token files), print a summary, exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The decider's gRPC address.
+    #[arg(long, env = "VIGIL_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit codes: 0 fine, 1 runtime failure, 2 bad configuration or usage.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-decider: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Nodes { client } => report(rt.block_on(nodes(&client))),
+        Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
+        Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vigil-decider: {e:#}");
+            1
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> i32 {
+    let overrides = Overrides {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        log_format: args.log_format,
+        log_filter: args.log.clone(),
+    };
+    // Validate everything before binding anything; a bad config exits 2 with
+    // one line naming the key.
+    let loaded = Config::load(args.config.as_deref()).and_then(|mut c| {
+        c.apply(&overrides);
+        let tokens = c.validate()?;
+        Ok((c, tokens))
+    });
+    let (cfg, tokens) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vigil-decider: {e}");
+            return 2;
+        }
+    };
+    if args.check {
+        println!(
+            "config ok: {} node(s), gRPC {}, metrics {}, Nova {}, pings {}, enrolment {}",
+            cfg.nodes.len(),
+            cfg.server.listen,
+            if cfg.metrics.enabled {
+                cfg.metrics.listen.to_string()
+            } else {
+                "off".into()
+            },
+            if cfg.nova.enabled { "on" } else { "off" },
+            if cfg.ping.enabled { "on" } else { "off" },
+            if cfg.enrolment.enabled { "on" } else { "off" },
+        );
+        return 0;
+    }
+    init_tracing(cfg.log.format, &cfg.log.filter);
+    let mut witnesses = Witnesses::default();
+    if cfg.nova.enabled {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        match crate::nova_adapter::client(&cfg.nova, vars) {
+            Ok(c) => witnesses.nova = Some(Arc::new(c)),
+            Err(e) => {
+                eprintln!("vigil-decider: {e:#}");
+                return 2;
+            }
+        }
+    }
+    let server = match Server::start(cfg, tokens, witnesses).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil-decider: {e:#}");
+            return 1;
+        }
+    };
+    report(server.run_until(crate::shutdown::signal()).await)
+}
+
+pub fn init_tracing(format: LogFormat, filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("vigil-decider: log filter {filter:?} is not valid ({e}); using \"info\"");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // FIXME(registry): `builder.json()` needs tracing-subscriber's json
+        // feature, which could not be fetched; text until it can.
+        LogFormat::Json => builder.try_init(),
+    };
+}
+
+async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .with_context(|| {
+            format!("{server:?} is not a URL; pass e.g. --server http://198.51.100.1:50051")
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("connecting to the decider at {server} (is `vigil-decider serve` running there?)")
+    })?;
+    Ok(OperatorClient::new(channel))
+}
+
+async fn nodes(c: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(&c.server).await?;
+    let list = client
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .context("ListNodes")?
+        .into_inner()
+        .nodes;
+    if c.json {
+        let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", crate::table::nodes_table(&list, now_ms()));
+    }
+    Ok(())
+}
+
+async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(&c.server).await?;
+    let n = client
+        .get_node(v1::GetNodeRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("GetNode {name}: {}", s.message()))?
+        .into_inner();
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::table::node_json(&n)).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", crate::table::node_detail(&n, now_ms()));
+    }
+    Ok(())
+}
+
+async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(&c.server).await?;
+    let mut stream = client
+        .watch_verdicts(v1::WatchVerdictsRequest {
+            node: node.unwrap_or_default(),
+        })
+        .await
+        .context("WatchVerdicts")?
+        .into_inner();
+    while let Some(ch) = stream.message().await.context("reading verdict changes")? {
+        if c.json {
+            println!("{}", crate::table::change_json(&ch));
+        } else {
+            println!("{}", crate::table::change_line(&ch));
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,582 @@
+//! The decider's configuration: one TOML file, then environment variables,
+//! then flags (each overriding the one before). Unknown keys and bad values are
+//! rejected before anything binds, with the key's name and what is valid.
+//! Secrets (sensor tokens) are read from files here and never printed.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use vigil_verdict::time::serde_duration;
+use vigil_verdict::Policy;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub enrolment: EnrolmentConfig,
+    #[serde(default)]
+    pub nova: NovaConfig,
+    #[serde(default)]
+    pub ping: PingConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[[node]]` tables: the compute nodes this decider watches.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC address for the sensor stream and the operator API.
+    pub listen: SocketAddr,
+    /// Largest sensor message accepted; larger ones are rejected with
+    /// `InvalidArgument` and counted.
+    pub max_message_bytes: usize,
+    /// A stream must send its first heartbeat within this time.
+    #[serde(with = "serde_duration")]
+    pub first_message_timeout: Duration,
+    /// TLS for the gRPC port; with `client_ca`, sensors must present a client
+    /// certificate signed by it (mutual TLS) in addition to their token.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            // All interfaces: sensors reach the decider over the management
+            // network (the lab uses 198.51.100.1:50051).
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            // A heartbeat with hundreds of instances and blocked tasks is a
+            // few tens of KiB; 256 KiB leaves room and bounds memory per stream.
+            max_message_bytes: 256 * 1024,
+            first_message_timeout: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` over plain HTTP; `enabled = false` turns it off.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        // 9464: the port OpenTelemetry/Prometheus exporters conventionally use.
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolmentConfig {
+    /// Accept sensors of nodes not listed under `[[node]]` when they present
+    /// the enrolment token. Off by default: an unknown node is rejected.
+    pub enabled: bool,
+    pub token_file: Option<PathBuf>,
+    /// Storm-guard segment of enrolled nodes.
+    pub segment: String,
+}
+
+impl Default for EnrolmentConfig {
+    fn default() -> Self {
+        EnrolmentConfig {
+            enabled: false,
+            token_file: None,
+            segment: "default".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NovaConfig {
+    /// Poll Nova at all. Without Nova, nodes can never be `dead` unless the
+    /// policy leaves Nova out of `required_for_dead`.
+    pub enabled: bool,
+    /// `clouds.yaml` cloud name; when unset, `OS_CLOUD` or `OS_*` apply.
+    pub cloud: Option<String>,
+    /// How often `os-services` is listed. Short, because staleness of
+    /// `updated_at` is measured between successive polls.
+    #[serde(with = "serde_duration")]
+    pub poll_interval: Duration,
+    /// Each Nova call is abandoned after this.
+    #[serde(with = "serde_duration")]
+    pub request_timeout: Duration,
+    /// Slow sweep listing every host's instances (their addresses are pinged).
+    #[serde(with = "serde_duration")]
+    pub instances_interval: Duration,
+    /// Concurrent per-host instance listings.
+    pub instances_concurrency: usize,
+}
+
+impl Default for NovaConfig {
+    fn default() -> Self {
+        NovaConfig {
+            enabled: true,
+            cloud: None,
+            // 1 s: a stalled updated_at is noticed within a second of the
+            // policy's report interval + margin (10 s + 2 s).
+            poll_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            instances_interval: Duration::from_secs(60),
+            instances_concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PingConfig {
+    pub enabled: bool,
+    /// Background sweep of every address.
+    #[serde(with = "serde_duration")]
+    pub interval: Duration,
+    /// Addresses of nodes that are not healthy are probed this often.
+    #[serde(with = "serde_duration")]
+    pub urgent_interval: Duration,
+    /// A probe with no reply within this is a failure.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// Probes in flight at once.
+    pub concurrency: usize,
+    /// Addresses outside the compute nodes that should always answer (a
+    /// gateway, the controller). If none answers, the decider assumes it is
+    /// cut off itself and judges no node dead.
+    pub reference_addresses: Vec<IpAddr>,
+}
+
+impl Default for PingConfig {
+    fn default() -> Self {
+        PingConfig {
+            enabled: true,
+            interval: Duration::from_secs(5),
+            // Three failures (the policy's default) within ~1.5 s of suspicion.
+            urgent_interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            concurrency: 256,
+            reference_addresses: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Every node is re-judged at least this often (ages grow without events).
+    #[serde(with = "serde_duration")]
+    pub tick: Duration,
+    /// Events queued for the main loop before senders wait.
+    pub queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        // 250 ms: verdicts lag the evidence by at most a quarter second.
+        EngineConfig {
+            tick: Duration::from_millis(250),
+            queue: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// tracing-subscriber filter, e.g. `info` or `vigil_decider=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The host name as Nova knows it (`os-services` `host`).
+    pub name: String,
+    /// File holding this node's sensor token (bearer token).
+    pub token_file: PathBuf,
+    /// Management addresses probed by ping.
+    #[serde(default)]
+    pub management_addresses: Vec<IpAddr>,
+    /// Storm-guard segment (e.g. a rack or power feed).
+    #[serde(default = "default_segment")]
+    pub segment: String,
+}
+
+fn default_segment() -> String {
+    "default".to_string()
+}
+
+/// A secret read from a file. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration that cannot be used. Each names the key and what is valid.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parses but is not allowed.
+    #[error("config key {key}: {problem}")]
+    Invalid { key: String, problem: String },
+    /// A secret file that cannot be used.
+    #[error("config key {key}: cannot read {path}: {why}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        why: String,
+    },
+    /// The policy section is not valid.
+    #[error("config: {0}")]
+    Policy(#[from] vigil_verdict::PolicyError),
+}
+
+/// Overrides from the environment and flags, applied over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub log_filter: Option<String>,
+}
+
+/// Sensor tokens, loaded and checked at start.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// (node, token) for each configured node.
+    pub nodes: Vec<(String, Secret)>,
+    pub enrolment: Option<Secret>,
+}
+
+impl Config {
+    /// Parses a TOML document (`path` only names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads and parses `path`; `None` gives the defaults (no nodes).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, p)
+            }
+        }
+    }
+
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(l) = o.listen {
+            self.server.listen = l;
+        }
+        if let Some(l) = o.metrics_listen {
+            self.metrics.listen = l;
+        }
+        if let Some(f) = o.log_format {
+            self.log.format = f;
+        }
+        if let Some(f) = &o.log_filter {
+            self.log.filter = f.clone();
+        }
+    }
+
+    /// Checks every value serde cannot, reads the token files, and returns the
+    /// tokens. Runs before any socket is bound.
+    pub fn validate(&self) -> Result<Tokens, ConfigError> {
+        self.policy.validate()?;
+        let invalid = |key: &str, problem: &str| ConfigError::Invalid {
+            key: key.to_string(),
+            problem: problem.to_string(),
+        };
+        let positive = [
+            (
+                "server.first_message_timeout",
+                self.server.first_message_timeout,
+            ),
+            ("nova.poll_interval", self.nova.poll_interval),
+            ("nova.request_timeout", self.nova.request_timeout),
+            ("nova.instances_interval", self.nova.instances_interval),
+            ("ping.interval", self.ping.interval),
+            ("ping.urgent_interval", self.ping.urgent_interval),
+            ("ping.timeout", self.ping.timeout),
+            ("engine.tick", self.engine.tick),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero, e.g. \"1s\""));
+            }
+        }
+        if self.server.max_message_bytes < 1024 || self.server.max_message_bytes > 16 << 20 {
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be between 1024 and 16777216 (16 MiB)",
+            ));
+        }
+        for (key, n) in [
+            ("ping.concurrency", self.ping.concurrency),
+            (
+                "nova.instances_concurrency",
+                self.nova.instances_concurrency,
+            ),
+            ("engine.queue", self.engine.queue),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, p) in [
+                ("server.tls.cert", Some(&tls.cert)),
+                ("server.tls.key", Some(&tls.key)),
+                ("server.tls.client_ca", tls.client_ca.as_ref()),
+            ] {
+                if let Some(p) = p {
+                    if !p.is_file() {
+                        return Err(invalid(
+                            key,
+                            &format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut tokens = Tokens::default();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let key = format!("node[{i}]");
+            if n.name.trim().is_empty() || n.name.len() > 255 {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    "must be the node's Nova host name (1..255 characters)",
+                ));
+            }
+            if !names.insert(n.name.clone()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    &format!("node \"{}\" is listed twice", n.name),
+                ));
+            }
+            if n.segment.trim().is_empty() {
+                return Err(invalid(
+                    &format!("{key}.segment"),
+                    "must not be empty (default \"default\")",
+                ));
+            }
+            let token = read_secret(&format!("{key}.token_file"), &n.token_file)?;
+            tokens.nodes.push((n.name.clone(), token));
+        }
+        if self.enrolment.enabled {
+            let path = self.enrolment.token_file.as_ref().ok_or_else(|| {
+                invalid("enrolment.token_file", "is required when enrolment.enabled = true: unknown nodes must still authenticate")
+            })?;
+            tokens.enrolment = Some(read_secret("enrolment.token_file", path)?);
+        }
+        Ok(tokens)
+    }
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let err = |why: String| ConfigError::SecretFile {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(err(format!(
+            "the token must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("the token must be one line without spaces".to_string()));
+    }
+    Ok(Secret::new(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write token");
+        p
+    }
+
+    #[test]
+    fn full_example_parses_and_validates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = token_file(dir.path(), "c1.token", "0123456789abcdef0123\n");
+        let text = format!(
+            r#"
+[server]
+listen = "198.51.100.1:50051"
+[ping]
+reference_addresses = ["198.51.100.1"]
+[[node]]
+name = "compute1"
+token_file = "{}"
+management_addresses = ["198.51.100.11"]
+[policy.nova]
+report_interval = "10s"
+"#,
+            t.display()
+        );
+        let c = Config::parse(&text, Path::new("decider.toml")).expect("parse");
+        let tokens = c.validate().expect("valid");
+        assert_eq!(tokens.nodes[0].1.expose(), "0123456789abcdef0123");
+        assert_eq!(format!("{:?}", tokens.nodes[0].1), "Secret(***)");
+        assert_eq!(c.server.listen.to_string(), "198.51.100.1:50051");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(
+            "[server]\nlisten_addr = \"0.0.0.0:1\"\n",
+            Path::new("d.toml"),
+        )
+        .expect_err("unknown key");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("listen_addr") && msg.contains("d.toml"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_valid() {
+        let e =
+            Config::parse("[ping]\ntimeout = \"fast\"\n", Path::new("d.toml")).expect_err("bad");
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        let mut c = Config::default();
+        c.ping.concurrency = 0;
+        let e = c.validate().expect_err("zero concurrency");
+        assert_eq!(
+            e.to_string(),
+            "config key ping.concurrency: must be at least 1"
+        );
+        let mut c = Config::default();
+        c.policy.storm.max_share = 2.0;
+        assert!(c
+            .validate()
+            .expect_err("bad share")
+            .to_string()
+            .contains("policy.storm.max_share"));
+    }
+
+    #[test]
+    fn short_or_missing_tokens_are_refused_without_printing_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = token_file(dir.path(), "short", "hunter2");
+        let mut c = Config::default();
+        c.nodes.push(NodeConfig {
+            name: "compute1".into(),
+            token_file: t,
+            management_addresses: vec![],
+            segment: "default".into(),
+        });
+        let msg = c.validate().expect_err("short token").to_string();
+        assert!(
+            msg.contains("node[0].token_file") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        c.nodes[0].token_file = dir.path().join("missing");
+        assert!(c
+            .validate()
+            .expect_err("missing")
+            .to_string()
+            .contains("node[0].token_file"));
+    }
+
+    #[test]
+    fn enrolment_needs_a_token() {
+        let mut c = Config::default();
+        c.enrolment.enabled = true;
+        assert!(c
+            .validate()
+            .expect_err("no token")
+            .to_string()
+            .contains("enrolment.token_file"));
+    }
+}

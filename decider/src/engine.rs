@@ -1,0 +1,894 @@
+//! The main loop: one closed `enum Event` (heartbeats, stream open/close, Nova
+//! polls, ping results, ticks, workflow steps) handled in one `match`, so every
+//! trigger of a verdict change is visible in one place. The loop owns the
+//! evidence and the verdict machines; the operator API only reads them.
+
+use crate::metrics::Metrics;
+use crate::node_state::{NodeState, Nodes};
+use crate::witness::{ComputeService, ServerOnHost};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tonic::Status;
+use tracing::{debug, error, info, warn};
+use vigil_proto::v1;
+use vigil_verdict::{
+    evaluate, DeciderView, IllegalTransition, Moment, NovaInstance, NovaService, NovaWitness,
+    Opinion, PingRole, PingWitness, Policy, SensorReading, SensorWitness, ServiceState, Signals,
+    StormGuard, Verdict, WorkflowStep,
+};
+
+/// The decider's monotonic clock, as [`Moment`]s since the decider started.
+/// Uses tokio's `Instant` so tests can pause time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    epoch: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock {
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+    pub fn now(&self) -> Moment {
+        Moment::from_duration(self.epoch.elapsed())
+    }
+}
+
+/// Wall-clock Unix milliseconds, for operator-facing timestamps only.
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A heartbeat in the decider's terms (converted from the wire at the edge).
+#[derive(Debug, Clone)]
+pub struct SensorUpdate {
+    pub boot_id: String,
+    pub seq: u64,
+    pub interval: Duration,
+    pub signals: Signals,
+}
+
+/// One probe's outcome.
+#[derive(Debug, Clone)]
+pub struct PingResult {
+    /// The node the address belongs to; `None` for reference addresses.
+    pub node: Option<String>,
+    pub address: IpAddr,
+    pub at: Moment,
+    /// `Some(rtt)` answered, `None` no answer in time.
+    pub rtt: Option<Duration>,
+    /// The probe could not be sent at all: unknown, not silence.
+    pub error: Option<String>,
+}
+
+/// Addresses the pinger should probe, and which ones urgently.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PingPlan {
+    pub targets: Vec<PingTarget>,
+    pub urgent: HashSet<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingTarget {
+    pub node: Option<String>,
+    pub address: IpAddr,
+    pub role: PingRole,
+}
+
+/// A verdict change as published to watchers (operator API, recovery).
+#[derive(Debug, Clone)]
+pub struct VerdictChanged {
+    pub node: String,
+    pub from: Verdict,
+    pub to: Verdict,
+    pub reasons: Vec<String>,
+    pub at_unix_ms: i64,
+    /// True when the node is `dead` and no guard holds it: recovery may act.
+    pub actionable: bool,
+}
+
+/// A workflow step the engine refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// No node of that name.
+    #[error("no node named {0}")]
+    UnknownNode(String),
+    /// The step does not follow the node's verdict.
+    #[error("node {node}: {source}")]
+    Illegal {
+        node: String,
+        #[source]
+        source: IllegalTransition,
+    },
+}
+
+/// Everything that can happen to the decider.
+#[derive(Debug)]
+pub enum Event {
+    /// A sensor stream authenticated; its outbound half carries acks.
+    StreamOpened {
+        node: String,
+        stream_id: u64,
+        /// The sensor's source address (the management address of an
+        /// enrolled node).
+        peer: Option<IpAddr>,
+        /// The node was not configured and enrolment admitted it.
+        enrol: bool,
+        outbound: mpsc::Sender<Result<v1::DeciderMessage, Status>>,
+        /// Fired when a newer stream replaces this one.
+        replaced: oneshot::Sender<()>,
+    },
+    Heartbeat {
+        node: String,
+        stream_id: u64,
+        received_at: Moment,
+        update: Box<SensorUpdate>,
+        raw: Arc<v1::Heartbeat>,
+    },
+    StreamClosed {
+        node: String,
+        stream_id: u64,
+    },
+    NovaServices {
+        polled_at: Moment,
+        result: Result<Vec<ComputeService>, String>,
+    },
+    NovaInstances {
+        host: String,
+        result: Result<Vec<ServerOnHost>, String>,
+    },
+    PingResults(Vec<PingResult>),
+    /// Periodic re-judgment: ages grow without events.
+    Tick,
+    /// A step of the recovery workflow (or an operator's) for one node.
+    Workflow {
+        node: String,
+        step: WorkflowStep,
+        reason: String,
+        reply: oneshot::Sender<Result<(), WorkflowError>>,
+    },
+}
+
+/// What other tasks hold to talk to the engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub events: mpsc::Sender<Event>,
+    pub nodes: Nodes,
+    pub changes: broadcast::Sender<VerdictChanged>,
+    pub clock: Clock,
+    pub policy: Arc<Policy>,
+    pub ping_plan: watch::Receiver<Arc<PingPlan>>,
+}
+
+/// A node the engine starts with.
+#[derive(Debug, Clone)]
+pub struct NodeSeed {
+    pub name: String,
+    pub segment: String,
+    pub management: Vec<IpAddr>,
+}
+
+pub struct EngineSettings {
+    pub tick: Duration,
+    pub queue: usize,
+    pub reference_addresses: Vec<IpAddr>,
+    pub enrol_segment: String,
+}
+
+struct StreamReg {
+    id: u64,
+    outbound: mpsc::Sender<Result<v1::DeciderMessage, Status>>,
+    replaced: Option<oneshot::Sender<()>>,
+}
+
+pub struct Engine {
+    policy: Arc<Policy>,
+    tick: Duration,
+    clock: Clock,
+    nodes: Nodes,
+    streams: HashMap<String, StreamReg>,
+    storm: StormGuard,
+    storm_active: bool,
+    reference: Vec<PingWitness>,
+    nova_reachable: bool,
+    view: DeciderView,
+    changes: broadcast::Sender<VerdictChanged>,
+    metrics: Arc<Metrics>,
+    plan: watch::Sender<Arc<PingPlan>>,
+    plan_dirty: bool,
+    instance_requests: Option<mpsc::Sender<String>>,
+    enrol_segment: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding a node's lock leaves data that is still
+    // the best evidence we have; keep serving it rather than cascading.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// Builds the engine and the handle others use; run it with [`Engine::run`].
+    pub fn new(
+        settings: EngineSettings,
+        seeds: Vec<NodeSeed>,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        instance_requests: Option<mpsc::Sender<String>>,
+    ) -> (Engine, EngineHandle, mpsc::Receiver<Event>) {
+        let clock = Clock::start();
+        let now = clock.now();
+        let wall = unix_ms_now();
+        let mut map = BTreeMap::new();
+        for s in seeds {
+            let st = NodeState::new(&s.name, &s.segment, s.management, false, now, wall);
+            metrics.set_verdict(&s.name, None, st.tracker.verdict());
+            map.insert(s.name.clone(), Arc::new(Mutex::new(st)));
+        }
+        let nodes: Nodes = Arc::new(std::sync::RwLock::new(map));
+        let (tx, rx) = mpsc::channel(settings.queue);
+        let (changes, _) = broadcast::channel(4096);
+        let (plan, plan_rx) = watch::channel(Arc::new(PingPlan::default()));
+        let policy = Arc::new(policy);
+        let reference = settings
+            .reference_addresses
+            .iter()
+            .map(|a| PingWitness {
+                address: *a,
+                role: PingRole::Reference,
+                last_probe_at: None,
+                last_answer_at: None,
+                last_rtt: None,
+                consecutive_failures: 0,
+            })
+            .collect();
+        let engine = Engine {
+            policy: policy.clone(),
+            tick: settings.tick,
+            clock,
+            nodes: nodes.clone(),
+            streams: HashMap::new(),
+            storm: StormGuard::new(),
+            storm_active: false,
+            reference,
+            nova_reachable: false,
+            view: DeciderView::default(),
+            changes: changes.clone(),
+            metrics,
+            plan,
+            plan_dirty: true,
+            instance_requests,
+            enrol_segment: settings.enrol_segment,
+        };
+        let handle = EngineHandle {
+            events: tx,
+            nodes,
+            changes,
+            clock,
+            policy,
+            ping_plan: plan_rx,
+        };
+        (engine, handle, rx)
+    }
+
+    /// Handles events until `shutdown` resolves or every sender is gone, then
+    /// says goodbye to every open sensor stream.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                ev = events.recv() => match ev { Some(ev) => ev, None => break },
+                _ = tick.tick() => Event::Tick,
+            };
+            self.handle(ev);
+        }
+        for (node, s) in self.streams.drain() {
+            debug!(node = %node, "closing sensor stream at shutdown");
+            let _ = s.outbound.try_send(Ok(goodbye("decider shutting down")));
+        }
+    }
+
+    /// One event, one `match`.
+    pub fn handle(&mut self, ev: Event) {
+        let now = self.clock.now();
+        match ev {
+            Event::StreamOpened {
+                node,
+                stream_id,
+                peer,
+                enrol,
+                outbound,
+                replaced,
+            } => self.on_stream_opened(node, stream_id, peer, enrol, outbound, replaced, now),
+            Event::Heartbeat {
+                node,
+                stream_id,
+                received_at,
+                update,
+                raw,
+            } => self.on_heartbeat(&node, stream_id, received_at, *update, raw, now),
+            Event::StreamClosed { node, stream_id } => self.on_stream_closed(&node, stream_id),
+            Event::NovaServices { polled_at, result } => {
+                self.on_nova_services(polled_at, result, now)
+            }
+            Event::NovaInstances { host, result } => self.on_nova_instances(&host, result, now),
+            Event::PingResults(results) => self.on_pings(results, now),
+            Event::Tick => self.on_tick(now),
+            Event::Workflow {
+                node,
+                step,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.on_workflow(&node, step, reason, now));
+            }
+        }
+    }
+
+    fn node(&self, name: &str) -> Option<Arc<Mutex<NodeState>>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one event's fields, destructured by the one match"
+    )]
+    fn on_stream_opened(
+        &mut self,
+        node: String,
+        stream_id: u64,
+        peer: Option<IpAddr>,
+        enrol: bool,
+        outbound: mpsc::Sender<Result<v1::DeciderMessage, Status>>,
+        replaced: oneshot::Sender<()>,
+        now: Moment,
+    ) {
+        if enrol && self.node(&node).is_none() {
+            let management: Vec<IpAddr> = peer.into_iter().collect();
+            info!(node = %node, management = ?management, "node enrolled");
+            let st = NodeState::new(
+                &node,
+                &self.enrol_segment,
+                management,
+                true,
+                now,
+                unix_ms_now(),
+            );
+            self.metrics.set_verdict(&node, None, st.tracker.verdict());
+            self.nodes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(node.clone(), Arc::new(Mutex::new(st)));
+            self.plan_dirty = true;
+        }
+        let new = StreamReg {
+            id: stream_id,
+            outbound,
+            replaced: Some(replaced),
+        };
+        if let Some(mut old) = self.streams.insert(node.clone(), new) {
+            info!(node = %node, old_stream = old.id, new_stream = stream_id, "a newer sensor stream replaces the open one");
+            let _ = old
+                .outbound
+                .try_send(Ok(goodbye("replaced by a newer stream for this node")));
+            if let Some(r) = old.replaced.take() {
+                let _ = r.send(());
+            }
+        }
+        if let Some(n) = self.node(&node) {
+            if let SensorWitness::Seen(r) = &mut lock(&n).evidence.sensor {
+                r.connected = true;
+            }
+        }
+    }
+
+    fn on_stream_closed(&mut self, node: &str, stream_id: u64) {
+        if self.streams.get(node).is_some_and(|s| s.id == stream_id) {
+            self.streams.remove(node);
+            if let Some(n) = self.node(node) {
+                if let SensorWitness::Seen(r) = &mut lock(&n).evidence.sensor {
+                    r.connected = false;
+                }
+            }
+            debug!(node = %node, stream = stream_id, "sensor stream closed");
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        node: &str,
+        stream_id: u64,
+        received_at: Moment,
+        u: SensorUpdate,
+        raw: Arc<v1::Heartbeat>,
+        now: Moment,
+    ) {
+        // Heartbeats still in flight from a replaced stream are dropped.
+        let Some(reg) = self.streams.get(node).filter(|s| s.id == stream_id) else {
+            return;
+        };
+        let outbound = reg.outbound.clone();
+        let Some(n) = self.node(node) else { return };
+        let mut st = lock(&n);
+        let seq = u.seq;
+        match &mut st.evidence.sensor {
+            SensorWitness::Seen(r) => {
+                if r.boot_id != u.boot_id {
+                    info!(node = %node, old_boot = %r.boot_id, new_boot = %u.boot_id, "node rebooted (new boot id)");
+                    r.boot_changes += 1;
+                    r.boot_changed_at = Some(received_at);
+                    r.boot_id = u.boot_id;
+                    r.seq = u.seq;
+                    r.signals = u.signals;
+                } else if u.seq > r.seq {
+                    r.seq_gaps += u.seq - r.seq - 1;
+                    r.seq = u.seq;
+                    r.signals = u.signals;
+                }
+                // An older sequence (a resend after a reconnect) still proves
+                // the sensor is alive now, but its signals are not newer.
+                r.last_heartbeat_at = received_at;
+                r.interval = u.interval;
+                r.connected = true;
+            }
+            SensorWitness::NeverSeen { .. } => {
+                st.evidence.sensor = SensorWitness::Seen(Box::new(SensorReading {
+                    connected: true,
+                    last_heartbeat_at: received_at,
+                    interval: u.interval,
+                    boot_id: u.boot_id,
+                    seq: u.seq,
+                    seq_gaps: 0,
+                    boot_changes: 0,
+                    boot_changed_at: None,
+                    signals: u.signals,
+                }));
+            }
+        }
+        st.latest_heartbeat = Some(raw);
+        self.metrics.heartbeats.inc();
+        self.judge(&mut st, now);
+        drop(st);
+        // Ack what was processed; a full outbound queue skips this ack (the
+        // next one covers it) rather than stalling the loop.
+        let _ = outbound.try_send(Ok(v1::DeciderMessage {
+            kind: Some(v1::decider_message::Kind::Ack(v1::Ack { seq })),
+        }));
+    }
+
+    fn on_nova_services(
+        &mut self,
+        polled_at: Moment,
+        result: Result<Vec<ComputeService>, String>,
+        now: Moment,
+    ) {
+        let nodes: Vec<_> = self
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        match result {
+            Ok(list) => {
+                if !self.nova_reachable {
+                    info!(services = list.len(), "Nova answers");
+                }
+                self.nova_reachable = true;
+                let by_host: HashMap<&str, &ComputeService> =
+                    list.iter().map(|s| (s.host.as_str(), s)).collect();
+                for n in &nodes {
+                    let mut st = lock(n);
+                    match by_host.get(st.name.as_str()) {
+                        Some(svc) => apply_service(&mut st, svc, polled_at),
+                        None => {
+                            st.evidence.nova = NovaWitness::NotListed { polled_at };
+                            st.nova_service = None;
+                        }
+                    }
+                    self.judge(&mut st, now);
+                }
+            }
+            Err(error) => {
+                if self.nova_reachable {
+                    warn!(error = %error, "Nova unreachable; its silence never counts as a node's death");
+                }
+                self.nova_reachable = false;
+                for n in &nodes {
+                    let mut st = lock(n);
+                    let (since, last_known) = match &st.evidence.nova {
+                        NovaWitness::Unreachable {
+                            since, last_known, ..
+                        } => (*since, last_known.clone()),
+                        NovaWitness::Listed(s) => (polled_at, Some(s.clone())),
+                        _ => (polled_at, None),
+                    };
+                    st.evidence.nova = NovaWitness::Unreachable {
+                        since,
+                        error: error.clone(),
+                        last_known,
+                    };
+                    self.judge(&mut st, now);
+                }
+            }
+        }
+    }
+
+    fn on_nova_instances(
+        &mut self,
+        host: &str,
+        result: Result<Vec<ServerOnHost>, String>,
+        now: Moment,
+    ) {
+        let servers = match result {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(node = %host, error = %e, "listing the node's instances in Nova failed; their addresses are not probed until the next try");
+                return;
+            }
+        };
+        let Some(n) = self.node(host) else { return };
+        let mut st = lock(&n);
+        let instances: Vec<NovaInstance> = servers
+            .iter()
+            .map(|s| NovaInstance {
+                uuid: s.id.clone(),
+                name: s.name.clone(),
+                status: s.status.clone(),
+                addresses: s.addresses.clone(),
+            })
+            .collect();
+        // Keep each address's probe history when it is still there.
+        let old: Vec<PingWitness> = std::mem::take(&mut st.evidence.pings);
+        let mut pings: Vec<PingWitness> = old
+            .iter()
+            .filter(|p| p.role == PingRole::Host)
+            .cloned()
+            .collect();
+        for s in &servers {
+            for a in &s.addresses {
+                let role = PingRole::Instance { uuid: s.id.clone() };
+                let kept = old
+                    .iter()
+                    .find(|p| p.address == *a && p.role == role)
+                    .cloned();
+                pings.push(kept.unwrap_or(PingWitness {
+                    address: *a,
+                    role,
+                    last_probe_at: None,
+                    last_answer_at: None,
+                    last_rtt: None,
+                    consecutive_failures: 0,
+                }));
+            }
+        }
+        st.evidence.pings = pings;
+        if let NovaWitness::Listed(svc) = &mut st.evidence.nova {
+            svc.instances = Some(instances);
+        }
+        self.plan_dirty = true;
+        self.judge(&mut st, now);
+    }
+
+    fn on_pings(&mut self, results: Vec<PingResult>, now: Moment) {
+        let mut touched = BTreeSet::new();
+        for r in results {
+            if let Some(e) = &r.error {
+                debug!(address = %r.address, error = %e, "probe not sent");
+                continue;
+            }
+            let role_label;
+            match &r.node {
+                None => {
+                    role_label = "reference";
+                    if let Some(p) = self.reference.iter_mut().find(|p| p.address == r.address) {
+                        record_probe(p, &r);
+                    }
+                }
+                Some(node) => {
+                    let Some(n) = self.node(node) else { continue };
+                    let mut st = lock(&n);
+                    role_label = "node";
+                    for p in st
+                        .evidence
+                        .pings
+                        .iter_mut()
+                        .filter(|p| p.address == r.address)
+                    {
+                        record_probe(p, &r);
+                    }
+                    touched.insert(node.clone());
+                }
+            }
+            self.metrics.record_ping(
+                r.node.as_deref().unwrap_or(""),
+                &r.address,
+                role_label,
+                r.rtt,
+            );
+        }
+        for node in touched {
+            if let Some(n) = self.node(&node) {
+                let mut st = lock(&n);
+                self.judge(&mut st, now);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Moment) {
+        let nodes: Vec<_> = self
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let silent = nodes
+            .iter()
+            .filter(|n| lock(n).evidence.sensor.is_silent(&self.policy, now))
+            .count();
+        self.view = DeciderView {
+            reference_pings: self.reference.clone(),
+            nodes_known: nodes.len(),
+            sensors_silent: silent,
+            nova_reachable: self.nova_reachable,
+        };
+        let mut segments: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &nodes {
+            let mut st = lock(n);
+            *segments.entry(st.segment.clone()).or_default() += 1;
+            self.judge(&mut st, now);
+            let age = match &st.evidence.sensor {
+                SensorWitness::Seen(r) => Some(now.since(r.last_heartbeat_at)),
+                SensorWitness::NeverSeen { .. } => None,
+            };
+            self.metrics.set_heartbeat_age(&st.name, age);
+        }
+        self.apply_storm_guard(&nodes, &segments, now);
+        self.publish_plan(&nodes);
+    }
+
+    fn on_workflow(
+        &mut self,
+        node: &str,
+        step: WorkflowStep,
+        reason: String,
+        now: Moment,
+    ) -> Result<(), WorkflowError> {
+        let n = self
+            .node(node)
+            .ok_or_else(|| WorkflowError::UnknownNode(node.to_string()))?;
+        let mut st = lock(&n);
+        let before = st.tracker.verdict();
+        let change = st
+            .tracker
+            .workflow(step, reason, &self.policy, now)
+            .map_err(|source| WorkflowError::Illegal {
+                node: node.to_string(),
+                source,
+            })?;
+        if let Some(c) = change {
+            self.publish_change(&mut st, before, c.to, c.reasons);
+        }
+        Ok(())
+    }
+
+    /// Judges one node now and publishes a verdict change, if any.
+    fn judge(&mut self, st: &mut NodeState, now: Moment) {
+        st.evidence.decider.clone_from(&self.view);
+        let a = evaluate(&st.evidence, &self.policy, now);
+        let says_dead =
+            [a.opinions.sensor, a.opinions.nova, a.opinions.ping].contains(&Opinion::Dead);
+        let assessed = a.verdict;
+        let before = st.tracker.verdict();
+        let change = st.tracker.observe(a, &self.policy, now);
+        match assessed {
+            Verdict::Dead | Verdict::Suspect if says_dead => self.storm.note_down(
+                &st.name,
+                &st.segment,
+                st.tracker.verdict() == Verdict::Dead,
+                now,
+            ),
+            Verdict::Healthy | Verdict::Degraded | Verdict::Maintenance => {
+                self.storm.note_up(&st.name)
+            }
+            _ => {}
+        }
+        if let Some(c) = change {
+            self.publish_change(st, before, c.to, c.reasons);
+        }
+    }
+
+    fn publish_change(
+        &mut self,
+        st: &mut NodeState,
+        from: Verdict,
+        to: Verdict,
+        reasons: Vec<String>,
+    ) {
+        st.since_unix_ms = unix_ms_now();
+        let top = reasons.first().cloned().unwrap_or_default();
+        if to == Verdict::Dead || to == Verdict::NeedsAttention {
+            warn!(node = %st.name, from = %from, to = %to, reason = %top, "verdict changed");
+        } else {
+            info!(node = %st.name, from = %from, to = %to, reason = %top, "verdict changed");
+        }
+        self.metrics.set_verdict(&st.name, Some(from), to);
+        self.plan_dirty = true;
+        if from == Verdict::Healthy && to != Verdict::Maintenance {
+            // Suspicion: list the node's instances now so their addresses
+            // are probed (issue 5: "on suspicion at once").
+            if let Some(tx) = &self.instance_requests {
+                let _ = tx.try_send(st.name.clone());
+            }
+        }
+        let _ = self.changes.send(VerdictChanged {
+            node: st.name.clone(),
+            from,
+            to,
+            reasons,
+            at_unix_ms: st.since_unix_ms,
+            actionable: st.tracker.actionable(),
+        });
+    }
+
+    /// Safety rule 6 across nodes: hold every dead node the guard names.
+    fn apply_storm_guard(
+        &mut self,
+        nodes: &[Arc<Mutex<NodeState>>],
+        segments: &BTreeMap<String, usize>,
+        now: Moment,
+    ) {
+        let hold = self.storm.check(&self.policy.storm, segments, now);
+        let active = hold.is_some();
+        if active != self.storm_active {
+            match &hold {
+                Some(h) => {
+                    error!(nodes = ?h.nodes, reason = %h.reason, "storm guard engaged: no node will be acted on; page a human")
+                }
+                None => info!("storm guard released"),
+            }
+            self.storm_active = active;
+            self.metrics.storm_guard_active.set(i64::from(active));
+        }
+        for n in nodes {
+            let mut st = lock(n);
+            let held = hold
+                .as_ref()
+                .filter(|h| h.nodes.contains(&st.name))
+                .map(|h| h.reason.clone());
+            let new = if st.tracker.verdict() == Verdict::Dead {
+                held
+            } else {
+                None
+            };
+            if st.tracker.hold().map(str::to_string) != new {
+                st.tracker.set_hold(new);
+                let v = st.tracker.verdict();
+                let reasons = st.tracker.reasons().to_vec();
+                // Same verdict, new actionability: watchers (recovery) must know.
+                let _ = self.changes.send(VerdictChanged {
+                    node: st.name.clone(),
+                    from: v,
+                    to: v,
+                    reasons,
+                    at_unix_ms: unix_ms_now(),
+                    actionable: st.tracker.actionable(),
+                });
+            }
+        }
+    }
+
+    fn publish_plan(&mut self, nodes: &[Arc<Mutex<NodeState>>]) {
+        if !self.plan_dirty {
+            return;
+        }
+        self.plan_dirty = false;
+        let mut plan = PingPlan::default();
+        for a in &self.reference {
+            plan.targets.push(PingTarget {
+                node: None,
+                address: a.address,
+                role: PingRole::Reference,
+            });
+        }
+        for n in nodes {
+            let st = lock(n);
+            let urgent = !matches!(
+                st.tracker.verdict(),
+                Verdict::Healthy | Verdict::Maintenance
+            );
+            for p in &st.evidence.pings {
+                plan.targets.push(PingTarget {
+                    node: Some(st.name.clone()),
+                    address: p.address,
+                    role: p.role.clone(),
+                });
+                if urgent {
+                    plan.urgent.insert(p.address);
+                }
+            }
+        }
+        self.plan.send_if_modified(|old| {
+            if **old == plan {
+                false
+            } else {
+                *old = Arc::new(plan);
+                true
+            }
+        });
+    }
+}
+
+fn goodbye(reason: &str) -> v1::DeciderMessage {
+    v1::DeciderMessage {
+        kind: Some(v1::decider_message::Kind::Goodbye(v1::Goodbye {
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+fn record_probe(p: &mut PingWitness, r: &PingResult) {
+    p.last_probe_at = Some(r.at);
+    match r.rtt {
+        Some(rtt) => {
+            p.last_answer_at = Some(r.at);
+            p.last_rtt = Some(rtt);
+            p.consecutive_failures = 0;
+        }
+        None => p.consecutive_failures = p.consecutive_failures.saturating_add(1),
+    }
+}
+
+/// Updates one node's Nova witness from its `os-services` entry, measuring how
+/// long `updated_at` has not advanced by comparing with the previous value.
+fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
+    let stalled = match &st.updated_at_seen {
+        Some((value, first_seen)) if *value == svc.updated_at => polled_at.since(*first_seen),
+        _ => {
+            st.updated_at_seen = Some((svc.updated_at.clone(), polled_at));
+            Duration::ZERO
+        }
+    };
+    let instances = match &st.evidence.nova {
+        NovaWitness::Listed(s) => s.instances.clone(),
+        NovaWitness::Unreachable {
+            last_known: Some(s),
+            ..
+        } => s.instances.clone(),
+        _ => None,
+    };
+    st.evidence.nova = NovaWitness::Listed(NovaService {
+        polled_at,
+        state: match svc.state.as_str() {
+            "up" => ServiceState::Up,
+            "down" => ServiceState::Down,
+            _ => ServiceState::Unknown,
+        },
+        enabled: svc.status == "enabled",
+        disabled_reason: svc.disabled_reason.clone().filter(|r| !r.is_empty()),
+        forced_down: svc.forced_down,
+        updated_at_stalled: stalled,
+        instances,
+    });
+    st.nova_service = Some(svc.clone());
+}

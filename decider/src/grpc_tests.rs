@@ -1,0 +1,330 @@
+//! In-process tests over real gRPC: a decider on port 0, real tonic clients.
+
+use crate::config::{Config, NodeConfig};
+use crate::serve::{Server, Witnesses};
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+use vigil_proto::v1;
+use vigil_proto::v1::operator_client::OperatorClient;
+use vigil_proto::v1::sensor_stream_client::SensorStreamClient;
+
+const TOKEN1: &str = "compute1-token-0123456789abcdef";
+const ENROL: &str = "enrolment-token-0123456789abcdef";
+
+async fn start(enrol: bool) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("compute1.token");
+    std::fs::write(&token, TOKEN1).expect("write token");
+    let enrol_token = dir.path().join("enrol.token");
+    std::fs::write(&enrol_token, ENROL).expect("write enrolment token");
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.server.max_message_bytes = 4096;
+    cfg.metrics.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.nova.enabled = false;
+    cfg.ping.enabled = false;
+    cfg.engine.tick = Duration::from_millis(50);
+    cfg.enrolment.enabled = enrol;
+    cfg.enrolment.token_file = Some(enrol_token);
+    cfg.nodes.push(NodeConfig {
+        name: "compute1".into(),
+        token_file: token,
+        management_addresses: vec!["198.51.100.11".parse().expect("ip")],
+        segment: "default".into(),
+    });
+    let tokens = cfg.validate().expect("valid test config");
+    let server = Server::start(cfg, tokens, Witnesses::default())
+        .await
+        .expect("server starts");
+    (server, dir)
+}
+
+fn url(s: &Server) -> String {
+    format!("http://{}", s.grpc_addr)
+}
+
+fn hb(node: &str, boot: &str, seq: u64) -> v1::SensorMessage {
+    v1::SensorMessage {
+        kind: Some(v1::sensor_message::Kind::Heartbeat(v1::Heartbeat {
+            node: node.into(),
+            boot_id: boot.into(),
+            seq,
+            interval_ms: 1000,
+            mode: v1::ProbeMode::Ebpf as i32,
+            instances: vec![v1::Instance {
+                uuid: "u-1".into(),
+                alive: true,
+                cpu_ns_delta: 5_000_000,
+                ..Default::default()
+            }],
+            nova_compute: Some(v1::NovaCompute {
+                state: v1::nova_compute::State::Running as i32,
+                pid: 42,
+                blocked_ms: 0,
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Opens a stream with `token` (or none), sending `first` right away.
+async fn open(
+    s: &Server,
+    token: Option<&str>,
+    first: v1::SensorMessage,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<v1::SensorMessage>,
+        Streaming<v1::DeciderMessage>,
+    ),
+    Status,
+> {
+    let channel = Channel::from_shared(url(s))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = SensorStreamClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(first).await.expect("queue first heartbeat");
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        let v: MetadataValue<_> = format!("Bearer {t}").parse().expect("metadata");
+        req.metadata_mut().insert("authorization", v);
+    }
+    let inbound = client.stream(req).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+async fn operator(s: &Server) -> OperatorClient<Channel> {
+    OperatorClient::new(
+        Channel::from_shared(url(s))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    )
+}
+
+async fn next_ack(inbound: &mut Streaming<v1::DeciderMessage>) -> u64 {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .expect("an ack within 5 s")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(v1::decider_message::Kind::Ack(a)) = m.kind {
+            return a.seq;
+        }
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_with_a_token_show_up_in_get_node() {
+    let (s, _dir) = start(false).await;
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), hb("compute1", "boot-a", 1))
+        .await
+        .expect("stream accepted");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    tx.send(hb("compute1", "boot-a", 2)).await.expect("send");
+    tx.send(hb("compute1", "boot-a", 4)).await.expect("send");
+    while next_ack(&mut inbound).await < 4 {}
+    let mut op = operator(&s).await;
+    let n = op
+        .get_node(v1::GetNodeRequest {
+            name: "compute1".into(),
+        })
+        .await
+        .expect("GetNode")
+        .into_inner();
+    let sensor = n.sensor.expect("sensor witness");
+    assert!(sensor.connected && sensor.has_heartbeat);
+    assert_eq!(
+        (sensor.seq, sensor.seq_gaps, sensor.boot_id.as_str()),
+        (4, 1, "boot-a")
+    );
+    assert_eq!(sensor.latest.expect("latest heartbeat").instances.len(), 1);
+    // Nova and pings are off here: the live sensor alone says up, nothing says dead.
+    assert_eq!(
+        n.verdict,
+        v1::Verdict::Healthy as i32,
+        "reasons: {:?}",
+        n.reasons
+    );
+    assert_eq!(n.pings[0].address, "198.51.100.11");
+    let list = op
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .expect("ListNodes")
+        .into_inner();
+    assert_eq!(list.nodes.len(), 1);
+    let missing = op
+        .get_node(v1::GetNodeRequest {
+            name: "nope".into(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(missing.code(), Code::NotFound);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_token_missing_token_and_unknown_node_are_rejected() {
+    let (s, _dir) = start(false).await;
+    let e = open(
+        &s,
+        Some("wrong-token-0123456789abcdef"),
+        hb("compute1", "b", 1),
+    )
+    .await
+    .expect_err("bad token");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = open(&s, None, hb("compute1", "b", 1))
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = open(&s, Some(TOKEN1), hb("compute9", "b", 1))
+        .await
+        .expect_err("unknown node");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("enrolment is disabled"), "{e}");
+    let e = open(&s, Some(TOKEN1), hb("compute1", "b", 0))
+        .await
+        .expect_err("seq 0");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_invalid_argument_and_counted() {
+    let (s, _dir) = start(false).await;
+    let mut big = hb("compute1", "b", 1);
+    if let Some(v1::sensor_message::Kind::Heartbeat(h)) = &mut big.kind {
+        h.sensor_version = "x".repeat(8192);
+    }
+    let e = open(&s, Some(TOKEN1), big.clone())
+        .await
+        .expect_err("oversized first message");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Mid-stream too: the stream ends with InvalidArgument.
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), hb("compute1", "b", 1))
+        .await
+        .expect("accepted");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    tx.send(big).await.expect("send");
+    let end = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::InvalidArgument, "{end}");
+    assert_eq!(
+        s.metrics.rejected(crate::metrics::RejectReason::Oversized),
+        2
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_stream_replaces_the_first_with_a_goodbye() {
+    let (s, _dir) = start(false).await;
+    let (_tx1, mut first) = open(&s, Some(TOKEN1), hb("compute1", "b", 1))
+        .await
+        .expect("first");
+    assert_eq!(next_ack(&mut first).await, 1);
+    let (_tx2, mut second) = open(&s, Some(TOKEN1), hb("compute1", "b", 2))
+        .await
+        .expect("second");
+    assert_eq!(next_ack(&mut second).await, 2);
+    let goodbye = loop {
+        match tokio::time::timeout(Duration::from_secs(5), first.message())
+            .await
+            .expect("goodbye in time")
+        {
+            Ok(Some(v1::DeciderMessage {
+                kind: Some(v1::decider_message::Kind::Goodbye(g)),
+            })) => break g,
+            Ok(Some(_)) => continue,
+            other => panic!("expected a goodbye, got {other:?}"),
+        }
+    };
+    assert!(goodbye.reason.contains("replaced"), "{}", goodbye.reason);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn enrolment_admits_unknown_nodes_with_the_enrolment_token_only() {
+    let (s, _dir) = start(true).await;
+    let e = open(&s, Some(TOKEN1), hb("compute7", "b", 1))
+        .await
+        .expect_err("node token for another node");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let (_tx, mut inbound) = open(&s, Some(ENROL), hb("compute7", "b", 1))
+        .await
+        .expect("enrolled");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    let mut op = operator(&s).await;
+    let n = op
+        .get_node(v1::GetNodeRequest {
+            name: "compute7".into(),
+        })
+        .await
+        .expect("enrolled node")
+        .into_inner();
+    // The sensor's source address becomes the management address to probe.
+    assert_eq!(n.pings[0].address, "127.0.0.1");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_verdicts_and_metrics_show_changes() {
+    let (s, _dir) = start(false).await;
+    let mut op = operator(&s).await;
+    let mut watch = op
+        .watch_verdicts(v1::WatchVerdictsRequest {
+            node: "compute1".into(),
+        })
+        .await
+        .expect("WatchVerdicts")
+        .into_inner();
+    let (_tx, mut inbound) = open(&s, Some(TOKEN1), hb("compute1", "b", 1))
+        .await
+        .expect("accepted");
+    next_ack(&mut inbound).await;
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("a change in time")
+        .expect("stream ok")
+        .expect("a change");
+    assert_eq!(
+        (change.from, change.to),
+        (v1::Verdict::Suspect as i32, v1::Verdict::Healthy as i32)
+    );
+
+    let addr = s.metrics_addr.expect("metrics on");
+    let body = http_get(addr, "/metrics").await;
+    assert!(
+        body.contains("vigil_node_verdict{node=\"compute1\",verdict=\"healthy\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("vigil_heartbeats_total"), "{body}");
+    s.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.expect("read response");
+    out
+}

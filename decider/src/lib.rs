@@ -1,0 +1,36 @@
+//! Vigil's decider: collects every witness's evidence about each compute node,
+//! judges it (with `vigil-verdict`), and serves the verdicts to people and to
+//! the recovery workflow.
+//!
+//! - [`config`]: the TOML config (+ env + flags), validated before binding.
+//! - [`engine`]: the main loop over one `enum Event`; owns evidence and verdicts.
+//! - [`node_state`]: what is held per node, shared with the operator API.
+//! - [`heartbeat_server`]: the `SensorStream` service (auth, limits, acks).
+//! - [`operator_api`]: the `Operator` service (nodes, verdict changes).
+//! - [`witness`]: the `NovaSource` and `Prober` traits;
+//!   [`nova_adapter`] implements the first with `vigil-nova`.
+//! - [`nova_poll`], [`ping_sweep`]: the tasks feeding Nova and ping evidence.
+//! - [`metrics`]: Prometheus `/metrics`.
+//! - [`serve`]: wiring and shutdown; [`cli`] and [`table`]: the command line.
+//! - [`loadgen`]: the benchmark's simulated sensors.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod heartbeat_server;
+pub mod loadgen;
+pub mod metrics;
+pub mod node_state;
+pub mod nova_adapter;
+pub mod nova_poll;
+pub mod operator_api;
+pub mod ping_sweep;
+pub mod serve;
+pub mod shutdown;
+pub mod table;
+pub mod witness;
+
+#[cfg(test)]
+mod grpc_tests;

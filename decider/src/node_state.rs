@@ -1,0 +1,87 @@
+//! What the decider holds about each node: the evidence as it stands, the
+//! verdict state machine, and the raw readings shown to operators. Shared
+//! between the engine (the only writer of evidence and verdicts) and the
+//! operator API (readers), one mutex per node so a query never waits for more
+//! than one node's update.
+
+use crate::witness::ComputeService;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use vigil_proto::v1;
+use vigil_verdict::{
+    DeciderView, Evidence, Moment, NodeTracker, NovaWitness, PingRole, PingWitness, SensorWitness,
+};
+
+/// Every node, by name (sorted, so listings are stable).
+///
+/// std locks, not tokio's: no lock is ever held across an `.await`.
+pub type Nodes = Arc<RwLock<BTreeMap<String, Arc<Mutex<NodeState>>>>>;
+
+#[derive(Debug)]
+pub struct NodeState {
+    pub name: String,
+    /// Storm-guard segment.
+    pub segment: String,
+    /// Management addresses probed by ping (configured, or the enrolled
+    /// sensor's source address).
+    pub management: Vec<IpAddr>,
+    /// Joined through enrolment rather than the config file.
+    pub enrolled: bool,
+    /// The evidence as it stands; `decider` is refreshed before each judgment.
+    pub evidence: Evidence,
+    pub tracker: NodeTracker,
+    /// Wall-clock time of the latest verdict change, for operators only.
+    pub since_unix_ms: i64,
+    /// The latest heartbeat exactly as received. Kept only to show operators
+    /// every field (pressure, probe health); the judgment reads `evidence`.
+    pub latest_heartbeat: Option<Arc<v1::Heartbeat>>,
+    /// The latest `os-services` entry for this host, for display.
+    pub nova_service: Option<ComputeService>,
+    /// Nova's `updated_at` value and the moment a poll first saw it: how long
+    /// it has not advanced is measured from there (never against Nova's clock).
+    pub updated_at_seen: Option<(Option<String>, Moment)>,
+    /// Open incident, set by the recovery workflow.
+    pub incident_id: Option<String>,
+}
+
+impl NodeState {
+    pub fn new(
+        name: &str,
+        segment: &str,
+        management: Vec<IpAddr>,
+        enrolled: bool,
+        now: Moment,
+        now_unix_ms: i64,
+    ) -> Self {
+        let pings = management
+            .iter()
+            .map(|a| PingWitness {
+                address: *a,
+                role: PingRole::Host,
+                last_probe_at: None,
+                last_answer_at: None,
+                last_rtt: None,
+                consecutive_failures: 0,
+            })
+            .collect();
+        NodeState {
+            name: name.to_string(),
+            segment: segment.to_string(),
+            management,
+            enrolled,
+            evidence: Evidence {
+                sensor: SensorWitness::NeverSeen { since: now },
+                nova: NovaWitness::NotPolled { since: now },
+                pings,
+                decider: DeciderView::default(),
+            },
+            tracker: NodeTracker::new(now),
+            since_unix_ms: now_unix_ms,
+            latest_heartbeat: None,
+            nova_service: None,
+            updated_at_seen: None,
+            incident_id: None,
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! `vigil-decider serve`: binds the gRPC and metrics ports, starts the engine,
+//! the Nova poller and the pinger, and runs until shutdown, then drains within
+//! a grace period.
+
+use crate::config::{Config, Tokens};
+use crate::engine::{Engine, EngineHandle, EngineSettings, NodeSeed};
+use crate::heartbeat_server::{Authenticator, HeartbeatService};
+use crate::metrics::{self, Metrics};
+use crate::operator_api::OperatorService;
+use crate::shutdown::{self, ShutdownTrigger};
+use crate::witness::{NovaSource, Prober};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+/// The outside witnesses to use; `None` leaves that witness silent (unknown),
+/// which can never make a node dead.
+#[derive(Clone, Default)]
+pub struct Witnesses {
+    pub nova: Option<Arc<dyn NovaSource>>,
+    pub prober: Option<Arc<dyn Prober>>,
+}
+
+/// A running decider.
+pub struct Server {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    trigger: ShutdownTrigger,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+/// How long tasks get to finish after shutdown begins.
+const GRACE: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Binds every port (port 0 picks a free one), then starts every task.
+    pub async fn start(
+        cfg: Config,
+        tokens: Tokens,
+        witnesses: Witnesses,
+    ) -> anyhow::Result<Server> {
+        let grpc = TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the gRPC port {} (set server.listen or --listen)",
+                    cfg.server.listen
+                )
+            })?;
+        let grpc_addr = grpc
+            .local_addr()
+            .context("reading the gRPC port's address")?;
+        let metrics_listener = match cfg.metrics.enabled {
+            true => Some(metrics::bind(cfg.metrics.listen).await?),
+            false => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(
+                l.local_addr()
+                    .context("reading the metrics port's address")?,
+            ),
+            None => None,
+        };
+        let tls = match &cfg.server.tls {
+            Some(t) => Some(tls_config(t)?),
+            None => None,
+        };
+
+        let metrics = Arc::new(Metrics::new());
+        let (trigger, shutdown) = shutdown::channel();
+        let (host_tx, host_rx) = tokio::sync::mpsc::channel(1024);
+        let seeds = cfg
+            .nodes
+            .iter()
+            .map(|n| NodeSeed {
+                name: n.name.clone(),
+                segment: n.segment.clone(),
+                management: n.management_addresses.clone(),
+            })
+            .collect();
+        let settings = EngineSettings {
+            tick: cfg.engine.tick,
+            queue: cfg.engine.queue,
+            reference_addresses: if cfg.ping.enabled {
+                cfg.ping.reference_addresses.clone()
+            } else {
+                vec![]
+            },
+            enrol_segment: cfg.enrolment.segment.clone(),
+        };
+        let (engine, handle, events) = Engine::new(
+            settings,
+            seeds,
+            cfg.policy.clone(),
+            metrics.clone(),
+            Some(host_tx),
+        );
+        let mut tasks = JoinSet::new();
+        {
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                engine.run(events, s.wait()).await;
+                Ok(())
+            });
+        }
+        match (&witnesses.nova, cfg.nova.enabled) {
+            (Some(nova), true) => {
+                let (nova, ncfg, clock, m, ev, s) =
+                    (nova.clone(), cfg.nova.clone(), handle.clock, metrics.clone(), handle.events.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    crate::nova_poll::run(nova, ncfg, clock, m, ev, host_rx, s.wait()).await;
+                    Ok(())
+                });
+            }
+            _ => warn!("Nova is not polled: its witness stays unknown, so no node can be judged dead while Nova is required"),
+        }
+        match (&witnesses.prober, cfg.ping.enabled) {
+            (Some(p), true) => {
+                let (p, pcfg, clock, plan, ev, s) =
+                    (p.clone(), cfg.ping.clone(), handle.clock, handle.ping_plan.clone(), handle.events.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    crate::ping_sweep::run(p, pcfg, clock, plan, ev, s.wait()).await;
+                    Ok(())
+                });
+            }
+            _ => warn!("pings are off: the ping witness stays unknown, so no node can be judged dead while pings are required"),
+        }
+        if let Some(l) = metrics_listener {
+            let (m, s) = (metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                metrics::serve(l, m, s.wait())
+                    .await
+                    .context("serving /metrics")
+            });
+        }
+
+        let auth = Arc::new(Authenticator::new(&tokens));
+        let hb = HeartbeatService::new(
+            handle.clone(),
+            auth,
+            metrics.clone(),
+            cfg.server.first_message_timeout,
+            cfg.server.max_message_bytes,
+            shutdown.clone(),
+        );
+        let op = OperatorService::new(handle.clone());
+        // FIXME(registry): tonic-reflection and tonic-health are re-added as soon as
+        // the package registry answers again (they were not in the local cache).
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .context("configuring TLS on the gRPC port")?;
+        }
+        let router = builder
+            .add_service(hb.into_server())
+            .add_service(op.into_server());
+        {
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), s.wait())
+                    .await
+                    .context("serving gRPC")
+            });
+        }
+        info!(grpc = %grpc_addr, metrics = ?metrics_addr, nodes = cfg.nodes.len(), "decider serving");
+        Ok(Server {
+            grpc_addr,
+            metrics_addr,
+            engine: handle,
+            metrics,
+            trigger,
+            tasks,
+        })
+    }
+
+    /// Runs until `stop` resolves or a task fails, then shuts down.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let failed = tokio::select! {
+            _ = stop => None,
+            Some(r) = self.tasks.join_next() => Some(r),
+        };
+        let result = match failed {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(anyhow::anyhow!("a decider task panicked: {e}")),
+            _ => Ok(()),
+        };
+        self.shutdown().await;
+        result
+    }
+
+    /// Tells every task to stop and waits for them within the grace period.
+    pub async fn shutdown(mut self) {
+        info!("shutting down");
+        self.trigger.trigger();
+        let drained = tokio::time::timeout(GRACE, async {
+            while let Some(r) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = r {
+                    warn!(error = %format!("{e:#}"), "task ended with an error during shutdown");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(grace = ?GRACE, "tasks still running after the grace period; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+fn tls_config(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading the {what} {} (server.tls)", p.display()))
+    };
+    let identity = Identity::from_pem(read(&t.cert, "certificate")?, read(&t.key, "private key")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &t.client_ca {
+        // Mutual TLS: sensors must present a certificate signed by this CA,
+        // on top of their per-node token.
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(tls)
+}
