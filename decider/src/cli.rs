@@ -158,6 +158,15 @@ async fn serve(args: ServeArgs) -> i32 {
             }
         }
     }
+    if cfg.ping.enabled {
+        match crate::ping_adapter::pinger(&cfg.ping) {
+            Ok(p) => witnesses.prober = Some(Arc::new(p)),
+            Err(e) => {
+                eprintln!("vigil-decider: {e:#}");
+                return 2;
+            }
+        }
+    }
     let server = match Server::start(cfg, tokens, witnesses).await {
         Ok(s) => s,
         Err(e) => {

@@ -8,7 +8,8 @@
 //! - [`heartbeat_server`]: the `SensorStream` service (auth, limits, acks).
 //! - [`operator_api`]: the `Operator` service (nodes, verdict changes).
 //! - [`witness`]: the `NovaSource` and `Prober` traits;
-//!   [`nova_adapter`] implements the first with `vigil-nova`.
+//!   [`nova_adapter`] and [`ping_adapter`] implement them with `vigil-nova`
+//!   and `vigil-ping`.
 //! - [`nova_poll`], [`ping_sweep`]: the tasks feeding Nova and ping evidence.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`serve`]: wiring and shutdown; [`cli`] and [`table`]: the command line.
@@ -26,6 +27,7 @@ pub mod node_state;
 pub mod nova_adapter;
 pub mod nova_poll;
 pub mod operator_api;
+pub mod ping_adapter;
 pub mod ping_sweep;
 pub mod serve;
 pub mod shutdown;
