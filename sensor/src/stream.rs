@@ -146,6 +146,9 @@ pub async fn run_link(
 ) {
     let mut outbox = Outbox::new(cfg.buffer);
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max, Backoff::seed());
+    // Failed attempts in a row: the first is a warning, repeats only every
+    // 20th, so an absent decider does not flood the log.
+    let mut failures: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return;
