@@ -154,7 +154,9 @@ pub struct IpmiConfig {
     pub username: String,
     /// Passed to ipmitool in `IPMI_PASSWORD` (`-E`), never on its command line.
     pub password: SecretSource,
-    /// `-C`: cipher suite, when the BMC needs a specific one.
+    /// `-C`: cipher suite. Unset, ipmitool first asks the BMC for its suites;
+    /// BMCs that do not answer that (OpenIPMI's `ipmi_sim` among them) cost
+    /// 10 s per call, so set 3 (or 17) for them: a fence deadline is short.
     #[serde(default)]
     pub cipher_suite: Option<u8>,
     /// The ipmitool binary.
