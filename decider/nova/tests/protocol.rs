@@ -181,12 +181,10 @@ async fn cap_and_older_cloud() -> R {
     assert_eq!(plan.microversion, Microversion::new(2, 60));
     assert!(!plan.lands_stopped);
     // An operator cap (OS_COMPUTE_API_VERSION) lowers every call.
-    let mut capped = cfg(&s.uri());
-    capped.compute_api_version = Some(Microversion::new(2, 40));
     let s2 = cloud("2.96", 1).await;
-    let mut capped2 = cfg(&s2.uri());
-    capped2.compute_api_version = capped.compute_api_version;
-    let c2 = NovaClient::connect(capped2, fast()).await?;
+    let mut capped = cfg(&s2.uri());
+    capped.compute_api_version = Some(Microversion::new(2, 40));
+    let c2 = NovaClient::connect(capped, fast()).await?;
     assert_eq!(c2.microversion().await?, Microversion::new(2, 40));
     Ok(())
 }
@@ -724,5 +722,58 @@ async fn not_found_is_typed() -> R {
     let c = NovaClient::connect(cfg(&s.uri()), fast()).await?;
     let e = c.get_server("gone").await;
     assert!(e.as_ref().is_err_and(NovaError::is_not_found), "{e:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_token() -> R {
+    let s = cloud("2.96", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/os-services"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(20))
+                .set_body_json(services_doc()),
+        )
+        .expect(10)
+        .mount(&s)
+        .await;
+    // Not connected yet: all ten race for the first token; one Keystone call.
+    let c = NovaClient::new(cfg(&s.uri()), fast())?;
+    let calls = (0..10).map(|_| {
+        let c = c.clone();
+        tokio::spawn(async move { c.list_compute_services().await })
+    });
+    for r in futures_join(calls).await {
+        assert_eq!(r??.len(), 2);
+    }
+    Ok(())
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn keystone_down_is_unreachable_not_auth() -> R {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/auth/tokens"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("keystone is restarting"))
+        .expect(3)
+        .mount(&s)
+        .await;
+    match NovaClient::connect(cfg(&s.uri()), fast()).await {
+        Err(e @ NovaError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("keystone is restarting"), "{e}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
     Ok(())
 }
