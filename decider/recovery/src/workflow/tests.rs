@@ -535,9 +535,12 @@ async fn failing_notifications_never_block_recovery() {
     let mut w = World::new(&[Bmc::Works]);
     w.notifier = FakeNotifier::new(2);
     let (_, deliveries) = settle(w.run(Mode::Live).await).await;
-    assert!(
-        deliveries[0].delivered && deliveries[0].attempts == 3,
-        "retried with backoff: {deliveries:?}"
+    // Two failures spread over the three messages: all delivered, some retried.
+    assert!(deliveries.iter().all(|d| d.delivered), "{deliveries:?}");
+    assert_eq!(
+        deliveries.iter().map(|d| d.attempts).sum::<u32>(),
+        5,
+        "{deliveries:?}"
     );
 }
 
