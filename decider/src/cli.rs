@@ -188,9 +188,7 @@ pub fn init_tracing(format: LogFormat, filter: &str) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        // FIXME(registry): `builder.json()` needs tracing-subscriber's json
-        // feature, which could not be fetched; text until it can.
-        LogFormat::Json => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
     };
 }
 

@@ -1,23 +1,41 @@
-//! Prometheus metrics and the `/metrics` HTTP endpoint on its own port:
-//! verdict per node, heartbeat age, ping RTT and loss, Nova poll latency and
-//! errors, rejected sensor messages, the storm guard.
-//!
-//! FIXME(registry): a minimal hand-written text exposition, because the
-//! package registry was unreachable when this was written and
-//! prometheus-client (the workspace's chosen exporter) was not in the local
-//! cache. Swap back to prometheus-client; the public API here stays the same.
+//! Prometheus metrics (prometheus-client) and the `/metrics` HTTP endpoint on
+//! its own port: verdict per node, heartbeat age, ping RTT and loss, Nova poll
+//! latency and errors, rejected sensor messages, the storm guard.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 use vigil_verdict::Verdict;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub node: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PingLabels {
+    pub node: String,
+    pub address: String,
+    pub role: String,
+}
+
 /// Why a sensor message or stream was turned away.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RejectReason {
     Oversized,
     Malformed,
@@ -38,73 +56,21 @@ impl RejectReason {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: String,
 }
 
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-}
-
-/// Histogram with fixed exponential buckets (5 ms … ~10 s).
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn exponential(start: f64, factor: f64, n: usize) -> Self {
-        let bounds: Vec<f64> = (0..n).map(|i| start * factor.powi(i as i32)).collect();
-        let counts = (0..n).map(|_| AtomicU64::new(0)).collect();
-        Histogram {
-            bounds,
-            counts,
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-    pub fn observe(&self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if v <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-/// (node, address, role).
-type PingKey = (String, String, String);
-/// (probes, lost, latest RTT in seconds).
-type PingCounts = (u64, u64, Option<f64>);
-
-#[derive(Debug)]
+/// Every metric the decider exports, registered once.
 pub struct Metrics {
-    verdict: Mutex<BTreeMap<String, Verdict>>,
-    heartbeat_age: Mutex<BTreeMap<String, f64>>,
+    registry: Registry,
+    verdict: Family<VerdictLabels, Gauge>,
+    heartbeat_age: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     pub heartbeats: Counter,
-    rejected: Mutex<BTreeMap<RejectReason, u64>>,
-    pings: Mutex<BTreeMap<PingKey, PingCounts>>,
+    pub rejected: Family<RejectLabels, Counter>,
+    ping_rtt: Family<PingLabels, Gauge<f64, AtomicU64>>,
+    ping_probes: Family<PingLabels, Counter>,
+    ping_lost: Family<PingLabels, Counter>,
     pub nova_poll_seconds: Histogram,
     pub nova_poll_errors: Counter,
     pub storm_guard_active: Gauge,
@@ -116,168 +82,149 @@ impl Default for Metrics {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn labels(l: &Labels) -> String {
-    let inner: Vec<String> = l
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
 impl Metrics {
     pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vigil");
+        let verdict = Family::<VerdictLabels, Gauge>::default();
+        registry.register(
+            "node_verdict",
+            "1 for each node's current verdict",
+            verdict.clone(),
+        );
+        let heartbeat_age = Family::<NodeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "heartbeat_age_seconds",
+            "Time since the node's latest heartbeat (absent: never heard from)",
+            heartbeat_age.clone(),
+        );
+        let heartbeats = Counter::default();
+        registry.register("heartbeats", "Heartbeats processed", heartbeats.clone());
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "sensor_rejected",
+            "Sensor streams or messages rejected, by reason",
+            rejected.clone(),
+        );
+        let ping_rtt = Family::<PingLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "ping_rtt_seconds",
+            "Round-trip time of the latest answered probe",
+            ping_rtt.clone(),
+        );
+        let ping_probes = Family::<PingLabels, Counter>::default();
+        registry.register("ping_probes", "ICMP echo probes sent", ping_probes.clone());
+        let ping_lost = Family::<PingLabels, Counter>::default();
+        registry.register(
+            "ping_lost",
+            "ICMP echo probes without an answer in time",
+            ping_lost.clone(),
+        );
+        let nova_poll_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "nova_poll_seconds",
+            "Latency of Nova os-services polls",
+            nova_poll_seconds.clone(),
+        );
+        let nova_poll_errors = Counter::default();
+        registry.register(
+            "nova_poll_errors",
+            "Nova polls that failed",
+            nova_poll_errors.clone(),
+        );
+        let storm_guard_active = Gauge::default();
+        registry.register(
+            "storm_guard_active",
+            "1 while the storm guard holds dead nodes",
+            storm_guard_active.clone(),
+        );
         Metrics {
-            verdict: Mutex::default(),
-            heartbeat_age: Mutex::default(),
-            heartbeats: Counter::default(),
-            rejected: Mutex::default(),
-            pings: Mutex::default(),
-            nova_poll_seconds: Histogram::exponential(0.005, 2.0, 12),
-            nova_poll_errors: Counter::default(),
-            storm_guard_active: Gauge::default(),
+            registry,
+            verdict,
+            heartbeat_age,
+            heartbeats,
+            rejected,
+            ping_rtt,
+            ping_probes,
+            ping_lost,
+            nova_poll_seconds,
+            nova_poll_errors,
+            storm_guard_active,
         }
     }
 
-    /// One series per node: only the current verdict reads 1.
-    pub fn set_verdict(&self, node: &str, _from: Option<Verdict>, to: Verdict) {
-        lock(&self.verdict).insert(node.to_string(), to);
+    /// One series per node: the old verdict's is removed so only the
+    /// current one reads 1.
+    pub fn set_verdict(&self, node: &str, from: Option<Verdict>, to: Verdict) {
+        if let Some(f) = from {
+            self.verdict.remove(&VerdictLabels {
+                node: node.to_string(),
+                verdict: f.as_str().to_string(),
+            });
+        }
+        self.verdict
+            .get_or_create(&VerdictLabels {
+                node: node.to_string(),
+                verdict: to.as_str().to_string(),
+            })
+            .set(1);
     }
 
     pub fn set_heartbeat_age(&self, node: &str, age: Option<Duration>) {
-        let mut m = lock(&self.heartbeat_age);
+        let labels = NodeLabels {
+            node: node.to_string(),
+        };
         match age {
             Some(a) => {
-                m.insert(node.to_string(), a.as_secs_f64());
+                self.heartbeat_age
+                    .get_or_create(&labels)
+                    .set(a.as_secs_f64());
             }
             None => {
-                m.remove(node);
+                self.heartbeat_age.remove(&labels);
             }
         }
     }
 
     pub fn record_ping(&self, node: &str, address: &IpAddr, role: &str, rtt: Option<Duration>) {
-        let mut m = lock(&self.pings);
-        let e = m
-            .entry((node.to_string(), address.to_string(), role.to_string()))
-            .or_insert((0, 0, None));
-        e.0 += 1;
+        let labels = PingLabels {
+            node: node.to_string(),
+            address: address.to_string(),
+            role: role.to_string(),
+        };
+        self.ping_probes.get_or_create(&labels).inc();
         match rtt {
-            Some(r) => e.2 = Some(r.as_secs_f64()),
-            None => e.1 += 1,
+            Some(r) => {
+                self.ping_rtt.get_or_create(&labels).set(r.as_secs_f64());
+            }
+            None => {
+                self.ping_lost.get_or_create(&labels).inc();
+            }
         }
     }
 
     pub fn reject(&self, reason: RejectReason) {
-        *lock(&self.rejected).entry(reason).or_default() += 1;
+        self.rejected
+            .get_or_create(&RejectLabels {
+                reason: reason.label().to_string(),
+            })
+            .inc();
     }
 
+    /// How many sensor messages or streams were rejected for `reason`.
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        lock(&self.rejected).get(&reason).copied().unwrap_or(0)
+        self.rejected
+            .get_or_create(&RejectLabels {
+                reason: reason.label().to_string(),
+            })
+            .get()
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::new();
-        let _ = writeln!(o, "# HELP vigil_node_verdict 1 for each node's current verdict\n# TYPE vigil_node_verdict gauge");
-        for (node, v) in lock(&self.verdict).iter() {
-            let _ = writeln!(
-                o,
-                "vigil_node_verdict{} 1",
-                labels(&vec![
-                    ("node", node.clone()),
-                    ("verdict", v.as_str().to_string())
-                ])
-            );
-        }
-        let _ = writeln!(o, "# HELP vigil_heartbeat_age_seconds Time since the node's latest heartbeat\n# TYPE vigil_heartbeat_age_seconds gauge");
-        for (node, a) in lock(&self.heartbeat_age).iter() {
-            let _ = writeln!(
-                o,
-                "vigil_heartbeat_age_seconds{} {a}",
-                labels(&vec![("node", node.clone())])
-            );
-        }
-        let _ = writeln!(o, "# HELP vigil_heartbeats_total Heartbeats processed\n# TYPE vigil_heartbeats_total counter");
-        let _ = writeln!(o, "vigil_heartbeats_total {}", self.heartbeats.get());
-        let _ = writeln!(o, "# HELP vigil_sensor_rejected_total Sensor streams or messages rejected, by reason\n# TYPE vigil_sensor_rejected_total counter");
-        for (r, n) in lock(&self.rejected).iter() {
-            let _ = writeln!(
-                o,
-                "vigil_sensor_rejected_total{} {n}",
-                labels(&vec![("reason", r.label().to_string())])
-            );
-        }
-        let _ = writeln!(o, "# HELP vigil_ping_probes_total ICMP echo probes sent\n# TYPE vigil_ping_probes_total counter");
-        let pings = lock(&self.pings);
-        for ((node, addr, role), (probes, _, _)) in pings.iter() {
-            let l = labels(&vec![
-                ("node", node.clone()),
-                ("address", addr.clone()),
-                ("role", role.clone()),
-            ]);
-            let _ = writeln!(o, "vigil_ping_probes_total{l} {probes}");
-        }
-        let _ = writeln!(o, "# HELP vigil_ping_lost_total ICMP echo probes without an answer in time\n# TYPE vigil_ping_lost_total counter");
-        for ((node, addr, role), (_, lost, _)) in pings.iter() {
-            let l = labels(&vec![
-                ("node", node.clone()),
-                ("address", addr.clone()),
-                ("role", role.clone()),
-            ]);
-            let _ = writeln!(o, "vigil_ping_lost_total{l} {lost}");
-        }
-        let _ = writeln!(o, "# HELP vigil_ping_rtt_seconds Round-trip time of the latest answered probe\n# TYPE vigil_ping_rtt_seconds gauge");
-        for ((node, addr, role), (_, _, rtt)) in pings.iter() {
-            if let Some(r) = rtt {
-                let l = labels(&vec![
-                    ("node", node.clone()),
-                    ("address", addr.clone()),
-                    ("role", role.clone()),
-                ]);
-                let _ = writeln!(o, "vigil_ping_rtt_seconds{l} {r}");
-            }
-        }
-        drop(pings);
-        let h = &self.nova_poll_seconds;
-        let _ = writeln!(o, "# HELP vigil_nova_poll_seconds Latency of Nova os-services polls\n# TYPE vigil_nova_poll_seconds histogram");
-        for (b, c) in h.bounds.iter().zip(&h.counts) {
-            let _ = writeln!(
-                o,
-                "vigil_nova_poll_seconds_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let count = h.count.load(Ordering::Relaxed);
-        let _ = writeln!(o, "vigil_nova_poll_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "vigil_nova_poll_seconds_sum {}",
-            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "vigil_nova_poll_seconds_count {count}");
-        let _ = writeln!(o, "# HELP vigil_nova_poll_errors_total Nova polls that failed\n# TYPE vigil_nova_poll_errors_total counter");
-        let _ = writeln!(
-            o,
-            "vigil_nova_poll_errors_total {}",
-            self.nova_poll_errors.get()
-        );
-        let _ = writeln!(o, "# HELP vigil_storm_guard_active 1 while the storm guard holds dead nodes\n# TYPE vigil_storm_guard_active gauge");
-        let _ = writeln!(
-            o,
-            "vigil_storm_guard_active {}",
-            self.storm_guard_active.0.load(Ordering::Relaxed)
-        );
-        o
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -296,7 +243,7 @@ pub async fn serve(
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
                     m.render(),
                 )

@@ -151,8 +151,26 @@ impl Server {
             shutdown.clone(),
         );
         let op = OperatorService::new(handle.clone());
-        // FIXME(registry): tonic-reflection and tonic-health are re-added as soon as
-        // the package registry answers again (they were not in the local cache).
+        // Reflection (v1 and v1alpha, so every grpcurl version works) and the
+        // standard health service: `grpcurl -plaintext HOST:PORT list` needs
+        // no .proto file.
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the gRPC reflection service (v1)")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the gRPC reflection service (v1alpha)")?;
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<vigil_proto::v1::operator_server::OperatorServer<OperatorService>>()
+            .await;
+        health_reporter
+            .set_serving::<vigil_proto::v1::sensor_stream_server::SensorStreamServer<HeartbeatService>>()
+            .await;
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)));
@@ -162,6 +180,9 @@ impl Server {
                 .context("configuring TLS on the gRPC port")?;
         }
         let router = builder
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(hb.into_server())
             .add_service(op.into_server());
         {
