@@ -1,0 +1,185 @@
+//! Operator commands over recovery: `fence-check`, `incidents`, `incident ID`.
+//! Tables for people, `--json` for scripts; output goes to stdout.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use vigil_recovery::config::RecoveryConfig;
+use vigil_recovery::fence::{fence_check, FenceCheckRow};
+use vigil_recovery::journal::sqlite::SqliteJournal;
+use vigil_recovery::journal::{IncidentDetail, IncidentId, IncidentSummary, Journal};
+use vigil_recovery::secret::ProcessEnv;
+
+/// `vigil-decider fence-check`: reads every configured BMC's power state
+/// (never a power action). Returns the rows and whether all answered.
+pub async fn fence_check_command(cfg: &RecoveryConfig, json: bool) -> anyhow::Result<bool> {
+    let rows = fence_check(&cfg.fencing, &ProcessEnv).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).context("encoding fence-check rows")?
+        );
+    } else {
+        print!("{}", fence_check_table(&rows));
+    }
+    Ok(!rows.is_empty() && rows.iter().all(|r| r.result.is_ok()))
+}
+
+pub fn fence_check_table(rows: &[FenceCheckRow]) -> String {
+    let mut s = format!(
+        "{:<16} {:>5}  {:<48} {}\n",
+        "NODE", "LEVEL", "FENCER", "POWER"
+    );
+    if rows.is_empty() {
+        s.push_str("(no fencing configured: add [recovery.fencing] nodes or groups)\n");
+    }
+    for r in rows {
+        let power = match &r.result {
+            Ok(p) => p.to_string(),
+            Err(e) => format!("ERROR: {e}"),
+        };
+        let _ = writeln!(
+            s,
+            "{:<16} {:>5}  {:<48} {}",
+            r.node, r.level, r.fencer, power
+        );
+    }
+    s
+}
+
+fn open_journal(path: &Path) -> anyhow::Result<SqliteJournal> {
+    SqliteJournal::open(path).with_context(|| format!("opening the journal at {}", path.display()))
+}
+
+/// `vigil-decider incidents [--json]`: the newest incidents.
+pub async fn incidents_command(journal: &Path, limit: usize, json: bool) -> anyhow::Result<()> {
+    let list = open_journal(journal)?
+        .list(limit)
+        .await
+        .context("listing incidents")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).context("encoding incidents")?
+        );
+    } else {
+        print!("{}", incidents_table(&list));
+    }
+    Ok(())
+}
+
+pub fn incidents_table(list: &[IncidentSummary]) -> String {
+    let mut s = format!(
+        "{:<36}  {:<14} {:<16} {:<11} {:<24} {}\n",
+        "ID", "NODE", "STATUS", "PHASE", "OPENED", "REASON"
+    );
+    for i in list {
+        let status = serde_json::to_value(i.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let phase = serde_json::to_value(i.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let status = if i.dry_run {
+            format!("{status} (dry)")
+        } else {
+            status
+        };
+        let _ = writeln!(
+            s,
+            "{:<36}  {:<14} {:<16} {:<11} {:<24} {}",
+            i.id,
+            i.node,
+            status,
+            phase,
+            i.opened_at.to_string(),
+            i.reason.as_deref().unwrap_or("")
+        );
+    }
+    s
+}
+
+/// `vigil-decider incident ID [--json]`: one incident with its timeline,
+/// instances and the evidence at decision time.
+pub async fn incident_command(journal: &Path, id: &str, json: bool) -> anyhow::Result<()> {
+    let d = open_journal(journal)?
+        .get(&IncidentId(id.to_string()))
+        .await
+        .with_context(|| format!("reading incident {id}"))?;
+    if json {
+        let v = serde_json::json!({"incident": d, "timeline": d.timeline()});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("encoding incident")?
+        );
+    } else {
+        print!("{}", incident_text(&d));
+    }
+    Ok(())
+}
+
+pub fn incident_text(d: &IncidentDetail) -> String {
+    let i = &d.summary;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "incident {}  node {}  status {:?}  phase {:?}{}",
+        i.id,
+        i.node,
+        i.status,
+        i.phase,
+        if i.dry_run { "  (dry run)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "opened {}  closed {}",
+        i.opened_at,
+        i.closed_at
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    if let Some(r) = &i.reason {
+        let _ = writeln!(s, "reason: {r}");
+    }
+    if let Some(t) = i.recovered_at {
+        let _ = writeln!(s, "node recovered (new boot id) at {t}");
+    }
+    let _ = writeln!(s, "\ninstances:");
+    s.push_str("  SERVER                                NAME                 BEFORE   FROM           TO              TRY  STATE       TOOK/REASON\n");
+    for r in &d.instances {
+        let took = match (r.started_at, r.finished_at) {
+            (Some(a), Some(b)) => format!("{:.1}s", b.since(a).as_secs_f64()),
+            _ => String::new(),
+        };
+        let state = serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<36}  {:<20} {:<8} {:<14} {:<14} {:>4}  {:<11} {} {}",
+            r.server_id,
+            r.name,
+            r.status_before,
+            r.from_host,
+            r.to_host.as_deref().unwrap_or("-"),
+            r.attempts,
+            state,
+            took,
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    let _ = writeln!(s, "\ntimeline:");
+    for e in d.timeline() {
+        let _ = writeln!(s, "  {}  {:<20} {}", e.at, e.what, e.message);
+    }
+    let _ = writeln!(
+        s,
+        "\nevidence at decision time:\n{}",
+        serde_json::to_string_pretty(&d.evidence).unwrap_or_default()
+    );
+    s
+}

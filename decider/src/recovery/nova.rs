@@ -1,0 +1,337 @@
+//! [`NovaEdge`]: the recovery workflow's view of Nova, over `vigil-nova`.
+//! Nova's types stop here: everything the workflow sees is its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use vigil_nova::{MigrationQuery, NovaError};
+use vigil_recovery::time::Timestamp;
+use vigil_recovery::workflow as wf;
+
+/// Adapts a `vigil_nova::NovaActions` (the real client, or a test double) to
+/// the workflow's `NovaActions`.
+pub struct NovaEdge<N> {
+    nova: Arc<N>,
+    /// The cloud's highest microversion, read once at start (it only changes
+    /// with a Nova upgrade, and a decider restart picks that up).
+    max: wf::Microversion,
+}
+
+impl<N: vigil_nova::NovaActions + 'static> NovaEdge<N> {
+    /// Reads the cloud's version range once.
+    pub async fn new(nova: Arc<N>) -> Result<Self, NovaError> {
+        let range = nova.versions().await?;
+        let max = wf::Microversion::new(range.max.major, range.max.minor);
+        Ok(NovaEdge { nova, max })
+    }
+}
+
+fn call_err(what: &str, e: NovaError) -> wf::NovaCallError {
+    if e.is_not_found() {
+        wf::NovaCallError::NotFound {
+            what: what.to_string(),
+        }
+    } else if let Some(status) = e.status() {
+        wf::NovaCallError::Rejected {
+            what: what.to_string(),
+            status,
+            message: e.to_string(),
+        }
+    } else {
+        wf::NovaCallError::Transport {
+            what: what.to_string(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn service(s: vigil_nova::ComputeService) -> wf::ComputeService {
+    wf::ComputeService {
+        enabled: s.status == vigil_nova::ServiceStatus::Enabled,
+        up: s.state == vigil_nova::ServiceState::Up,
+        id: s.id,
+        host: s.host,
+        disabled_reason: s.disabled_reason,
+        forced_down: s.forced_down,
+    }
+}
+
+/// Back to vigil-nova's form for PUT calls (which need id, host and binary).
+fn nova_service(s: &wf::ComputeService) -> vigil_nova::ComputeService {
+    vigil_nova::ComputeService {
+        id: s.id.clone(),
+        binary: "nova-compute".into(),
+        host: s.host.clone(),
+        state: if s.up {
+            vigil_nova::ServiceState::Up
+        } else {
+            vigil_nova::ServiceState::Down
+        },
+        status: if s.enabled {
+            vigil_nova::ServiceStatus::Enabled
+        } else {
+            vigil_nova::ServiceStatus::Disabled
+        },
+        forced_down: s.forced_down,
+        updated_at: None,
+        disabled_reason: s.disabled_reason.clone(),
+        zone: None,
+    }
+}
+
+fn server(s: vigil_nova::Server) -> wf::Server {
+    let status = match s.status {
+        vigil_nova::ServerStatus::Active => wf::ServerStatus::Active,
+        vigil_nova::ServerStatus::Error => wf::ServerStatus::Error,
+        vigil_nova::ServerStatus::Shutoff => wf::ServerStatus::Shutoff,
+        _ => wf::ServerStatus::Other(s.status_text.clone()),
+    };
+    wf::Server {
+        id: s.id,
+        name: s.name,
+        project_id: s.tenant_id.unwrap_or_default(),
+        host: s.host,
+        status,
+        task_state: s.task_state,
+        metadata: s.metadata,
+        flavor_extra_specs: s.flavor.extra_specs,
+        // FIXME: image properties need a Glance call; until then opt-in/out
+        // by image property is not seen (metadata and flavor are).
+        image_properties: BTreeMap::new(),
+        fault: s.fault.and_then(|f| f.message),
+    }
+}
+
+fn timestamp(s: Option<&str>) -> Option<Timestamp> {
+    vigil_nova::types::parse_nova_time(s?).map(Timestamp::from_system)
+}
+
+impl<N: vigil_nova::NovaActions + 'static> wf::NovaActions for NovaEdge<N> {
+    fn max_microversion(&self) -> wf::Microversion {
+        self.max
+    }
+
+    fn compute_service(
+        &self,
+        host: &str,
+    ) -> BoxFuture<'_, Result<wf::ComputeService, wf::NovaCallError>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            let what = format!("nova-compute service of {host}");
+            let all = self
+                .nova
+                .list_compute_services()
+                .await
+                .map_err(|e| call_err(&what, e))?;
+            all.into_iter()
+                .find(|s| s.host == host && s.binary == "nova-compute")
+                .map(service)
+                .ok_or(wf::NovaCallError::NotFound { what })
+        })
+    }
+
+    fn compute_services(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<wf::ComputeService>, wf::NovaCallError>> {
+        Box::pin(async move {
+            let all = self
+                .nova
+                .list_compute_services()
+                .await
+                .map_err(|e| call_err("compute services", e))?;
+            Ok(all
+                .into_iter()
+                .filter(|s| s.binary == "nova-compute")
+                .map(service)
+                .collect())
+        })
+    }
+
+    fn disable_service<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            self.nova
+                .disable_service(&nova_service(s), reason)
+                .await
+                .map_err(|e| call_err("disable service", e))
+        })
+    }
+
+    fn enable_service<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            self.nova
+                .enable_service(&nova_service(s))
+                .await
+                .map_err(|e| call_err("enable service", e))
+        })
+    }
+
+    fn set_forced_down<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+        down: bool,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            self.nova
+                .set_forced_down(&nova_service(s), down)
+                .await
+                .map_err(|e| call_err("set forced_down", e))
+        })
+    }
+
+    fn servers_on_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Server>, wf::NovaCallError>> {
+        Box::pin(async move {
+            let v = self
+                .nova
+                .list_servers_on_host(host)
+                .await
+                .map_err(|e| call_err("servers on host", e))?;
+            Ok(v.into_iter().map(server).collect())
+        })
+    }
+
+    fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<wf::Server, wf::NovaCallError>> {
+        Box::pin(async move {
+            self.nova
+                .get_server(id)
+                .await
+                .map(server)
+                .map_err(|e| call_err(&format!("server {id}"), e))
+        })
+    }
+
+    fn evacuate<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a wf::EvacuateRequest,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            let mv = vigil_nova::Microversion::new(
+                request.microversion.major,
+                request.microversion.minor,
+            );
+            // force stays false: Nova's scheduler validates a named host.
+            let req = vigil_nova::EvacuateRequest {
+                host: request.host.clone(),
+                ..Default::default()
+            };
+            self.nova
+                .evacuate(id, &req, mv)
+                .await
+                .map(|_| ())
+                .map_err(|e| call_err(&format!("evacuate {id}"), e))
+        })
+    }
+
+    fn evacuation_migrations<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Migration>, wf::NovaCallError>> {
+        Box::pin(async move {
+            let v = self
+                .nova
+                .list_migrations(&MigrationQuery::evacuations_of(id))
+                .await
+                .map_err(|e| call_err("evacuation migrations", e))?;
+            let mut out: Vec<wf::Migration> = v
+                .into_iter()
+                .map(|m| wf::Migration {
+                    id: m.uuid.or(m.id).unwrap_or_default(),
+                    status: m.status.unwrap_or_default(),
+                    source_compute: m.source_compute,
+                    dest_compute: m.dest_compute,
+                    created_at: timestamp(m.created_at.as_deref()),
+                })
+                .collect();
+            out.sort_by_key(|m| m.created_at);
+            Ok(out)
+        })
+    }
+
+    fn evacuate_action_count<'a>(
+        &'a self,
+        id: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<u32, wf::NovaCallError>> {
+        Box::pin(async move {
+            let v = self
+                .nova
+                .list_instance_actions(id)
+                .await
+                .map_err(|e| call_err("instance actions", e))?;
+            // An action without a readable start time counts: over-counting
+            // only costs a retry, under-counting could evacuate twice.
+            let n = v
+                .iter()
+                .filter(|a| {
+                    a.action == "evacuate"
+                        && timestamp(a.start_time.as_deref()).is_none_or(|t| t >= since)
+                })
+                .count();
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+
+    fn reset_state<'a>(
+        &'a self,
+        id: &'a str,
+        to: wf::ResetTo,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            let state = match to {
+                wf::ResetTo::Error => vigil_nova::ResetState::Error,
+                wf::ResetTo::Active => vigil_nova::ResetState::Active,
+            };
+            self.nova
+                .reset_state(id, state)
+                .await
+                .map_err(|e| call_err("reset state", e))
+        })
+    }
+
+    fn host_aggregates<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Aggregate>, wf::NovaCallError>> {
+        Box::pin(async move {
+            let v = self
+                .nova
+                .list_aggregates()
+                .await
+                .map_err(|e| call_err("aggregates", e))?;
+            Ok(v.into_iter()
+                .filter(|a| a.hosts.iter().any(|h| h == host))
+                .map(|a| wf::Aggregate {
+                    id: a.id,
+                    name: a.name,
+                    hosts: a.hosts,
+                })
+                .collect())
+        })
+    }
+
+    fn add_host_to_aggregate<'a>(
+        &'a self,
+        aggregate: &'a wf::Aggregate,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            match self.nova.aggregate_add_host(&aggregate.id, host).await {
+                Ok(_) => Ok(()),
+                // 409: already a member, which is what we wanted.
+                Err(e) if e.is_conflict() => Ok(()),
+                Err(e) => Err(call_err("add host to aggregate", e)),
+            }
+        })
+    }
+}
