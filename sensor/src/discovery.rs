@@ -6,15 +6,18 @@
 //! it can block behind a task stuck in a page fault on a dead disk. If that
 //! happens, only discovery stalls (and the heartbeat says so); the sampler
 //! keeps reporting the processes it already knows. To make it rarer, the
-//! command line of a process in D state is not read, and each process's is
-//! read once (cached by pid, start time and comm; "not interesting" answers
-//! expire so a late `exec` is noticed).
+//! command line of a process in D state is read on a helper thread that is
+//! abandoned after a short timeout (a few at most, each stuck only until its
+//! target wakes), and each process's is read once (cached by pid, start
+//! time and comm; "not interesting" answers expire so a late `exec` is
+//! noticed). A nova-compute that hangs before discovery first saw it is
+//! still found this way: a task waiting on a bio does not hold `mmap_lock`.
 
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -72,6 +75,8 @@ enum Kind {
 /// Command-line classifications, by (pid, starttime, comm).
 #[derive(Default)]
 pub struct Cache {
+    /// Helper threads still stuck in a cmdline read.
+    stuck_readers: Arc<AtomicUsize>,
     kinds: HashMap<(u32, u64, String), (Kind, u64)>,
     scans: u64,
     cgroup_paths: Arc<HashMap<u64, String>>,
@@ -81,6 +86,35 @@ pub struct Cache {
 /// "Other" answers are re-checked after this long (an exec keeps pid and
 /// start time, and may keep comm).
 const OTHER_TTL_NS: u64 = 30_000_000_000;
+
+/// Helper threads allowed to be stuck in cmdline reads at once.
+const MAX_STUCK_READERS: usize = 4;
+/// How long a cmdline read of a D-state process may take.
+const CMDLINE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Reads a D-state process's cmdline on a helper thread, giving up after
+/// [`CMDLINE_TIMEOUT`]; the helper then stays blocked until the target
+/// wakes. None when it timed out or too many helpers are stuck.
+fn read_cmdline_bounded(pid: u32, stuck: &Arc<AtomicUsize>) -> Option<Vec<String>> {
+    if stuck.load(Ordering::Relaxed) >= MAX_STUCK_READERS {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    stuck.fetch_add(1, Ordering::Relaxed);
+    let counter = stuck.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cmdline".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = tx.send(procfs::read_cmdline(pid));
+            counter.fetch_sub(1, Ordering::Relaxed);
+        });
+    if spawned.is_err() {
+        stuck.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    rx.recv_timeout(CMDLINE_TIMEOUT).ok().flatten()
+}
 
 /// One scan of /proc (and the scope's cgroup tree).
 pub fn scan(cfg: &DiscoveryConfig, cache: &mut Cache) -> Snapshot {
@@ -108,11 +142,12 @@ pub fn scan(cfg: &DiscoveryConfig, cache: &mut Cache) -> Snapshot {
             None => false,
         };
         if !fresh {
-            // A D-state process's cmdline read can block; try next scan.
-            if st.state == 'D' {
-                continue;
-            }
-            let Some(args) = procfs::read_cmdline(pid) else {
+            let args = if st.state == 'D' {
+                read_cmdline_bounded(pid, &cache.stuck_readers)
+            } else {
+                procfs::read_cmdline(pid)
+            };
+            let Some(args) = args else {
                 continue;
             };
             let kind = if instances::is_qemu_comm(&st.comm) {

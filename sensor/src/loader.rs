@@ -38,10 +38,9 @@ pub struct LoadOptions {
     pub max_watched: u32,
     /// `EVENTS` ring buffer size in bytes (a power of two, ≥ one page).
     pub events_bytes: u32,
-    /// cgroup v2 `(id, level)` to limit D-state tracking to.
-    pub scope: Option<(u64, u32)>,
-    /// Pids in that scope, to limit the seeding of already-blocked tasks.
-    pub scope_pids: Option<HashSet<u32>>,
+    /// The cgroup to limit D-state tracking to (its id and depth go to
+    /// the program; its pids limit the seeding of already-blocked tasks).
+    pub scope: Option<crate::cgroup::Scope>,
 }
 
 /// Why the eBPF side could not be started.
@@ -134,7 +133,10 @@ impl EbpfProbe {
         off: &KernelOffsets,
         opts: &LoadOptions,
     ) -> Result<EbpfProbe, LoadError> {
-        let (scope_id, scope_level) = opts.scope.unwrap_or((u64::MAX, NO_FIELD));
+        let (scope_id, scope_level) = opts
+            .scope
+            .as_ref()
+            .map_or((u64::MAX, NO_FIELD), |s| (s.id, s.level));
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::G_TASK_PID_OFF, &off.task_pid, true)
@@ -235,7 +237,10 @@ impl EbpfProbe {
             failed,
             stale: 0,
         };
-        probe.seed_dstate(opts.scope_pids.as_ref());
+        // The scope's members are read now, after attach: a task that joined
+        // and blocked while we were loading is seeded too.
+        let members = opts.scope.as_ref().map(crate::cgroup::Scope::pids);
+        probe.seed_dstate(members.as_ref());
         Ok(probe)
     }
 
@@ -270,6 +275,7 @@ impl EbpfProbe {
                 };
                 // BPF_NOEXIST: never overwrite what the program recorded.
                 if self.dstate.insert(tid, entry, 1).is_ok() {
+                    tracing::debug!(tid, tgid, comm = %st.comm, "seeded D-state entry");
                     seeded += 1;
                 }
             }

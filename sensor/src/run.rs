@@ -99,8 +99,7 @@ pub fn prepare_watch(
             max_inflight: w.max_inflight.max(1),
             max_watched: w.max_watched.max(1),
             events_bytes: w.events_bytes,
-            scope: scope.as_ref().map(|s| (s.id, s.level)),
-            scope_pids: scope.as_ref().map(Scope::pids),
+            scope: scope.clone(),
         },
     };
     let disc = discovery::DiscoveryConfig {

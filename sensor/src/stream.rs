@@ -166,10 +166,19 @@ pub async fn run_link(
         {
             Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Closed(why)) => {
-                tracing::warn!(%why, "stream to decider ended; reconnecting")
+                failures = 0;
+                tracing::warn!(%why, "stream to decider ended; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "decider unreachable; sampling goes on, heartbeats are buffered")
+                let source = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                if failures.is_multiple_of(20) {
+                    tracing::warn!(error = %e, %source, failures, "decider unreachable; sampling goes on, heartbeats are buffered");
+                } else {
+                    tracing::debug!(error = %e, %source, "decider still unreachable");
+                }
+                failures = failures.saturating_add(1);
             }
         }
         stats.connected.store(false, Ordering::Relaxed);

@@ -26,7 +26,14 @@ fn sensor_sees_the_exit_of_a_process_we_started() {
     );
     let pid = target.pid();
     let mut probe = Command::new(bins::bin("vigil-sensor"))
-        .args(["probe", "--json", "--timeout", "20s", "--wait-exit", &pid.to_string()])
+        .args([
+            "probe",
+            "--json",
+            "--timeout",
+            "20s",
+            "--wait-exit",
+            &pid.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,7 +54,11 @@ fn sensor_sees_the_exit_of_a_process_we_started() {
             _ => panic!("probe ended before attaching; stderr:\n{}", seen.join("\n")),
         }
     };
-    assert!(attached.contains("Ebpf"), "probe did not load eBPF: {attached}\n{}", seen.join("\n"));
+    assert!(
+        attached.contains("Ebpf"),
+        "probe did not load eBPF: {attached}\n{}",
+        seen.join("\n")
+    );
     target.signal(libc::SIGKILL);
     let status = probe.wait().expect("probe exits");
     let mut out = String::new();
@@ -57,7 +68,11 @@ fn sensor_sees_the_exit_of_a_process_we_started() {
         .expect("stdout")
         .read_to_string(&mut out)
         .expect("read probe output");
-    assert!(status.success(), "probe failed ({status}); stderr:\n{}", seen.join("\n"));
+    assert!(
+        status.success(),
+        "probe failed ({status}); stderr:\n{}",
+        seen.join("\n")
+    );
     let json: serde_json::Value = serde_json::from_str(&out).expect("probe --json prints JSON");
     assert_eq!(json["mode"], "ebpf", "{out}");
     let attached = json["health"]["attached_probes"].to_string();

@@ -183,11 +183,21 @@ pub fn brief(hb: v1::Heartbeat) -> String {
         "seq={} mode={} blocked={:?} devices={:?} instances={:?} nova={:?} health={:?}",
         hb.seq,
         hb.mode,
-        hb.blocked_tasks.iter().map(|b| (b.pid, b.comm.clone(), b.blocked_ms)).collect::<Vec<_>>(),
-        hb.device_stalls.iter().map(|d| (d.device.clone(), d.in_flight, d.oldest_ms)).collect::<Vec<_>>(),
-        hb.instances.iter().map(|i| (i.uuid.clone(), i.pid, i.alive, i.cpu_ns_delta, i.exited)).collect::<Vec<_>>(),
+        hb.blocked_tasks
+            .iter()
+            .map(|b| (b.pid, b.comm.clone(), b.blocked_ms))
+            .collect::<Vec<_>>(),
+        hb.device_stalls
+            .iter()
+            .map(|d| (d.device.clone(), d.in_flight, d.oldest_ms))
+            .collect::<Vec<_>>(),
+        hb.instances
+            .iter()
+            .map(|i| (i.uuid.clone(), i.pid, i.alive, i.cpu_ns_delta, i.exited))
+            .collect::<Vec<_>>(),
         hb.nova_compute,
-        hb.health.map(|h| (h.attached_probes, h.failed_probes, h.message)),
+        hb.health
+            .map(|h| (h.attached_probes, h.failed_probes, h.message)),
     )
 }
 
@@ -227,7 +237,13 @@ fn sensor_log_tail() -> String {
             .as_ref()
             .map(|log| {
                 let log = log.lock().expect("log lock");
-                log.iter().rev().take(30).rev().cloned().collect::<Vec<_>>().join("\n")
+                log.iter()
+                    .rev()
+                    .take(30)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
             .unwrap_or_default()
     })
@@ -291,7 +307,12 @@ impl Drop for Sensor {
 }
 
 /// Common `run` arguments: the collector, a node name, a boot id file.
-pub fn sensor_args(collector: &Collector, boot_id: &Path, cgroup: Option<&TestCgroup>, extra: &[&str]) -> Vec<String> {
+pub fn sensor_args(
+    collector: &Collector,
+    boot_id: &Path,
+    cgroup: Option<&TestCgroup>,
+    extra: &[&str],
+) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--decider".into(),
         collector.url(),
@@ -347,7 +368,8 @@ impl TestCgroup {
 
     /// A command that moves itself into this group before `exec`.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let procs = CString::new(self.dir.join("cgroup.procs").display().to_string()).expect("no NUL in path");
+        let procs = CString::new(self.dir.join("cgroup.procs").display().to_string())
+            .expect("no NUL in path");
         let mut cmd = Command::new(program);
         // SAFETY: the closure only calls async-signal-safe libc functions
         // (open, write, close) on memory prepared before fork.
@@ -382,13 +404,18 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
-        let _ = wait::until("test cgroup empty", Duration::from_secs(10), Duration::from_millis(50), || {
-            if self.pids().is_empty() {
-                Ok(())
-            } else {
-                Err(self.pids())
-            }
-        });
+        let _ = wait::until(
+            "test cgroup empty",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                if self.pids().is_empty() {
+                    Ok(())
+                } else {
+                    Err(self.pids())
+                }
+            },
+        );
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -428,7 +455,11 @@ pub fn can_stall_disks(test: &str) -> bool {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -473,16 +504,23 @@ impl StallRig {
             dev: String::new(),
         };
         let img = rig.mnt.join("disk.img");
-        wait::until("FUSE disk.img to appear", Duration::from_secs(15), Duration::from_millis(50), || {
-            if img.exists() {
-                Ok(())
-            } else {
-                Err("not yet")
-            }
-        })
+        wait::until(
+            "FUSE disk.img to appear",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || {
+                if img.exists() {
+                    Ok(())
+                } else {
+                    Err("not yet")
+                }
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
         rig.loopdev = run(Command::new("losetup").args(["-f", "--show"]).arg(&img));
-        let rdev = std::fs::metadata(&rig.loopdev).expect("stat loop device").rdev();
+        let rdev = std::fs::metadata(&rig.loopdev)
+            .expect("stat loop device")
+            .rdev();
         rig.dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
         rig
     }
@@ -505,7 +543,13 @@ impl StallRig {
             cmd.arg0(a);
         }
         let child = cmd
-            .args([&format!("if={}", self.loopdev), "of=/dev/null", "bs=4k", "count=1", "iflag=direct"])
+            .args([
+                &format!("if={}", self.loopdev),
+                "of=/dev/null",
+                "bs=4k",
+                "count=1",
+                "iflag=direct",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -520,16 +564,42 @@ impl Drop for StallRig {
         self.release();
         if !self.loopdev.is_empty() {
             // The reader finishes its I/O first, then the device can go.
-            let _ = wait::until("loop device detach", Duration::from_secs(10), Duration::from_millis(100), || {
-                let ok = Command::new("losetup").args(["-d", &self.loopdev]).status().is_ok_and(|s| s.success());
+            let _ = wait::until(
+                "loop device detach",
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || {
+                    let ok = Command::new("losetup")
+                        .args(["-d", &self.loopdev])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("busy")
+                    }
+                },
+            );
+        }
+        // The killed reader may take a moment to close the device.
+        let umounted = wait::until(
+            "FUSE umount",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || {
+                let ok = Command::new("umount")
+                    .arg(&self.mnt)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
                 if ok {
                     Ok(())
                 } else {
                     Err("busy")
                 }
-            });
-        }
-        let umounted = Command::new("umount").arg(&self.mnt).status().is_ok_and(|s| s.success());
+            },
+        )
+        .is_ok();
         if !umounted {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
