@@ -375,15 +375,35 @@ fn hang_fault_blocks_nova_compute_in_uninterruptible_io() {
     );
     let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
     eprintln!("nova-compute pid {pid} waits in {wchan}");
-    // It stays blocked: the disk does not answer (no sleep-and-hope: D now
-    // and D again after several scheduler ticks is the claim).
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(proc_state(pid), Some('D'), "still in D state");
     assert!(lab
         .node_status(node)
         .expect("status")
         .faults
         .contains(&"hung".to_string()));
+    // It stays blocked and stops reporting: for two and a half report
+    // intervals its updated_at in Nova does not move and it stays in D (a
+    // negative claim needs a window; nothing here waits for a success).
+    let interval = lab.info().controller.report_interval.unwrap_or(10);
+    let updated_at = || {
+        lab.node_status(node)
+            .expect("status")
+            .nova
+            .and_then(|n| n.updated_at)
+    };
+    // A report sent just before the hang may still be on its way to the
+    // conductor: take the reference a moment later.
+    std::thread::sleep(Duration::from_secs(1));
+    let frozen = updated_at();
+    let end = Instant::now() + Duration::from_millis(interval * 2500);
+    while Instant::now() < end {
+        assert_eq!(proc_state(pid), Some('D'), "nova-compute stays in D state");
+        assert_eq!(
+            updated_at(),
+            frozen,
+            "a hung nova-compute must not report to Nova"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 
     lab.fault(Fault::UnhangNovaCompute, node).expect("unhang");
     wait::until(

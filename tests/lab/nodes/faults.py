@@ -11,7 +11,7 @@ hang-nova-compute, precisely:
      state/nodes/computeN/hang/mnt, and a loop device over that file;
   2. the stall flag (state/nodes/computeN/hang/stall) is created: from now on
      the FUSE daemon does not answer reads or writes;
-  3. nova-compute is sent SIGRTMIN+5. hang_hook/sitecustomize.py, loaded
+  3. nova-compute is sent SIGRTMIN+5. hang_hook/vigil_lab_hang_hook.py, loaded
      into nova-compute's own interpreter at start, handles it on the main
      thread by reading one block of the loop device with O_DIRECT. That read
      waits on the FUSE daemon, so nova-compute's main thread - the one that runs
@@ -212,7 +212,7 @@ def f_hang_nova_compute(node):
     lc.write_atomic(node.hang / "offset", f"{offset}\n")
     hooked = lc.read_text(node.hang / "hook.pid") == str(pid)
     if hooked:
-        mode = "nova-compute's own main thread (SIGRTMIN+5 -> O_DIRECT read, sitecustomize hook)"
+        mode = "nova-compute's own main thread (SIGRTMIN+5 -> O_DIRECT read, vigil_lab_hang_hook)"
         os.kill(pid, signal.SIGRTMIN + lc.HANG_SIGNAL_OFFSET)
         blocked = pid
     else:

@@ -35,6 +35,9 @@ STATE = LAB_DIR / "state"
 ETC = LAB_DIR / "etc"
 LOGS = LAB_DIR / "logs"
 RUN = LAB_DIR / "run"
+# The node half's own records (run/ is shared with `cloud`, which treats
+# every run/*.pid as one of its services and keeps its own run/*.json).
+NODES_RUN = RUN / "nodes"
 VENV = LAB_DIR / "venv"
 LAB_JSON = STATE / "lab.json"
 # What `lab up` was asked for (node count, sensors, report interval, sensor
@@ -66,7 +69,7 @@ CGROUP2 = Path("/sys/fs/cgroup/unified")
 CGROUP_PARENT = CGROUP2 / "vigil-lab"
 
 # The hang fault signals nova-compute with this real-time signal; the hook in
-# hang_hook/sitecustomize.py catches it (nothing in nova/oslo uses RT signals).
+# hang_hook/vigil_lab_hang_hook.py catches it (nothing in nova/oslo uses RT signals).
 HANG_SIGNAL_OFFSET = 5
 
 
@@ -112,8 +115,7 @@ class Node:
         self.faults = self.state / "faults"
         self.hang = self.state / "hang"
         self.logs = LOGS / name
-        # Not *.pid: `cloud stop` treats every run/*.pid as one of its services.
-        self.supervisor_pid = RUN / f"{name}.supervisor.json"
+        self.supervisor_pid = NODES_RUN / f"{name}.supervisor.json"
         self.redfish_port = 8000 + self.index
         self.ipmi_port = 9000 + self.index
         # ipmi_sim only runs a startcmd when it has a "VM serial" interface
@@ -348,7 +350,7 @@ def ipmitool_argv(node, password_file=None):
 # --- host-side daemons the lab starts (BMCs, receivers, FUSE disks) --------
 
 def daemon_record_path(name):
-    return RUN / f"{name}.json"
+    return NODES_RUN / "daemons" / f"{name}.json"
 
 
 def daemon_alive(name):
@@ -362,7 +364,7 @@ def spawn_daemon(name, argv, log_path, env=None, cwd=None):
     import subprocess as sp
 
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    RUN.mkdir(parents=True, exist_ok=True)
+    daemon_record_path(name).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         p = sp.Popen(argv, stdin=sp.DEVNULL, stdout=out, stderr=sp.STDOUT, env=env, cwd=cwd,
                      start_new_session=True)

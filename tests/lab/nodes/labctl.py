@@ -117,6 +117,22 @@ def check_tools_venv():
                           f"{p.stderr.strip().splitlines()[-1:]}); `cloud install` installs them")
 
 
+def install_hang_hook():
+    """One .pth file in the lab venv's site-packages that imports
+    hang_hook/vigil_lab_hang_hook.py in processes the node supervisor starts
+    (VIGIL_LAB_HANG_DIR set); a no-op everywhere else. Idempotent."""
+    py = lc.tools_python()
+    p = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       capture_output=True, text=True)
+    if p.returncode != 0 or not p.stdout.strip():
+        raise lc.LabError(f"cannot find the site-packages of {py}: {p.stderr.strip()}")
+    pth = Path(p.stdout.strip()) / "vigil_lab_hang_hook.pth"
+    line = ('import os; os.environ.get("VIGIL_LAB_HANG_DIR") and '
+            '__import__("vigil_lab_hang_hook")\n')
+    if lc.read_text(pth) != line.strip():
+        lc.write_atomic(pth, line)
+
+
 # --- receivers ---------------------------------------------------------------
 
 def start_receivers():
@@ -259,7 +275,7 @@ def cmd_up(args):
     cfg = {"nodes": n, "sensors": bool(args.sensors or cfg.get("sensors")),
            "report_interval": report_interval, "sensor_bin": sensor_bin,
            "created_at": cfg.get("created_at") or time.time()}
-    for d in (lc.STATE, lc.LOGS, lc.RUN, lc.ETC):
+    for d in (lc.STATE, lc.LOGS, lc.NODES_RUN, lc.ETC):
         d.mkdir(parents=True, exist_ok=True)
     lc.write_json(lc.CONFIG_JSON, cfg)
     timings = {}
@@ -270,6 +286,7 @@ def cmd_up(args):
         step("cloud install")
         cloud("install")
     check_tools_venv()
+    install_hang_hook()
     timings["install"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -489,9 +506,8 @@ def gather_status(show_secrets=False):
             out["errors"].append(f"cloud servers: {e}")
     nova_svcs = {s["host"]: s for s in cp.get("nova_services") or []
                  if s.get("binary") == "nova-compute"}
-    for rec_path in sorted(lc.RUN.glob("*.json")) if lc.RUN.exists() else []:
-        if rec_path.name.endswith(".supervisor.json"):
-            continue
+    daemons_dir = lc.daemon_record_path("x").parent
+    for rec_path in sorted(daemons_dir.glob("*.json")) if daemons_dir.exists() else []:
         rec = lc.read_json(rec_path) or {}
         out["daemons"].append({"name": rec_path.stem, "pid": rec.get("pid"),
                                "running": lc.record_alive(rec), "log": rec.get("log")})

@@ -61,7 +61,7 @@ class Supervisor:
             VIGIL_LAB_DIR=str(lc.LAB_DIR),
             VIGIL_LAB_NODE=self.node.name,
             VIGIL_LAB_BOOT_ID=self.boot_id,
-            # hang_hook/sitecustomize.py arms the hang fault inside
+            # hang_hook/vigil_lab_hang_hook.py arms the hang fault inside
             # nova-compute's own interpreter (see faults.py, hang).
             VIGIL_LAB_HANG_DIR=str(self.node.hang),
             PYTHONPATH=str(lc.NODES_DIR / "hang_hook"),

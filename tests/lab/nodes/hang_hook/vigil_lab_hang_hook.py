@@ -1,10 +1,15 @@
 """Arms the lab's hang fault inside a lab node's nova-compute.
 
-The node supervisor starts nova-compute with this directory on PYTHONPATH,
-so Python imports this module at start-up (site.py's `sitecustomize` hook).
-It does nothing unless the process is `nova-compute` and VIGIL_LAB_HANG_DIR is
-set. Then it installs a handler for SIGRTMIN+5 that reads one block with
-O_DIRECT from the device named in $VIGIL_LAB_HANG_DIR/device.
+How it gets loaded: `lab up` puts one file, vigil_lab_hang_hook.pth, into the
+lab venv's site-packages. Python runs a .pth file's `import` lines at start-up;
+that line imports this module only when VIGIL_LAB_HANG_DIR is set, which only
+the node supervisor does (it also puts this directory on PYTHONPATH). A
+`sitecustomize` would not do: run-compute puts the cloud half's own
+sitecustomize (pyshim/) first on PYTHONPATH, and only one is ever imported.
+
+It does nothing unless the process is `nova-compute`. Then it installs a
+handler for SIGRTMIN+5 that reads one block with O_DIRECT from the device
+named in $VIGIL_LAB_HANG_DIR/device.
 
 Why a signal handler: Python runs signal handlers in the main thread, and
 nova-compute (eventlet) runs every green thread - RPC, the service heartbeat,
