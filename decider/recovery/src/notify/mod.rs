@@ -364,3 +364,79 @@ async fn deliver(
         last_error,
     }
 }
+
+/// Notification settings that cannot be turned into notifiers.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyConfigError {
+    /// A credential could not be read.
+    #[error("notify.{which}: credential")]
+    Secret {
+        which: &'static str,
+        #[source]
+        source: crate::secret::SecretError,
+    },
+    /// The webhook's HTTP client could not be built.
+    #[error("notify.webhook: cannot build the HTTP client")]
+    Http(#[source] reqwest::Error),
+    /// The SMTP transport could not be built.
+    #[error("notify.email")]
+    Email(#[source] NotifyError),
+}
+
+impl RetryPolicy {
+    pub fn from_config(cfg: &crate::config::NotifyConfig) -> Self {
+        RetryPolicy {
+            attempts: cfg.attempts,
+            initial_backoff: cfg.initial_backoff,
+            max_backoff: cfg.max_backoff,
+        }
+    }
+}
+
+/// Builds the configured notifiers, reading their secrets now (at start-up,
+/// so a missing one fails before the decider acts).
+pub fn notifiers_from_config(
+    cfg: &crate::config::NotifyConfig,
+    env: &dyn crate::secret::SecretEnv,
+) -> Result<Vec<Arc<dyn Notifier>>, NotifyConfigError> {
+    let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
+    if let Some(w) = &cfg.webhook {
+        let key = w
+            .secret
+            .load(env)
+            .map_err(|source| NotifyConfigError::Secret {
+                which: "webhook.secret",
+                source,
+            })?;
+        out.push(Arc::new(
+            webhook::WebhookNotifier::new(w.url.clone(), key, w.timeout)
+                .map_err(NotifyConfigError::Http)?,
+        ));
+    }
+    if let Some(e) = &cfg.email {
+        let credentials = match (&e.username, &e.password) {
+            (Some(u), Some(p)) => Some((
+                u.clone(),
+                p.load(env).map_err(|source| NotifyConfigError::Secret {
+                    which: "email.password",
+                    source,
+                })?,
+            )),
+            _ => None,
+        };
+        out.push(Arc::new(
+            email::EmailNotifier::new(email::EmailTarget {
+                smtp_host: e.smtp_host.clone(),
+                smtp_port: e.smtp_port,
+                security: e.security,
+                credentials,
+                from: e.from.clone(),
+                admins: e.admins.clone(),
+                project_contacts: e.project_contacts.clone(),
+                timeout: e.timeout,
+            })
+            .map_err(NotifyConfigError::Email)?,
+        ));
+    }
+    Ok(out)
+}
