@@ -14,7 +14,10 @@ pub const NIGHTLY: &str = "nightly-2026-06-20";
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
 
 pub fn object_path() -> std::path::PathBuf {
-    crate::root().join("sensor-ebpf/target").join(BPF_TARGET).join("release/vigil-sensor-ebpf")
+    crate::root()
+        .join("sensor-ebpf/target")
+        .join(BPF_TARGET)
+        .join("release/vigil-sensor-ebpf")
 }
 
 pub fn build() -> Result<()> {
@@ -25,7 +28,15 @@ pub fn build() -> Result<()> {
         .env_remove("CARGO")
         .env_remove("RUSTC")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .args([&format!("+{NIGHTLY}"), "build", "-Z", "build-std=core", "--target", BPF_TARGET, "--release"]);
+        .args([
+            &format!("+{NIGHTLY}"),
+            "build",
+            "-Z",
+            "build-std=core",
+            "--target",
+            BPF_TARGET,
+            "--release",
+        ]);
     cmd::step("building the eBPF object (sensor-ebpf, nightly + bpf-linker)", &mut c).with_context(|| {
         format!(
             "eBPF build failed in {}; if a tool is missing run `cargo xtask setup` (needs {NIGHTLY} with rust-src and bpf-linker built for LLVM 22)",
@@ -33,7 +44,14 @@ pub fn build() -> Result<()> {
         )
     })?;
     let obj = object_path();
-    let len = std::fs::metadata(&obj).with_context(|| format!("eBPF build reported success but {} is missing", obj.display()))?.len();
+    let len = std::fs::metadata(&obj)
+        .with_context(|| {
+            format!(
+                "eBPF build reported success but {} is missing",
+                obj.display()
+            )
+        })?
+        .len();
     println!("    eBPF object: {} ({} KiB)", obj.display(), len / 1024);
     Ok(())
 }

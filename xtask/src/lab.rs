@@ -13,7 +13,10 @@ use anyhow::{bail, Result};
 pub fn run(args: &[String]) -> Result<()> {
     let lab = crate::root().join("tests/lab/lab");
     if !lab.exists() {
-        bail!("{} does not exist; is this a Vigil checkout?", lab.display());
+        bail!(
+            "{} does not exist; is this a Vigil checkout?",
+            lab.display()
+        );
     }
     if args.is_empty() {
         bail!("usage: cargo xtask lab up|down|purge|status|fault|boot|servers|sensor|info … (`cargo xtask lab --help`)");

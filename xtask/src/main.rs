@@ -15,7 +15,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench")]
+#[command(
+    name = "cargo xtask",
+    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

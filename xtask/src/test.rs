@@ -44,24 +44,36 @@ pub fn run(args: &[String]) -> Result<()> {
         Err(e) if !root && !ci() => println!("warning: {e:#}; eBPF tests will be skipped"),
         Err(e) => return Err(e),
     }
-    cmd::step("building workspace binaries", Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
+    cmd::step(
+        "building workspace binaries",
+        Command::new("cargo").args(["build", "--workspace", "--bins"]),
+    )?;
     let build_took = t.elapsed();
 
     let t = Instant::now();
     let mut unit = Command::new("cargo");
-    unit.args(["test", "--workspace", "--exclude", "vigil-tests"]).args(args);
-    cmd::step("unit tier: cargo test --workspace --exclude vigil-tests", &mut unit)?;
+    unit.args(["test", "--workspace", "--exclude", "vigil-tests"])
+        .args(args);
+    cmd::step(
+        "unit tier: cargo test --workspace --exclude vigil-tests",
+        &mut unit,
+    )?;
     let unit_took = t.elapsed();
 
     let t = Instant::now();
     let mut e2e = Command::new("cargo");
     // One test at a time: the end-to-end tests share one lab and inject faults
     // into its nodes, so running them concurrently would make them interfere.
-    e2e.args(["test", "-p", "vigil-tests"]).args(args).args(["--", "--test-threads=1"]);
+    e2e.args(["test", "-p", "vigil-tests"])
+        .args(args)
+        .args(["--", "--test-threads=1"]);
     if root {
         e2e.env("VIGIL_REQUIRE_ROOT", "1");
     }
-    cmd::step("root tier: cargo test -p vigil-tests (end-to-end)", &mut e2e)?;
+    cmd::step(
+        "root tier: cargo test -p vigil-tests (end-to-end)",
+        &mut e2e,
+    )?;
     let e2e_took = t.elapsed();
 
     println!(
