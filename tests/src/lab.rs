@@ -640,6 +640,108 @@ impl Redfish {
     }
 }
 
+/// One request the lab's webhook receiver got (`state/receivers/webhook.jsonl`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookRequest {
+    /// Unix time it arrived.
+    pub ts: f64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// In the order they were sent.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy if it was not UTF-8).
+    pub body: String,
+    /// The exact body bytes, base64: what an HMAC signature is computed over.
+    pub body_b64: String,
+}
+
+impl WebhookRequest {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The exact body bytes.
+    pub fn body_bytes(&self) -> Result<Vec<u8>> {
+        decode_base64(&self.body_b64)
+    }
+}
+
+/// One message the lab's SMTP receiver got (`state/receivers/smtp.jsonl`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpMessage {
+    pub ts: f64,
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    pub subject: String,
+    pub from: String,
+    pub to: String,
+    /// The whole message (headers and body) as received.
+    pub data: String,
+}
+
+impl Lab {
+    /// Every request the webhook receiver has recorded, oldest first.
+    pub fn webhook_requests(&self) -> Result<Vec<WebhookRequest>> {
+        read_jsonl(&self.info.receivers.webhook.log)
+    }
+
+    /// Every message the SMTP receiver has recorded, oldest first.
+    pub fn smtp_messages(&self) -> Result<Vec<SmtpMessage>> {
+        read_jsonl(&self.info.receivers.smtp.log)
+    }
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Standard base64 (with padding), as Python's base64.b64encode writes it.
+fn decode_base64(text: &str) -> Result<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    if bytes.len() % 4 != 0 {
+        bail!(
+            "base64 text of length {} is not a multiple of 4",
+            bytes.len()
+        );
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        let mut acc = 0u32;
+        for &c in &chunk[..4 - pad] {
+            acc = (acc << 6)
+                | value(c).ok_or_else(|| anyhow!("invalid base64 character {:?}", c as char))?;
+        }
+        acc <<= 6 * pad as u32;
+        let [_, a, b, c] = acc.to_be_bytes();
+        out.extend_from_slice(&[a, b, c][..3 - pad]);
+    }
+    Ok(out)
+}
+
 impl LabInfo {
     /// The BMC password (IPMI and Redfish), read from its 0600 file.
     pub fn bmc_password(&self) -> Result<String> {
@@ -661,6 +763,24 @@ fn read_info(dir: &Path) -> Result<LabInfo> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_base64;
+
+    #[test]
+    fn base64_round_trips_python_output() {
+        // base64.b64encode(b'{"node":"compute1"}'), b"a", b"ab"
+        assert_eq!(
+            decode_base64("eyJub2RlIjoiY29tcHV0ZTEifQ==").expect("valid"),
+            br#"{"node":"compute1"}"#
+        );
+        assert_eq!(decode_base64("YQ==").expect("valid"), b"a");
+        assert_eq!(decode_base64("YWI=").expect("valid"), b"ab");
+        assert_eq!(decode_base64("").expect("valid"), b"");
+        assert!(decode_base64("YQ=").is_err());
+    }
 }
 
 /// One scheduler state letter of /proc/PID/stat (R, S, D, T, Z …), None if gone.

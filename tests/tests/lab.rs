@@ -472,3 +472,99 @@ fn delete_servers(lab: &Lab, servers: &[Server]) {
         }
     }
 }
+
+#[test]
+fn receivers_record_webhooks_and_mail_exactly() {
+    if !tier::root(
+        "receivers_record_webhooks_and_mail_exactly",
+        "network namespaces",
+    ) {
+        return;
+    }
+    let lab = lab();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let marker = format!("lab-test-{}-{nanos}", std::process::id());
+
+    let body = format!(r#"{{"marker":"{marker}","node":"compute1"}}"#);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}hooks/vigil", lab.info().receivers.webhook.url);
+    let resp = http
+        .post(&url)
+        .header("X-Vigil-Signature", "sha256=0123")
+        .header("Content-Type", "application/json")
+        .body(body.clone())
+        .send()
+        .expect("POST to the webhook receiver");
+    assert!(resp.status().is_success());
+    let failing = http
+        .post(format!("{}status/503", lab.info().receivers.webhook.url))
+        .body("x")
+        .send();
+    assert_eq!(
+        failing.expect("POST /status/503").status().as_u16(),
+        503,
+        "tests can make a delivery fail"
+    );
+    let got = lab.webhook_requests().expect("webhook log");
+    let req = got
+        .iter()
+        .find(|r| r.body.contains(&marker))
+        .expect("the request is recorded");
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/hooks/vigil");
+    assert_eq!(req.header("x-vigil-signature"), Some("sha256=0123"));
+    assert_eq!(
+        req.body_bytes().expect("base64 body"),
+        body.as_bytes(),
+        "exact bytes, for HMAC checks"
+    );
+
+    // A plain SMTP dialogue, as a notifier would speak it.
+    let smtp = &lab.info().receivers.smtp;
+    let mut conn =
+        std::net::TcpStream::connect((smtp.host.as_str(), smtp.port)).expect("connect to SMTP");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+    let mut expect_code = |code: &str| {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("SMTP reply");
+            assert!(line.starts_with(code), "expected {code}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+    };
+    let mut send = |line: &str| {
+        use std::io::Write;
+        conn.write_all(format!("{line}\r\n").as_bytes())
+            .expect("SMTP write");
+    };
+    expect_code("220");
+    send("EHLO lab-test");
+    expect_code("250");
+    send("MAIL FROM:<vigil@lab.test>");
+    expect_code("250");
+    send("RCPT TO:<ops@lab.test>");
+    expect_code("250");
+    send("DATA");
+    expect_code("354");
+    send(&format!(
+        "Subject: {marker}\r\nFrom: vigil@lab.test\r\nTo: ops@lab.test\r\n\r\ncompute1 fenced\r\n."
+    ));
+    expect_code("250");
+    send("QUIT");
+    let mails = lab.smtp_messages().expect("smtp log");
+    let mail = mails
+        .iter()
+        .find(|m| m.subject == marker)
+        .expect("the mail is recorded");
+    assert_eq!(mail.mail_from, "vigil@lab.test");
+    assert_eq!(mail.rcpt_tos, vec!["ops@lab.test".to_string()]);
+    assert!(mail.data.contains("compute1 fenced"));
+}

@@ -362,12 +362,15 @@ def cmd_down(args, keep=("venv", "cache")):
     errors = []
 
     def attempt(what, fn):
+        t = time.monotonic()
         try:
             r = fn()
             if r:
                 done.extend(r if isinstance(r, list) else [what])
         except (lc.LabError, OSError) as e:
             errors.append(f"{what}: {e}")
+        if time.monotonic() - t > 1:
+            step(f"down: {what} took {time.monotonic() - t:.1f}s")
 
     nodes = known_nodes()
     for node in nodes:
