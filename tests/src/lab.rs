@@ -721,7 +721,7 @@ fn decode_base64(text: &str) -> Result<Vec<u8>> {
         }
     }
     let bytes: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         bail!(
             "base64 text of length {} is not a multiple of 4",
             bytes.len()
