@@ -765,24 +765,6 @@ fn read_info(dir: &Path) -> Result<LabInfo> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::decode_base64;
-
-    #[test]
-    fn base64_round_trips_python_output() {
-        // base64.b64encode(b'{"node":"compute1"}'), b"a", b"ab"
-        assert_eq!(
-            decode_base64("eyJub2RlIjoiY29tcHV0ZTEifQ==").expect("valid"),
-            br#"{"node":"compute1"}"#
-        );
-        assert_eq!(decode_base64("YQ==").expect("valid"), b"a");
-        assert_eq!(decode_base64("YWI=").expect("valid"), b"ab");
-        assert_eq!(decode_base64("").expect("valid"), b"");
-        assert!(decode_base64("YQ=").is_err());
-    }
-}
-
 /// One scheduler state letter of /proc/PID/stat (R, S, D, T, Z …), None if gone.
 pub fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -809,4 +791,22 @@ fn run(script: &Path, args: &[&str]) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_base64;
+
+    #[test]
+    fn base64_round_trips_python_output() {
+        // base64.b64encode(b'{"node":"compute1"}'), b"a", b"ab"
+        assert_eq!(
+            decode_base64("eyJub2RlIjoiY29tcHV0ZTEifQ==").expect("valid"),
+            br#"{"node":"compute1"}"#
+        );
+        assert_eq!(decode_base64("YQ==").expect("valid"), b"a");
+        assert_eq!(decode_base64("YWI=").expect("valid"), b"ab");
+        assert_eq!(decode_base64("").expect("valid"), b"");
+        assert!(decode_base64("YQ=").is_err());
+    }
 }
