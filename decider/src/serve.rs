@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 /// The outside witnesses to use; `None` leaves that witness silent (unknown),
@@ -188,8 +187,13 @@ impl Server {
         {
             let s = shutdown.clone();
             tasks.spawn(async move {
+                // Without TCP_NODELAY, small answers wait on delayed ACKs
+                // (~40 ms per query); keepalive finds dead sensor links.
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(30)));
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), s.wait())
+                    .serve_with_incoming_shutdown(incoming, s.wait())
                     .await
                     .context("serving gRPC")
             });
