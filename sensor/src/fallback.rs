@@ -130,6 +130,9 @@ impl Signals for ProcfsProbe {
     }
 
     fn health(&mut self) -> ProbeHealth {
-        ProbeHealth::default()
+        ProbeHealth {
+            attached: vec!["procfs".into()],
+            ..ProbeHealth::default()
+        }
     }
 }

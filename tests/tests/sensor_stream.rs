@@ -160,3 +160,37 @@ fn a_wrong_token_is_refused_and_sends_nothing() {
         "the token appeared in the sensor's log"
     );
 }
+
+#[test]
+fn every_decider_gets_the_heartbeats_and_one_down_does_not_stop_the_other() {
+    if !tier::root(
+        "every_decider_gets_the_heartbeats_and_one_down_does_not_stop_the_other",
+        "runs the sensor as root",
+    ) {
+        return;
+    }
+    let mut a = Collector::start("");
+    let b = Collector::start("");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = sensor_args(
+        &a,
+        &boot_id_file(tmp.path()),
+        None,
+        &["--interval", "200ms", "--procfs"],
+    );
+    args.extend(["--decider".into(), b.url()]);
+    let _sensor = Sensor::start(&args);
+    a.wait_for("beats at decider A", Duration::from_secs(20), |hb| {
+        (hb.seq >= 3).then_some(())
+    });
+    b.wait_for("beats at decider B", Duration::from_secs(5), |hb| {
+        (hb.seq >= 3).then_some(())
+    });
+    a.stop();
+    let last_b = b.latest().map(|h| h.seq).unwrap_or(0);
+    b.wait_for(
+        "B still served while A is down",
+        Duration::from_secs(5),
+        |hb| (hb.seq >= last_b + 5).then_some(()),
+    );
+}
