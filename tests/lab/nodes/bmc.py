@@ -131,27 +131,31 @@ def redfish_power_state(node):
     return redfish_get(node, f"/redfish/v1/Systems/{node.name}")["PowerState"]
 
 
-def start_redfish(node):
-    name = f"{node.name}-redfish"
-    if lc.daemon_alive(name):
+REDFISH_DAEMON = "redfish-bmcs"
+
+
+def start_redfish(nodes):
+    """One emulator process for every node's Redfish BMC (redfish_bmc.py)."""
+    if lc.daemon_alive(REDFISH_DAEMON):
         return False
     py = lc.tools_python()
     if not os.path.exists(py):
         raise lc.LabError(f"no lab venv python at {py}; `tests/lab/cloud/cloud install` makes it")
-    log = lc.LOGS / "bmc" / f"{name}.log"
-    lc.spawn_daemon(name, [py, str(lc.NODES_DIR / "redfish_bmc.py"), node.name],
-                    log, env=node_env())
+    log = lc.LOGS / "bmc" / "redfish.log"
+    lc.spawn_daemon(REDFISH_DAEMON, [py, str(lc.NODES_DIR / "redfish_bmc.py"),
+                                     *[n.name for n in nodes]], log, env=node_env())
 
     def answers():
-        if not lc.daemon_alive(name):
-            raise lc.LabError(f"Redfish BMC for {node.name} exited; log {log}:\n" + lc.tail(log))
+        if not lc.daemon_alive(REDFISH_DAEMON):
+            raise lc.LabError(f"the Redfish BMCs exited; log {log}:\n" + lc.tail(log))
         try:
-            return redfish_power_state(node)
+            return all(redfish_power_state(n) for n in nodes)
         except (OSError, urllib.error.URLError, ValueError, KeyError):
             return None
-    lc.wait_for(f"Redfish BMC of {node.name} at {redfish_url(node)} (log {log})", 30, answers, 0.2)
+    lc.wait_for(f"Redfish BMCs at {', '.join(redfish_url(n) for n in nodes)} (log {log})", 30,
+                answers, 0.2)
     return True
 
 
-def stop(node):
-    return [n for n in (f"{node.name}-redfish", f"{node.name}-ipmi") if lc.stop_daemon(n)]
+def stop_ipmi(node):
+    return lc.stop_daemon(f"{node.name}-ipmi")

@@ -239,9 +239,10 @@ def is_up(cfg):
             problems.append(f"{node.name}: nova-compute not running")
         elif not lc.NO_CLOUD and (svcs.get(node.name) or {}).get("state") != "up":
             problems.append(f"{node.name}: nova-compute not up in Nova")
-        for d in (f"{node.name}-ipmi", f"{node.name}-redfish"):
-            if not lc.daemon_alive(d):
-                problems.append(f"BMC {d} not running")
+        if not lc.daemon_alive(f"{node.name}-ipmi"):
+            problems.append(f"IPMI BMC of {node.name} not running")
+    if not lc.daemon_alive(bmc.REDFISH_DAEMON):
+        problems.append("Redfish BMCs not running")
     if not lc.daemon_alive("receivers"):
         problems.append("receivers not running")
     return problems
@@ -306,7 +307,7 @@ def cmd_up(args):
                 node.sensor_flag.touch()
         with cf.ThreadPoolExecutor(8) as ex:
             futs = [ex.submit(bmc.start_ipmi, node) for node in nodes]
-            futs += [ex.submit(bmc.start_redfish, node) for node in nodes]
+            futs.append(ex.submit(bmc.start_redfish, nodes))
             futs.append(ex.submit(start_receivers))
             for f in futs:
                 f.result()

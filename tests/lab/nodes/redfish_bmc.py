@@ -1,11 +1,13 @@
-"""Redfish BMC of one lab node: sushy-tools' emulator (PyPI, unmodified) with
-a systems driver whose one system is the lab node itself.
+"""Redfish BMCs of the lab nodes: sushy-tools' emulator (PyPI, unmodified)
+with a systems driver whose one system is the lab node itself.
 
-    <lab venv>/bin/python redfish_bmc.py computeN
+    <lab venv>/bin/python redfish_bmc.py compute1 compute2 ...
 
-Listens on http://198.51.100.1:(8000+N) (CONTRACT.md), HTTP basic auth
-(admin / state/bmc-password, through sushy-tools' own bcrypt htpasswd
-middleware). The system id is `computeN`.
+Node N's BMC listens on http://198.51.100.1:(8000+N) (CONTRACT.md) and shows
+exactly one system, `computeN`; HTTP basic auth (admin / state/bmc-password,
+through sushy-tools' own bcrypt htpasswd middleware). One process serves every
+node's port (one werkzeug server per port, one thread each): the emulator costs
+~75 MiB of RSS per process, and the nodes' BMCs share nothing but that.
 
 PowerState is the truth: "On" while the node's supervisor runs (power.py).
 ComputerSystem.Reset:
@@ -26,6 +28,9 @@ import threading
 import time
 import uuid
 
+import flask
+from werkzeug.serving import make_server
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bcrypt  # noqa: E402  (sushy-tools dependency)
@@ -38,17 +43,44 @@ import labcommon as lc  # noqa: E402
 import power  # noqa: E402
 
 
-class LabNodeDriver(AbstractSystemsDriver):
-    """sushy-tools systems driver for exactly one lab node."""
+class NodeBmc:
+    """The state of one node's BMC."""
 
     def __init__(self, node):
-        super().__init__()
         self.node = node
         # Stable per node and per lab: Redfish clients may key on UUID.
-        self._uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil-lab:{lc.LAB_DIR}:{node.name}"))
-        self._boot_device = "Hdd"
+        self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil-lab:{lc.LAB_DIR}:{node.name}"))
+        self.boot_device = "Hdd"
         # One power action at a time, as a BMC serializes them.
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
+
+
+class LabNodeDriver(AbstractSystemsDriver):
+    """sushy-tools systems driver: on port 8000+N, the one system is computeN."""
+
+    def __init__(self, nodes):
+        super().__init__()
+        self.by_port = {node.redfish_port: NodeBmc(node) for node in nodes}
+
+    def _bmc(self):
+        # Which BMC a request is for: the port it arrived on.
+        port = int(flask.request.environ.get("SERVER_PORT", "0"))
+        bmc_ = self.by_port.get(port)
+        if bmc_ is None:
+            raise error.NotFound(f"no lab node behind port {port}")
+        return bmc_
+
+    @property
+    def node(self):
+        return self._bmc().node
+
+    @property
+    def _uuid(self):
+        return self._bmc().uuid
+
+    @property
+    def _lock(self):
+        return self._bmc().lock
 
     @property
     def driver(self):
@@ -111,11 +143,11 @@ class LabNodeDriver(AbstractSystemsDriver):
 
     def get_boot_device(self, identity):
         self._check(identity)
-        return self._boot_device
+        return self._bmc().boot_device
 
     def set_boot_device(self, identity, boot_source):
         self._check(identity)
-        self._boot_device = boot_source
+        self._bmc().boot_device = boot_source
 
     def get_boot_mode(self, identity):
         self._check(identity)
@@ -136,29 +168,36 @@ class LabNodeDriver(AbstractSystemsDriver):
 
 
 def main():
-    node = lc.Node(sys.argv[1])
+    nodes = [lc.Node(name) for name in sys.argv[1:]]
+    if not nodes:
+        sys.exit("usage: redfish_bmc.py compute1 [compute2 ...]")
     # sushy-tools' basic auth reads an Apache htpasswd file with bcrypt
     # digests only.
-    htpasswd = node.bmc_dir / "redfish.htpasswd"
+    htpasswd = lc.ETC / "bmc" / "redfish.htpasswd"
     digest = bcrypt.hashpw(bmc.password().encode(), bcrypt.gensalt(rounds=6)).decode()
     lc.write_atomic(htpasswd, f"admin:{digest}\n", 0o600)
 
-    driver = LabNodeDriver(node)
+    driver = LabNodeDriver(nodes)
     # The emulator picks its systems driver in Application.systems; the lab's
     # driver is not one of its built-ins, so replace that property.
     emulator.Application.systems = property(lambda _self: driver)
     emulator.app.configure(extra_config={
         "SUSHY_EMULATOR_AUTH_FILE": str(htpasswd),
-        "SUSHY_EMULATOR_LISTEN_IP": lc.HOST_MGMT_IP,
-        "SUSHY_EMULATOR_LISTEN_PORT": node.redfish_port,
-        # Virtual media, BIOS and storage are not part of the lab.
-        "SUSHY_EMULATOR_FEATURE_SET": "minimum",
-        "SUSHY_EMULATOR_ALLOWED_INSTANCES": [node.name, driver._uuid],
+        # "full": Managers and Chassis as a real BMC has them (what the
+        # driver cannot do - BIOS, virtual media - answers 501/404).
+        "SUSHY_EMULATOR_FEATURE_SET": "full",
     })
-    emulator.app.logger.info("Redfish BMC for %s on http://%s:%d (pid %d, started %s)",
-                             node.name, lc.HOST_MGMT_IP, node.redfish_port, os.getpid(),
-                             time.strftime("%H:%M:%S"))
-    emulator.app.run(host=lc.HOST_MGMT_IP, port=node.redfish_port, threaded=True)
+    servers = [make_server(lc.HOST_MGMT_IP, node.redfish_port, emulator.app, threaded=True)
+               for node in nodes]
+    threads = [threading.Thread(target=srv.serve_forever, name=f"redfish-{node.name}",
+                                daemon=True) for srv, node in zip(servers, nodes)]
+    for t in threads:
+        t.start()
+    emulator.app.logger.warning(
+        "Redfish BMCs up (pid %d, %s): %s", os.getpid(), time.strftime("%H:%M:%S"),
+        ", ".join(f"{n.name} http://{lc.HOST_MGMT_IP}:{n.redfish_port}" for n in nodes))
+    for t in threads:
+        t.join()
 
 
 if __name__ == "__main__":
