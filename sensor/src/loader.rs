@@ -84,7 +84,10 @@ pub struct EbpfProbe {
     nr_cpus: usize,
     attached: Vec<String>,
     failed: Vec<String>,
+    /// D-state entries found stale (a missed switch-in) and removed.
     stale: u64,
+    /// In-flight entries whose request ended unseen, removed.
+    inflight_gc: u64,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -236,6 +239,7 @@ impl EbpfProbe {
             attached,
             failed,
             stale: 0,
+            inflight_gc: 0,
         };
         // The scope's members are read now, after attach: a task that joined
         // and blocked while we were loading is seeded too.
@@ -339,24 +343,33 @@ impl Signals for EbpfProbe {
 
     fn devices(&mut self, now_ns: u64, names: &mut DeviceNames) -> Vec<DeviceStall> {
         let entries: Vec<(u64, InFlight)> = self.inflight.iter().filter_map(Result::ok).collect();
-        // Entries older than a second on a device the kernel says is idle
-        // (or gone) lost their completion: drop them.
-        let mut idle: StdHashMap<u32, bool> = StdHashMap::new();
-        let mut live = Vec::with_capacity(entries.len());
+        let mut per_dev: StdHashMap<u32, Vec<(u64, u64)>> = StdHashMap::new();
         for (rq, e) in entries {
-            let old = now_ns.saturating_sub(e.start_ns) > 1_000_000_000;
-            let dev = DevId::from_kernel(e.dev);
-            if old {
-                let is_idle = *idle
-                    .entry(e.dev)
-                    .or_insert_with(|| block::sysfs_inflight(dev).is_none_or(|n| n == 0));
-                if is_idle {
+            per_dev.entry(e.dev).or_default().push((e.start_ns, rq));
+        }
+        let mut live = Vec::new();
+        for (dev_t, mut reqs) in per_dev {
+            let dev = DevId::from_kernel(dev_t);
+            reqs.sort_unstable();
+            // Some requests end without `block_rq_complete` (the flush
+            // machinery's own request, for one), so entries can outlive their
+            // request. The kernel's own count is the truth: when we hold more
+            // entries than it has requests in flight, the surplus, oldest
+            // first and only past a second, is stale. A real stall keeps the
+            // kernel's count up, so it is never cleaned away.
+            let kernel = block::sysfs_inflight(dev).unwrap_or(0) as usize;
+            let mut surplus = reqs.len().saturating_sub(kernel);
+            reqs.retain(|&(start, rq)| {
+                if surplus > 0 && now_ns.saturating_sub(start) > 1_000_000_000 {
+                    surplus -= 1;
                     let _ = self.inflight.remove(&rq);
-                    self.stale += 1;
-                    continue;
+                    self.inflight_gc += 1;
+                    false
+                } else {
+                    true
                 }
-            }
-            live.push((dev, e.start_ns));
+            });
+            live.extend(reqs.into_iter().map(|(start, _)| (dev, start)));
         }
         block::aggregate(live, now_ns)
             .into_iter()
@@ -438,6 +451,7 @@ impl Signals for EbpfProbe {
             events_lost: self.counter(counter::EVENTS_LOST) + self.counter(counter::READ_FAILED),
             hung_task_events: self.counter(counter::HUNG_TASKS),
             stale_entries: self.stale,
+            inflight_gc: self.inflight_gc,
         }
     }
 }

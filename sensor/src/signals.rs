@@ -39,8 +39,11 @@ pub struct ProbeHealth {
     pub events_lost: u64,
     /// Kernel hung-task reports seen since start.
     pub hung_task_events: u64,
-    /// Entries found stale (a missed switch-in or completion) and removed.
+    /// D-state entries found stale (a missed switch-in) and removed.
     pub stale_entries: u64,
+    /// Block in-flight entries whose request ended unseen (e.g. flushes),
+    /// removed; expected on busy hosts, so only logged.
+    pub inflight_gc: u64,
 }
 
 /// A source of liveness signals.
