@@ -89,7 +89,7 @@ def known_nodes():
 
 # Debian packages the node half needs (the cloud installs its own).
 APT = {"ipmi_sim": "openipmi", "ipmitool": "ipmitool", "nft": "nftables", "losetup": "mount",
-       "ip": "iproute2"}
+       "ip": "iproute2", "ping": "iputils-ping"}
 
 
 def ensure_packages():
