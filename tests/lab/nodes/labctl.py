@@ -305,6 +305,13 @@ def cmd_up(args):
             net.node_create(node)
             if cfg["sensors"]:
                 node.sensor_flag.touch()
+        for node in nodes:
+            if not lc.daemon_alive(f"{node.name}-ipmi") and power.is_on(node):
+                # A new ipmi_sim starts with power off and does not know the
+                # running supervisor; so that the BMC tells the truth, the
+                # node loses power and is powered on through the new BMC below.
+                step(f"{node.name} runs without its IPMI BMC: power cut, powered on again")
+                power.cut(node)
         with cf.ThreadPoolExecutor(8) as ex:
             futs = [ex.submit(bmc.start_ipmi, node) for node in nodes]
             futs.append(ex.submit(bmc.start_redfish, nodes))
@@ -325,11 +332,11 @@ def cmd_up(args):
 
     t = time.monotonic()
     since = time.time()
-    for node in nodes:
-        if not power.is_on(node):
-            power.wait_off(node, 60)
-            power.power_on_via_ipmi(node)
-    for node in nodes:
+    powering = [node for node in nodes if not power.is_on(node)]
+    for node in powering:
+        power.wait_off(node, 60)
+        power.power_on_via_ipmi(node)
+    for node in powering:
         boot = power.wait_on(node, None, 60)
         step(f"{node.name} powered on through IPMI, boot id {boot}")
     names = [node.name for node in nodes]
