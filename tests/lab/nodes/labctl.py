@@ -610,6 +610,7 @@ def cmd_sensor(args):
             cfg["sensor_bin"] = str(Path(binary).resolve())
             lc.write_json(lc.CONFIG_JSON, cfg)
         node.sensor_flag.touch()
+        refresh_lab_json()
         if not power.is_on(node):
             print(f"{node.name}: sensor configured; the node is off, it starts at power on")
             return
@@ -626,12 +627,20 @@ def cmd_sensor(args):
         print(f"{node.name}: vigil-sensor running (pid {rec['pid']}, log {rec.get('log')})")
     else:
         node.sensor_flag.unlink(missing_ok=True)
+        refresh_lab_json()
         if power.is_on(node) and faults._proc(node, "sensor"):
             power.request(node, "stop sensor")
             power.wait_proc(node, "sensor", running=False, deadline_s=20)
             print(f"{node.name}: vigil-sensor stopped (and not started at next power on)")
         else:
             print(f"{node.name}: no sensor running; not started at next power on")
+
+
+def refresh_lab_json():
+    """Keep lab.json's per-node sensor flag current after `sensor start|stop`."""
+    doc = lc.read_json(lc.LAB_JSON)
+    if doc:
+        lc.write_json(lc.LAB_JSON, lab_info(lc.lab_config(), doc.get("up_seconds")))
 
 
 def cmd_info(args):
