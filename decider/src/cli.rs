@@ -202,7 +202,8 @@ async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport
     let channel = endpoint.connect().await.with_context(|| {
         format!("connecting to the decider at {server} (is `vigil-decider serve` running there?)")
     })?;
-    Ok(OperatorClient::new(channel))
+    // A fleet's ListNodes can exceed tonic's 4 MiB default.
+    Ok(OperatorClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
 async fn nodes(c: &ClientArgs) -> anyhow::Result<()> {

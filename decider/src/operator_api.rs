@@ -48,8 +48,19 @@ fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How much of a node to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything, including the latest heartbeat verbatim (GetNode).
+    Full,
+    /// Without the latest heartbeat (ListNodes): with thousands of nodes the
+    /// full heartbeats would make the answer megabytes long, and a listing
+    /// needs only the verdicts and the witnesses' summaries.
+    Summary,
+}
+
 /// One node as the operator API shows it, ages measured at `now`.
-pub fn node_to_proto(st: &NodeState, now: Moment) -> v1::Node {
+pub fn node_to_proto(st: &NodeState, now: Moment, detail: Detail) -> v1::Node {
     let ev = &st.evidence;
     let sensor = match &ev.sensor {
         SensorWitness::NeverSeen { .. } => v1::SensorWitness::default(),
@@ -61,7 +72,10 @@ pub fn node_to_proto(st: &NodeState, now: Moment) -> v1::Node {
             boot_id: r.boot_id.clone(),
             seq_gaps: r.seq_gaps,
             boot_changes: r.boot_changes,
-            latest: st.latest_heartbeat.as_deref().cloned(),
+            latest: match detail {
+                Detail::Full => st.latest_heartbeat.as_deref().cloned(),
+                Detail::Summary => None,
+            },
         },
     };
     let raw = st.nova_service.as_ref();
@@ -160,7 +174,13 @@ impl Operator for OperatorService {
             .collect();
         let nodes = nodes
             .iter()
-            .map(|n| node_to_proto(&n.lock().unwrap_or_else(PoisonError::into_inner), now))
+            .map(|n| {
+                node_to_proto(
+                    &n.lock().unwrap_or_else(PoisonError::into_inner),
+                    now,
+                    Detail::Summary,
+                )
+            })
             .collect();
         Ok(Response::new(v1::ListNodesResponse { nodes }))
     }
@@ -182,6 +202,7 @@ impl Operator for OperatorService {
             Some(n) => Ok(Response::new(node_to_proto(
                 &n.lock().unwrap_or_else(PoisonError::into_inner),
                 now,
+                Detail::Full,
             ))),
             None => Err(Status::not_found(format!(
                 "no node named {name:?}; ListNodes shows the nodes this decider watches"
