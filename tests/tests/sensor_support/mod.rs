@@ -417,6 +417,10 @@ impl Drop for TestCgroup {
             },
         );
         let _ = std::fs::remove_dir(&self.dir);
+        // The shared parent goes when the last test's group is gone.
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
