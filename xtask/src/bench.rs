@@ -1,12 +1,58 @@
 //! `cargo xtask bench sensor|decider|recovery`: benchmarks that print figures.
+//!
+//! Figures, not pass/fail: this machine is noisy, so each benchmark measures
+//! its baseline in the same run and reports ratios beside absolute numbers.
+
+use std::process::Command;
 
 use anyhow::{bail, Result};
 
+use crate::{cmd, ebpf};
+
 pub fn run(args: &[String]) -> Result<()> {
+    let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some(which @ ("sensor" | "decider" | "recovery")) => {
-            bail!("bench {which}: not yet implemented")
-        }
-        _ => bail!("usage: cargo xtask bench sensor|decider|recovery"),
+        Some("sensor") => sensor(rest),
+        Some("decider") => decider(rest),
+        Some("recovery") => recovery(rest),
+        _ => bail!(
+            "usage: cargo xtask bench sensor|decider|recovery [ARGS…]\n  \
+             sensor:   context-switch cost and sensor RSS/CPU (root; pass e.g. --rounds 5)\n  \
+             decider:  simulated sensors over gRPC, query latency (pass e.g. --nodes 1000,5000)\n  \
+             recovery: power loss to all servers ACTIVE elsewhere, against the hand floor (root, lab)"
+        ),
     }
+}
+
+fn release_build(package: &str) -> Result<()> {
+    cmd::step(
+        &format!("building {package} (release)"),
+        Command::new("cargo").args(["build", "--release", "-p", package, "--bins"]),
+    )
+}
+
+fn sensor(args: &[String]) -> Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "bench sensor loads eBPF programs and needs root; run `sudo cargo xtask bench sensor`"
+        );
+    }
+    ebpf::build()?;
+    release_build("vigil-sensor")?;
+    let bin = crate::root().join("target/release/vigil-sensor");
+    cmd::run(Command::new(bin).arg("bench-switch").args(args))
+}
+
+fn decider(args: &[String]) -> Result<()> {
+    release_build("vigil-decider")?;
+    let bin = crate::root().join("target/release/vigil-loadgen");
+    let mut c = Command::new(bin);
+    if args.is_empty() {
+        c.args(["--nodes", "1000,5000"]);
+    }
+    cmd::run(c.args(args))
+}
+
+fn recovery(_args: &[String]) -> Result<()> {
+    bail!("bench recovery: not yet implemented (issue 7)")
 }
