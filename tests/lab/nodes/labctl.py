@@ -339,20 +339,13 @@ def cmd_up(args):
     for node in powering:
         boot = power.wait_on(node, None, 60)
         step(f"{node.name} powered on through IPMI, boot id {boot}")
+    for node in nodes:
+        if node not in powering and not faults._proc(node, "nova-compute"):
+            step(f"{node.name}: nova-compute not running; starting it")
+            power.request(node, "start nova-compute")
+            power.wait_proc(node, "nova-compute", running=True, deadline_s=30)
     names = [node.name for node in nodes]
-    try:
-        if lc.NO_CLOUD:
-            for node in nodes:
-                power.wait_proc(node, "nova-compute", running=True, deadline_s=60)
-        else:
-            cloud("wait-compute", *names, "--timeout", "240", capture=True, timeout=900)
-    except lc.LabError as e:
-        dead = [nd.name for nd in nodes if not faults._proc(nd, "nova-compute")]
-        hint = "; ".join(f"{nd}: {lc.LOGS / f'nova-compute-{nd}.log'} and "
-                         f"{lc.LOGS / nd / 'nova-compute.out'}" for nd in (dead or names))
-        raise lc.LabError(f"compute services did not report: {e}"
-                          + (f" (nova-compute exited on {', '.join(dead)})" if dead else "")
-                          + f"; logs: {hint}") from e
+    wait_computes(nodes)
     timings["computes reporting"] = time.monotonic() - t
     total = time.monotonic() - T0
     lc.write_json(lc.LAB_JSON, lab_info(cfg, total))
@@ -360,6 +353,53 @@ def cmd_up(args):
           + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
           + f"; computes reporting since {time.strftime('%H:%M:%S', time.localtime(since))}; "
           f"lab.json {lc.LAB_JSON}")
+
+
+def _exited(node, what="nova-compute"):
+    rec = (lc.read_json(node.procs_json, {}) or {}).get(what) or {}
+    return "exited" in rec or "error" in rec
+
+
+def wait_computes(nodes, timeout_s=240):
+    """Until every node's nova-compute reports to Nova; fails at once, with
+    its log, when one of them exits instead."""
+    names = [n.name for n in nodes]
+    if lc.NO_CLOUD:
+        argv = None
+    else:
+        argv = [str(lc.CLOUD), "wait-compute", *names, "--timeout", str(timeout_s)]
+    waiter = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, VIGIL_LAB_DIR=str(lc.LAB_DIR))) \
+        if argv else None
+    end = time.monotonic() + timeout_s + 30
+    try:
+        while True:
+            dead = [n for n in nodes if _exited(n)]
+            if dead:
+                n = dead[0]
+                raise lc.LabError(
+                    f"nova-compute exited on {', '.join(d.name for d in dead)} instead of "
+                    f"reporting; {n.logs / 'nova-compute.out'}:\n{lc.tail(n.logs / 'nova-compute.out')}"
+                    f"\n{lc.LOGS / f'nova-compute-{n.name}.log'}:\n"
+                    + lc.tail(lc.LOGS / f"nova-compute-{n.name}.log"))
+            if waiter is None:
+                if all(faults._proc(n, "nova-compute") for n in nodes):
+                    return
+            elif waiter.poll() is not None:
+                out, err = waiter.communicate()
+                if waiter.returncode != 0:
+                    raise lc.LabError(
+                        f"compute services did not report: {err.strip()}; logs: "
+                        + "; ".join(f"{lc.LOGS / f'nova-compute-{n}.log'}" for n in names))
+                return
+            if time.monotonic() > end:
+                raise lc.LabError(f"compute services did not report within {timeout_s}s "
+                                  f"(logs in {lc.LOGS})")
+            time.sleep(0.3)
+    finally:
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
 
 
 # --- down / purge ------------------------------------------------------------
