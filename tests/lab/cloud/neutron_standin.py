@@ -8,12 +8,12 @@ python-neutronclient) uses for boot, show, delete and evacuate, with the same
 JSON shapes, so that Nova's server details carry the address the way a real
 cloud shows it:
 
-    "addresses": {"vlab-inst": [{"addr": "203.0.113.1xx", "version": 4,
+    "addresses": {"vlab-inst": [{"addr": "198.18.0.1xx", "version": 4,
                    "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": ...}]}
 
 What exists: one shared flat network `vlab-inst` with one subnet
-203.0.113.0/24 (gateway .1, no DHCP); ports with one fixed IP each from
-203.0.113.100-.250 (first free); `binding:host_id` updates (boot binds the port
+198.18.0.0/24 (gateway .1, no DHCP); ports with one fixed IP each from
+198.18.0.100-.250 (first free); `binding:host_id` updates (boot binds the port
 to its host; evacuation re-binds the same port, same IP, to the new host); one
 `default` security group; empty floating IPs; unlimited quotas.  Extensions
 advertised: binding, security-group, quotas (so Nova takes the plain port
@@ -43,9 +43,9 @@ NETWORK_ID = "5f1c1c5e-0000-4000-8000-000000000113"   # fixed: tests may use it
 SUBNET_ID = "5f1c1c5e-0000-4000-8000-000000000114"
 SECGROUP_ID = "5f1c1c5e-0000-4000-8000-0000000005e6"
 NET_NAME = "vlab-inst"
-CIDR = "203.0.113.0/24"
-GATEWAY = "203.0.113.1"
-POOL_START, POOL_END = "203.0.113.100", "203.0.113.250"
+CIDR = "198.18.0.0/24"
+GATEWAY = "198.18.0.1"
+POOL_START, POOL_END = "198.18.0.100", "198.18.0.250"
 NOW = "2025-01-01T00:00:00Z"
 
 EXTENSIONS = [
