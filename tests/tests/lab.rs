@@ -435,7 +435,18 @@ fn isolation_cuts_the_node_from_the_controller_but_not_its_instances() {
     let info = lab.node(node).expect("node").clone();
     let servers = lab.boot(1, node).expect("boot 1 server");
     let ip = first_ip(&servers[0]);
-    assert!(host_pings(&info.mgmt_ip));
+    let answers = |addr: &str, what: &str| {
+        wait::until(what, Duration::from_secs(15), EVERY, || {
+            if host_pings(addr) {
+                Ok(())
+            } else {
+                Err(format!("{addr} does not answer"))
+            }
+        })
+        .expect(what);
+    };
+    answers(&ip, "the new instance answers from the host");
+    answers(&info.mgmt_ip, "the node's management address answers");
 
     lab.fault(Fault::Isolate, node).expect("isolate");
     assert!(
@@ -447,14 +458,14 @@ fn isolation_cuts_the_node_from_the_controller_but_not_its_instances() {
             .expect("ping"),
         "the node cannot reach the controller"
     );
-    assert!(host_pings(&ip), "the instance still answers");
-    assert!(
-        host_pings(&info.inst_ip),
-        "the node's instance-network address still answers"
+    answers(&ip, "the instance still answers while the node is isolated");
+    answers(
+        &info.inst_ip,
+        "the node's instance-network address still answers",
     );
 
     lab.fault(Fault::Unisolate, node).expect("unisolate");
-    assert!(host_pings(&info.mgmt_ip));
+    answers(&info.mgmt_ip, "the node's management address answers again");
     delete_servers(lab, &servers);
 }
 

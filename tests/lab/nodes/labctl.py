@@ -237,8 +237,12 @@ def is_up(cfg):
             problems.append(f"{node.name} is off")
         elif not faults._proc(node, "nova-compute"):
             problems.append(f"{node.name}: nova-compute not running")
-        elif not lc.NO_CLOUD and (svcs.get(node.name) or {}).get("state") != "up":
+        elif not lc.NO_CLOUD and (svcs.get(node.name) or {}).get("state") != "up" \
+                and not (svcs.get(node.name) or {}).get("forced_down"):
+            # (forced down is an operator's decision about a healthy lab)
             problems.append(f"{node.name}: nova-compute not up in Nova")
+        if faults.active(node):
+            problems.append(f"{node.name}: faults in force: {', '.join(faults.active(node))}")
         if not lc.daemon_alive(f"{node.name}-ipmi"):
             problems.append(f"IPMI BMC of {node.name} not running")
     if not lc.daemon_alive(bmc.REDFISH_DAEMON):
@@ -332,6 +336,12 @@ def cmd_up(args):
 
     t = time.monotonic()
     since = time.time()
+    for node in nodes:
+        if faults.active(node):
+            # Left behind by someone (e.g. a test that failed half-way):
+            # an `up` lab has no faults.
+            for line in faults.f_heal(node):
+                step(f"heal: {line}")
     powering = [node for node in nodes if not power.is_on(node)]
     for node in powering:
         power.wait_off(node, 60)

@@ -244,6 +244,9 @@ def reaper(node, pipe_r, boot_id):
 
 def main():
     node = lc.Node(sys.argv[1])
+    # ipmi_sim does not mark its own descriptors close-on-exec (its epoll fd
+    # and wake-up pipe arrive here); the node must not hold them.
+    os.closerange(3, 65536)
     node.logs.mkdir(parents=True, exist_ok=True)
     out = os.open(node.logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
