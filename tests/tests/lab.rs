@@ -579,3 +579,42 @@ fn receivers_record_webhooks_and_mail_exactly() {
     assert_eq!(mail.rcpt_tos, vec!["ops@lab.test".to_string()]);
     assert!(mail.data.contains("compute1 fenced"));
 }
+
+#[test]
+fn sensor_runs_in_the_node_and_obeys_start_stop_and_kill() {
+    if !tier::root(
+        "sensor_runs_in_the_node_and_obeys_start_stop_and_kill",
+        "network namespaces",
+    ) {
+        return;
+    }
+    // The lab runs the workspace's own sensor (target/<profile>/vigil-sensor).
+    let _sensor = vigil_tests::bins::bin("vigil-sensor");
+    let lab = lab();
+    let _only_me = lab.exclusive();
+    let node = "compute1";
+    lab.heal(&[node]).expect("heal compute1");
+    let sensor_pid = || lab.node_status(node).expect("status").pid("sensor");
+
+    lab.sensor_start(node).expect("sensor start");
+    let pid = sensor_pid().expect("a running sensor has a pid");
+    assert!(
+        lab.node_pids(node).expect("pids").contains(&pid),
+        "the sensor lives in the node's cgroup"
+    );
+
+    lab.fault(Fault::KillSensor, node).expect("kill the sensor");
+    assert_eq!(sensor_pid(), None, "a killed sensor stays dead");
+    lab.fault(Fault::Heal, node).expect("heal");
+    let again = sensor_pid().expect("heal starts a configured sensor again");
+    assert_ne!(again, pid);
+
+    lab.sensor_stop(node).expect("sensor stop");
+    assert_eq!(sensor_pid(), None);
+    lab.fault(Fault::Heal, node).expect("heal");
+    assert_eq!(
+        sensor_pid(),
+        None,
+        "a stopped sensor is not configured any more"
+    );
+}

@@ -252,6 +252,19 @@ def is_up(cfg):
     return problems
 
 
+def sensor_binary(cfg):
+    """VIGIL_SENSOR_BIN, else what the lab was configured with, else the
+    workspace's own build (debug first: what `cargo build`/tests make)."""
+    given = os.environ.get("VIGIL_SENSOR_BIN") or cfg.get("sensor_bin")
+    if given:
+        return str(Path(given).resolve())
+    for prof in ("debug", "release"):
+        cand = lc.REPO / "target" / prof / "vigil-sensor"
+        if cand.exists():
+            return str(cand)
+    return None
+
+
 def cmd_up(args):
     need_root()
     n = args.nodes
@@ -269,13 +282,7 @@ def cmd_up(args):
             return
         step("lab partly up; repairing: " + "; ".join(problems))
         n = cfg.get("nodes", n)
-    sensor_bin = os.environ.get("VIGIL_SENSOR_BIN") or cfg.get("sensor_bin")
-    if not sensor_bin:
-        for prof in ("debug", "release"):
-            cand = lc.REPO / "target" / prof / "vigil-sensor"
-            if cand.exists():
-                sensor_bin = str(cand)
-                break
+    sensor_bin = sensor_binary(cfg)
     report_interval = args.report_interval or cfg.get("report_interval") or 10
     cfg = {"nodes": n, "sensors": bool(args.sensors or cfg.get("sensors")),
            "report_interval": report_interval, "sensor_bin": sensor_bin,
@@ -654,10 +661,13 @@ def cmd_sensor(args):
     need_root()
     node = lc.Node(args.node)
     if args.action == "start":
-        binary = os.environ.get("VIGIL_SENSOR_BIN")
-        if binary:
-            cfg = lc.lab_config()
-            cfg["sensor_bin"] = str(Path(binary).resolve())
+        cfg = lc.lab_config()
+        binary = sensor_binary(cfg)
+        if not binary:
+            raise lc.LabError("no vigil-sensor binary: build it (cargo build -p vigil-sensor) "
+                              "or set VIGIL_SENSOR_BIN")
+        if cfg.get("sensor_bin") != binary:
+            cfg["sensor_bin"] = binary
             lc.write_json(lc.CONFIG_JSON, cfg)
         node.sensor_flag.touch()
         refresh_lab_json()
