@@ -316,6 +316,8 @@ def made_add(kind, **attrs):
 
 
 def made_remove(pred):
+    if not MADE_JSON.exists():
+        return
     with file_lock(MADE_LOCK):
         made = read_json(MADE_JSON, [])
         write_json(MADE_JSON, [e for e in made if not pred(e)])

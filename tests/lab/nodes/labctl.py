@@ -776,6 +776,9 @@ def main(argv=None):
     except lc.LabError as e:
         print(f"lab {args.cmd}: FAILED: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `lab status | head`: the reader left; not an error of the lab.
+        return 0
     except KeyboardInterrupt:
         print(f"lab {args.cmd}: interrupted; `lab down` cleans up", file=sys.stderr)
         return 130
