@@ -46,6 +46,54 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Read every configured BMC's power state (status only, never a power
+    /// action). Exits 1 unless every fence level answered.
+    FenceCheck {
+        /// The TOML config file (its [recovery.fencing]).
+        #[arg(long, env = "VIGIL_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest incidents from the recovery journal.
+    Incidents {
+        #[command(flatten)]
+        journal: JournalArgs,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One incident: timeline with timestamps, every action and its outcome,
+    /// instance outcomes, the evidence at decision time.
+    Incident {
+        id: String,
+        #[command(flatten)]
+        journal: JournalArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// The decider's config file; its recovery.journal.path is read.
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The journal file itself (overrides the config's).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+}
+
+impl JournalArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.journal {
+            return Ok(p.clone());
+        }
+        let cfg = Config::load(self.config.as_deref())?;
+        Ok(cfg.recovery.unwrap_or_default().journal.path)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +115,11 @@ pub struct ServeArgs {
     /// Validate the config (and read the token files), print a summary, exit.
     #[arg(long)]
     pub check: bool,
+    /// Run every new incident as a dry run: the whole workflow runs and
+    /// journals each call it would make (fence, Nova changes, evacuations)
+    /// and makes none.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +147,43 @@ pub fn main() -> i32 {
         Command::Nodes { client } => report(rt.block_on(nodes(&client))),
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
+        Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
+        Command::Incidents {
+            journal,
+            limit,
+            json,
+        } => report(rt.block_on(async {
+            crate::recovery::commands::incidents_command(&journal.path()?, limit, json).await
+        })),
+        Command::Incident { id, journal, json } => report(rt.block_on(async {
+            crate::recovery::commands::incident_command(&journal.path()?, &id, json).await
+        })),
+    }
+}
+
+async fn fence_check(config: &std::path::Path, json: bool) -> i32 {
+    init_tracing(LogFormat::Text, "warn");
+    let cfg = match Config::load(Some(config)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil-decider: {e}");
+            return 2;
+        }
+    };
+    let Some(r) = cfg.recovery else {
+        eprintln!(
+            "vigil-decider: {} has no [recovery] section, so no fencing is configured",
+            config.display()
+        );
+        return 2;
+    };
+    match crate::recovery::commands::fence_check_command(&r, json).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("vigil-decider: {e:#}");
+            1
+        }
     }
 }
 
@@ -130,7 +220,7 @@ async fn serve(args: ServeArgs) -> i32 {
     };
     if args.check {
         println!(
-            "config ok: {} node(s), gRPC {}, metrics {}, Nova {}, pings {}, enrolment {}",
+            "config ok: {} node(s), gRPC {}, metrics {}, Nova {}, pings {}, enrolment {}, recovery {}",
             cfg.nodes.len(),
             cfg.server.listen,
             if cfg.metrics.enabled {
@@ -141,6 +231,15 @@ async fn serve(args: ServeArgs) -> i32 {
             if cfg.nova.enabled { "on" } else { "off" },
             if cfg.ping.enabled { "on" } else { "off" },
             if cfg.enrolment.enabled { "on" } else { "off" },
+            match &cfg.recovery {
+                None => "off".to_string(),
+                Some(r) => format!(
+                    "on{} ({} fenced node(s), journal {})",
+                    if r.dry_run || args.dry_run { ", dry run" } else { "" },
+                    vigil_recovery::fence::configured_nodes(&r.fencing).len(),
+                    r.journal.path.display()
+                ),
+            },
         );
         return 0;
     }
@@ -166,6 +265,26 @@ async fn serve(args: ServeArgs) -> i32 {
                 return 2;
             }
         }
+    }
+    if let Some(r) = &cfg.recovery {
+        let connect = crate::recovery::setup::nova_connect(&cfg.nova);
+        match crate::recovery::RecoveryParts::from_config(
+            &cfg,
+            r,
+            args.dry_run,
+            &vigil_recovery::secret::ProcessEnv,
+            connect,
+            witnesses.prober.clone(),
+        ) {
+            Ok(p) => witnesses.recovery = Some(p),
+            Err(e) => {
+                eprintln!("vigil-decider: {e}");
+                return 2;
+            }
+        }
+    } else if args.dry_run {
+        eprintln!("vigil-decider: --dry-run needs a [recovery] section: without one the decider never acts anyway");
+        return 2;
     }
     let server = match Server::start(cfg, tokens, witnesses).await {
         Ok(s) => s,

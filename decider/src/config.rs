@@ -35,6 +35,10 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub policy: Policy,
+    /// `[recovery]`: fencing, evacuation, guards, notifications, journal. Absent,
+    /// the decider judges and never acts (no fence, no Nova change).
+    #[serde(default)]
+    pub recovery: Option<vigil_recovery::config::RecoveryConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +55,10 @@ pub struct ServerConfig {
     /// TLS for the gRPC port; with `client_ca`, sensors must present a client
     /// certificate signed by it (mutual TLS) in addition to their token.
     pub tls: Option<TlsConfig>,
+    /// File holding the operator token: the operator API's write calls
+    /// (`ConfirmPowerOff`) need `authorization: Bearer <token>`. Unset, write
+    /// calls are refused.
+    pub operator_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +72,7 @@ impl Default for ServerConfig {
             max_message_bytes: 256 * 1024,
             first_message_timeout: Duration::from_secs(10),
             tls: None,
+            operator_token_file: None,
         }
     }
 }
@@ -302,6 +311,19 @@ pub enum ConfigError {
     Policy(#[from] vigil_verdict::PolicyError),
 }
 
+impl From<vigil_recovery::config::ConfigError> for ConfigError {
+    fn from(e: vigil_recovery::config::ConfigError) -> Self {
+        match e {
+            vigil_recovery::config::ConfigError::Invalid { field, problem } => {
+                ConfigError::Invalid {
+                    key: format!("recovery.{field}"),
+                    problem,
+                }
+            }
+        }
+    }
+}
+
 /// Overrides from the environment and flags, applied over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -317,6 +339,8 @@ pub struct Tokens {
     /// (node, token) for each configured node.
     pub nodes: Vec<(String, Secret)>,
     pub enrolment: Option<Secret>,
+    /// Bearer token of the operator API's write calls.
+    pub operator: Option<Secret>,
 }
 
 impl Config {
@@ -447,6 +471,38 @@ impl Config {
                 invalid("enrolment.token_file", "is required when enrolment.enabled = true: unknown nodes must still authenticate")
             })?;
             tokens.enrolment = Some(read_secret("enrolment.token_file", path)?);
+        }
+        if let Some(path) = &self.server.operator_token_file {
+            tokens.operator = Some(read_secret("server.operator_token_file", path)?);
+        }
+        if let Some(r) = &self.recovery {
+            r.validate()?;
+            if !self.nova.enabled {
+                return Err(invalid(
+                    "nova.enabled",
+                    "must be true with [recovery]: recovery acts through Nova (disable, force down, evacuate)",
+                ));
+            }
+            if r.evacuation.verify_deadline < r.evacuation.poll_interval {
+                return Err(invalid(
+                    "recovery.evacuation.verify_deadline",
+                    "must be at least evacuation.poll_interval",
+                ));
+            }
+            // Vigil's own disable reason must read as Vigil's, or a node it
+            // disabled turns `maintenance` in its own eyes (safety rule 5).
+            let prefix = &self.policy.maintenance.vigil_reason_prefix;
+            if !vigil_recovery::workflow::DISABLE_REASON_PREFIX.starts_with(prefix.as_str())
+                || prefix.is_empty()
+            {
+                return Err(invalid(
+                    "policy.maintenance.vigil_reason_prefix",
+                    &format!(
+                        "must be a non-empty prefix of \"{}\", the start of every disable reason the recovery workflow writes",
+                        vigil_recovery::workflow::DISABLE_REASON_PREFIX
+                    ),
+                ));
+            }
         }
         Ok(tokens)
     }

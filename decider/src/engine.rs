@@ -5,6 +5,7 @@
 
 use crate::metrics::Metrics;
 use crate::node_state::{NodeState, Nodes};
+use crate::recovery::driver::RecoveryInput;
 use crate::witness::{ComputeService, ServerOnHost};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -108,6 +109,33 @@ pub enum WorkflowError {
         #[source]
         source: IllegalTransition,
     },
+    /// Only workflow verdicts can be resumed into.
+    #[error("node {node}: {verdict} is not a workflow verdict")]
+    NotWorkflow { node: String, verdict: Verdict },
+}
+
+/// How far along the workflow a verdict is (`None` outside the forward path).
+fn progress(v: Verdict) -> Option<u8> {
+    match v {
+        Verdict::Fencing => Some(1),
+        Verdict::Fenced => Some(2),
+        Verdict::Evacuating => Some(3),
+        Verdict::Recovered => Some(4),
+        _ => None,
+    }
+}
+
+/// The verdict a workflow step leads to (`None` for `Release`, whose target
+/// the evidence decides).
+fn step_target(step: WorkflowStep) -> Option<Verdict> {
+    match step {
+        WorkflowStep::Fencing => Some(Verdict::Fencing),
+        WorkflowStep::Fenced => Some(Verdict::Fenced),
+        WorkflowStep::Evacuating => Some(Verdict::Evacuating),
+        WorkflowStep::Recovered => Some(Verdict::Recovered),
+        WorkflowStep::NeedsAttention => Some(Verdict::NeedsAttention),
+        WorkflowStep::Release => None,
+    }
 }
 
 /// Everything that can happen to the decider.
@@ -155,6 +183,15 @@ pub enum Event {
         reason: String,
         reply: oneshot::Sender<Result<(), WorkflowError>>,
     },
+    /// Puts a node straight into a workflow verdict, bypassing the legal
+    /// steps: a restarted decider replaying its journal, or a page that must
+    /// show even when the node's verdict moved meanwhile.
+    WorkflowResume {
+        node: String,
+        verdict: Verdict,
+        reason: String,
+        reply: oneshot::Sender<Result<(), WorkflowError>>,
+    },
 }
 
 /// What other tasks hold to talk to the engine.
@@ -181,7 +218,15 @@ pub struct EngineSettings {
     pub queue: usize,
     pub reference_addresses: Vec<IpAddr>,
     pub enrol_segment: String,
+    /// Where actionable `dead` verdicts, recoveries and reboots go; `None`
+    /// when recovery is off (the decider judges only).
+    pub recovery: Option<mpsc::UnboundedSender<RecoveryInput>>,
 }
+
+/// An actionable `dead` node is re-announced to recovery this often while it
+/// stays so, with fresh evidence: recovery ignores it while an incident runs
+/// or is open, and retries one refused before any action.
+const DEAD_RESEND: Duration = Duration::from_secs(10);
 
 struct StreamReg {
     id: u64,
@@ -206,6 +251,9 @@ pub struct Engine {
     plan_dirty: bool,
     instance_requests: Option<mpsc::Sender<String>>,
     enrol_segment: String,
+    recovery: Option<mpsc::UnboundedSender<RecoveryInput>>,
+    /// When each actionable node was last announced to recovery.
+    dead_sent: HashMap<String, Moment>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -266,6 +314,8 @@ impl Engine {
             plan_dirty: true,
             instance_requests,
             enrol_segment: settings.enrol_segment,
+            recovery: settings.recovery,
+            dead_sent: HashMap::new(),
         };
         let handle = EngineHandle {
             events: tx,
@@ -336,6 +386,14 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(self.on_workflow(&node, step, reason, now));
+            }
+            Event::WorkflowResume {
+                node,
+                verdict,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.on_workflow_resume(&node, verdict, reason, now));
             }
         }
     }
@@ -434,6 +492,12 @@ impl Engine {
             SensorWitness::Seen(r) => {
                 if r.boot_id != u.boot_id {
                     info!(node = %node, old_boot = %r.boot_id, new_boot = %u.boot_id, "node rebooted (new boot id)");
+                    if let Some(tx) = &self.recovery {
+                        let _ = tx.send(RecoveryInput::Booted {
+                            node: node.to_string(),
+                            boot_id: u.boot_id.clone(),
+                        });
+                    }
                     r.boot_changes += 1;
                     r.boot_changed_at = Some(received_at);
                     r.boot_id = u.boot_id;
@@ -451,6 +515,15 @@ impl Engine {
                 r.connected = true;
             }
             SensorWitness::NeverSeen { .. } => {
+                // First heartbeat since this decider started: recovery
+                // compares the boot id with its incident's (a node that came
+                // back while the decider was down).
+                if let Some(tx) = &self.recovery {
+                    let _ = tx.send(RecoveryInput::Booted {
+                        node: node.to_string(),
+                        boot_id: u.boot_id.clone(),
+                    });
+                }
                 st.evidence.sensor = SensorWitness::Seen(Box::new(SensorReading {
                     connected: true,
                     last_heartbeat_at: received_at,
@@ -657,6 +730,14 @@ impl Engine {
             let mut st = lock(n);
             *segments.entry(st.segment.clone()).or_default() += 1;
             self.judge(&mut st, now);
+            if st.tracker.actionable()
+                && self
+                    .dead_sent
+                    .get(&st.name)
+                    .is_none_or(|t| now.since(*t) >= DEAD_RESEND)
+            {
+                self.announce_dead(&st, now);
+            }
             let age = match &st.evidence.sensor {
                 SensorWitness::Seen(r) => Some(now.since(r.last_heartbeat_at)),
                 SensorWitness::NeverSeen { .. } => None,
@@ -679,6 +760,14 @@ impl Engine {
             .ok_or_else(|| WorkflowError::UnknownNode(node.to_string()))?;
         let mut st = lock(&n);
         let before = st.tracker.verdict();
+        // A resumed workflow repeats the steps up to where it was when the
+        // decider stopped (it re-enters `fencing` before finding the fence
+        // journaled as confirmed); the node is already there or further on.
+        if let (Some(t), Some(now_at)) = (step_target(step).and_then(progress), progress(before)) {
+            if t <= now_at {
+                return Ok(());
+            }
+        }
         let change = st
             .tracker
             .workflow(step, reason, &self.policy, now)
@@ -687,9 +776,53 @@ impl Engine {
                 source,
             })?;
         if let Some(c) = change {
-            self.publish_change(&mut st, before, c.to, c.reasons);
+            self.publish_change(&mut st, before, c.to, c.reasons, now);
         }
         Ok(())
+    }
+
+    fn on_workflow_resume(
+        &mut self,
+        node: &str,
+        verdict: Verdict,
+        reason: String,
+        now: Moment,
+    ) -> Result<(), WorkflowError> {
+        let n = self
+            .node(node)
+            .ok_or_else(|| WorkflowError::UnknownNode(node.to_string()))?;
+        let mut st = lock(&n);
+        let before = st.tracker.verdict();
+        if before == verdict {
+            return Ok(());
+        }
+        match st.tracker.resume(verdict, reason, now) {
+            Some(c) => self.publish_change(&mut st, before, c.to, c.reasons, now),
+            None if !verdict.is_workflow() => {
+                return Err(WorkflowError::NotWorkflow {
+                    node: node.to_string(),
+                    verdict,
+                })
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Tells recovery that this node is `dead` and actionable, with the
+    /// evidence as it stands now (the incident's "evidence at decision time").
+    fn announce_dead(&mut self, st: &NodeState, now: Moment) {
+        let Some(tx) = &self.recovery else { return };
+        self.dead_sent.insert(st.name.clone(), now);
+        let boot_id = match &st.evidence.sensor {
+            SensorWitness::Seen(r) => Some(r.boot_id.clone()),
+            SensorWitness::NeverSeen { .. } => None,
+        };
+        let _ = tx.send(RecoveryInput::Dead {
+            node: st.name.clone(),
+            evidence: crate::recovery::evidence_snapshot(st, now),
+            boot_id,
+        });
     }
 
     /// Judges one node now and publishes a verdict change, if any.
@@ -714,7 +847,7 @@ impl Engine {
             _ => {}
         }
         if let Some(c) = change {
-            self.publish_change(st, before, c.to, c.reasons);
+            self.publish_change(st, before, c.to, c.reasons, now);
         }
     }
 
@@ -724,6 +857,7 @@ impl Engine {
         from: Verdict,
         to: Verdict,
         reasons: Vec<String>,
+        now: Moment,
     ) {
         st.since_unix_ms = unix_ms_now();
         let top = reasons.first().cloned().unwrap_or_default();
@@ -741,14 +875,28 @@ impl Engine {
                 let _ = tx.try_send(st.name.clone());
             }
         }
+        let actionable = st.tracker.actionable();
         let _ = self.changes.send(VerdictChanged {
             node: st.name.clone(),
             from,
             to,
             reasons,
             at_unix_ms: st.since_unix_ms,
-            actionable: st.tracker.actionable(),
+            actionable,
         });
+        if actionable {
+            self.announce_dead(st, now);
+        } else if matches!(
+            to,
+            Verdict::Healthy | Verdict::Degraded | Verdict::Maintenance
+        ) {
+            self.dead_sent.remove(&st.name);
+            if let Some(tx) = &self.recovery {
+                let _ = tx.send(RecoveryInput::Alive {
+                    node: st.name.clone(),
+                });
+            }
+        }
     }
 
     /// Safety rule 6 across nodes: hold every dead node the guard names.
@@ -786,14 +934,18 @@ impl Engine {
                 let v = st.tracker.verdict();
                 let reasons = st.tracker.reasons().to_vec();
                 // Same verdict, new actionability: watchers (recovery) must know.
+                let actionable = st.tracker.actionable();
                 let _ = self.changes.send(VerdictChanged {
                     node: st.name.clone(),
                     from: v,
                     to: v,
                     reasons,
                     at_unix_ms: unix_ms_now(),
-                    actionable: st.tracker.actionable(),
+                    actionable,
                 });
+                if actionable {
+                    self.announce_dead(&st, now);
+                }
             }
         }
     }

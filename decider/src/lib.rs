@@ -11,6 +11,9 @@
 //!   [`nova_adapter`] and [`ping_adapter`] implement them with `vigil-nova`
 //!   and `vigil-ping`.
 //! - [`nova_poll`], [`ping_sweep`]: the tasks feeding Nova and ping evidence.
+//! - [`recovery`]: the recovery workflow driven by actionable `dead`
+//!   verdicts (fence, force down, evacuate, verify, notify; journaled), and
+//!   the `fence-check` / `incidents` / `incident` commands.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`serve`]: wiring and shutdown; [`cli`] and [`table`]: the command line.
 //! - [`loadgen`]: the benchmark's simulated sensors.
@@ -29,6 +32,7 @@ pub mod nova_poll;
 pub mod operator_api;
 pub mod ping_adapter;
 pub mod ping_sweep;
+pub mod recovery;
 pub mod serve;
 pub mod shutdown;
 pub mod table;
@@ -36,3 +40,5 @@ pub mod witness;
 
 #[cfg(test)]
 mod grpc_tests;
+#[cfg(test)]
+mod recovery_tests;

@@ -29,6 +29,29 @@ pub fn client(cfg: &NovaConfig, mut vars: BTreeMap<String, String>) -> anyhow::R
     NovaClient::new(cloud, opts).context("building the Nova client")
 }
 
+/// The recovery workflow's own client: the same credentials, but the client's
+/// default bounded retries (a disable or evacuate should ride out one blip;
+/// the client never repeats a non-idempotent call whose outcome is unknown)
+/// and a longer request timeout (evacuate and os-services PUTs take seconds
+/// on a busy control plane).
+pub fn recovery_client(
+    cfg: &NovaConfig,
+    mut vars: BTreeMap<String, String>,
+) -> anyhow::Result<NovaClient> {
+    use anyhow::Context;
+    if let Some(cloud) = &cfg.cloud {
+        vars.insert("OS_CLOUD".to_string(), cloud.clone());
+    }
+    let search = SearchPath::standard(&vars);
+    let cloud = CloudConfig::load_from(&vars, &search)
+        .context("loading OpenStack credentials for recovery (nova.cloud / OS_CLOUD with a clouds.yaml, or OS_* variables)")?;
+    let opts = ClientOptions {
+        request_timeout: cfg.request_timeout.max(std::time::Duration::from_secs(30)),
+        ..ClientOptions::default()
+    };
+    NovaClient::new(cloud, opts).context("building the recovery Nova client")
+}
+
 impl NovaSource for NovaClient {
     fn list_compute_services(&self) -> BoxFuture<'_, Result<Vec<ComputeService>, WitnessError>> {
         async move {

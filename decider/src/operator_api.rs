@@ -2,10 +2,14 @@
 //! latest reading, a stream of verdict changes, incidents. This is where the
 //! decider's own types become protobuf; nothing inside the engine sees these.
 
+use crate::config::Secret;
 use crate::engine::{EngineHandle, VerdictChanged};
 use crate::node_state::NodeState;
+use crate::recovery::driver::ConfirmError;
+use crate::recovery::RecoveryHandle;
 use std::pin::Pin;
 use std::sync::PoisonError;
+use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
@@ -13,15 +17,61 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 use vigil_proto::v1;
 use vigil_proto::v1::operator_server::Operator;
+use vigil_recovery::journal::{
+    IncidentDetail, IncidentId, IncidentStatus, IncidentSummary, JournalError,
+};
 use vigil_verdict::{Moment, NovaWitness, SensorWitness, ServiceState, Verdict};
 
 pub struct OperatorService {
     engine: EngineHandle,
+    recovery: Option<RecoveryHandle>,
+    /// Bearer token of the write calls; `None` refuses them.
+    operator_token: Option<Secret>,
 }
 
 impl OperatorService {
-    pub fn new(engine: EngineHandle) -> Self {
-        OperatorService { engine }
+    pub fn new(
+        engine: EngineHandle,
+        recovery: Option<RecoveryHandle>,
+        operator_token: Option<Secret>,
+    ) -> Self {
+        OperatorService {
+            engine,
+            recovery,
+            operator_token,
+        }
+    }
+
+    /// Write calls need `authorization: Bearer <operator token>`.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.operator_token else {
+            return Err(Status::permission_denied(
+                "write calls are disabled: this decider has no operator token (set server.operator_token_file)",
+            ));
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "write calls need the header `authorization: Bearer <operator token>`",
+                )
+            })?;
+        if bool::from(given.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("operator token not accepted"))
+        }
+    }
+
+    fn recovery(&self) -> Result<&RecoveryHandle, Status> {
+        self.recovery.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "recovery is off on this decider ([recovery] is not configured): there are no incidents",
+            )
+        })
     }
 
     pub fn into_server(self) -> v1::operator_server::OperatorServer<Self> {
@@ -236,12 +286,17 @@ impl Operator for OperatorService {
 
     async fn list_incidents(
         &self,
-        _: Request<v1::ListIncidentsRequest>,
+        req: Request<v1::ListIncidentsRequest>,
     ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
-        // The recovery workflow and its journal are not wired in yet: no
-        // incident can exist, so the honest answer is an empty list.
+        let r = self.recovery()?;
+        let list = if req.into_inner().open_only {
+            r.journal.open_incidents().await
+        } else {
+            r.journal.list(LIST_LIMIT).await
+        }
+        .map_err(journal_status)?;
         Ok(Response::new(v1::ListIncidentsResponse {
-            incidents: vec![],
+            incidents: list.iter().map(summary_to_proto).collect(),
         }))
     }
 
@@ -249,18 +304,165 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::GetIncidentRequest>,
     ) -> Result<Response<v1::Incident>, Status> {
-        Err(Status::not_found(format!(
-            "no incident {:?}: this decider has no recovery journal yet",
-            req.into_inner().id
-        )))
+        let r = self.recovery()?;
+        let id = req.into_inner().id;
+        let d = r
+            .journal
+            .get(&IncidentId(id.clone()))
+            .await
+            .map_err(journal_status)?;
+        Ok(Response::new(incident_to_proto(&d)))
     }
 
     async fn confirm_power_off(
         &self,
-        _: Request<v1::ConfirmPowerOffRequest>,
+        req: Request<v1::ConfirmPowerOffRequest>,
     ) -> Result<Response<v1::ConfirmPowerOffResponse>, Status> {
-        Err(Status::unimplemented(
-            "ConfirmPowerOff needs the recovery workflow, which this decider does not run yet",
-        ))
+        self.authorize(&req)?;
+        let r = self.recovery()?;
+        let q = req.into_inner();
+        if q.node.trim().is_empty() || q.operator.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "node and operator are required (operator: who confirms; it is journaled)",
+            ));
+        }
+        if self
+            .engine
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&q.node)
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "no node named {:?}; ListNodes shows the nodes this decider watches",
+                q.node
+            )));
+        }
+        match r.confirm_off(&q.node, &q.operator, &q.reason).await {
+            Ok(id) => Ok(Response::new(v1::ConfirmPowerOffResponse {
+                incident_id: id.0,
+            })),
+            Err(ConfirmError::NoOpenIncident(n)) => Err(Status::failed_precondition(
+                ConfirmError::NoOpenIncident(n).to_string(),
+            )),
+            Err(ConfirmError::Journal(e)) => Err(journal_status(e)),
+            Err(e @ ConfirmError::Stopped) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Newest incidents returned by `ListIncidents`.
+const LIST_LIMIT: usize = 500;
+
+fn journal_status(e: JournalError) -> Status {
+    match e {
+        JournalError::NotFound(id) => Status::not_found(format!(
+            "no incident {id}; ListIncidents shows the incidents"
+        )),
+        e => Status::internal(vigil_recovery::fence::error_chain(&e)),
+    }
+}
+
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `open` incidents show how far they got (`fencing`, `evacuating`, …);
+/// others their status (`completed`, `needs-attention`, `aborted`, …).
+fn state_of(s: &IncidentSummary) -> String {
+    if s.status == IncidentStatus::Open {
+        text(&s.phase)
+    } else {
+        text(&s.status)
+    }
+}
+
+fn summary_to_proto(s: &IncidentSummary) -> v1::Incident {
+    v1::Incident {
+        id: s.id.0.clone(),
+        node: s.node.clone(),
+        state: state_of(s),
+        opened_unix_ms: s.opened_at.millis(),
+        closed_unix_ms: s.closed_at.map_or(0, |t| t.millis()),
+        dry_run: s.dry_run,
+        ..Default::default()
+    }
+}
+
+/// The incident with its timeline (every step's begin and end, every event),
+/// instance outcomes and the evidence at decision time.
+pub fn incident_to_proto(d: &IncidentDetail) -> v1::Incident {
+    let mut timeline = Vec::new();
+    for st in &d.steps {
+        let step = format!("{}:{}", text(&st.kind), st.target);
+        timeline.push(v1::TimelineEntry {
+            at_unix_ms: st.began_at.millis(),
+            step: step.clone(),
+            phase: "begin".into(),
+            outcome: String::new(),
+            detail: json_line(&st.detail, st.attempt),
+        });
+        if let (Some(at), Some(o)) = (st.ended_at, st.outcome) {
+            timeline.push(v1::TimelineEntry {
+                at_unix_ms: at.millis(),
+                step,
+                phase: "end".into(),
+                outcome: text(&o),
+                detail: st.result.to_string(),
+            });
+        }
+    }
+    for e in &d.events {
+        timeline.push(v1::TimelineEntry {
+            at_unix_ms: e.at.millis(),
+            step: e.kind.clone(),
+            phase: "event".into(),
+            outcome: String::new(),
+            detail: e.message.clone(),
+        });
+    }
+    // Stable: same-millisecond entries keep begin/end/event order.
+    timeline.sort_by_key(|t| t.at_unix_ms);
+    let mut inc = summary_to_proto(&d.summary);
+    if let Some(r) = &d.summary.reason {
+        timeline.push(v1::TimelineEntry {
+            at_unix_ms: d.summary.closed_at.map_or(0, |t| t.millis()),
+            step: "reason".into(),
+            phase: "event".into(),
+            outcome: text(&d.summary.status),
+            detail: r.clone(),
+        });
+    }
+    inc.timeline = timeline;
+    inc.instances = d
+        .instances
+        .iter()
+        .map(|i| v1::InstanceOutcome {
+            uuid: i.server_id.clone(),
+            name: i.name.clone(),
+            from_host: i.from_host.clone(),
+            to_host: i.to_host.clone().unwrap_or_default(),
+            status: text(&i.state),
+            attempts: i.attempts,
+            took_ms: match (i.started_at, i.finished_at) {
+                (Some(a), Some(b)) => u64::try_from(b.since(a).as_millis()).unwrap_or(u64::MAX),
+                _ => 0,
+            },
+            error: i.reason.clone().unwrap_or_default(),
+        })
+        .collect();
+    inc.evidence_json = d.evidence.to_string();
+    inc
+}
+
+fn json_line(detail: &serde_json::Value, attempt: u32) -> String {
+    if attempt > 1 {
+        format!("attempt {attempt}: {detail}")
+    } else {
+        detail.to_string()
     }
 }

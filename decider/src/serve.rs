@@ -7,6 +7,9 @@ use crate::engine::{Engine, EngineHandle, EngineSettings, NodeSeed};
 use crate::heartbeat_server::{Authenticator, HeartbeatService};
 use crate::metrics::{self, Metrics};
 use crate::operator_api::OperatorService;
+use crate::recovery::driver::Driver;
+use crate::recovery::reporter::EngineLink;
+use crate::recovery::{RecoveryHandle, RecoveryParts};
 use crate::shutdown::{self, ShutdownTrigger};
 use crate::witness::{NovaSource, Prober};
 use anyhow::Context;
@@ -23,6 +26,9 @@ use tracing::{info, warn};
 pub struct Witnesses {
     pub nova: Option<Arc<dyn NovaSource>>,
     pub prober: Option<Arc<dyn Prober>>,
+    /// The recovery workflow's parts; `None`: the decider judges and never
+    /// acts.
+    pub recovery: Option<RecoveryParts>,
 }
 
 /// A running decider.
@@ -31,6 +37,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
+    /// Recovery's inputs and journal, when recovery runs.
+    pub recovery: Option<RecoveryHandle>,
     trigger: ShutdownTrigger,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -84,7 +92,15 @@ impl Server {
                 management: n.management_addresses.clone(),
             })
             .collect();
+        let (recovery_tx, recovery_rx) = match &witnesses.recovery {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let settings = EngineSettings {
+            recovery: recovery_tx.clone(),
             tick: cfg.engine.tick,
             queue: cfg.engine.queue,
             reference_addresses: if cfg.ping.enabled {
@@ -109,6 +125,37 @@ impl Server {
                 Ok(())
             });
         }
+        let recovery = match (witnesses.recovery.clone(), recovery_rx, recovery_tx) {
+            (Some(parts), Some(rx), Some(tx)) => {
+                let handle_r = RecoveryHandle {
+                    inputs: tx,
+                    journal: parts.journal.clone(),
+                };
+                info!(
+                    mode = ?parts.mode,
+                    fenced_nodes = parts.levels.len(),
+                    journal = %parts.config.journal.path.display(),
+                    "recovery on: actionable dead verdicts start incidents"
+                );
+                let driver = Driver::new(
+                    parts,
+                    EngineLink {
+                        events: handle.events.clone(),
+                        nodes: handle.nodes.clone(),
+                    },
+                );
+                let s = shutdown.clone();
+                tasks.spawn(async move {
+                    driver.run(rx, s.wait()).await;
+                    Ok(())
+                });
+                Some(handle_r)
+            }
+            _ => {
+                info!("recovery off ([recovery] absent): verdicts are judged, nothing is acted on");
+                None
+            }
+        };
         match (&witnesses.nova, cfg.nova.enabled) {
             (Some(nova), true) => {
                 let (nova, ncfg, clock, m, ev, s) =
@@ -149,7 +196,7 @@ impl Server {
             cfg.server.max_message_bytes,
             shutdown.clone(),
         );
-        let op = OperatorService::new(handle.clone());
+        let op = OperatorService::new(handle.clone(), recovery.clone(), tokens.operator.clone());
         // Reflection (v1 and v1alpha, so every grpcurl version works) and the
         // standard health service: `grpcurl -plaintext HOST:PORT list` needs
         // no .proto file.
@@ -204,6 +251,7 @@ impl Server {
             metrics_addr,
             engine: handle,
             metrics,
+            recovery,
             trigger,
             tasks,
         })

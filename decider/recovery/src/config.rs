@@ -25,6 +25,10 @@ pub struct RecoveryConfig {
     /// evacuation has completed. Default `false`: a node that died once should
     /// be looked at by a person before it takes instances again.
     pub reenable_after_recovery: bool,
+    /// Run every new incident as a dry run: the whole workflow runs and
+    /// journals each call it would make, and makes none (safety rule 8).
+    /// `vigil-decider serve --dry-run` sets it too. Default `false`.
+    pub dry_run: bool,
 }
 
 /// How nodes are fenced.
@@ -321,6 +325,12 @@ pub struct GuardConfig {
     /// Default 30 min: a node that flaps needs a person, not a second fence.
     #[serde(with = "duration_text")]
     pub cooldown: Duration,
+    /// A node still dead after its incident was refused before any action
+    /// (self-check failed, Nova unreadable) is tried again after this. Default
+    /// 1 min: the decider's own blind spot is often brief, and each refusal
+    /// is journaled (and, for a failed self-check, paged).
+    #[serde(with = "duration_text")]
+    pub retry_after_abort: Duration,
 }
 
 impl Default for GuardConfig {
@@ -330,6 +340,7 @@ impl Default for GuardConfig {
             storm_max_share: 0.5,
             storm_window: Duration::from_secs(600),
             cooldown: Duration::from_secs(1800),
+            retry_after_abort: Duration::from_secs(60),
         }
     }
 }
@@ -475,6 +486,24 @@ impl RecoveryConfig {
         let g = &self.guards;
         if !(g.storm_max_share > 0.0 && g.storm_max_share <= 1.0) {
             return bad("guards.storm_max_share", "must be in (0, 1]");
+        }
+        if g.retry_after_abort.is_zero() {
+            return bad(
+                "guards.retry_after_abort",
+                "must be greater than zero, e.g. \"1m\"",
+            );
+        }
+        if self.fencing.confirm_poll_interval.is_zero() {
+            return bad(
+                "fencing.confirm_poll_interval",
+                "must be greater than zero, e.g. \"1s\"",
+            );
+        }
+        if ev.poll_interval.is_zero() || ev.verify_deadline.is_zero() {
+            return bad(
+                "evacuation.poll_interval / evacuation.verify_deadline",
+                "must be greater than zero",
+            );
         }
         for (node, nf) in &self.fencing.nodes {
             if nf.levels.is_empty() {

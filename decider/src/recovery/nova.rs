@@ -1,5 +1,7 @@
 //! [`NovaEdge`]: the recovery workflow's view of Nova, over `vigil-nova`.
 //! Nova's types stop here: everything the workflow sees is its own.
+//! [`LazyNova`] connects on first use, so a decider that starts while Nova is
+//! down still starts (and judges), and recovery connects when it must act.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -332,6 +334,163 @@ impl<N: vigil_nova::NovaActions + 'static> wf::NovaActions for NovaEdge<N> {
                 Err(e) if e.is_conflict() => Ok(()),
                 Err(e) => Err(call_err("add host to aggregate", e)),
             }
+        })
+    }
+}
+
+/// Builds the workflow's Nova on demand (reads the cloud's versions, so it
+/// needs Nova to answer). `Err` says why it could not.
+pub type NovaConnect =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn wf::NovaActions>, String>> + Send + Sync>;
+
+/// The workflow's Nova, connected on first use and kept.
+pub struct LazyNova {
+    connect: NovaConnect,
+    inner: tokio::sync::OnceCell<Arc<dyn wf::NovaActions>>,
+}
+
+impl LazyNova {
+    pub fn new(connect: NovaConnect) -> Self {
+        LazyNova {
+            connect,
+            inner: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Already connected: the same edge, never a second connection.
+    pub fn connected(nova: Arc<dyn wf::NovaActions>) -> Self {
+        let connect: NovaConnect = {
+            let nova = nova.clone();
+            Arc::new(move || {
+                let nova = nova.clone();
+                Box::pin(async move { Ok(nova) })
+            })
+        };
+        LazyNova {
+            connect,
+            inner: tokio::sync::OnceCell::new_with(Some(nova)),
+        }
+    }
+
+    /// Connects now if not yet connected.
+    pub async fn ready(&self) -> Result<&Arc<dyn wf::NovaActions>, wf::NovaCallError> {
+        self.inner
+            .get_or_try_init(|| (self.connect)())
+            .await
+            .map_err(|e| wf::NovaCallError::Transport {
+                what: "connecting to Nova for recovery".to_string(),
+                source: e.into(),
+            })
+    }
+}
+
+impl wf::NovaActions for LazyNova {
+    fn max_microversion(&self) -> wf::Microversion {
+        // Every workflow run reads the node's service before anything asks
+        // for the microversion, which connects. Unconnected, the lowest
+        // version that still validates a named host is the safe answer: it
+        // never makes an evacuated server land stopped (2.95+).
+        self.inner
+            .get()
+            .map_or(wf::Microversion::HOST_VALIDATED, |n| n.max_microversion())
+    }
+
+    fn compute_service(
+        &self,
+        host: &str,
+    ) -> BoxFuture<'_, Result<wf::ComputeService, wf::NovaCallError>> {
+        let host = host.to_string();
+        Box::pin(async move { self.ready().await?.compute_service(&host).await })
+    }
+
+    fn compute_services(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<wf::ComputeService>, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.compute_services().await })
+    }
+
+    fn disable_service<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.disable_service(s, reason).await })
+    }
+
+    fn enable_service<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.enable_service(s).await })
+    }
+
+    fn set_forced_down<'a>(
+        &'a self,
+        s: &'a wf::ComputeService,
+        down: bool,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.set_forced_down(s, down).await })
+    }
+
+    fn servers_on_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Server>, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.servers_on_host(host).await })
+    }
+
+    fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<wf::Server, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.server(id).await })
+    }
+
+    fn evacuate<'a>(
+        &'a self,
+        id: &'a str,
+        request: &'a wf::EvacuateRequest,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.evacuate(id, request).await })
+    }
+
+    fn evacuation_migrations<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Migration>, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.evacuation_migrations(id).await })
+    }
+
+    fn evacuate_action_count<'a>(
+        &'a self,
+        id: &'a str,
+        since: Timestamp,
+    ) -> BoxFuture<'a, Result<u32, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.evacuate_action_count(id, since).await })
+    }
+
+    fn reset_state<'a>(
+        &'a self,
+        id: &'a str,
+        to: wf::ResetTo,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.reset_state(id, to).await })
+    }
+
+    fn host_aggregates<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<wf::Aggregate>, wf::NovaCallError>> {
+        Box::pin(async move { self.ready().await?.host_aggregates(host).await })
+    }
+
+    fn add_host_to_aggregate<'a>(
+        &'a self,
+        aggregate: &'a wf::Aggregate,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<(), wf::NovaCallError>> {
+        Box::pin(async move {
+            self.ready()
+                .await?
+                .add_host_to_aggregate(aggregate, host)
+                .await
         })
     }
 }

@@ -23,8 +23,10 @@ pub mod guards;
 pub mod nova;
 pub mod select;
 
-#[cfg(test)]
-mod fakes;
+/// In-memory fakes of the workflow's edges, for this crate's tests and, with
+/// the `testing` feature, the decider's in-process tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod fakes;
 #[cfg(test)]
 mod tests;
 
@@ -125,10 +127,16 @@ pub struct Recovery {
     pub settings: Settings,
 }
 
-/// Prefix of the disable reason Vigil writes; a disabled service whose reason
-/// is not this incident's is an operator's maintenance (safety rule 5).
+/// What every disable reason Vigil writes starts with. The decider's policy
+/// (`policy.maintenance.vigil_reason_prefix`, default `"vigil:"`) reads a
+/// disabled service with this prefix as Vigil's own doing, not an operator's
+/// maintenance; without it a node Vigil disabled would turn `maintenance`.
+pub const DISABLE_REASON_PREFIX: &str = "vigil:";
+
+/// The disable reason Vigil writes for `incident`; a disabled service whose
+/// reason is not this incident's is an operator's maintenance (safety rule 5).
 pub fn disable_reason(incident: &IncidentId) -> String {
-    format!("vigil incident {incident}: node judged dead, recovery in progress")
+    format!("{DISABLE_REASON_PREFIX} incident {incident}: node judged dead, recovery in progress")
 }
 
 /// One run of one incident.

@@ -584,6 +584,7 @@ async fn guards_storm_cooldown_and_one_incident_per_node() {
         storm_max_share: 0.5,
         storm_window: Duration::from_secs(600),
         cooldown: Duration::from_secs(1800),
+        ..GuardConfig::default()
     });
     let t = Timestamp(1_000_000);
     assert_eq!(

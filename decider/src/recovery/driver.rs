@@ -1,0 +1,676 @@
+//! The recovery driver: one task between the engine's verdicts and
+//! `vigil-recovery`'s workflow.
+//!
+//! - An actionable `dead` node (announced by the engine with the evidence at
+//!   decision time) passes the guards (storm, one incident per node,
+//!   cooldown) and gets an incident, run in its own task.
+//! - At start-up every open incident in the journal is resumed: the node's
+//!   verdict is put back where the workflow was, and the workflow continues
+//!   from its journal and Nova's live state (never a second fence of a node
+//!   confirmed off, never a second evacuation). One that had not reached the
+//!   fence waits until the node is judged dead again.
+//! - A new boot id marks a fenced node's incident recovered and hands the node
+//!   back to the evidence once its incident is closed.
+//! - An operator's confirmation that a node is off (operator API) is journaled
+//!   and continues its incident past the fence.
+//!
+//! Runs end in the journal; the driver only logs them, pages on a vetoed
+//! fence, and retries runs that stopped because the journal failed.
+
+use crate::recovery::reporter::{EngineLink, Reporter};
+use crate::recovery::self_check::DeciderSelfCheck;
+use crate::recovery::setup::RecoveryParts;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+use vigil_recovery::journal::{
+    Event as JournalEvent, IncidentId, IncidentStatus, IncidentSummary, Journal, JournalError,
+    NewIncident, Phase,
+};
+use vigil_recovery::notify::{Dispatcher, Message, RetryPolicy};
+use vigil_recovery::workflow::{
+    Admission, Edges, Guards, Mode, NovaActions, Outcome, Recovery, Settings, Trigger,
+    WorkflowError,
+};
+use vigil_verdict::{Verdict, WorkflowStep};
+
+/// What the engine and the operator API tell the driver.
+#[derive(Debug)]
+pub enum RecoveryInput {
+    /// The node is `dead` and no guard holds it; re-sent while it stays so.
+    Dead {
+        node: String,
+        /// The evidence at decision time, as operators read it.
+        evidence: Value,
+        boot_id: Option<String>,
+    },
+    /// The node's verdict says it is alive (healthy, degraded, maintenance).
+    Alive { node: String },
+    /// A heartbeat with a boot id not seen before (or the first one since
+    /// this decider started).
+    Booted { node: String, boot_id: String },
+    /// An operator confirms the node is powered off (safety rule 1's explicit
+    /// confirmation).
+    ConfirmOff {
+        node: String,
+        who: String,
+        note: String,
+        reply: oneshot::Sender<Result<IncidentId, ConfirmError>>,
+    },
+}
+
+/// Why an operator's confirmation was not taken.
+#[derive(Debug, Error)]
+pub enum ConfirmError {
+    #[error("node {0} has no open incident; ConfirmPowerOff continues an incident that could not confirm its fence (ListIncidents shows them)")]
+    NoOpenIncident(String),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("the recovery driver has stopped")]
+    Stopped,
+}
+
+/// What others hold to reach recovery: its inputs and its journal (read-only
+/// use: incidents for the operator API).
+#[derive(Clone)]
+pub struct RecoveryHandle {
+    pub inputs: mpsc::UnboundedSender<RecoveryInput>,
+    pub journal: Arc<dyn Journal>,
+}
+
+impl RecoveryHandle {
+    /// Journals the operator's confirmation and continues the node's
+    /// incident; returns the incident's id.
+    pub async fn confirm_off(
+        &self,
+        node: &str,
+        who: &str,
+        note: &str,
+    ) -> Result<IncidentId, ConfirmError> {
+        let (reply, rx) = oneshot::channel();
+        self.inputs
+            .send(RecoveryInput::ConfirmOff {
+                node: node.to_string(),
+                who: who.to_string(),
+                note: note.to_string(),
+                reply,
+            })
+            .map_err(|_| ConfirmError::Stopped)?;
+        rx.await.map_err(|_| ConfirmError::Stopped)?
+    }
+}
+
+/// How a run of one incident ended.
+struct RunEnd {
+    node: String,
+    result: Result<Outcome, WorkflowError>,
+    /// Set when the engine refused the fence (the node no longer dead).
+    vetoed: Option<String>,
+}
+
+enum RunKind {
+    Start { trigger: Trigger, mode: Mode },
+    Resume { id: IncidentId, dry_run: bool },
+}
+
+/// A run that stopped on a journal failure is resumed after this.
+const JOURNAL_RETRY: Duration = Duration::from_secs(10);
+
+pub struct Driver {
+    parts: RecoveryParts,
+    engine: EngineLink,
+    guards: Guards,
+    /// The workflow over the plain journal, for calls outside a run
+    /// (reboots, operator confirmations).
+    base: Recovery,
+    dispatcher: Dispatcher,
+    tasks: JoinSet<RunEnd>,
+    /// Nodes with a run in progress.
+    running: HashSet<String>,
+    /// Nodes whose current dead episode already got an incident.
+    handled: HashSet<String>,
+    /// Open incidents that had not reached the fence when the decider
+    /// stopped: resumed when their node is judged dead again.
+    pending_resume: HashMap<String, IncidentSummary>,
+    /// The last refusal logged per node (each distinct one is logged once).
+    refusals: HashMap<String, String>,
+    /// Operator confirmations that arrived while the node's run was going.
+    resume_after_run: HashSet<String>,
+    /// Runs stopped by a journal failure, resumed at the given time.
+    retry_at: HashMap<String, tokio::time::Instant>,
+}
+
+impl Driver {
+    pub fn new(parts: RecoveryParts, engine: EngineLink) -> Self {
+        let dispatcher = Dispatcher::new(
+            parts.notifiers.clone(),
+            RetryPolicy::from_config(&parts.config.notify),
+            parts.clock.clone(),
+            Some(parts.journal.clone()),
+        );
+        let base = Recovery::new(
+            Edges {
+                nova: parts.nova.clone(),
+                journal: parts.journal.clone(),
+                notify: dispatcher.clone(),
+                clock: parts.clock.clone(),
+                self_check: Arc::new(NeverSelfCheck),
+            },
+            Settings::from(&parts.config),
+        );
+        Driver {
+            guards: Guards::new(parts.config.guards.clone()),
+            parts,
+            engine,
+            base,
+            dispatcher,
+            tasks: JoinSet::new(),
+            running: HashSet::new(),
+            handled: HashSet::new(),
+            pending_resume: HashMap::new(),
+            refusals: HashMap::new(),
+            resume_after_run: HashSet::new(),
+            retry_at: HashMap::new(),
+        }
+    }
+
+    /// Resumes the journal's open incidents, then handles inputs until
+    /// `shutdown`. Runs still going at shutdown are dropped mid-step, which
+    /// the journal and resume are built for (safety rule 7).
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<RecoveryInput>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        self.resume_open().await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(end) => self.on_run_end(end).await,
+                    Err(e) => {
+                        // The node is unknown here; a panicking run leaves its
+                        // incident open, which the next start-up resumes.
+                        error!(error = %e, "a recovery run panicked; its incident stays open");
+                    }
+                },
+                input = inputs.recv() => match input {
+                    Some(i) => self.on_input(i).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.retry_due().await,
+            }
+        }
+        if !self.running.is_empty() {
+            warn!(nodes = ?self.running, "stopping with recovery runs in progress; they resume at the next start");
+        }
+    }
+
+    async fn on_input(&mut self, input: RecoveryInput) {
+        match input {
+            RecoveryInput::Dead {
+                node,
+                evidence,
+                boot_id,
+            } => self.on_dead(node, evidence, boot_id).await,
+            RecoveryInput::Alive { node } => {
+                self.guards.node_alive(&node);
+                self.handled.remove(&node);
+                self.refusals.remove(&node);
+                if let Some(s) = self.pending_resume.get(&node) {
+                    warn!(node = %node, incident = %s.id, "node judged alive while its incident is open short of the fence; it resumes only if the node is judged dead again");
+                }
+            }
+            RecoveryInput::Booted { node, boot_id } => self.on_booted(&node, &boot_id).await,
+            RecoveryInput::ConfirmOff {
+                node,
+                who,
+                note,
+                reply,
+            } => {
+                let r = self.on_confirm(&node, &who, &note).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn on_dead(&mut self, node: String, evidence: Value, boot_id: Option<String>) {
+        if self.running.contains(&node) {
+            return;
+        }
+        if let Some(s) = self.pending_resume.remove(&node) {
+            info!(node = %node, incident = %s.id, "node judged dead again: resuming its incident");
+            self.handled.insert(node.clone());
+            self.spawn(
+                node,
+                RunKind::Resume {
+                    id: s.id,
+                    dry_run: s.dry_run,
+                },
+            );
+            return;
+        }
+        let journal = self.parts.journal.clone();
+        let last = match journal.latest_for_node(&node).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(node = %node, error = %e, "cannot read the journal; not acting on a dead node without it");
+                return;
+            }
+        };
+        if let Some(l) = &last {
+            if l.status == IncidentStatus::Open {
+                // Open but not running: its run stopped on a journal failure.
+                self.handled.insert(node.clone());
+                self.spawn(
+                    node,
+                    RunKind::Resume {
+                        id: l.id.clone(),
+                        dry_run: l.dry_run,
+                    },
+                );
+                return;
+            }
+            if l.status.is_open() {
+                // needs-attention: a person has it.
+                return;
+            }
+        }
+        let now = self.parts.clock.now();
+        if self.handled.contains(&node) {
+            // One incident per dead episode; only one refused before any
+            // action is tried again, after a pause.
+            let retry = matches!(&last, Some(l) if l.status == IncidentStatus::Aborted
+                && l.closed_at.is_some_and(|c| now >= c.plus(self.parts.config.guards.retry_after_abort)));
+            if !retry {
+                return;
+            }
+            info!(node = %node, "node still dead after a refused incident: trying again");
+        }
+        let known = self
+            .engine
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        match self.guards.admit(journal.as_ref(), &node, known, now).await {
+            Ok(Admission::Admit) => {
+                self.handled.insert(node.clone());
+                self.refusals.remove(&node);
+                let trigger = Trigger {
+                    node: node.clone(),
+                    evidence,
+                    boot_id,
+                };
+                self.spawn(
+                    node,
+                    RunKind::Start {
+                        trigger,
+                        mode: self.parts.mode,
+                    },
+                );
+            }
+            Ok(Admission::Refuse { reason, page }) => {
+                if self.refusals.get(&node) != Some(&reason) {
+                    warn!(node = %node, reason = %reason, "recovery refused");
+                    self.refusals.insert(node.clone(), reason.clone());
+                }
+                if page {
+                    self.record_refusal(&node, evidence, boot_id, reason).await;
+                }
+            }
+            Err(e) => {
+                error!(node = %node, error = %e, "cannot read the journal; not acting on a dead node without it")
+            }
+        }
+    }
+
+    /// A storm refusal is recorded as an aborted incident (so `incidents`
+    /// shows it with its evidence) and pages once.
+    async fn record_refusal(
+        &self,
+        node: &str,
+        evidence: Value,
+        boot_id: Option<String>,
+        reason: String,
+    ) {
+        let j = &self.parts.journal;
+        let now = self.parts.clock.now();
+        let r = async {
+            let id = j
+                .open_incident(NewIncident {
+                    node: node.to_string(),
+                    opened_at: now,
+                    dry_run: self.parts.mode == Mode::DryRun,
+                    evidence,
+                    boot_id,
+                })
+                .await?;
+            j.record_event(
+                &id,
+                JournalEvent {
+                    at: now,
+                    kind: "refused".into(),
+                    message: reason.clone(),
+                    detail: json!(null),
+                },
+            )
+            .await?;
+            j.set_phase(&id, Phase::Closed).await?;
+            j.set_status(&id, IncidentStatus::Aborted, Some(reason.clone()), now)
+                .await?;
+            Ok::<_, JournalError>(id)
+        }
+        .await;
+        match r {
+            Ok(id) => {
+                self.dispatcher.dispatch(Message::NeedsAttention {
+                    incident: id,
+                    node: node.to_string(),
+                    reason,
+                    instances: Vec::new(),
+                });
+            }
+            Err(e) => error!(node = %node, error = %e, "cannot journal a refused recovery"),
+        }
+    }
+
+    async fn on_booted(&mut self, node: &str, boot_id: &str) {
+        match self.base.node_booted(node, boot_id).await {
+            Ok(Some(id)) => {
+                info!(node = %node, incident = %id, boot_id = %boot_id, "fenced node is back")
+            }
+            Ok(None) => {}
+            Err(e) => warn!(node = %node, error = %e, "cannot record the node's return"),
+        }
+        // Hand a finished workflow verdict back to the evidence once the node
+        // is back: its incident is closed and it has booted anew.
+        if let Some((Verdict::Recovered, _)) = self.engine.verdict(node) {
+            let closed = matches!(
+                self.parts.journal.latest_for_node(node).await,
+                Ok(Some(l)) if !l.status.is_open()
+            );
+            if closed {
+                let reason =
+                    format!("{node} is back (boot id {boot_id}); judged by evidence again");
+                if let Err(e) = self.engine.step(node, WorkflowStep::Release, reason).await {
+                    warn!(node = %node, error = %e, "cannot release the node to the evidence");
+                }
+            }
+        }
+    }
+
+    async fn on_confirm(
+        &mut self,
+        node: &str,
+        who: &str,
+        note: &str,
+    ) -> Result<IncidentId, ConfirmError> {
+        let last = self.parts.journal.latest_for_node(node).await?;
+        let Some(last) = last.filter(|l| l.status.is_open()) else {
+            return Err(ConfirmError::NoOpenIncident(node.to_string()));
+        };
+        self.base
+            .confirm_off_by_operator(&last.id, who, note)
+            .await?;
+        warn!(node = %node, incident = %last.id, operator = %who, "operator confirmed the node powered off");
+        self.pending_resume.remove(node);
+        if self.running.contains(node) {
+            self.resume_after_run.insert(node.to_string());
+        } else {
+            self.spawn(
+                node.to_string(),
+                RunKind::Resume {
+                    id: last.id.clone(),
+                    dry_run: last.dry_run,
+                },
+            );
+        }
+        Ok(last.id)
+    }
+
+    async fn on_run_end(&mut self, end: RunEnd) {
+        let node = end.node;
+        self.running.remove(&node);
+        let confirmed_meanwhile = self.resume_after_run.remove(&node);
+        match end.result {
+            Ok(o) => {
+                info!(node = %node, incident = %o.incident, status = ?o.status, reason = ?o.reason, instances = o.instances.len(), "recovery run ended");
+                if o.status.is_open() && confirmed_meanwhile {
+                    self.spawn(
+                        node,
+                        RunKind::Resume {
+                            id: o.incident,
+                            dry_run: false,
+                        },
+                    );
+                }
+            }
+            Err(e) => match end.vetoed {
+                Some(why) => self.fence_vetoed(&node, &why).await,
+                None => {
+                    error!(node = %node, error = %format!("{e:#}"), retry_in = ?JOURNAL_RETRY, "recovery stopped: cannot journal; it resumes from the journal");
+                    self.handled.remove(&node);
+                    self.retry_at
+                        .insert(node, tokio::time::Instant::now() + JOURNAL_RETRY);
+                }
+            },
+        }
+    }
+
+    /// The engine refused the fence: the node is no longer judged dead. No
+    /// power-off happened; Vigil may have disabled the node's service. A
+    /// person decides: needs-attention, paged.
+    async fn fence_vetoed(&mut self, node: &str, why: &str) {
+        let j = self.parts.journal.clone();
+        let Ok(Some(last)) = j.latest_for_node(node).await else {
+            warn!(node = %node, reason = %why, "fence vetoed before the incident was journaled");
+            return;
+        };
+        if !last.status.is_open() {
+            return;
+        }
+        let reason = format!(
+            "fence vetoed: {why}. Nothing was powered off or evacuated; the node's nova-compute service may be left disabled by Vigil (reason starts with \"vigil:\"): re-enable it once it is healthy"
+        );
+        let now = self.parts.clock.now();
+        let r = async {
+            j.record_event(
+                &last.id,
+                JournalEvent {
+                    at: now,
+                    kind: "fence-vetoed".into(),
+                    message: why.to_string(),
+                    detail: json!(null),
+                },
+            )
+            .await?;
+            j.set_status(
+                &last.id,
+                IncidentStatus::NeedsAttention,
+                Some(reason.clone()),
+                now,
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = r {
+            error!(node = %node, error = %e, "cannot journal the vetoed fence");
+            return;
+        }
+        if !last.dry_run {
+            if let Err(e) = self
+                .engine
+                .force(
+                    node,
+                    Verdict::NeedsAttention,
+                    format!("needs attention: {reason} (incident {})", last.id),
+                )
+                .await
+            {
+                warn!(node = %node, error = %e, "cannot show needs-attention in the verdict");
+            }
+        }
+        self.dispatcher.dispatch(Message::NeedsAttention {
+            incident: last.id,
+            node: node.to_string(),
+            reason,
+            instances: Vec::new(),
+        });
+    }
+
+    /// Resumes runs that stopped on a journal failure, once their pause is
+    /// over. One that stopped before its incident was opened has nothing to
+    /// resume: the node's next dead announcement starts afresh.
+    async fn retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .retry_at
+            .iter()
+            .filter(|(n, at)| **at <= now && !self.running.contains(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in due {
+            self.retry_at.remove(&node);
+            match self.parts.journal.latest_for_node(&node).await {
+                Ok(Some(l)) if l.status == IncidentStatus::Open => {
+                    info!(node = %node, incident = %l.id, "resuming a recovery the journal stopped");
+                    self.spawn(
+                        node,
+                        RunKind::Resume {
+                            id: l.id,
+                            dry_run: l.dry_run,
+                        },
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error!(node = %node, error = %e, "the journal still fails; retrying later");
+                    self.retry_at.insert(node, now + JOURNAL_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Resumes every open incident of the journal (decider start-up).
+    async fn resume_open(&mut self) {
+        let open = match self.parts.journal.open_incidents().await {
+            Ok(v) => v,
+            Err(e) => {
+                error!(error = %e, "cannot read open incidents from the journal; none resumed");
+                return;
+            }
+        };
+        for s in open {
+            let node = s.node.clone();
+            if self.engine.verdict(&node).is_none() {
+                warn!(node = %node, incident = %s.id, "open incident for a node this decider does not watch; left as is");
+                continue;
+            }
+            self.engine.set_incident(&node, Some(&s.id));
+            self.handled.insert(node.clone());
+            let verdict = match (s.status, s.phase) {
+                (IncidentStatus::NeedsAttention, _) => Some(Verdict::NeedsAttention),
+                (_, Phase::Opened) => None,
+                (_, Phase::Fencing) => Some(Verdict::Fencing),
+                (_, Phase::Fenced) => Some(Verdict::Fenced),
+                (_, Phase::Evacuating | Phase::Notifying | Phase::Closed) => {
+                    Some(Verdict::Evacuating)
+                }
+            };
+            match verdict {
+                None => {
+                    info!(node = %node, incident = %s.id, "open incident short of the fence: resumes when the node is judged dead again");
+                    self.pending_resume.insert(node, s);
+                }
+                Some(v) => {
+                    info!(node = %node, incident = %s.id, phase = ?s.phase, status = ?s.status, "resuming open incident");
+                    if !s.dry_run {
+                        let reason = match s.status {
+                            IncidentStatus::NeedsAttention => format!(
+                                "needs attention: {} (incident {})",
+                                s.reason.as_deref().unwrap_or("see the incident"),
+                                s.id
+                            ),
+                            _ => format!("{v}: incident {} resumed after a decider restart", s.id),
+                        };
+                        if let Err(e) = self.engine.force(&node, v, reason).await {
+                            warn!(node = %node, error = %e, "cannot restore the node's workflow verdict");
+                        }
+                    }
+                    self.spawn(
+                        node,
+                        RunKind::Resume {
+                            id: s.id,
+                            dry_run: s.dry_run,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, node: String, kind: RunKind) {
+        let dry_run = match &kind {
+            RunKind::Start { mode, .. } => *mode == Mode::DryRun,
+            RunKind::Resume { dry_run, .. } => *dry_run,
+        };
+        let (reporter, vetoed) = Reporter::new(
+            self.parts.journal.clone(),
+            &node,
+            dry_run,
+            self.engine.clone(),
+        );
+        let nova: Arc<dyn NovaActions> = self.parts.nova.clone();
+        let edges = Edges {
+            nova: nova.clone(),
+            journal: Arc::new(reporter),
+            notify: self.dispatcher.clone(),
+            clock: self.parts.clock.clone(),
+            self_check: Arc::new(DeciderSelfCheck {
+                node: node.clone(),
+                engine: self.engine.clone(),
+                nova,
+                nova_timeout: self.parts.nova_timeout,
+                prober: self.parts.prober.clone(),
+                reference_addresses: self.parts.reference_addresses.clone(),
+                probe_timeout: self.parts.probe_timeout,
+            }),
+        };
+        let recovery = Recovery::new(edges, Settings::from(&self.parts.config));
+        let levels = self.parts.levels.get(&node).cloned().unwrap_or_default();
+        self.running.insert(node.clone());
+        self.retry_at.remove(&node);
+        self.tasks.spawn(async move {
+            let result = match kind {
+                RunKind::Start { trigger, mode } => recovery.start(&levels, trigger, mode).await,
+                RunKind::Resume { id, .. } => recovery.resume(&levels, &id).await,
+            };
+            let vetoed = vetoed.lock().unwrap_or_else(PoisonError::into_inner).take();
+            RunEnd {
+                node,
+                result,
+                vetoed,
+            }
+        });
+    }
+}
+
+/// The base workflow never starts a run, so it never self-checks.
+struct NeverSelfCheck;
+
+impl vigil_recovery::workflow::SelfCheck for NeverSelfCheck {
+    fn check(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Err("not a run".to_string()) })
+    }
+}

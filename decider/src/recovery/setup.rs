@@ -1,0 +1,139 @@
+//! `[recovery]` → the parts the driver runs with: fence levels per node (with
+//! their credentials read now, so a missing one stops the decider at start,
+//! not in the middle of a fence), the journal, the notifiers, the clock and
+//! how to reach Nova.
+
+use crate::config::Config;
+use crate::recovery::nova::{LazyNova, NovaConnect, NovaEdge};
+use crate::witness::Prober;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tracing::warn;
+use vigil_recovery::config::RecoveryConfig;
+use vigil_recovery::fence::{configured_nodes, levels_for, FenceConfigError, FenceLevel};
+use vigil_recovery::journal::sqlite::SqliteJournal;
+use vigil_recovery::journal::{Journal, JournalError};
+use vigil_recovery::notify::{notifiers_from_config, Notifier, NotifyConfigError};
+use vigil_recovery::secret::SecretEnv;
+use vigil_recovery::time::{Clock, SystemClock};
+use vigil_recovery::workflow::Mode;
+
+/// Everything the recovery driver needs besides the engine.
+#[derive(Clone)]
+pub struct RecoveryParts {
+    pub config: RecoveryConfig,
+    /// Mode of new incidents (a resumed one keeps its own).
+    pub mode: Mode,
+    /// Fence levels by node; a node without any cannot be fenced, so its
+    /// incidents stop in `needs-attention` before any evacuation.
+    pub levels: BTreeMap<String, Vec<FenceLevel>>,
+    pub notifiers: Vec<Arc<dyn Notifier>>,
+    pub journal: Arc<dyn Journal>,
+    pub clock: Arc<dyn Clock>,
+    pub nova: Arc<LazyNova>,
+    /// For the self-check's reference pings (`None` with pings off).
+    pub prober: Option<Arc<dyn Prober>>,
+    pub reference_addresses: Vec<IpAddr>,
+    pub probe_timeout: Duration,
+    /// The self-check's Nova call is abandoned after this.
+    pub nova_timeout: Duration,
+}
+
+/// `[recovery]` that cannot be turned into working parts.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    #[error("recovery.fencing: {0}")]
+    Fence(#[from] FenceConfigError),
+    #[error("recovery.notify: {0}")]
+    Notify(#[from] NotifyConfigError),
+    #[error("recovery.journal.path {path}: cannot create its directory: {source}")]
+    JournalDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("recovery.journal.path: {0}")]
+    Journal(#[from] JournalError),
+}
+
+impl RecoveryParts {
+    /// Builds the parts from the decider's config. `dry_run` (the
+    /// `serve --dry-run` flag) makes every new incident a dry run on top of
+    /// `recovery.dry_run`.
+    pub fn from_config(
+        cfg: &Config,
+        recovery: &RecoveryConfig,
+        dry_run: bool,
+        env: &dyn SecretEnv,
+        connect: NovaConnect,
+        prober: Option<Arc<dyn Prober>>,
+    ) -> Result<RecoveryParts, SetupError> {
+        let mut levels = BTreeMap::new();
+        for node in configured_nodes(&recovery.fencing) {
+            let l = levels_for(&recovery.fencing, &node, env)?;
+            levels.insert(node, l);
+        }
+        for n in &cfg.nodes {
+            if !levels.contains_key(&n.name) {
+                warn!(node = %n.name, "no fence levels configured: if this node dies, its incident stops in needs-attention before any evacuation (add it to [recovery.fencing])");
+            }
+        }
+        let notifiers = notifiers_from_config(&recovery.notify, env)?;
+        if notifiers.is_empty() {
+            warn!("no notifier configured ([recovery.notify] webhook or email): nobody is paged when recovery needs a person");
+        }
+        let path = &recovery.journal.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| SetupError::JournalDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(path)?);
+        Ok(RecoveryParts {
+            config: recovery.clone(),
+            mode: if dry_run || recovery.dry_run {
+                Mode::DryRun
+            } else {
+                Mode::Live
+            },
+            levels,
+            notifiers,
+            journal,
+            clock: Arc::new(SystemClock),
+            nova: Arc::new(LazyNova::new(connect)),
+            prober,
+            reference_addresses: if cfg.ping.enabled {
+                cfg.ping.reference_addresses.clone()
+            } else {
+                Vec::new()
+            },
+            probe_timeout: cfg.ping.timeout,
+            nova_timeout: cfg.nova.request_timeout,
+        })
+    }
+}
+
+/// How the real decider reaches Nova for recovery: a `NovaClient` of its own
+/// (with the client's bounded retries, unlike the poller's single try) from
+/// the same credentials, wrapped in [`NovaEdge`].
+pub fn nova_connect(cfg: &crate::config::NovaConfig) -> NovaConnect {
+    let cfg = cfg.clone();
+    Arc::new(move || {
+        let cfg = cfg.clone();
+        Box::pin(async move {
+            let vars = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let client =
+                crate::nova_adapter::recovery_client(&cfg, vars).map_err(|e| format!("{e:#}"))?;
+            let edge = NovaEdge::new(Arc::new(client))
+                .await
+                .map_err(|e| format!("reading Nova's microversions: {e}"))?;
+            Ok(Arc::new(edge) as Arc<dyn vigil_recovery::workflow::NovaActions>)
+        })
+    })
+}

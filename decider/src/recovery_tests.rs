@@ -1,0 +1,840 @@
+//! In-process recovery tests: a whole decider (engine, sensor stream, operator
+//! API over real gRPC, the recovery driver and `vigil-recovery`'s workflow with
+//! a real SQLite journal) whose outside world is the workflow's in-memory
+//! Nova, fencers and notifier. The same Nova state feeds the decider's Nova
+//! witness, so what the workflow changes (a disabled service, forced down) is
+//! what the judgment sees next. The lab tests (tests/tests/recovery_lab.rs)
+//! run the same paths against real Nova, BMCs and receivers.
+
+use crate::config::{Config, NodeConfig};
+use crate::recovery::nova::LazyNova;
+use crate::recovery::RecoveryParts;
+use crate::serve::{Server, Witnesses};
+use crate::witness::{ComputeService, NovaSource, ServerOnHost, WitnessError};
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::Code;
+use vigil_proto::v1;
+use vigil_proto::v1::operator_client::OperatorClient;
+use vigil_proto::v1::sensor_stream_client::SensorStreamClient;
+use vigil_recovery::config::RecoveryConfig;
+use vigil_recovery::fence::FenceLevel;
+use vigil_recovery::journal::sqlite::SqliteJournal;
+use vigil_recovery::journal::{IncidentStatus, Journal, StepKind, StepOutcome};
+use vigil_recovery::notify::Notifier;
+use vigil_recovery::workflow::fakes::{
+    server, Bmc, CallLog, CrashingJournal, FakeClock, FakeFencer, FakeNotifier, FakeNova,
+};
+use vigil_recovery::workflow::{Mode, NovaActions, ServerStatus};
+use vigil_verdict::WitnessKind;
+
+const OPERATOR: &str = "operator-token-0123456789abcdef";
+const NODES: [&str; 2] = ["compute1", "compute2"];
+
+fn token(node: &str) -> String {
+    format!("{node}-sensor-token-0123456789")
+}
+
+/// The decider's Nova witness over the workflow's fake Nova: services as the
+/// fake has them, `updated_at` advancing except for frozen hosts.
+struct MirrorNova {
+    fake: Arc<FakeNova>,
+    frozen: Mutex<BTreeSet<String>>,
+    counter: AtomicU64,
+}
+
+impl NovaSource for MirrorNova {
+    fn list_compute_services(&self) -> BoxFuture<'_, Result<Vec<ComputeService>, WitnessError>> {
+        Box::pin(async move {
+            let list = self
+                .fake
+                .compute_services()
+                .await
+                .map_err(|e| WitnessError::Failed {
+                    what: "fake services".into(),
+                    source: Box::new(e),
+                })?;
+            let tick = self.counter.fetch_add(1, Ordering::SeqCst);
+            let frozen = self.frozen.lock().expect("frozen").clone();
+            Ok(list
+                .into_iter()
+                .map(|s| ComputeService {
+                    updated_at: Some(if frozen.contains(&s.host) {
+                        "frozen".to_string()
+                    } else {
+                        format!("t{tick}")
+                    }),
+                    id: s.id,
+                    state: if s.up { "up" } else { "down" }.into(),
+                    status: if s.enabled { "enabled" } else { "disabled" }.into(),
+                    forced_down: s.forced_down,
+                    disabled_reason: s.disabled_reason,
+                    host: s.host,
+                })
+                .collect())
+        })
+    }
+
+    fn list_servers_on_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ServerOnHost>, WitnessError>> {
+        Box::pin(async move {
+            let list = self
+                .fake
+                .servers_on_host(host)
+                .await
+                .map_err(|e| WitnessError::Failed {
+                    what: "fake servers".into(),
+                    source: Box::new(e),
+                })?;
+            Ok(list
+                .into_iter()
+                .map(|s| ServerOnHost {
+                    id: s.id,
+                    name: s.name,
+                    status: s.status.to_string(),
+                    addresses: vec![],
+                })
+                .collect())
+        })
+    }
+}
+
+/// The outside world of one test, kept across decider restarts (as Nova and
+/// the BMCs outlive a decider).
+struct World {
+    dir: tempfile::TempDir,
+    clock: Arc<FakeClock>,
+    calls: CallLog,
+    nova: Arc<FakeNova>,
+    mirror: Arc<MirrorNova>,
+    fencer: Arc<FakeFencer>,
+    notifier: Arc<FakeNotifier>,
+}
+
+impl World {
+    fn new(bmc: Bmc, servers: &[&str]) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in NODES {
+            std::fs::write(dir.path().join(format!("{n}.token")), token(n)).expect("token");
+        }
+        std::fs::write(dir.path().join("operator.token"), OPERATOR).expect("token");
+        let clock = FakeClock::new();
+        let calls: CallLog = Arc::new(Mutex::new(Vec::new()));
+        let nova = FakeNova::new(&NODES, clock.clone(), calls.clone());
+        for id in servers {
+            nova.add_server(server(id, "compute1", ServerStatus::Active));
+        }
+        let mirror = Arc::new(MirrorNova {
+            fake: nova.clone(),
+            frozen: Mutex::new(BTreeSet::new()),
+            counter: AtomicU64::new(0),
+        });
+        World {
+            fencer: FakeFencer::new("bmc-compute1", bmc, calls.clone()),
+            notifier: FakeNotifier::new(0),
+            dir,
+            clock,
+            calls,
+            nova,
+            mirror,
+        }
+    }
+
+    fn journal_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("journal.sqlite")
+    }
+
+    fn config(&self) -> Config {
+        let mut cfg = Config::default();
+        cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
+        cfg.server.operator_token_file = Some(self.dir.path().join("operator.token"));
+        cfg.metrics.enabled = false;
+        cfg.ping.enabled = false;
+        cfg.nova.poll_interval = Duration::from_millis(100);
+        cfg.engine.tick = Duration::from_millis(50);
+        cfg.policy.required_for_dead = vec![WitnessKind::Sensor, WitnessKind::Nova];
+        cfg.policy.sensor.silent_after = Duration::from_millis(500);
+        cfg.policy.nova.report_interval = Duration::from_secs(1);
+        cfg.policy.nova.stale_margin = Duration::from_millis(200);
+        cfg.policy.confirm.dead_for = Duration::from_millis(200);
+        cfg.policy.confirm.healthy_for = Duration::from_millis(300);
+        for n in NODES {
+            cfg.nodes.push(NodeConfig {
+                name: n.into(),
+                token_file: self.dir.path().join(format!("{n}.token")),
+                management_addresses: vec![],
+                segment: "default".into(),
+            });
+        }
+        let mut r = RecoveryConfig::default();
+        r.journal.path = self.journal_path();
+        r.evacuation.poll_interval = Duration::from_millis(10);
+        r.fencing.confirm_poll_interval = Duration::from_millis(10);
+        cfg.recovery = Some(r);
+        cfg
+    }
+
+    async fn start(&self, mode: Mode, journal: Option<Arc<dyn Journal>>) -> Server {
+        // VIGIL_TEST_LOG=info shows the decider's logs for a failing test.
+        if let Ok(f) = std::env::var("VIGIL_TEST_LOG") {
+            crate::cli::init_tracing(crate::config::LogFormat::Text, &f);
+        }
+        let cfg = self.config();
+        let tokens = cfg.validate().expect("valid test config");
+        let journal = journal.unwrap_or_else(|| {
+            Arc::new(SqliteJournal::open(&self.journal_path()).expect("journal"))
+        });
+        let mut levels = BTreeMap::new();
+        levels.insert(
+            "compute1".to_string(),
+            vec![FenceLevel {
+                fencer: self.fencer.clone(),
+                deadline: Duration::from_secs(5),
+                storage_fence: false,
+            }],
+        );
+        let recovery = cfg.recovery.clone().expect("recovery config");
+        let parts = RecoveryParts {
+            config: recovery,
+            mode,
+            levels,
+            notifiers: vec![self.notifier.clone() as Arc<dyn Notifier>],
+            journal,
+            clock: self.clock.clone(),
+            nova: Arc::new(LazyNova::connected(self.nova.clone())),
+            prober: None,
+            reference_addresses: vec![],
+            probe_timeout: Duration::from_secs(1),
+            nova_timeout: Duration::from_secs(5),
+        };
+        let witnesses = Witnesses {
+            nova: Some(self.mirror.clone()),
+            prober: None,
+            recovery: Some(parts),
+        };
+        Server::start(cfg, tokens, witnesses)
+            .await
+            .expect("decider starts")
+    }
+
+    /// compute1's management side dies: its updated_at stops.
+    fn freeze(&self, node: &str) {
+        self.mirror
+            .frozen
+            .lock()
+            .expect("frozen")
+            .insert(node.into());
+    }
+
+    fn thaw(&self, node: &str) {
+        self.mirror.frozen.lock().expect("frozen").remove(node);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    /// Calls that change something in Nova or at a BMC.
+    fn mutations(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| {
+                [
+                    "disable",
+                    "enable",
+                    "forced_down",
+                    "evacuate",
+                    "reset_state",
+                    "power_off",
+                    "aggregate_add",
+                ]
+                .iter()
+                .any(|p| c.starts_with(p))
+            })
+            .collect()
+    }
+}
+
+/// A sensor: heartbeats every 100 ms over a real stream until dropped.
+struct Sensor {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Sensor {
+    async fn start(s: &Server, node: &str, boot: &str) -> Sensor {
+        let channel = Channel::from_shared(format!("http://{}", s.grpc_addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = SensorStreamClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        let v: MetadataValue<_> = format!("Bearer {}", token(node)).parse().expect("metadata");
+        req.metadata_mut().insert("authorization", v);
+        let (node, boot) = (node.to_string(), boot.to_string());
+        let first = heartbeat(&node, &boot, 1);
+        tx.send(first).await.expect("first heartbeat");
+        let mut inbound = client.stream(req).await.expect("stream").into_inner();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut seq = 1;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    m = inbound.message() => if !matches!(m, Ok(Some(_))) { return },
+                }
+                seq += 1;
+                if tx.send(heartbeat(&node, &boot, seq)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Sensor { stop: Some(stop) }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn heartbeat(node: &str, boot: &str, seq: u64) -> v1::SensorMessage {
+    v1::SensorMessage {
+        kind: Some(v1::sensor_message::Kind::Heartbeat(v1::Heartbeat {
+            node: node.into(),
+            boot_id: boot.into(),
+            seq,
+            interval_ms: 100,
+            mode: v1::ProbeMode::Ebpf as i32,
+            nova_compute: Some(v1::NovaCompute {
+                state: v1::nova_compute::State::Running as i32,
+                pid: 42,
+                blocked_ms: 0,
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+async fn operator(s: &Server) -> OperatorClient<Channel> {
+    OperatorClient::new(
+        Channel::from_shared(format!("http://{}", s.grpc_addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    )
+}
+
+async fn verdict(s: &Server, node: &str) -> String {
+    let n = operator(s)
+        .await
+        .get_node(v1::GetNodeRequest { name: node.into() })
+        .await
+        .expect("GetNode")
+        .into_inner();
+    crate::table::verdict_name(n.verdict).to_string()
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `deadline` passes.
+async fn until<T>(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_verdict(s: &Server, node: &str, want: &str, deadline: Duration) {
+    until(&format!("{node} {want}"), deadline, async || {
+        (verdict(s, node).await == want).then_some(())
+    })
+    .await
+}
+
+/// Both sensors up and both nodes healthy.
+async fn healthy_pair(w: &World, s: &Server) -> (Sensor, Sensor) {
+    let s1 = Sensor::start(s, "compute1", "boot-1").await;
+    let s2 = Sensor::start(s, "compute2", "boot-2").await;
+    let _ = w;
+    wait_verdict(s, "compute1", "healthy", Duration::from_secs(10)).await;
+    wait_verdict(s, "compute2", "healthy", Duration::from_secs(10)).await;
+    (s1, s2)
+}
+
+/// Every verdict compute1 goes through, from a WatchVerdicts stream.
+fn watch(s: &Server) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = s.grpc_addr;
+    let out = seen.clone();
+    tokio::spawn(async move {
+        let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await
+        else {
+            return;
+        };
+        let Ok(stream) = OperatorClient::new(ch)
+            .watch_verdicts(v1::WatchVerdictsRequest {
+                node: "compute1".into(),
+            })
+            .await
+        else {
+            return;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(c)) = stream.message().await {
+            out.lock()
+                .expect("seen")
+                .push(crate::table::verdict_name(c.to).to_string());
+        }
+    });
+    seen
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    let v: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
+    req.metadata_mut().insert("authorization", v);
+    req
+}
+
+async fn incidents(s: &Server) -> Vec<v1::Incident> {
+    operator(s)
+        .await
+        .list_incidents(v1::ListIncidentsRequest { open_only: false })
+        .await
+        .expect("ListIncidents")
+        .into_inner()
+        .incidents
+}
+
+async fn incident(s: &Server, id: &str) -> v1::Incident {
+    operator(s)
+        .await
+        .get_incident(v1::GetIncidentRequest { id: id.into() })
+        .await
+        .expect("GetIncident")
+        .into_inner()
+}
+
+fn steps(inc: &v1::Incident, phase: &str) -> Vec<String> {
+    inc.timeline
+        .iter()
+        .filter(|t| t.phase == phase)
+        .map(|t| format!("{} {}", t.step, t.outcome))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_node_is_fenced_forced_down_and_evacuated_and_verdicts_follow() {
+    let w = World::new(Bmc::Works, &["a", "b", "c"]);
+    let s = w.start(Mode::Live, None).await;
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+    let seen = watch(&s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Power loss: the sensor goes silent, nova-compute stops reporting.
+    drop(s1);
+    w.freeze("compute1");
+    wait_verdict(&s, "compute1", "recovered", Duration::from_secs(15)).await;
+
+    let path: Vec<String> = seen.lock().expect("seen").clone();
+    let want = ["dead", "fencing", "fenced", "evacuating", "recovered"];
+    let mut it = path.iter();
+    for v in want {
+        assert!(
+            it.any(|p| p == v),
+            "verdicts {path:?} do not pass {want:?} in order"
+        );
+    }
+    assert_eq!(w.fencer.offs(), 1, "one power-off");
+    for id in ["a", "b", "c"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+        let srv = w.nova.get(id);
+        assert_eq!(srv.status, ServerStatus::Active);
+        assert_ne!(srv.host.as_deref(), Some("compute1"));
+    }
+    let svc = w.nova.service_of("compute1");
+    assert!(!svc.enabled && svc.forced_down, "{svc:?}");
+    let reason = svc.disabled_reason.unwrap_or_default();
+    assert!(reason.starts_with("vigil:"), "{reason}");
+    // Fence confirmed before the first Nova change that lets evacuation go.
+    let calls = w.calls();
+    let off = calls
+        .iter()
+        .position(|c| c.starts_with("power_off"))
+        .expect("power_off");
+    let down = calls
+        .iter()
+        .position(|c| c.starts_with("forced_down compute1 true"))
+        .expect("forced_down");
+    let first_evac = calls
+        .iter()
+        .position(|c| c.starts_with("evacuate"))
+        .expect("evacuate");
+    assert!(off < down && down < first_evac, "{calls:?}");
+
+    let list = incidents(&s).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].state, "completed");
+    let inc = incident(&s, &list[0].id).await;
+    let ends = steps(&inc, "end");
+    for want in [
+        "self_check:decider ok",
+        "disable_service:compute1 ok",
+        "power_off:fake bmc-compute1 ok",
+        "confirm_off:fake bmc-compute1 ok",
+        "force_down:compute1 ok",
+        "select_instances:compute1 ok",
+        "evacuate:a ok",
+        "verify:a ok",
+    ] {
+        assert!(
+            ends.contains(&want.to_string()),
+            "{want} missing from {ends:?}"
+        );
+    }
+    assert!(inc.timeline.iter().all(|t| t.at_unix_ms > 0));
+    assert_eq!(inc.instances.len(), 3);
+    assert!(inc
+        .instances
+        .iter()
+        .all(|i| i.status == "evacuated" && i.attempts == 1 && !i.to_host.is_empty()));
+    let evidence: serde_json::Value =
+        serde_json::from_str(&inc.evidence_json).expect("evidence JSON");
+    assert_eq!(evidence["verdict"], "dead", "{evidence}");
+    assert_eq!(evidence["opinions"]["sensor"], "dead", "{evidence}");
+
+    until("notifications", Duration::from_secs(5), async || {
+        let k = w.notifier.kinds();
+        (k.contains(&"incident-opened")
+            && k.contains(&"node-fenced")
+            && k.contains(&"evacuation-finished"))
+        .then_some(())
+    })
+    .await;
+
+    // The node comes back with a new boot id: the incident is marked
+    // recovered and the node is judged by its evidence again. Its service
+    // stays disabled by Vigil ("vigil:" reason), which is not maintenance.
+    w.thaw("compute1");
+    let _s1 = Sensor::start(&s, "compute1", "boot-1b").await;
+    wait_verdict(&s, "compute1", "healthy", Duration::from_secs(10)).await;
+    let j = SqliteJournal::open(&w.journal_path()).expect("journal");
+    let last = j
+        .latest_for_node("compute1")
+        .await
+        .expect("read")
+        .expect("incident");
+    assert!(last.recovered_at.is_some(), "{last:?}");
+    assert_eq!(w.fencer.offs(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bmc_that_fails_stops_in_needs_attention_until_an_operator_confirms() {
+    let w = World::new(Bmc::Refuses, &["a", "b"]);
+    let s = w.start(Mode::Live, None).await;
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    wait_verdict(&s, "compute1", "needs-attention", Duration::from_secs(15)).await;
+    assert_eq!(w.nova.calls_starting("evacuate"), 0, "{:?}", w.calls());
+    assert_eq!(w.nova.calls_starting("forced_down"), 0, "{:?}", w.calls());
+    let list = incidents(&s).await;
+    assert_eq!(list[0].state, "needs-attention");
+    until("a page", Duration::from_secs(5), async || {
+        w.notifier
+            .kinds()
+            .contains(&"needs-attention")
+            .then_some(())
+    })
+    .await;
+
+    // Write calls need the operator token.
+    let mut op = operator(&s).await;
+    let req = v1::ConfirmPowerOffRequest {
+        node: "compute1".into(),
+        operator: "alice".into(),
+        reason: "pulled the power cords".into(),
+    };
+    let e = op
+        .confirm_power_off(req.clone())
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = op
+        .confirm_power_off(with_token(req.clone(), "wrong-token-0123456789"))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = op
+        .confirm_power_off(with_token(
+            v1::ConfirmPowerOffRequest {
+                node: "compute2".into(),
+                ..req.clone()
+            },
+            OPERATOR,
+        ))
+        .await
+        .expect_err("no incident on compute2");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let ok = op
+        .confirm_power_off(with_token(req, OPERATOR))
+        .await
+        .expect("confirmed")
+        .into_inner();
+    assert_eq!(ok.incident_id, list[0].id);
+
+    wait_verdict(&s, "compute1", "recovered", Duration::from_secs(15)).await;
+    for id in ["a", "b"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+    }
+    let inc = incident(&s, &ok.incident_id).await;
+    assert_eq!(inc.state, "completed");
+    assert!(
+        inc.timeline
+            .iter()
+            .any(|t| t.step == "operator-confirmed-off" && t.detail.contains("alice")),
+        "{:?}",
+        inc.timeline
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_journals_every_call_and_makes_none() {
+    let w = World::new(Bmc::Works, &["a", "b"]);
+    let s = w.start(Mode::DryRun, None).await;
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    let id = until("a dry-run incident", Duration::from_secs(15), async || {
+        incidents(&s)
+            .await
+            .into_iter()
+            .find(|i| i.state == "dry-run")
+            .map(|i| i.id)
+    })
+    .await;
+    assert!(
+        w.mutations().is_empty(),
+        "dry run changed: {:?}",
+        w.mutations()
+    );
+    assert_eq!(w.fencer.offs(), 0);
+    let inc = incident(&s, &id).await;
+    assert!(inc.dry_run);
+    let ends = steps(&inc, "end");
+    for want in [
+        "disable_service:compute1 dry-run",
+        "power_off:fake bmc-compute1 dry-run",
+        "confirm_off:fake bmc-compute1 dry-run",
+        "force_down:compute1 dry-run",
+        "evacuate:a dry-run",
+        "evacuate:b dry-run",
+    ] {
+        assert!(
+            ends.contains(&want.to_string()),
+            "{want} missing from {ends:?}"
+        );
+    }
+    // Nothing was fenced: the verdict stays dead, and no second incident
+    // follows while it does.
+    assert_eq!(verdict(&s, "compute1").await, "dead");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(incidents(&s).await.len(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn maintenance_is_never_acted_on() {
+    let w = World::new(Bmc::Works, &["a"]);
+    w.nova.set_service("compute1", |s| {
+        s.enabled = false;
+        s.disabled_reason = Some("operator: replacing a disk".into());
+    });
+    let s = w.start(Mode::Live, None).await;
+    let s1 = Sensor::start(&s, "compute1", "boot-1").await;
+    let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
+    wait_verdict(&s, "compute1", "maintenance", Duration::from_secs(10)).await;
+    drop(s1);
+    w.freeze("compute1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(verdict(&s, "compute1").await, "maintenance");
+    assert!(incidents(&s).await.is_empty());
+    assert!(w.mutations().is_empty(), "{:?}", w.mutations());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_storm_refusal_acts_on_nothing_and_pages_once() {
+    let w = World::new(Bmc::Works, &["a"]);
+    // storm_max_dead = 0: any dead node is "too many".
+    let s = {
+        let cfg = {
+            let mut c = w.config();
+            if let Some(r) = c.recovery.as_mut() {
+                r.guards.storm_max_dead = 0;
+            }
+            c
+        };
+        let tokens = cfg.validate().expect("valid");
+        let mut levels = BTreeMap::new();
+        levels.insert(
+            "compute1".to_string(),
+            vec![FenceLevel {
+                fencer: w.fencer.clone(),
+                deadline: Duration::from_secs(5),
+                storage_fence: false,
+            }],
+        );
+        let parts = RecoveryParts {
+            config: cfg.recovery.clone().expect("recovery"),
+            mode: Mode::Live,
+            levels,
+            notifiers: vec![w.notifier.clone() as Arc<dyn Notifier>],
+            journal: Arc::new(SqliteJournal::open(&w.journal_path()).expect("journal")),
+            clock: w.clock.clone(),
+            nova: Arc::new(LazyNova::connected(w.nova.clone())),
+            prober: None,
+            reference_addresses: vec![],
+            probe_timeout: Duration::from_secs(1),
+            nova_timeout: Duration::from_secs(5),
+        };
+        Server::start(
+            cfg,
+            tokens,
+            Witnesses {
+                nova: Some(w.mirror.clone()),
+                prober: None,
+                recovery: Some(parts),
+            },
+        )
+        .await
+        .expect("start")
+    };
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    let inc = until("a refused incident", Duration::from_secs(15), async || {
+        incidents(&s)
+            .await
+            .into_iter()
+            .find(|i| i.state == "aborted")
+    })
+    .await;
+    let d = incident(&s, &inc.id).await;
+    assert!(
+        d.timeline.iter().any(|t| t.detail.contains("storm guard")),
+        "{:?}",
+        d.timeline
+    );
+    until("a page", Duration::from_secs(5), async || {
+        w.notifier
+            .kinds()
+            .contains(&"needs-attention")
+            .then_some(())
+    })
+    .await;
+    assert!(w.mutations().is_empty(), "{:?}", w.mutations());
+    assert_eq!(
+        incidents(&s).await.len(),
+        1,
+        "one refusal recorded, not one per announcement"
+    );
+    s.shutdown().await;
+}
+
+/// The decider "dies" after each n-th journal write in turn (its journal
+/// fails from then on, so nothing after that point happens), then a new
+/// decider starts on the same journal, Nova and BMC: the incident completes
+/// with exactly one power-off and one evacuate per instance.
+#[tokio::test]
+async fn a_decider_restarted_after_any_step_completes_with_one_fence_and_one_evacuate_each() {
+    // Count the writes of an uninterrupted run first.
+    let total = {
+        let w = World::new(Bmc::Works, &["a", "b"]);
+        let counting = Arc::new(CrashingJournal {
+            inner: Arc::new(SqliteJournal::open(&w.journal_path()).expect("journal")),
+            budget: i64::MAX.into(),
+        });
+        let s = w.start(Mode::Live, Some(counting.clone())).await;
+        let (s1, _s2) = healthy_pair(&w, &s).await;
+        drop(s1);
+        w.freeze("compute1");
+        wait_verdict(&s, "compute1", "recovered", Duration::from_secs(15)).await;
+        s.shutdown().await;
+        i64::MAX - counting.budget.load(Ordering::SeqCst)
+    };
+    assert!(
+        total > 10,
+        "a run journals more than 10 writes, saw {total}"
+    );
+    // The last write ends the run: a crash after it is no crash.
+    let budgets: Vec<i64> = (1..total).collect();
+    for budget in budgets {
+        eprintln!("decider dies after journal write {budget} of {total}");
+        let w = World::new(Bmc::Works, &["a", "b"]);
+        let crashing = Arc::new(CrashingJournal {
+            inner: Arc::new(SqliteJournal::open(&w.journal_path()).expect("journal")),
+            budget: budget.into(),
+        });
+        let s = w.start(Mode::Live, Some(crashing.clone())).await;
+        let (s1, s2) = healthy_pair(&w, &s).await;
+        drop(s1);
+        w.freeze("compute1");
+        until(
+            &format!("the journal to stop after {budget} writes"),
+            Duration::from_secs(15),
+            async || (crashing.budget.load(Ordering::SeqCst) < 0).then_some(()),
+        )
+        .await;
+        drop(s2);
+        s.shutdown().await;
+
+        let s = w.start(Mode::Live, None).await;
+        let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
+        wait_verdict(&s, "compute1", "recovered", Duration::from_secs(20)).await;
+        assert_eq!(w.fencer.offs(), 1, "budget {budget}: {:?}", w.calls());
+        for id in ["a", "b"] {
+            assert_eq!(
+                w.nova.evacuate_calls(id),
+                1,
+                "budget {budget}: evacuations of {id}: {:?}",
+                w.calls()
+            );
+        }
+        let j = SqliteJournal::open(&w.journal_path()).expect("journal");
+        let list = j.list(10).await.expect("list");
+        assert_eq!(list.len(), 1, "budget {budget}: one incident: {list:?}");
+        assert_eq!(list[0].status, IncidentStatus::Completed);
+        let d = j.get(&list[0].id).await.expect("incident");
+        assert!(d
+            .steps
+            .iter()
+            .any(|st| st.kind == StepKind::ConfirmOff && st.outcome == Some(StepOutcome::Ok)));
+        s.shutdown().await;
+    }
+}
