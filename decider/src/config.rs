@@ -626,6 +626,83 @@ report_interval = "10s"
     }
 
     #[test]
+    fn recovery_section_parses_and_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let op = token_file(dir.path(), "operator", "operator-token-0123456789\n");
+        let text = format!(
+            r#"
+[server]
+operator_token_file = "{}"
+[recovery]
+dry_run = true
+[recovery.journal]
+path = "/tmp/vigil-journal.sqlite"
+[recovery.fencing.nodes.compute1]
+levels = [
+  {{ kind = "redfish", url = "http://198.51.100.1:8001", system_id = "compute1", username = "admin", password = {{ file = "/etc/vigil/bmc" }} }},
+  {{ kind = "ipmi", host = "198.51.100.1", port = 9001, username = "admin", password = {{ env = "BMC_PW" }}, cipher_suite = 3 }},
+]
+[recovery.notify.webhook]
+url = "http://198.51.100.1:8099/"
+secret = {{ file = "/etc/vigil/hook.key" }}
+"#,
+            op.display()
+        );
+        let c = Config::parse(&text, Path::new("d.toml")).expect("parse");
+        let tokens = c.validate().expect("valid");
+        assert_eq!(
+            tokens.operator.as_ref().map(Secret::expose),
+            Some("operator-token-0123456789")
+        );
+        let r = c.recovery.as_ref().expect("recovery");
+        assert!(r.dry_run);
+        assert_eq!(r.fencing.nodes["compute1"].levels.len(), 2);
+
+        // Unknown keys inside [recovery] are named.
+        let e = Config::parse(
+            "[recovery.evacuation]\nconcurency = 2\n",
+            Path::new("d.toml"),
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("concurency"), "{e}");
+        // Values serde cannot check carry the recovery. prefix.
+        let mut c = Config::default();
+        let mut r = vigil_recovery::config::RecoveryConfig::default();
+        r.evacuation.concurrency = 0;
+        c.recovery = Some(r);
+        assert_eq!(
+            c.validate().expect_err("zero").to_string(),
+            "config key recovery.evacuation.concurrency: must be at least 1"
+        );
+        // Recovery acts through Nova.
+        let mut c = Config::default();
+        c.recovery = Some(Default::default());
+        c.nova.enabled = false;
+        assert!(c
+            .validate()
+            .expect_err("no nova")
+            .to_string()
+            .contains("nova.enabled"));
+        // The policy must read Vigil's own disable reason as Vigil's.
+        let mut c = Config::default();
+        c.recovery = Some(Default::default());
+        c.policy.maintenance.vigil_reason_prefix = "auto:".into();
+        assert!(c
+            .validate()
+            .expect_err("prefix")
+            .to_string()
+            .contains("vigil_reason_prefix"));
+    }
+
+    #[test]
+    fn vigils_own_disable_reason_is_not_maintenance_by_default() {
+        let reason = vigil_recovery::workflow::disable_reason(
+            &vigil_recovery::journal::IncidentId("42".into()),
+        );
+        assert!(reason.starts_with(&Policy::default().maintenance.vigil_reason_prefix));
+    }
+
+    #[test]
     fn enrolment_needs_a_token() {
         let mut c = Config::default();
         c.enrolment.enabled = true;

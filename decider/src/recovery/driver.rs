@@ -189,6 +189,17 @@ impl Driver {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Connect to Nova now (Keystone token, microversions), so the first
+        // incident does not pay for it between `dead` and its first action.
+        // A Nova that is down now is tried again when an incident needs it.
+        {
+            let nova = self.parts.nova.clone();
+            tokio::spawn(async move {
+                if let Err(e) = nova.ready().await {
+                    warn!(error = %vigil_recovery::fence::error_chain(&e), "recovery cannot reach Nova yet; it connects again when an incident needs it");
+                }
+            });
+        }
         self.resume_open().await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -446,6 +457,24 @@ impl Driver {
         match end.result {
             Ok(o) => {
                 info!(node = %node, incident = %o.incident, status = ?o.status, reason = ?o.reason, instances = o.instances.len(), "recovery run ended");
+                // A node that came back before its evacuation finished is
+                // handed back to the evidence now that the incident is closed.
+                if o.status == IncidentStatus::Completed {
+                    let back = matches!(
+                        self.parts.journal.latest_for_node(&node).await,
+                        Ok(Some(l)) if l.id == o.incident && l.recovered_at.is_some()
+                    );
+                    if back {
+                        let reason = format!(
+                            "{node} came back during incident {}; judged by evidence again",
+                            o.incident
+                        );
+                        if let Err(e) = self.engine.step(&node, WorkflowStep::Release, reason).await
+                        {
+                            warn!(node = %node, error = %e, "cannot release the node to the evidence");
+                        }
+                    }
+                }
                 if o.status.is_open() && confirmed_meanwhile {
                     self.spawn(
                         node,
