@@ -675,8 +675,10 @@ secret = {{ file = "/etc/vigil/hook.key" }}
             "config key recovery.evacuation.concurrency: must be at least 1"
         );
         // Recovery acts through Nova.
-        let mut c = Config::default();
-        c.recovery = Some(Default::default());
+        let mut c = Config {
+            recovery: Some(Default::default()),
+            ..Default::default()
+        };
         c.nova.enabled = false;
         assert!(c
             .validate()
@@ -684,8 +686,10 @@ secret = {{ file = "/etc/vigil/hook.key" }}
             .to_string()
             .contains("nova.enabled"));
         // The policy must read Vigil's own disable reason as Vigil's.
-        let mut c = Config::default();
-        c.recovery = Some(Default::default());
+        let mut c = Config {
+            recovery: Some(Default::default()),
+            ..Default::default()
+        };
         c.policy.maintenance.vigil_reason_prefix = "auto:".into();
         assert!(c
             .validate()
