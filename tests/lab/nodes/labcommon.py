@@ -54,12 +54,14 @@ RECEIVERS_DIR = STATE / "receivers"
 MGMT_BRIDGE = "vlab-mgmt"
 INST_BRIDGE = "vlab-inst"
 HOST_MGMT_IP = "198.51.100.1"
-HOST_INST_IP = "203.0.113.1"
+# Not 203.0.113.0/24: on this kind of machine the package registries resolve
+# into that range, and a lab route for it cuts every download (CONTRACT.md).
+HOST_INST_IP = "198.18.0.1"
 PREFIX = 24
 DECIDER_URL = f"http://{HOST_MGMT_IP}:50051"
 SMTP_PORT = 2525
 WEBHOOK_PORT = 8099
-# Node N uses 198.51.100.(10+N) and 203.0.113.(10+N); instance addresses start
+# Node N uses 198.51.100.(10+N) and 198.18.0.(10+N); instance addresses start
 # at .100, so N stays well below 90.
 MAX_NODES = 20
 
@@ -99,7 +101,7 @@ class Node:
         self.host_mgmt_if = f"vlab-m{self.index}"
         self.host_inst_if = f"vlab-i{self.index}"
         self.mgmt_ip = f"198.51.100.{10 + self.index}"
-        self.inst_ip = f"203.0.113.{10 + self.index}"
+        self.inst_ip = f"198.18.0.{10 + self.index}"
         self.cgroup_rel = f"/vigil-lab/{name}"
         self.cgroup = CGROUP_PARENT / name
         self.state = STATE / "nodes" / name

@@ -47,6 +47,15 @@ def net_up():
         # the bridges free of router solicitations and DAD chatter.
         _sysctl(f"net.ipv6.conf.{br}.disable_ipv6", 1)
         have = lc.run(["ip", "-4", "-o", "addr", "show", "dev", br]).stdout
+        for line in have.splitlines():
+            parts = line.split()
+            cidr = parts[parts.index("inet") + 1] if "inet" in parts else None
+            if cidr and cidr != f"{ip}/{lc.PREFIX}":
+                # A lab bridge carries exactly the contract's address: an old
+                # one (e.g. 203.0.113.1/24 from before the contract moved the
+                # instance network) would route real traffic into the lab.
+                lc.run(["ip", "addr", "del", cidr, "dev", br])
+                done.append(f"removed stale {cidr} from {br}")
         if f"{ip}/{lc.PREFIX}" not in have:
             lc.run(["ip", "addr", "add", f"{ip}/{lc.PREFIX}", "dev", br])
             done.append(f"{ip}/{lc.PREFIX} on {br}")
