@@ -838,3 +838,32 @@ async fn a_decider_restarted_after_any_step_completes_with_one_fence_and_one_eva
         s.shutdown().await;
     }
 }
+
+/// A decider restarted after a completed recovery, with the node still off,
+/// shows it `recovered` again (no second incident for a node already fenced
+/// and emptied), and releases it when it boots.
+#[tokio::test]
+async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
+    let w = World::new(Bmc::Works, &["a"]);
+    let s = w.start(Mode::Live, None).await;
+    let (s1, s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    wait_verdict(&s, "compute1", "recovered", Duration::from_secs(15)).await;
+    drop(s2);
+    s.shutdown().await;
+
+    let s = w.start(Mode::Live, None).await;
+    let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
+    wait_verdict(&s, "compute1", "recovered", Duration::from_secs(5)).await;
+    // Long enough for the node to be judged dead from its evidence.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(verdict(&s, "compute1").await, "recovered");
+    assert_eq!(incidents(&s).await.len(), 1);
+    assert_eq!(w.fencer.offs(), 1);
+
+    w.thaw("compute1");
+    let _s1 = Sensor::start(&s, "compute1", "boot-1b").await;
+    wait_verdict(&s, "compute1", "healthy", Duration::from_secs(10)).await;
+    s.shutdown().await;
+}

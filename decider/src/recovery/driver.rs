@@ -301,12 +301,12 @@ impl Driver {
         if self.handled.contains(&node) {
             // One incident per dead episode; only one refused before any
             // action is tried again, after a pause.
-            let retry = matches!(&last, Some(l) if l.status == IncidentStatus::Aborted
+            let due = matches!(&last, Some(l) if l.status == IncidentStatus::Aborted
                 && l.closed_at.is_some_and(|c| now >= c.plus(self.parts.config.guards.retry_after_abort)));
-            if !retry {
+            if !due || !self.self_check_failed(last.as_ref()).await {
                 return;
             }
-            info!(node = %node, "node still dead after a refused incident: trying again");
+            info!(node = %node, "node still dead after its incident was refused by the self-check: trying again");
         }
         let known = self
             .engine
@@ -343,6 +343,20 @@ impl Driver {
             Err(e) => {
                 error!(node = %node, error = %e, "cannot read the journal; not acting on a dead node without it")
             }
+        }
+    }
+
+    /// Whether `last` was refused because the decider's self-check failed:
+    /// the one refusal worth trying again (the decider's own blind spot
+    /// passes). A maintenance refusal stays refused until the node lives.
+    async fn self_check_failed(&self, last: Option<&IncidentSummary>) -> bool {
+        let Some(last) = last else { return false };
+        match self.parts.journal.get(&last.id).await {
+            Ok(d) => d.steps.iter().any(|s| {
+                s.kind == vigil_recovery::journal::StepKind::SelfCheck
+                    && s.outcome == Some(vigil_recovery::journal::StepOutcome::Failed)
+            }),
+            Err(_) => false,
         }
     }
 
@@ -600,6 +614,32 @@ impl Driver {
                 return;
             }
         };
+        // Nodes whose last incident completed while they stay off: back to
+        // `recovered` (not a fresh `dead`, which would open a second incident
+        // for a node already fenced and emptied).
+        let names: Vec<String> = self
+            .engine
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for node in names {
+            let Ok(Some(l)) = self.parts.journal.latest_for_node(&node).await else {
+                continue;
+            };
+            if l.status == IncidentStatus::Completed && l.recovered_at.is_none() && !l.dry_run {
+                let reason = format!(
+                    "recovered: incident {} completed; the node has not come back since",
+                    l.id
+                );
+                if let Err(e) = self.engine.force(&node, Verdict::Recovered, reason).await {
+                    warn!(node = %node, error = %e, "cannot restore the node's recovered verdict");
+                }
+                self.handled.insert(node);
+            }
+        }
         for s in open {
             let node = s.node.clone();
             if self.engine.verdict(&node).is_none() {
