@@ -3,6 +3,8 @@
 //! Figures, not pass/fail: this machine is noisy, so each benchmark measures
 //! its baseline in the same run and reports ratios beside absolute numbers.
 
+mod recovery;
+
 use std::process::Command;
 
 use anyhow::{bail, Result};
@@ -53,6 +55,6 @@ fn decider(args: &[String]) -> Result<()> {
     cmd::run(c.args(args))
 }
 
-fn recovery(_args: &[String]) -> Result<()> {
-    bail!("bench recovery: not yet implemented (issue 7)")
+fn recovery(args: &[String]) -> Result<()> {
+    recovery::run(args)
 }

@@ -14,6 +14,9 @@ pub struct Figures {
     pub dead_ms: Option<i64>,
     /// The BMC read the power back off (the confirm_off step ended ok).
     pub fenced_ms: Option<i64>,
+    /// Nova accepted `forced_down` (the force_down step ended ok): where a
+    /// hand evacuation starts its clock.
+    pub forced_down_ms: Option<i64>,
     /// The first evacuate call was made.
     pub first_evacuate_ms: Option<i64>,
     /// The last selected server was seen at its expected status elsewhere;
@@ -44,6 +47,10 @@ impl Figures {
             .filter(|s| s["outcome"] == "ok")
             .filter_map(|s| s["ended_at"].as_i64())
             .min();
+        let forced_down_ms = steps(inc, "force_down")
+            .filter(|s| s["outcome"] == "ok")
+            .filter_map(|s| s["ended_at"].as_i64())
+            .min();
         let first_evacuate_ms = steps(inc, "evacuate")
             .filter_map(|s| s["began_at"].as_i64())
             .min();
@@ -62,6 +69,7 @@ impl Figures {
             cut_ms,
             dead_ms,
             fenced_ms,
+            forced_down_ms,
             first_evacuate_ms,
             all_moved_ms,
             selected: instances.len(),
