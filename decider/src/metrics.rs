@@ -57,6 +57,11 @@ impl RejectReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub reason: String,
 }
@@ -74,6 +79,10 @@ pub struct Metrics {
     pub nova_poll_seconds: Histogram,
     pub nova_poll_errors: Counter,
     pub storm_guard_active: Gauge,
+    /// Recovery runs that ended, by the incident's status then.
+    pub recovery_runs: Family<StatusLabels, Counter>,
+    pub recovery_active: Gauge,
+    pub recovery_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -137,7 +146,28 @@ impl Metrics {
             "1 while the storm guard holds dead nodes",
             storm_guard_active.clone(),
         );
+        let recovery_runs = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "recovery_runs",
+            "Recovery workflow runs that ended, by incident status (completed, needs-attention, aborted, dry-run, open = stopped by the journal)",
+            recovery_runs.clone(),
+        );
+        let recovery_active = Gauge::default();
+        registry.register(
+            "recovery_active",
+            "Recovery workflow runs in progress",
+            recovery_active.clone(),
+        );
+        let recovery_refused = Counter::default();
+        registry.register(
+            "recovery_refused",
+            "Dead nodes the recovery guards refused (storm, cooldown)",
+            recovery_refused.clone(),
+        );
         Metrics {
+            recovery_runs,
+            recovery_active,
+            recovery_refused,
             registry,
             verdict,
             heartbeat_age,

@@ -143,6 +143,7 @@ impl Server {
                         events: handle.events.clone(),
                         nodes: handle.nodes.clone(),
                     },
+                    metrics.clone(),
                 );
                 let s = shutdown.clone();
                 tasks.spawn(async move {

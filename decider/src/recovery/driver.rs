@@ -17,6 +17,7 @@
 //! Runs end in the journal; the driver only logs them, pages on a vetoed
 //! fence, and retries runs that stopped because the journal failed.
 
+use crate::metrics::{Metrics, StatusLabels};
 use crate::recovery::reporter::{EngineLink, Reporter};
 use crate::recovery::self_check::DeciderSelfCheck;
 use crate::recovery::setup::RecoveryParts;
@@ -124,6 +125,7 @@ const JOURNAL_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Driver {
     parts: RecoveryParts,
+    metrics: Arc<Metrics>,
     engine: EngineLink,
     guards: Guards,
     /// The workflow over the plain journal, for calls outside a run
@@ -147,7 +149,7 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(parts: RecoveryParts, engine: EngineLink) -> Self {
+    pub fn new(parts: RecoveryParts, engine: EngineLink, metrics: Arc<Metrics>) -> Self {
         let dispatcher = Dispatcher::new(
             parts.notifiers.clone(),
             RetryPolicy::from_config(&parts.config.notify),
@@ -165,6 +167,7 @@ impl Driver {
             Settings::from(&parts.config),
         );
         Driver {
+            metrics,
             guards: Guards::new(parts.config.guards.clone()),
             parts,
             engine,
@@ -332,6 +335,7 @@ impl Driver {
                 );
             }
             Ok(Admission::Refuse { reason, page }) => {
+                self.metrics.recovery_refused.inc();
                 if self.refusals.get(&node) != Some(&reason) {
                     warn!(node = %node, reason = %reason, "recovery refused");
                     self.refusals.insert(node.clone(), reason.clone());
@@ -467,6 +471,18 @@ impl Driver {
     async fn on_run_end(&mut self, end: RunEnd) {
         let node = end.node;
         self.running.remove(&node);
+        self.metrics.recovery_active.set(self.running.len() as i64);
+        let status = match &end.result {
+            Ok(o) => serde_json::to_value(o.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            Err(_) => "open".to_string(),
+        };
+        self.metrics
+            .recovery_runs
+            .get_or_create(&StatusLabels { status })
+            .inc();
         let confirmed_meanwhile = self.resume_after_run.remove(&node);
         match end.result {
             Ok(o) => {
@@ -719,6 +735,7 @@ impl Driver {
         let recovery = Recovery::new(edges, Settings::from(&self.parts.config));
         let levels = self.parts.levels.get(&node).cloned().unwrap_or_default();
         self.running.insert(node.clone());
+        self.metrics.recovery_active.set(self.running.len() as i64);
         self.retry_at.remove(&node);
         self.tasks.spawn(async move {
             let result = match kind {
