@@ -64,6 +64,12 @@ pub struct ClientOptions {
     pub renew_before: Duration,
     /// `limit` for paged listings.
     pub page_size: u32,
+    /// Deadline for one `PUT os-services` (disable, enable, force down).
+    /// Nova answers those in tens of ms, except when it still counts a dead
+    /// compute as up: it then saves the change and calls the compute over
+    /// RPC, answering only after `rpc_response_timeout` (60 s). Past this
+    /// deadline the client reads the service back instead of waiting.
+    pub service_update_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -75,6 +81,7 @@ impl Default for ClientOptions {
             max_microversion: Microversion::TESTED_MAX,
             renew_before: Duration::from_secs(300),
             page_size: 500,
+            service_update_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -194,6 +201,8 @@ struct Req {
     body: Option<Value>,
     /// Safe to send again after a timeout or 5xx (GET, PUT of a state).
     idempotent: bool,
+    /// Overrides the client's request timeout.
+    timeout: Option<Duration>,
 }
 
 impl Req {
@@ -207,6 +216,7 @@ impl Req {
             mv: None,
             body: None,
             idempotent: true,
+            timeout: None,
         }
     }
 
@@ -364,6 +374,7 @@ impl NovaClient {
             body: Some(token_request_body(&cfg.auth)),
             // Issuing a token has no side effect worth guarding.
             idempotent: true,
+            timeout: None,
         };
         let reply = self.exchange(&req, None).await?;
         if reply.status != StatusCode::CREATED && !reply.status.is_success() {
@@ -446,6 +457,9 @@ impl NovaClient {
             }
             if let Some(body) = &req.body {
                 rb = rb.json(body);
+            }
+            if let Some(t) = req.timeout {
+                rb = rb.timeout(t);
             }
             let started = Instant::now();
             let outcome = match rb.send().await {
@@ -883,6 +897,14 @@ impl NovaClient {
 
     /// Disables the service with a reason (`PUT /os-services/{id}` from
     /// 2.53, `PUT /os-services/disable-log-reason` before).
+    ///
+    /// Measured on Nova 2025.1: while Nova still counts the compute as up
+    /// (its last report younger than `service_down_time`, e.g. seconds after
+    /// a power loss), Nova saves the change and then waits on an RPC to the
+    /// dead compute for `rpc_response_timeout` (60 s) before answering. The
+    /// client gives up waiting after `service_update_timeout` and reads the
+    /// service back: `Ok` once it shows disabled with this reason. (Setting
+    /// `forced_down` first avoids the RPC altogether.)
     pub async fn disable_service(
         &self,
         svc: &ComputeService,
@@ -939,11 +961,15 @@ impl NovaClient {
         body: Value,
         legacy_action: &str,
     ) -> Result<(), NovaError> {
-        let req = if mv >= Microversion::V2_53 {
-            Req::get(op, format!("/os-services/{}", seg(&svc.id))).with(Method::PUT, body, true)
+        let mut req = if mv >= Microversion::V2_53 {
+            Req::get(op, format!("/os-services/{}", seg(&svc.id))).with(
+                Method::PUT,
+                body.clone(),
+                true,
+            )
         } else {
             // Before 2.53 services are addressed by host + binary.
-            let mut b = body;
+            let mut b = body.clone();
             if let Some(o) = b.as_object_mut() {
                 o.remove("status");
                 o.insert("host".into(), json!(svc.host));
@@ -951,9 +977,69 @@ impl NovaClient {
             }
             Req::get(op, format!("/os-services/{legacy_action}")).with(Method::PUT, b, true)
         };
-        self.call(req.mv(mv).target(format!("host {}", svc.host)))
-            .await
-            .map(|_| ())
+        req = req.mv(mv).target(format!("host {}", svc.host));
+        req.timeout = Some(self.inner.opts.service_update_timeout);
+        // One try per round: on a timeout or 5xx, Nova has usually saved the
+        // change already (it saves before the RPC to the compute), so read it
+        // back rather than resend blindly.
+        req.idempotent = false;
+        let policy = self.inner.opts.retry.clone();
+        let rounds = policy.attempts.max(1);
+        let mut round = 0;
+        loop {
+            round += 1;
+            let err = match self.call(clone_req(&req)).await {
+                Ok(_) => return Ok(()),
+                Err(e @ NovaError::Unreachable { .. }) => e,
+                Err(e) => return Err(e),
+            };
+            match self.service_matches(svc, &body).await {
+                Ok(true) => {
+                    tracing::info!(op, host = %svc.host, error = %err,
+                        "nova did not answer in time, but the service reads back as updated");
+                    return Ok(());
+                }
+                Ok(false) | Err(_) if round < rounds => {
+                    tokio::time::sleep(policy.backoff(round)).await;
+                }
+                _ => {
+                    return Err(match err {
+                        NovaError::Unreachable { op, url, cause, .. } => NovaError::Unreachable {
+                            op,
+                            url,
+                            attempts: round,
+                            outcome_unknown: false,
+                            cause: format!(
+                                "{cause}; reading the service back did not confirm the update"
+                            ),
+                        },
+                        other => other,
+                    })
+                }
+            }
+        }
+    }
+
+    /// True when the service (by id, else by host) shows every field of
+    /// `want` (`status`, `disabled_reason`, `forced_down`).
+    async fn service_matches(&self, svc: &ComputeService, want: &Value) -> Result<bool, NovaError> {
+        let now = self.list_compute_services().await?;
+        let Some(cur) = now
+            .iter()
+            .find(|s| s.id == svc.id)
+            .or_else(|| now.iter().find(|s| s.host == svc.host))
+        else {
+            return Ok(false);
+        };
+        let ok = want.as_object().is_some_and(|o| {
+            o.iter().all(|(k, v)| match k.as_str() {
+                "status" => v.as_str() == Some(cur.status.as_str()),
+                "disabled_reason" => v.as_str() == cur.disabled_reason.as_deref(),
+                "forced_down" => v.as_bool() == Some(cur.forced_down),
+                _ => false,
+            })
+        });
+        Ok(ok)
     }
 
     // ------------------------------------------------------------ servers
@@ -1103,6 +1189,7 @@ fn clone_req(r: &Req) -> Req {
         mv: r.mv,
         body: r.body.clone(),
         idempotent: r.idempotent,
+        timeout: r.timeout,
     }
 }
 

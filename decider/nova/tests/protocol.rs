@@ -777,3 +777,71 @@ async fn keystone_down_is_unreachable_not_auth() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn service_update_that_nova_is_slow_to_answer_is_confirmed_by_reading_back() -> R {
+    // Nova saved the disable but waits on an RPC to the dead compute.
+    let s = cloud("2.96", 1).await;
+    let id = "11111111-0000-0000-0000-000000000001";
+    Mock::given(method("PUT"))
+        .and(path(format!("/v2.1/os-services/{id}")))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+        .expect(1)
+        .mount(&s)
+        .await;
+    let mut after = services_doc();
+    after["services"][0]["status"] = json!("disabled");
+    after["services"][0]["disabled_reason"] = json!("vigil: incident 9");
+    Mock::given(method("GET"))
+        .and(path("/v2.1/os-services"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(services_doc()))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/os-services"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(after))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let opts = ClientOptions {
+        service_update_timeout: Duration::from_millis(200),
+        ..fast()
+    };
+    let c = NovaClient::connect(cfg(&s.uri()), opts).await?;
+    let svc = c.list_compute_services().await?.remove(0);
+    let t = Instant::now();
+    c.disable_service(&svc, "vigil: incident 9").await?;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_update_not_confirmed_is_unreachable() -> R {
+    let s = cloud("2.96", 1).await;
+    let id = "11111111-0000-0000-0000-000000000001";
+    Mock::given(method("PUT"))
+        .and(path(format!("/v2.1/os-services/{id}")))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(3)
+        .mount(&s)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/os-services"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(services_doc()))
+        .mount(&s)
+        .await;
+    let c = NovaClient::connect(cfg(&s.uri()), fast()).await?;
+    let svc = c.list_compute_services().await?.remove(0);
+    match c.set_forced_down(&svc, true).await {
+        Err(NovaError::Unreachable {
+            attempts, cause, ..
+        }) => {
+            assert_eq!(attempts, 3);
+            assert!(cause.contains("did not confirm"), "{cause}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    Ok(())
+}
