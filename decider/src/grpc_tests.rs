@@ -70,18 +70,30 @@ fn hb(node: &str, boot: &str, seq: u64) -> v1::SensorMessage {
     }
 }
 
-/// Opens a stream with `token` (or none), sending `first` right away.
+/// A sensor stream's inbound half with its first message already read (a
+/// refusal after the headers arrives as that first message).
+#[derive(Debug)]
+struct Inbound {
+    first: Option<v1::DeciderMessage>,
+    rest: Streaming<v1::DeciderMessage>,
+}
+
+impl Inbound {
+    async fn message(&mut self) -> Result<Option<v1::DeciderMessage>, Status> {
+        match self.first.take() {
+            Some(m) => Ok(Some(m)),
+            None => self.rest.message().await,
+        }
+    }
+}
+
+/// Opens a stream with `token` (or none), sending `first` right away; `Err`
+/// when the decider refuses it, before or after answering the headers.
 async fn open(
     s: &Server,
     token: Option<&str>,
     first: v1::SensorMessage,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<v1::SensorMessage>,
-        Streaming<v1::DeciderMessage>,
-    ),
-    Status,
-> {
+) -> Result<(tokio::sync::mpsc::Sender<v1::SensorMessage>, Inbound), Status> {
     let channel = Channel::from_shared(url(s))
         .expect("url")
         .connect()
@@ -95,8 +107,11 @@ async fn open(
         let v: MetadataValue<_> = format!("Bearer {t}").parse().expect("metadata");
         req.metadata_mut().insert("authorization", v);
     }
-    let inbound = client.stream(req).await?.into_inner();
-    Ok((tx, inbound))
+    let mut rest = client.stream(req).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), rest.message())
+        .await
+        .expect("a first answer within 5 s")?;
+    Ok((tx, Inbound { first, rest }))
 }
 
 async fn operator(s: &Server) -> OperatorClient<Channel> {
@@ -109,7 +124,7 @@ async fn operator(s: &Server) -> OperatorClient<Channel> {
     )
 }
 
-async fn next_ack(inbound: &mut Streaming<v1::DeciderMessage>) -> u64 {
+async fn next_ack(inbound: &mut Inbound) -> u64 {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), inbound.message())
             .await
@@ -327,4 +342,41 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     c.read_to_string(&mut out).await.expect("read response");
     out
+}
+
+/// The real sensor waits for the response headers before it sends its first
+/// heartbeat; the decider must answer the headers without waiting for it
+/// (found in the lab: both sides waited until the first-message timeout).
+#[tokio::test]
+async fn a_sensor_that_waits_for_the_headers_before_its_first_heartbeat_is_served() {
+    let (s, _dir) = start(false).await;
+    let channel = Channel::from_shared(url(&s))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = SensorStreamClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    let v: MetadataValue<_> = format!("Bearer {TOKEN1}").parse().expect("metadata");
+    req.metadata_mut().insert("authorization", v);
+    let mut inbound = tokio::time::timeout(Duration::from_secs(3), client.stream(req))
+        .await
+        .expect("headers answered before any heartbeat")
+        .expect("stream accepted")
+        .into_inner();
+    tx.send(hb("compute1", "boot-a", 1)).await.expect("send");
+    let m = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("an ack within 5 s")
+        .expect("stream ok")
+        .expect("stream open");
+    assert!(
+        matches!(
+            m.kind,
+            Some(v1::decider_message::Kind::Ack(v1::Ack { seq: 1 }))
+        ),
+        "{m:?}"
+    );
+    s.shutdown().await;
 }

@@ -49,6 +49,16 @@ impl Authenticator {
         }
     }
 
+    /// Whether `token` is any configured node's or the enrolment token
+    /// (every one compared, in constant time for a given token length).
+    pub fn knows(&self, token: &str) -> bool {
+        let mut known = subtle::Choice::from(0u8);
+        for s in self.nodes.values().chain(self.enrolment.iter()) {
+            known |= s.expose().as_bytes().ct_eq(token.as_bytes());
+        }
+        bool::from(known)
+    }
+
     /// Checks `token` for `node` in constant time (for a given token length).
     pub fn admit(&self, node: &str, token: &str) -> Result<Admission, Status> {
         let matches = |s: &Secret| bool::from(s.expose().as_bytes().ct_eq(token.as_bytes()));
@@ -199,40 +209,113 @@ impl SensorStream for HeartbeatService {
         let peer = req.remote_addr().map(|a| a.ip());
         let token =
             bearer(&req).inspect_err(|_| self.metrics.reject(RejectReason::Unauthenticated))?;
-        let mut inbound = req.into_inner();
-        // The node names itself in its first heartbeat; the token must be that
-        // node's, so the first message is read before answering.
-        let first = match tokio::time::timeout(self.first_message_timeout, inbound.message()).await
-        {
+        // A token no node and no enrolment knows is refused at once. Which
+        // node it must belong to is known only from the first heartbeat.
+        if !self.auth.knows(&token) {
+            self.metrics.reject(RejectReason::Unauthenticated);
+            warn!(peer = ?peer, "sensor stream rejected: unknown token");
+            return Err(Status::unauthenticated(
+                "the token is no configured node's and not the enrolment token; check the sensor's --token-file",
+            ));
+        }
+        // Answer now and read the first heartbeat afterwards: a client may
+        // (and the sensor does) wait for the response headers before sending
+        // anything, so waiting for its first message here would stall both
+        // sides until the first-message timeout. Refusals after this point
+        // end the stream with their status.
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let task = StreamTask {
+            inbound: req.into_inner(),
+            out_tx,
+            token,
+            peer,
+            stream_id,
+            auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
+            engine: self.engine.clone(),
+            first_message_timeout: self.first_message_timeout,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(task.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// One sensor stream, from its first heartbeat to its end.
+struct StreamTask {
+    inbound: Streaming<v1::SensorMessage>,
+    out_tx: mpsc::Sender<Result<v1::DeciderMessage, Status>>,
+    token: String,
+    peer: Option<std::net::IpAddr>,
+    stream_id: u64,
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
+    engine: EngineHandle,
+    first_message_timeout: Duration,
+    shutdown: Shutdown,
+}
+
+impl StreamTask {
+    /// Reads and checks the first heartbeat (the node names itself there;
+    /// the token must be that node's), registers the stream with the engine,
+    /// then forwards heartbeats until the stream ends.
+    async fn run(self) {
+        let StreamTask {
+            mut inbound,
+            out_tx,
+            token,
+            peer,
+            stream_id,
+            auth,
+            metrics,
+            engine,
+            first_message_timeout,
+            shutdown,
+        } = self;
+        let refuse = |s: Status| {
+            let out_tx = out_tx.clone();
+            async move {
+                let _ = out_tx.send(Err(s)).await;
+            }
+        };
+        let first = match tokio::time::timeout(first_message_timeout, inbound.message()).await {
             Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
+                return refuse(Status::deadline_exceeded(format!(
                     "no heartbeat within {} of opening the stream",
-                    humantime::format_duration(self.first_message_timeout)
+                    humantime::format_duration(first_message_timeout)
                 )))
+                .await
             }
-            Ok(Err(s)) => return Err(receive_error(&self.metrics, s)),
+            Ok(Err(s)) => return refuse(receive_error(&metrics, s)).await,
             Ok(Ok(None)) => {
-                self.metrics.reject(RejectReason::Invalid);
-                return Err(Status::invalid_argument(
+                metrics.reject(RejectReason::Invalid);
+                return refuse(Status::invalid_argument(
                     "stream closed before its first heartbeat",
-                ));
+                ))
+                .await;
             }
-            Ok(Ok(Some(m))) => check_heartbeat(&self.metrics, m)?,
+            Ok(Ok(Some(m))) => match check_heartbeat(&metrics, m) {
+                Ok(hb) => hb,
+                Err(s) => return refuse(s).await,
+            },
         };
         let node = first.node.clone();
-        let admission = self.auth.admit(&node, &token).inspect_err(|s| {
-            let reason = if s.code() == Code::PermissionDenied {
-                RejectReason::UnknownNode
-            } else {
-                RejectReason::Unauthenticated
-            };
-            self.metrics.reject(reason);
-            warn!(node = %node, peer = ?peer, error = %s.message(), "sensor stream rejected");
-        })?;
-        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let (out_tx, out_rx) = mpsc::channel(64);
+        let admission = match auth.admit(&node, &token) {
+            Ok(a) => a,
+            Err(s) => {
+                let reason = if s.code() == Code::PermissionDenied {
+                    RejectReason::UnknownNode
+                } else {
+                    RejectReason::Unauthenticated
+                };
+                metrics.reject(reason);
+                warn!(node = %node, peer = ?peer, error = %s.message(), "sensor stream rejected");
+                return refuse(s).await;
+            }
+        };
         let (replaced_tx, mut replaced_rx) = oneshot::channel();
-        let events = self.engine.events.clone();
+        let events = engine.events.clone();
         let open = Event::StreamOpened {
             node: node.clone(),
             stream_id,
@@ -242,10 +325,10 @@ impl SensorStream for HeartbeatService {
             replaced: replaced_tx,
         };
         if events.send(open).await.is_err() {
-            return Err(Status::unavailable("decider is shutting down"));
+            return refuse(Status::unavailable("decider is shutting down")).await;
         }
         info!(node = %node, stream = stream_id, peer = ?peer, "sensor stream open");
-        let clock = self.engine.clock;
+        let clock = engine.clock;
         let send_hb = move |hb: v1::Heartbeat| Event::Heartbeat {
             node: hb.node.clone(),
             stream_id,
@@ -254,73 +337,70 @@ impl SensorStream for HeartbeatService {
             raw: Arc::new(hb),
         };
         if events.send(send_hb(first)).await.is_err() {
-            return Err(Status::unavailable("decider is shutting down"));
+            return refuse(Status::unavailable("decider is shutting down")).await;
         }
 
-        let metrics = self.metrics.clone();
-        let shutdown = self.shutdown.clone().wait();
+        let shutdown = shutdown.wait();
         let span = tracing::info_span!("sensor_stream", node = %node, stream = stream_id);
-        tokio::spawn(
-            async move {
-                tokio::pin!(shutdown);
-                loop {
-                    let next = tokio::select! {
-                        _ = &mut shutdown => {
-                            let _ = out_tx.send(Ok(v1::DeciderMessage {
-                                kind: Some(v1::decider_message::Kind::Goodbye(v1::Goodbye {
-                                    reason: "decider shutting down".to_string(),
-                                })),
-                            })).await;
+        async move {
+            tokio::pin!(shutdown);
+            loop {
+                let next = tokio::select! {
+                    _ = &mut shutdown => {
+                        let _ = out_tx.send(Ok(v1::DeciderMessage {
+                            kind: Some(v1::decider_message::Kind::Goodbye(v1::Goodbye {
+                                reason: "decider shutting down".to_string(),
+                            })),
+                        })).await;
+                        break;
+                    }
+                    _ = &mut replaced_rx => {
+                        debug!("replaced by a newer stream; closing this one");
+                        break;
+                    }
+                    m = inbound.message() => m,
+                };
+                match next {
+                    Ok(Some(m)) => match check_heartbeat(&metrics, m) {
+                        Ok(hb) if hb.node != node => {
+                            metrics.reject(RejectReason::Invalid);
+                            let _ = out_tx
+                                .send(Err(Status::invalid_argument(format!(
+                                    "this stream belongs to node {node}; a heartbeat named {}",
+                                    hb.node
+                                ))))
+                                .await;
                             break;
                         }
-                        _ = &mut replaced_rx => {
-                            debug!("replaced by a newer stream; closing this one");
-                            break;
+                        Ok(hb) => {
+                            if events.send(send_hb(hb)).await.is_err() {
+                                break;
+                            }
                         }
-                        m = inbound.message() => m,
-                    };
-                    match next {
-                        Ok(Some(m)) => match check_heartbeat(&metrics, m) {
-                            Ok(hb) if hb.node != node => {
-                                metrics.reject(RejectReason::Invalid);
-                                let _ = out_tx
-                                    .send(Err(Status::invalid_argument(format!(
-                                        "this stream belongs to node {node}; a heartbeat named {}",
-                                        hb.node
-                                    ))))
-                                    .await;
-                                break;
-                            }
-                            Ok(hb) => {
-                                if events.send(send_hb(hb)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Err(s) => {
-                                let _ = out_tx.send(Err(s)).await;
-                                break;
-                            }
-                        },
-                        Ok(None) => break,
                         Err(s) => {
-                            let s = receive_error(&metrics, s);
-                            if s.code() == Code::InvalidArgument {
-                                let _ = out_tx.send(Err(s)).await;
-                            }
+                            let _ = out_tx.send(Err(s)).await;
                             break;
                         }
+                    },
+                    Ok(None) => break,
+                    Err(s) => {
+                        let s = receive_error(&metrics, s);
+                        if s.code() == Code::InvalidArgument {
+                            let _ = out_tx.send(Err(s)).await;
+                        }
+                        break;
                     }
                 }
-                let _ = events
-                    .send(Event::StreamClosed {
-                        node: node.clone(),
-                        stream_id,
-                    })
-                    .await;
             }
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+            let _ = events
+                .send(Event::StreamClosed {
+                    node: node.clone(),
+                    stream_id,
+                })
+                .await;
+        }
+        .instrument(span)
+        .await
     }
 }
 
