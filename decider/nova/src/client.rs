@@ -68,7 +68,9 @@ pub struct ClientOptions {
     /// Nova answers those in tens of ms, except when it still counts a dead
     /// compute as up: it then saves the change and calls the compute over
     /// RPC, answering only after `rpc_response_timeout` (60 s). Past this
-    /// deadline the client reads the service back instead of waiting.
+    /// deadline the client reads the service back instead of waiting. Short
+    /// is safe: Nova saves before the RPC, and an update not yet saved is
+    /// simply sent again.
     pub service_update_timeout: Duration,
 }
 
@@ -81,7 +83,7 @@ impl Default for ClientOptions {
             max_microversion: Microversion::TESTED_MAX,
             renew_before: Duration::from_secs(300),
             page_size: 500,
-            service_update_timeout: Duration::from_secs(5),
+            service_update_timeout: Duration::from_secs(2),
         }
     }
 }

@@ -47,10 +47,13 @@ enum Cmd {
     Auth,
     /// List nova-compute services.
     Services,
-    /// List services N times, printing each poll's latency.
+    /// List services N times (or GET one server), printing each poll's latency.
     PollServices {
         #[arg(long, default_value_t = 10)]
         count: u32,
+        /// Poll this server (GET /servers/ID) instead of os-services.
+        #[arg(long)]
+        server: Option<String>,
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
@@ -227,7 +230,11 @@ async fn run(cli: Cli) -> Result<Value, NovaError> {
             })
         }
         Cmd::Services => json!({"services": to_json(&c.list_compute_services().await?)}),
-        Cmd::PollServices { count, interval } => {
+        Cmd::PollServices {
+            count,
+            interval,
+            server,
+        } => {
             c.versions().await?;
             let mut polls = Vec::new();
             for i in 0..count {
@@ -235,8 +242,11 @@ async fn run(cli: Cli) -> Result<Value, NovaError> {
                     tokio::time::sleep(interval).await;
                 }
                 let t = Instant::now();
-                let s = c.list_compute_services().await?;
-                polls.push(json!({"ms": ms(t.elapsed()), "services": s.len()}));
+                let n = match &server {
+                    Some(id) => c.get_server(id).await.map(|_| 1)?,
+                    None => c.list_compute_services().await?.len(),
+                };
+                polls.push(json!({"ms": ms(t.elapsed()), "items": n}));
             }
             let mut lat: Vec<f64> = polls.iter().filter_map(|p| p["ms"].as_f64()).collect();
             lat.sort_by(f64::total_cmp);
