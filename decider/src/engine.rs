@@ -1013,9 +1013,25 @@ fn record_probe(p: &mut PingWitness, r: &PingResult) {
 
 /// Updates one node's Nova witness from its `os-services` entry, measuring how
 /// long `updated_at` has not advanced by comparing with the previous value.
+///
+/// An administrative change (status, disabled reason, forced_down: what an
+/// `os-services` PUT writes) also moves `updated_at`, but says nothing about
+/// nova-compute: such a change keeps the stall clock running. Otherwise the
+/// recovery workflow's own disable of a dead node would read as the node
+/// reporting again and veto the fence it is about to make (seen in the lab).
 fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
+    let admin_change = st.nova_service.as_ref().is_some_and(|prev| {
+        prev.status != svc.status
+            || prev.forced_down != svc.forced_down
+            || prev.disabled_reason != svc.disabled_reason
+    });
     let stalled = match &st.updated_at_seen {
         Some((value, first_seen)) if *value == svc.updated_at => polled_at.since(*first_seen),
+        Some((_, first_seen)) if admin_change => {
+            let first_seen = *first_seen;
+            st.updated_at_seen = Some((svc.updated_at.clone(), first_seen));
+            polled_at.since(first_seen)
+        }
         _ => {
             st.updated_at_seen = Some((svc.updated_at.clone(), polled_at));
             Duration::ZERO
@@ -1043,4 +1059,54 @@ fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
         instances,
     });
     st.nova_service = Some(svc.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(
+        updated_at: &str,
+        status: &str,
+        reason: Option<&str>,
+        forced_down: bool,
+    ) -> ComputeService {
+        ComputeService {
+            id: "svc-1".into(),
+            host: "compute1".into(),
+            state: "up".into(),
+            status: status.into(),
+            forced_down,
+            disabled_reason: reason.map(str::to_string),
+            updated_at: Some(updated_at.into()),
+        }
+    }
+
+    fn stalled(st: &NodeState) -> Duration {
+        match &st.evidence.nova {
+            NovaWitness::Listed(s) => s.updated_at_stalled,
+            other => panic!("not listed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_admin_write_does_not_count_as_nova_compute_reporting() {
+        let t = |s: u64| Moment::from_duration(Duration::from_secs(s));
+        let mut st = NodeState::new("compute1", "default", vec![], false, t(0), 0);
+        apply_service(&mut st, &svc("10:00:00", "enabled", None, false), t(0));
+        apply_service(&mut st, &svc("10:00:00", "enabled", None, false), t(8));
+        assert_eq!(stalled(&st), Duration::from_secs(8));
+        // Vigil disables the dead node: updated_at moves, the stall goes on.
+        let reason = Some("vigil: incident 1: node judged dead");
+        apply_service(&mut st, &svc("10:00:09", "disabled", reason, false), t(9));
+        assert_eq!(stalled(&st), Duration::from_secs(9));
+        apply_service(&mut st, &svc("10:00:09", "disabled", reason, false), t(12));
+        assert_eq!(stalled(&st), Duration::from_secs(12));
+        // forced_down: the same.
+        apply_service(&mut st, &svc("10:00:13", "disabled", reason, true), t(13));
+        assert_eq!(stalled(&st), Duration::from_secs(13));
+        // A report (updated_at alone moves) resets it.
+        apply_service(&mut st, &svc("10:00:20", "disabled", reason, true), t(14));
+        assert_eq!(stalled(&st), Duration::ZERO);
+    }
 }
