@@ -1,8 +1,9 @@
 //! Vigil's ICMP witness (`vigil-ping`, the decider's `vigil_ping::Pinger`
 //! behind a CLI) against real addresses on this machine only: loopback, and
 //! a test host in a network namespace of this test's own whose link is then
-//! cut. Nothing is sent anywhere else: every probed address is checked to
-//! route via loopback or this test's veth before the probe is sent.
+//! cut (198.19.254.0/30 and 2001:db8:7669:1::/64, clear of the lab's
+//! ranges). Nothing is sent anywhere else: every probed address is checked
+//! to route via this test's veth before the probe is sent.
 
 use std::net::IpAddr;
 use std::process::{Command, Output};
@@ -90,8 +91,8 @@ struct TestHost {
 }
 
 impl TestHost {
-    const HOST4: &'static str = "198.18.77.1";
-    const PEER4: &'static str = "198.18.77.2";
+    const HOST4: &'static str = "198.19.254.1";
+    const PEER4: &'static str = "198.19.254.2";
     const HOST6: &'static str = "2001:db8:7669:1::1";
     const PEER6: &'static str = "2001:db8:7669:1::2";
 
