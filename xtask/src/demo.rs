@@ -151,13 +151,32 @@ pub fn other_lab_check() -> Result<()> {
     if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
         let who =
             cmd::output(Command::new("ss").args(["-Hltnp", "sport = :5000"])).unwrap_or_default();
+        let hint = match other_lab_dir(&who) {
+            Some(dir) => format!("it is the lab in {dir}; to use that one: `VIGIL_LAB_DIR={dir} cargo xtask …`, or wait until its owner takes it down"),
+            None => "wait until its owner takes it down".to_string(),
+        };
         bail!(
-            "no lab is up in {}, but another control plane answers on {keystone}: another lab (another VIGIL_LAB_DIR) runs on this machine, and only one can. Wait for it to end (its owner runs `VIGIL_LAB_DIR=… tests/lab/lab down`).\n{}",
+            "no lab is up in {}, but another control plane answers on {keystone}: another lab runs on this machine, and only one can; {hint}.\n{}",
             vigil_tests::lab::lab_dir().display(),
             who.trim()
         );
     }
     Ok(())
+}
+
+/// The VIGIL_LAB_DIR of the first process `ss -p` names (Keystone's).
+fn other_lab_dir(ss: &str) -> Option<String> {
+    let pid: u32 = ss
+        .split("pid=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("VIGIL_LAB_DIR=").map(str::to_string))
 }
 
 /// `lab up` with 3 nodes and sensors (progress shown), then the Rust handle.
