@@ -388,7 +388,7 @@ fn demo(a: &Args) -> Result<()> {
 
     banner("5. summary");
     let fig = Figures::from_incident(&inc, cut_ms);
-    summary(lab, &fig, &inc, &on_node_before, report)?;
+    summary(lab, &fig, &inc, &on_node_before, &ids, report)?;
     let id = inc["incident"]["summary"]["id"]
         .as_str()
         .unwrap_or("?")
@@ -507,7 +507,18 @@ fn print_changes(watch: &decider::Watch, cut_ms: i64) {
             c["from"].as_str().unwrap_or("?"),
             c["to"].as_str().unwrap_or("?"),
         );
-        for r in reasons.iter().take(4) {
+        // Once the workflow runs, each change repeats the evidence it acted
+        // on; its own first reason says what changed.
+        let own: Vec<&&str> = reasons
+            .iter()
+            .filter(|r| !r.starts_with("evidence:"))
+            .collect();
+        let shown: Vec<&&str> = if own.is_empty() {
+            reasons.iter().take(1).collect()
+        } else {
+            own
+        };
+        for r in shown.into_iter().take(4) {
             println!("             · {r}");
         }
     }
@@ -562,7 +573,7 @@ fn print_progress(inc: &Value, cut_ms: i64, shown: &mut Shown) {
             if shown.step_ends.insert(sid) {
                 let took = (ended - s["began_at"].as_i64().unwrap_or(ended)) as f64 / 1000.0;
                 let text = match kind {
-                    "self_check" => format!("self-check {outcome}: {}", short(&s["result"], 90)),
+                    "self_check" => format!("self-check {outcome} {}", short(&s["result"], 90)),
                     "disable_service" => format!("Nova: {target} disabled ({outcome})"),
                     "power_off" => format!(
                         "fence: power-off call {outcome} in {took:.1} s {}",
@@ -652,30 +663,42 @@ fn summary(
     f: &Figures,
     inc: &Value,
     before: &BTreeMap<String, Server>,
+    demo_ids: &[String],
     report: u64,
 ) -> Result<()> {
-    println!(
-        "  power loss → dead                {:>8}   (target ≤ {} s: Nova's report interval + 2 s)",
-        secs(f.after_cut(f.dead_ms)),
-        report + 2
-    );
-    println!(
-        "  power loss → fence confirmed     {:>8}   (dead → confirmed {})",
-        secs(f.after_cut(f.fenced_ms)),
-        secs(f.after_dead(f.fenced_ms))
-    );
-    println!(
-        "  power loss → first evacuate call {:>8}   (dead → first evacuate {}, target ≤ 3 s)",
-        secs(f.after_cut(f.first_evacuate_ms)),
-        secs(f.after_dead(f.first_evacuate_ms))
-    );
-    println!(
-        "  power loss → all ACTIVE elsewhere{:>9}   ({} of {} selected servers moved; dead → all {})",
-        secs(f.after_cut(f.all_moved_ms)),
-        f.moved,
-        f.selected,
-        secs(f.after_dead(f.all_moved_ms))
-    );
+    let rows = [
+        (
+            "power loss → dead",
+            f.dead_ms,
+            format!("target ≤ {} s: Nova's report interval + 2 s", report + 2),
+        ),
+        (
+            "power loss → fence confirmed",
+            f.fenced_ms,
+            format!("dead → confirmed {}", secs(f.after_dead(f.fenced_ms))),
+        ),
+        (
+            "power loss → first evacuate call",
+            f.first_evacuate_ms,
+            format!(
+                "dead → first evacuate {}, target ≤ 3 s",
+                secs(f.after_dead(f.first_evacuate_ms))
+            ),
+        ),
+        (
+            "power loss → all ACTIVE elsewhere",
+            f.all_moved_ms,
+            format!(
+                "{} of {} selected servers moved; dead → all {}",
+                f.moved,
+                f.selected,
+                secs(f.after_dead(f.all_moved_ms))
+            ),
+        ),
+    ];
+    for (what, t, note) in rows {
+        println!("  {what:<34} {:>8}   ({note})", secs(f.after_cut(t)));
+    }
 
     let now: BTreeMap<String, Server> = lab
         .servers()?
@@ -692,7 +715,12 @@ fn summary(
         "\n  {:<28} {:<8} {:<9} {:<9} {:<8} {:>6}  what Vigil did",
         "server", "before", "from", "now on", "status", "took"
     );
-    for (id, b) in before {
+    // The demo's servers first, by name; others a test left on the node
+    // were evacuated too (they were on it) and are marked.
+    let mut order: Vec<&Server> = before.values().collect();
+    order.sort_by_key(|s| (!demo_ids.contains(&s.id), s.name.clone()));
+    for b in order {
+        let id = &b.id;
         let n = now.get(id);
         let rec = records.get(id.as_str());
         let took = rec
@@ -713,7 +741,11 @@ fn summary(
         };
         println!(
             "  {:<28} {:<8} {:<9} {:<9} {:<8} {:>6}  {did}",
-            b.name,
+            if demo_ids.contains(id) {
+                b.name.clone()
+            } else {
+                format!("{} (not ours)", b.name)
+            },
             b.status,
             NODE,
             n.and_then(|s| s.host.as_deref()).unwrap_or("-"),
