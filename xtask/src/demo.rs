@@ -92,9 +92,18 @@ fn lab_script() -> PathBuf {
     crate::root().join("tests/lab/lab")
 }
 
-/// Setup (if incomplete), the eBPF object, and the two binaries in `profile`
-/// (debug or release); returns the directory holding them.
-pub fn build(profile: &str) -> Result<PathBuf> {
+/// The binaries a run uses.
+pub struct Bins {
+    pub sensor: PathBuf,
+    pub decider: PathBuf,
+}
+
+/// Setup (if incomplete), the eBPF object, and the two binaries. The sensor
+/// is always the debug build: it is the one the lab runs by default (and
+/// `lab sensor start` records it for later starts), so a run leaves other
+/// users' nodes on the sensor they expect. The decider is the release build
+/// when `release_decider` (benchmarks).
+pub fn build(release_decider: bool) -> Result<Bins> {
     if setup::complete() {
         println!("==> setup: everything present (`cargo xtask setup --check`)");
     } else {
@@ -102,32 +111,56 @@ pub fn build(profile: &str) -> Result<PathBuf> {
         setup::run(false).context("setup failed; fix the item named above and rerun")?;
     }
     ebpf::build()?;
-    let mut c = Command::new("cargo");
-    c.args([
-        "build",
-        "-p",
-        "vigil-sensor",
-        "-p",
-        "vigil-decider",
-        "--bins",
-    ]);
-    if profile == "release" {
-        c.arg("--release");
-    }
     cmd::step(
-        &format!("building vigil-sensor (eBPF embedded) and vigil-decider ({profile})"),
-        &mut c,
+        "building vigil-sensor (eBPF embedded) and vigil-decider",
+        Command::new("cargo").args([
+            "build",
+            "-p",
+            "vigil-sensor",
+            "-p",
+            "vigil-decider",
+            "--bins",
+        ]),
     )?;
-    let dir = target_dir().join(profile);
-    for b in ["vigil-sensor", "vigil-decider"] {
-        if !dir.join(b).exists() {
-            bail!(
-                "cargo build succeeded but {} is missing",
-                dir.join(b).display()
-            );
+    let debug = target_dir().join("debug");
+    let mut bins = Bins {
+        sensor: debug.join("vigil-sensor"),
+        decider: debug.join("vigil-decider"),
+    };
+    if release_decider {
+        cmd::step(
+            "building vigil-decider (release)",
+            Command::new("cargo").args(["build", "--release", "-p", "vigil-decider", "--bins"]),
+        )?;
+        bins.decider = target_dir().join("release/vigil-decider");
+    }
+    for b in [&bins.sensor, &bins.decider] {
+        if !b.exists() {
+            bail!("cargo build succeeded but {} is missing", b.display());
         }
     }
-    Ok(dir)
+    Ok(bins)
+}
+
+/// Nodes whose sensor runs now.
+pub fn sensors_running(lab: &Lab) -> Result<BTreeSet<String>> {
+    Ok(lab
+        .status()?
+        .nodes
+        .iter()
+        .filter(|n| n.pid("sensor").is_some())
+        .map(|n| n.name.clone())
+        .collect())
+}
+
+/// Stops the sensors a run started (those not in `before`).
+pub fn restore_sensors(lab: &Lab, before: &BTreeSet<String>) -> Result<()> {
+    for n in lab.node_names() {
+        if !before.contains(&n) {
+            lab.sensor_stop(&n)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a lab is up now (lab.json written and `lab status` says up).
@@ -286,9 +319,10 @@ pub fn delete_servers(lab: &Lab, ids: &[String]) {
 
 fn demo(a: &Args) -> Result<()> {
     banner("1. build");
-    let bins = build("debug")?;
-    let sensor_bin = bins.join("vigil-sensor");
-    let decider_bin = bins.join("vigil-decider");
+    let Bins {
+        sensor: sensor_bin,
+        decider: decider_bin,
+    } = build(false)?;
 
     banner("2. lab");
     decider::port_free("198.51.100.1:50051")?;
@@ -297,13 +331,7 @@ fn demo(a: &Args) -> Result<()> {
         other_lab_check()?;
     }
     let sensors_before: BTreeSet<String> = if was_up {
-        Lab::shared()?
-            .status()?
-            .nodes
-            .iter()
-            .filter(|n| n.pid("sensor").is_some())
-            .map(|n| n.name.clone())
-            .collect()
+        sensors_running(Lab::shared()?)?
     } else {
         BTreeSet::new()
     };
@@ -411,11 +439,7 @@ fn demo(a: &Args) -> Result<()> {
         lab.heal(&[NODE]).context("powering compute1 back on")?;
         reset_services(lab)?;
         delete_servers(lab, &ids);
-        for n in lab.node_names() {
-            if !sensors_before.contains(&n) {
-                lab.sensor_stop(&n)?;
-            }
-        }
+        restore_sensors(lab, &sensors_before)?;
         println!(
             "    the lab was up before the demo: {NODE} powered on and reporting, services re-enabled, demo servers deleted ({:.0} s); the lab stays up",
             t.elapsed().as_secs_f64()

@@ -101,14 +101,16 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(", ")
     );
 
-    let bins = d::build("release")?;
-    let sensor_bin = bins.join("vigil-sensor");
-    let decider_bin = bins.join("vigil-decider");
+    let bins = d::build(true)?;
+    let (sensor_bin, decider_bin) = (bins.sensor, bins.decider);
     crate::demo::decider::port_free("198.51.100.1:50051")?;
     let was_up = d::lab_is_up();
-    if !was_up {
+    let sensors_before = if was_up {
+        d::sensors_running(Lab::shared()?)?
+    } else {
         d::other_lab_check()?;
-    }
+        Default::default()
+    };
     let lab = d::lab_up(&sensor_bin)?;
     d::lab_ready(lab, &sensor_bin)?;
     let strays: Vec<String> = lab.servers()?.into_iter().map(|s| s.name).collect();
@@ -166,6 +168,9 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
+    // Leave the lab as found: sensors as they were; a lab we brought up
+    // stays up (taking it down is `cargo xtask lab down`).
+    d::restore_sensors(lab, &sensors_before)?;
     let path = out_dir.join("results.json");
     std::fs::write(
         &path,
