@@ -17,7 +17,9 @@ pub fn until<T, O: std::fmt::Debug>(
             Ok(v) => return Ok((v, start.elapsed())),
             Err(last) => {
                 if start.elapsed() >= deadline {
-                    return Err(format!("timed out after {deadline:?} waiting for {what}; last seen: {last:?}"));
+                    return Err(format!(
+                        "timed out after {deadline:?} waiting for {what}; last seen: {last:?}"
+                    ));
                 }
             }
         }
