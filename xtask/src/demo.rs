@@ -425,6 +425,9 @@ fn demo(a: &Args) -> Result<()> {
 
     banner("6. afterwards");
     if a.keep {
+        // What --teardown needs to leave the lab as the demo found it.
+        let kept = serde_json::json!({"lab_was_up": was_up, "sensors_before": sensors_before, "servers": ids});
+        std::fs::write(d.dir.join("kept.json"), kept.to_string()).context("writing kept.json")?;
         keep_instructions(&d, &id);
         let pid = d.leave_running();
         println!("    (decider pid {pid})");
@@ -432,28 +435,38 @@ fn demo(a: &Args) -> Result<()> {
     }
     d.stop();
     println!("    decider stopped");
-    if was_up {
-        // Someone else's lab: leave it as found (node on, services enabled,
-        // our servers gone, sensors as they were).
-        let t = Instant::now();
-        lab.heal(&[NODE]).context("powering compute1 back on")?;
-        reset_services(lab)?;
-        delete_servers(lab, &ids);
-        restore_sensors(lab, &sensors_before)?;
-        println!(
-            "    the lab was up before the demo: {NODE} powered on and reporting, services re-enabled, demo servers deleted ({:.0} s); the lab stays up",
-            t.elapsed().as_secs_f64()
-        );
-    } else {
-        cmd::step(
-            "lab down (the demo brought it up)",
-            Command::new(lab_script()).arg("down"),
-        )?;
-    }
+    leave_lab(lab, was_up, &sensors_before, &ids)?;
     println!(
         "    journal and decider log kept in {} (`vigil-decider incident {id} --journal {}`)",
         d.dir.display(),
         d.journal.display()
+    );
+    Ok(())
+}
+
+/// After the demo: a lab the demo brought up goes down; one that was up
+/// before (someone else's) is left as found: compute1 on and reporting,
+/// services enabled, the demo's servers deleted, sensors as they were.
+fn leave_lab(
+    lab: &Lab,
+    was_up: bool,
+    sensors_before: &BTreeSet<String>,
+    ids: &[String],
+) -> Result<()> {
+    if !was_up {
+        return cmd::step(
+            "lab down (the demo brought it up)",
+            Command::new(lab_script()).arg("down"),
+        );
+    }
+    let t = Instant::now();
+    lab.heal(&[NODE]).context("powering compute1 back on")?;
+    reset_services(lab)?;
+    delete_servers(lab, ids);
+    restore_sensors(lab, sensors_before)?;
+    println!(
+        "    the lab was up before the demo: {NODE} powered on and reporting, services re-enabled, demo servers deleted ({:.0} s); the lab stays up",
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -811,7 +824,7 @@ fn keep_instructions(d: &Decider, id: &str) {
     println!("      target/debug/vigil-decider watch --server {}", d.url);
     println!("      target/debug/vigil-decider incident {id} --config {cfg}");
     println!("      cargo xtask lab status; cargo xtask lab fault power-on {NODE}");
-    println!("    tear down: `cargo xtask demo --teardown` (stops this decider, then `cargo xtask lab down`)");
+    println!("    tear down: `cargo xtask demo --teardown` (stops this decider, then `cargo xtask lab down`, or, if the lab was up before the demo, puts it back as it was)");
 }
 
 /// Stops the decider a `demo --keep` left (by its recorded pid, after
@@ -848,5 +861,22 @@ fn teardown_kept() -> Result<()> {
             pid_file.display()
         ),
     }
-    cmd::step("lab down", Command::new(lab_script()).arg("down"))
+    let kept: Value = std::fs::read_to_string(dir.join("kept.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    if kept["lab_was_up"] != true || !lab_is_up() {
+        return cmd::step("lab down", Command::new(lab_script()).arg("down"));
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    let sensors: BTreeSet<String> = strings(&kept["sensors_before"]).into_iter().collect();
+    leave_lab(Lab::shared()?, true, &sensors, &strings(&kept["servers"]))?;
+    let _ = std::fs::remove_file(dir.join("kept.json"));
+    Ok(())
 }
