@@ -718,8 +718,16 @@ fn an_unreachable_bmc_needs_attention_and_evacuates_nothing_until_an_operator_co
         },
     );
     wait_all_healthy(lab, &d);
+    let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
     d.wait_verdict("needs-attention", &["recovered"], Duration::from_secs(120));
+    if let (Some(dead), Some(na)) = (d.became("dead"), d.became("needs-attention")) {
+        eprintln!(
+            "FIGURES unreachable BMC: power loss → dead {:.1} s; dead → needs-attention {:.1} s (two levels, 5 s deadlines)",
+            (dead - cut) as f64 / 1000.0,
+            (na - dead) as f64 / 1000.0
+        );
+    }
 
     let list = d.incidents().expect("incidents");
     let id = list[0]["id"].as_str().expect("id").to_string();
@@ -818,6 +826,7 @@ fn dry_run_journals_every_call_and_nova_and_the_bmc_see_none() {
     wait_all_healthy(lab, &d);
     let bmc_log = lab.info().logs.join("bmc/redfish.log");
     let bmc_before = std::fs::read_to_string(&bmc_log).unwrap_or_default().len();
+    let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
     let (list, _) = wait::until(
         "a finished dry-run incident",
@@ -835,6 +844,12 @@ fn dry_run_journals_every_call_and_nova_and_the_bmc_see_none() {
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let id = list[0]["id"].as_str().expect("id").to_string();
     let inc = d.incident(&id).expect("incident");
+    if let Some(dead) = d.became("dead") {
+        eprintln!(
+            "FIGURES dry run: power loss → dead {:.1} s",
+            (dead - cut) as f64 / 1000.0
+        );
+    }
     for kind in ["disable_service", "power_off", "confirm_off", "force_down"] {
         let s: Vec<&Value> = steps(&inc, kind).collect();
         assert!(
@@ -882,6 +897,7 @@ fn a_decider_killed_mid_workflow_completes_after_restart_with_one_fence_and_one_
     let (_cleanup, servers) = prepare(lab, 3);
     let mut d = Decider::start(lab, Opts::default());
     wait_all_healthy(lab, &d);
+    let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
 
     // SIGKILL as soon as the first evacuate call is journaled as begun: the
@@ -906,7 +922,14 @@ fn a_decider_killed_mid_workflow_completes_after_restart_with_one_fence_and_one_
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    if let Some(dead) = d.became("dead") {
+        eprintln!(
+            "FIGURES power loss → dead {:.1} s (3 servers)",
+            (dead - cut) as f64 / 1000.0
+        );
+    }
     d.kill9();
+    let killed_at = now_ms();
     let before = d.incident(&id).expect("incident");
     eprintln!(
         "killed with {} evacuate step(s) begun",
@@ -917,6 +940,14 @@ fn a_decider_killed_mid_workflow_completes_after_restart_with_one_fence_and_one_
     d.wait_verdict("recovered", &["needs-attention"], Duration::from_secs(300));
     let inc = d.incident(&id).expect("incident");
     assert_eq!(inc["incident"]["summary"]["status"], "completed", "{inc}");
+    eprintln!(
+        "FIGURES killed mid-evacuation → restarted → incident completed {:.1} s after the kill",
+        (inc["incident"]["summary"]["closed_at"]
+            .as_i64()
+            .unwrap_or(0)
+            - killed_at) as f64
+            / 1000.0
+    );
     assert_eq!(steps(&inc, "power_off").count(), 1, "one power-off: {inc}");
     for s in &servers {
         let v = server(lab, &s.id);
