@@ -87,12 +87,22 @@ pub struct JournalArgs {
 }
 
 impl JournalArgs {
+    /// The journal to read; it must exist (reading never creates one).
     fn path(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.journal {
-            return Ok(p.clone());
+        let path = match &self.journal {
+            Some(p) => p.clone(),
+            None => {
+                let cfg = Config::load(self.config.as_deref())?;
+                cfg.recovery.unwrap_or_default().journal.path
+            }
+        };
+        if !path.is_file() {
+            anyhow::bail!(
+                "no recovery journal at {} (pass --journal PATH, or --config with the decider's [recovery.journal] path)",
+                path.display()
+            );
         }
-        let cfg = Config::load(self.config.as_deref())?;
-        Ok(cfg.recovery.unwrap_or_default().journal.path)
+        Ok(path)
     }
 }
 

@@ -699,6 +699,18 @@ secret = {{ file = "/etc/vigil/hook.key" }}
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../decider.example.toml");
+        let c = Config::parse(text, Path::new("decider.example.toml")).expect("example parses");
+        let r = c.recovery.as_ref().expect("recovery");
+        r.validate().expect("recovery section valid");
+        assert_eq!(
+            vigil_recovery::fence::configured_nodes(&r.fencing),
+            vec!["compute1".to_string(), "compute2".to_string()]
+        );
+    }
+
+    #[test]
     fn vigils_own_disable_reason_is_not_maintenance_by_default() {
         let reason = vigil_recovery::workflow::disable_reason(
             &vigil_recovery::journal::IncidentId("42".into()),
