@@ -412,6 +412,23 @@ fn wait_all_healthy(lab: &Lab, d: &Decider) {
     }
 }
 
+/// `vigil-decider fence-check --config … --json`: (exit status 0, rows).
+fn fence_check(d: &Decider) -> (bool, Value) {
+    let out = Command::new(bins::bin("vigil-decider"))
+        .args(["fence-check", "--json", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("run vigil-decider fence-check");
+    let rows = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fence-check printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), rows)
+}
+
 fn server(lab: &Lab, id: &str) -> Value {
     lab.nova()
         .expect("nova")
@@ -507,6 +524,14 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     let d = Decider::start(lab, Opts::default());
     wait_all_healthy(lab, &d);
     let report = Duration::from_secs(lab.info().controller.report_interval.unwrap_or(10));
+
+    // fence-check: every configured BMC (Redfish and IPMI per node) answers
+    // a status read with the power on; nothing is powered off.
+    let (ok, rows) = fence_check(&d);
+    assert!(ok, "fence-check failed: {rows}");
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2 * lab.node_names().len(), "{rows:?}");
+    assert!(rows.iter().all(|r| r["result"]["Ok"] == "on"), "{rows:?}");
 
     let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
@@ -718,6 +743,19 @@ fn an_unreachable_bmc_needs_attention_and_evacuates_nothing_until_an_operator_co
         },
     );
     wait_all_healthy(lab, &d);
+    // fence-check says which BMC does not answer, and exits 1.
+    let (ok, rows) = fence_check(&d);
+    assert!(!ok, "fence-check passed with a broken BMC: {rows}");
+    let broken: Vec<&Value> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["result"]["Err"].is_string())
+        .collect();
+    assert!(
+        broken.len() == 2 && broken.iter().all(|r| r["node"] == NODE),
+        "{rows}"
+    );
     let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
     d.wait_verdict("needs-attention", &["recovered"], Duration::from_secs(120));
