@@ -19,6 +19,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "bpf-linker links against LLVM 22"),
     ("iproute2", "network namespaces for lab nodes"),
     ("iputils-ping", "pings inside lab nodes"),
+    ("nftables", "the lab traffic guard, isolate fault"),
     ("openipmi", "ipmi_sim, the lab's IPMI BMC"),
     ("ipmitool", "the IPMI fencer and the lab's BMC checks"),
     (
