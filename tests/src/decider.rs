@@ -211,6 +211,16 @@ impl Decider {
     /// Writes the config and starts `serve` (and the watcher). Panics with
     /// the decider's log if its port does not answer within 30 s.
     pub fn start(lab: &Lab, opts: Opts) -> Decider {
+        // The lab has one decider address; never start a second decider
+        // beside someone else's (it would fail to bind, or worse, both act).
+        if let Err(e) = wait::until(
+            "no other vigil-decider serve",
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+            || other_decider_running().map_or(Ok(()), Err),
+        ) {
+            panic!("{e}");
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("operator.token"), OPERATOR_TOKEN).expect("token");
         std::fs::write(dir.path().join("webhook.key"), WEBHOOK_KEY).expect("key");
@@ -250,8 +260,6 @@ impl Decider {
 
     /// Starts `serve` and a verdict watcher (every node) once the port answers.
     pub fn spawn(&mut self, lab: &Lab) {
-        // The port is the lab's one decider address: wait for a previous
-        // decider of ours to have let go of it.
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut cmd = Command::new(bins::bin("vigil-decider"));
         cmd.args(["serve", "--config"]).arg(&self.config);
