@@ -9,11 +9,12 @@
 //! forced down), the BMC's request log (no Reset) and the journal.
 //!
 //! Cases 1, 7, 8 and 11 (power loss evacuated, unreachable BMC, decider
-//! SIGKILLed mid-evacuation, dry run) are in recovery_lab.rs. Cases 3 (hung
-//! nova-compute → degraded) and 6 (storm guard) are not here: their first
-//! versions failed against the lab (case 3 was never fenced but its verdict
-//! headline did not match; case 6 reached a forbidden verdict) and are being
-//! reworked (issue 7's note has the evidence).
+//! SIGKILLed mid-evacuation, dry run) are in recovery_lab.rs.
+//!
+//! Case 6 is `#[ignore]`d while a product bug stands (safety rule 6 broken:
+//! with two of three nodes losing power together, the first one judged dead
+//! is fenced and evacuated before the storm hold applies; evidence in the
+//! test's doc). Run it with `-- --ignored case06`.
 //!
 //! Each test restores the lab (every node healed and reporting, services
 //! reset, its servers deleted, sensors stopped) in a Drop guard, so the next
@@ -22,7 +23,8 @@
 use std::time::{Duration, Instant};
 use vigil_tests::decider::{
     disable_service, evacuate_actions, now_ms, prepare, reasons, redfish_log_mark,
-    redfish_resets_since, server, service, steps, Decider, NeverActed, Opts, FENCE_PATH,
+    redfish_resets_since, server, service, steps, Decider, NeverActed, Opts, ADMIN_MAIL,
+    FENCE_PATH,
 };
 use vigil_tests::lab::{Fault, Lab};
 use vigil_tests::{tier, wait};
@@ -134,6 +136,89 @@ fn case02_nova_compute_killed_is_never_fenced_and_the_verdict_says_why() {
 /// Case 3: nova-compute hung in uninterruptible I/O while the VMs run (the
 /// seed's backplane case) → `degraded` with the reason, an alert, never fenced.
 #[test]
+fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fenced() {
+    if !tier::root("case03_nova_compute_hung", WHY) {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _x = lab.exclusive();
+    let (_restore, servers) = prepare(lab, NODE, 2);
+    let d = Decider::start(lab, Opts::default());
+    d.wait_all_healthy(lab);
+    let mark = redfish_log_mark(lab);
+
+    let cut = now_ms();
+    let since_unix = unix_now();
+    let t0 = Instant::now();
+    let report = lab
+        .fault(Fault::HangNovaCompute, NODE)
+        .expect("hang nova-compute");
+    eprintln!("case 3: hang fault: {:?}", report.did);
+    let window = Decider::decision_window(lab, Duration::from_secs(15));
+    let seen = NeverActed {
+        nodes: &[NODE],
+        servers: &servers,
+        since: t0,
+        window,
+        forbidden: &never(&[]),
+        powered: true,
+        bmc_mark: mark,
+    }
+    .check(lab, &d);
+
+    let (v, r) = d.verdict(NODE).expect("verdict");
+    eprintln!("case 3: verdicts {:?}; now {v}: {r:#?}", seen.path(NODE));
+    assert_eq!(v, "degraded", "{r:?}");
+    // The reason leads: nova-compute itself blocked in D state (the lab's
+    // hang blocks its own main thread; `report.did` says which mode ran),
+    // with the VMs still progressing.
+    let headline = r.first().cloned().unwrap_or_default();
+    assert!(
+        headline.starts_with("nova-compute blocked") && headline.contains(" in D state; "),
+        "headline {headline:?}; the lab's hang: {:?}",
+        report.did
+    );
+    // One sample may catch an idle guest, so at least one of them progresses.
+    let (progressing, of) = headline
+        .rsplit_once("; ")
+        .and_then(|(_, p)| p.strip_suffix(" instances progressing"))
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .unwrap_or_else(|| panic!("no instance progress in {headline:?}"));
+    assert_eq!(of, servers.len(), "{headline:?}");
+    assert!(progressing >= 1, "{headline:?}");
+    // The alert: the verdict change reaches every watcher (operator API
+    // stream) with its reason.
+    let change = d
+        .changes(NODE)
+        .into_iter()
+        .find(|c| c["to"] == "degraded")
+        .expect("a change to degraded on the watch stream");
+    let first: Vec<String> = reasons(&change);
+    assert!(
+        any_reason(&first, "nova-compute blocked"),
+        "first degraded change: {change}"
+    );
+    let (hooks, mails) = notices_since(lab, since_unix, NODE);
+    if hooks.is_empty() && mails.is_empty() {
+        eprintln!(
+            "GAP case 3: the decider sends no webhook or e-mail for `degraded` \
+             (notify::Message has only incident-opened, node-fenced, \
+             evacuation-finished, needs-attention); the alert is the verdict \
+             change on the Watch stream and the log only"
+        );
+    } else {
+        eprintln!("case 3: notices: webhook {hooks:?}, e-mail {mails:?}");
+    }
+    eprintln!(
+        "FIGURES case 3: hang → degraded {:?} s (policy: blocked ≥ 5 s); watched {window:?} with no fence",
+        took(&d, NODE, "degraded", cut)
+    );
+}
+
+/// Case 4: the management link down, instances still answering on their
+/// network → never fenced.
+#[test]
 fn case04_management_link_down_with_instances_answering_is_never_fenced() {
     if !tier::root("case04_mgmt_link_down", WHY) {
         return;
@@ -236,6 +321,126 @@ fn case05_sensor_killed_is_never_fenced_and_the_verdict_says_the_sensor_is_gone(
 
 /// Case 6: two of three nodes lose power together with the storm guard at
 /// 50 % → none fenced, a page says why.
+///
+/// Fails today on a product bug, seen in two lab runs (10:52 and 11:15 on
+/// 2026-11-27): both nodes suspect, "storm guard engaged … 2 of 3 nodes
+/// (67 %)" logged at +6 s; at +12.6 s both turn `dead` in the same engine
+/// tick; `Engine::judge` → `publish_change` announces each to recovery at
+/// once because `NodeTracker::actionable()` is true (the hold is only set
+/// by `apply_storm_guard` at the end of the tick, and only on nodes already
+/// `dead`). Recovery's own guard then admits the first (it counts one dead
+/// node) and refuses the second ("storm guard: 2 of 3 nodes dead …; acting
+/// on none" — sent as a needs-attention page), and the first is fenced
+/// (Redfish ForceOff) and evacuated.
+#[test]
+#[ignore = "product bug: safety rule 6 — the first of two nodes dead in one engine tick is fenced before the storm hold applies (see the doc)"]
+fn case06_two_of_three_nodes_losing_power_together_trip_the_storm_guard() {
+    if !tier::root("case06_storm", WHY) {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _x = lab.exclusive();
+    assert!(lab.node_names().len() == 3, "case 6 needs a 3-node lab");
+    const OTHER: &str = "compute2";
+    let (mut restore, mut servers) = prepare(lab, NODE, 1);
+    let more = lab.boot(1, OTHER).expect("boot a server on compute2");
+    restore.servers.extend(more.iter().map(|s| s.id.clone()));
+    servers.extend(more);
+    let d = Decider::start(
+        lab,
+        Opts {
+            storm_max_share: Some(0.5),
+            ..Opts::default()
+        },
+    );
+    d.wait_all_healthy(lab);
+    let mark = redfish_log_mark(lab);
+
+    let cut = now_ms();
+    let since_unix = unix_now();
+    let t0 = Instant::now();
+    lab.fault(Fault::PowerOff, NODE)
+        .expect("power off compute1");
+    lab.fault(Fault::PowerOff, OTHER)
+        .expect("power off compute2");
+    eprintln!(
+        "case 6: both nodes off {:.1?} after the first cut",
+        t0.elapsed()
+    );
+    let window = Decider::decision_window(lab, Duration::from_secs(20));
+    let seen = NeverActed {
+        nodes: &[NODE, OTHER],
+        servers: &servers,
+        since: t0,
+        window,
+        forbidden: &["fencing", "fenced", "evacuating", "recovered"],
+        powered: false,
+        bmc_mark: mark,
+    }
+    .check(lab, &d);
+
+    for node in [NODE, OTHER] {
+        let (v, r) = d.verdict(node).expect("verdict");
+        eprintln!(
+            "case 6: {node} verdicts {:?}; now {v}: {r:#?}",
+            seen.path(node)
+        );
+        assert_eq!(v, "dead", "{node}: {r:?}");
+        assert!(
+            r.first()
+                .is_some_and(|h| h.contains("storm guard") && h.contains("2 of 3 nodes")),
+            "{node}: the hold must lead the reasons: {r:?}"
+        );
+    }
+    // The third node is untouched.
+    assert_eq!(d.verdict("compute3").expect("verdict").0, "healthy");
+
+    // A page says why: webhook and e-mail to the admins, naming the storm.
+    let page = wait::until(
+        "a page about the storm",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            let (hooks, mails) = notices_since(lab, since_unix, "storm");
+            let hook = hooks.iter().any(|h| h.starts_with("needs-attention"));
+            let mail = lab.smtp_messages().unwrap_or_default().iter().any(|m| {
+                m.ts >= since_unix
+                    && m.data.contains("storm")
+                    && m.rcpt_tos.iter().any(|r| r == ADMIN_MAIL)
+            });
+            if hook && mail {
+                Ok((hooks, mails))
+            } else {
+                Err(format!("webhook {hooks:?}, e-mail {mails:?}"))
+            }
+        },
+    );
+    let incidents = d.incidents().expect("incidents");
+    eprintln!(
+        "FIGURES case 6: power loss → dead (held) {:?} / {:?} s; incidents {incidents:?}",
+        took(&d, NODE, "dead", cut),
+        took(&d, OTHER, "dead", cut)
+    );
+    match page {
+        Ok((hooks, mails)) => eprintln!("case 6: page: webhook {hooks:?}, e-mail {mails:?}"),
+        Err(e) => {
+            let log = d.full_log();
+            let logged = log
+                .lines()
+                .filter(|l| l.contains("storm guard"))
+                .take(3)
+                .collect::<Vec<_>>();
+            panic!(
+                "PRODUCT GAP case 6: no page for the storm ({e}); the decider only logged {logged:#?}; \
+                 incidents in the journal: {incidents:?}"
+            );
+        }
+    }
+}
+
+/// Case 9: a fenced node powers back on → `recovered`, never fenced again for
+/// that incident, and stays disabled (recovery.reenable_after_recovery =
+/// false, the default) until policy re-enables it.
 #[test]
 fn case09_a_fenced_node_powering_back_on_is_recovered_never_fenced_again_and_stays_disabled() {
     if !tier::root("case09_fenced_node_back", WHY) {
