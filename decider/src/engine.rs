@@ -242,6 +242,9 @@ pub struct Engine {
     streams: HashMap<String, StreamReg>,
     storm: StormGuard,
     storm_active: bool,
+    /// Known nodes per segment as of the last tick: the storm guard's
+    /// denominators when a node turns `dead` between ticks.
+    segment_sizes: BTreeMap<String, usize>,
     reference: Vec<PingWitness>,
     nova_reachable: bool,
     view: DeciderView,
@@ -305,6 +308,7 @@ impl Engine {
             streams: HashMap::new(),
             storm: StormGuard::new(),
             storm_active: false,
+            segment_sizes: BTreeMap::new(),
             reference,
             nova_reachable: false,
             view: DeciderView::default(),
@@ -727,8 +731,11 @@ impl Engine {
         };
         let mut segments: BTreeMap<String, usize> = BTreeMap::new();
         for n in &nodes {
+            *segments.entry(lock(n).segment.clone()).or_default() += 1;
+        }
+        self.segment_sizes.clone_from(&segments);
+        for n in &nodes {
             let mut st = lock(n);
-            *segments.entry(st.segment.clone()).or_default() += 1;
             self.judge(&mut st, now);
             if st.tracker.actionable()
                 && self
@@ -847,8 +854,46 @@ impl Engine {
             _ => {}
         }
         if let Some(c) = change {
-            self.publish_change(st, before, c.to, c.reasons, now);
+            let reasons = if c.to == Verdict::Dead {
+                // Safety rule 6 must hold at the moment of `dead`, not at the
+                // end of the tick: two nodes turning dead in one tick would
+                // otherwise see the first announced to recovery before the
+                // guard counts the second.
+                self.hold_if_storm(st, now);
+                st.tracker.reasons().to_vec()
+            } else {
+                c.reasons
+            };
+            self.publish_change(st, before, c.to, reasons, now);
         }
+    }
+
+    /// Holds `st` (just turned `dead`) if the storm guard, counting every
+    /// node down so far in its window, names it.
+    fn hold_if_storm(&mut self, st: &mut NodeState, now: Moment) {
+        let hold = self
+            .storm
+            .check(&self.policy.storm, &self.segment_sizes, now)
+            .filter(|h| h.nodes.contains(&st.name));
+        if let Some(h) = hold {
+            st.tracker.set_hold(Some(h.reason.clone()));
+            self.announce_held(st, h.reason, now);
+        }
+    }
+
+    /// Tells recovery that this dead node is held (it journals and pages).
+    fn announce_held(&self, st: &NodeState, reason: String, now: Moment) {
+        let Some(tx) = &self.recovery else { return };
+        let boot_id = match &st.evidence.sensor {
+            SensorWitness::Seen(r) => Some(r.boot_id.clone()),
+            SensorWitness::NeverSeen { .. } => None,
+        };
+        let _ = tx.send(RecoveryInput::Held {
+            node: st.name.clone(),
+            evidence: crate::recovery::evidence_snapshot(st, now),
+            boot_id,
+            reason,
+        });
     }
 
     fn publish_change(
@@ -925,7 +970,10 @@ impl Engine {
                 .filter(|h| h.nodes.contains(&st.name))
                 .map(|h| h.reason.clone());
             let new = if st.tracker.verdict() == Verdict::Dead {
-                held
+                // A hold outlives the guard's window: a human decides about
+                // a held node, the clock does not. It ends when the node
+                // comes back (leaves `dead`).
+                held.or_else(|| st.tracker.hold().map(str::to_string))
             } else {
                 None
             };
@@ -945,6 +993,8 @@ impl Engine {
                 });
                 if actionable {
                     self.announce_dead(&st, now);
+                } else if let Some(reason) = st.tracker.hold().map(str::to_string) {
+                    self.announce_held(&st, reason, now);
                 }
             }
         }

@@ -11,11 +11,6 @@
 //! Cases 1, 7, 8 and 11 (power loss evacuated, unreachable BMC, decider
 //! SIGKILLed mid-evacuation, dry run) are in recovery_lab.rs.
 //!
-//! Case 6 is `#[ignore]`d while a product bug stands (safety rule 6 broken:
-//! with two of three nodes losing power together, the first one judged dead
-//! is fenced and evacuated before the storm hold applies; evidence in the
-//! test's doc). Run it with `-- --ignored case06`.
-//!
 //! Each test restores the lab (every node healed and reporting, services
 //! reset, its servers deleted, sensors stopped) in a Drop guard, so the next
 //! one starts clean even after a failure.
@@ -322,18 +317,11 @@ fn case05_sensor_killed_is_never_fenced_and_the_verdict_says_the_sensor_is_gone(
 /// Case 6: two of three nodes lose power together with the storm guard at
 /// 50 % → none fenced, a page says why.
 ///
-/// Fails today on a product bug, seen in two lab runs (10:52 and 11:15 on
-/// 2026-11-27): both nodes suspect, "storm guard engaged … 2 of 3 nodes
-/// (67 %)" logged at +6 s; at +12.6 s both turn `dead` in the same engine
-/// tick; `Engine::judge` → `publish_change` announces each to recovery at
-/// once because `NodeTracker::actionable()` is true (the hold is only set
-/// by `apply_storm_guard` at the end of the tick, and only on nodes already
-/// `dead`). Recovery's own guard then admits the first (it counts one dead
-/// node) and refuses the second ("storm guard: 2 of 3 nodes dead …; acting
-/// on none" — sent as a needs-attention page), and the first is fenced
-/// (Redfish ForceOff) and evacuated.
+/// Found a product bug (2026-11-27): when both turned `dead` in one engine
+/// tick, the first was announced to recovery before the tick's storm check
+/// held it, and was fenced. The engine now checks the guard at the moment a
+/// node turns `dead`, and a hold lasts until the node comes back.
 #[test]
-#[ignore = "product bug: safety rule 6 — the first of two nodes dead in one engine tick is fenced before the storm hold applies (see the doc)"]
 fn case06_two_of_three_nodes_losing_power_together_trip_the_storm_guard() {
     if !tier::root("case06_storm", WHY) {
         return;

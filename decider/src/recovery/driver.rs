@@ -51,6 +51,14 @@ pub enum RecoveryInput {
         evidence: Value,
         boot_id: Option<String>,
     },
+    /// The node is `dead` but the engine's storm guard holds it (safety
+    /// rule 6): recorded as a refused incident and paged once per episode.
+    Held {
+        node: String,
+        evidence: Value,
+        boot_id: Option<String>,
+        reason: String,
+    },
     /// The node's verdict says it is alive (healthy, degraded, maintenance).
     Alive { node: String },
     /// A heartbeat with a boot id not seen before (or the first one since
@@ -237,6 +245,20 @@ impl Driver {
                 evidence,
                 boot_id,
             } => self.on_dead(node, evidence, boot_id).await,
+            RecoveryInput::Held {
+                node,
+                evidence,
+                boot_id,
+                reason,
+            } => {
+                if self.running.contains(&node) || self.refusals.get(&node) == Some(&reason) {
+                    return;
+                }
+                self.metrics.recovery_refused.inc();
+                warn!(node = %node, reason = %reason, "recovery refused: the storm guard holds the node");
+                self.refusals.insert(node.clone(), reason.clone());
+                self.record_refusal(&node, evidence, boot_id, reason).await;
+            }
             RecoveryInput::Alive { node } => {
                 self.guards.node_alive(&node);
                 self.handled.remove(&node);
