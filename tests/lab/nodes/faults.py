@@ -127,8 +127,31 @@ def _mounted(path):
 
 
 def _loops_backing(path):
-    out = lc.run(["losetup", "-j", str(path)], check=False).stdout
-    return [line.split(":", 1)[0] for line in out.splitlines() if line.strip()]
+    # Listing every loop device and matching the backing file's name, rather
+    # than `losetup -j PATH`: that stats PATH, which fails on a FUSE mount
+    # whose server died ("Transport endpoint is not connected").
+    out = lc.run(["losetup", "-n", "-l", "-O", "NAME,BACK-FILE"], check=False).stdout
+    loops = []
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1].removesuffix(" (deleted)").strip() == str(path):
+            loops.append(parts[0])
+    return loops
+
+
+def _clear_stale(node, mnt, img, daemon):
+    """A mount left by a stalldisk server that is gone (a crash, a killed
+    lab) answers nothing: detach its loop devices and lazily unmount it, so
+    the rig can be made anew. Returns what it did."""
+    if not _mounted(mnt) or lc.daemon_alive(daemon):
+        return []
+    done = []
+    for dev in _loops_backing(img):
+        lc.run(["losetup", "-d", dev], check=False)
+        done.append(f"stale loop {dev} detached")
+    lc.run(["umount", "-l", str(mnt)], check=False)
+    done.append(f"stale FUSE mount {mnt} (server gone) unmounted")
+    return done
 
 
 def rig_up(node):
@@ -137,6 +160,7 @@ def rig_up(node):
     img = mnt / "disk.img"
     steps = []
     daemon = f"{node.name}-stalldisk"
+    steps += _clear_stale(node, mnt, img, daemon)
     if not _mounted(mnt):
         if lc.daemon_alive(daemon):
             lc.stop_daemon(daemon)
@@ -172,6 +196,7 @@ def rig_down(node):
     img = mnt / "disk.img"
     done = []
     power.release_stall(node)
+    done += _clear_stale(node, mnt, img, f"{node.name}-stalldisk")
     if _mounted(mnt):
         for dev in _loops_backing(img):
             lc.run(["losetup", "-d", dev], check=False)
