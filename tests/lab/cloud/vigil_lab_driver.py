@@ -20,6 +20,16 @@ UUID in $state_path/compute_id, restartable) with three additions:
   address is removed.  Nova then handles it as it would a libvirt guest after a
   host crash (its periodic power-state sync stops it).
 
+Failure hook (tests): a file `$VIGIL_LAB_DIR/state/fail-spawn/<instance uuid>`
+holding a count N > 0 makes the next N spawns of that instance on any node fail
+with a NovaException (before anything is started), the file counting down and
+removed at 0.  An evacuation is a spawn on the destination, so this makes Nova
+record a failed evacuation (migration `failed`, server ERROR on the old host,
+its fault saying why).  `tests/lab/lab fail-spawn UUID [COUNT]` writes it.  The
+driver is read when nova-compute starts: a nova-compute started before this
+file changed must be restarted (`lab fault kill-nova-compute NODE`, then
+`lab fault heal NODE`) to have the hook.
+
 Power off / on: the qemu process exits / a new one starts (as with libvirt).
 Pause / unpause: SIGSTOP / SIGCONT.  Reboot: a new qemu process.
 A qemu that dies on its own is reported SHUTDOWN (as a crashed libvirt domain).
@@ -74,6 +84,43 @@ def _pid_is_guest(pid, uuid):
     except ValueError:
         return False
     return i + 1 < len(argv) and argv[i + 1].decode() == uuid
+
+
+FAIL_SPAWN_DIR = os.path.join(_LAB_DIR, "state", "fail-spawn")
+
+
+def _take_spawn_failure(uuid):
+    """If the lab asked this instance's spawn to fail, count one down and
+    return the message to fail with; else None.  Never raises by itself."""
+    path = os.path.join(FAIL_SPAWN_DIR, uuid)
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        LOG.warning("vigil lab driver: cannot read %s: %s", path, e)
+        return None
+    try:
+        left = int(text or "1")
+    except ValueError:
+        LOG.warning("vigil lab driver: %s holds %r, not a count; ignored",
+                    path, text)
+        return None
+    if left <= 0:
+        return None
+    try:
+        if left - 1 > 0:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("%d\n" % (left - 1))
+            os.replace(tmp, path)
+        else:
+            os.unlink(path)
+    except OSError as e:
+        LOG.warning("vigil lab driver: cannot count down %s: %s", path, e)
+    return ("vigil lab: spawn of %s on %s failed on purpose (%s; %d more "
+            "to fail)" % (uuid, CONF.host, path, left - 1))
 
 
 def _pid_stopped(pid):
@@ -292,6 +339,10 @@ class LabDriver(fake.FakeDriverWithoutFakeNodes):
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
               block_device_info=None, power_on=True, accel_info=None):
+        why = _take_spawn_failure(instance.uuid)
+        if why:
+            LOG.warning("%s", why, instance=instance)
+            raise exception.NovaException(why)
         ips = self._ips_of(network_info)
         macs = [vif["address"] for vif in network_info or []]
         super().spawn(context, instance, image_meta, injected_files,

@@ -15,6 +15,9 @@
   token                     print an admin Keystone token (`cloud token`)
   net up|down               only the host bridges (tests/lab/nodes/net does the same)
   info                      print state/lab.json
+  fail-spawn UUID [COUNT] [--json]   the next COUNT (default 1; 0 clears) spawns of
+                            that server fail in the lab virt driver, on any node: its
+                            next evacuation fails on the destination (README "Failures")
 """
 
 import argparse
@@ -22,6 +25,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -718,6 +722,51 @@ def cmd_net(args):
         print(f"net {args.action}: nothing to do")
 
 
+FAIL_SPAWN_DIR = lc.STATE / "fail-spawn"
+LAB_DRIVER = lc.CLOUD_DIR / "vigil_lab_driver.py"
+
+
+def stale_drivers(cfg):
+    """Nodes whose running nova-compute started before the lab virt driver
+    last changed: they run an older driver (maybe without the fail-spawn hook)
+    until nova-compute restarts."""
+    changed = LAB_DRIVER.stat().st_mtime
+    stale = []
+    for node in nodes_of(cfg) if cfg else known_nodes():
+        rec = (lc.read_json(node.procs_json, {}) or {}).get("nova-compute") or {}
+        if lc.record_alive(rec) and (rec.get("started_at") or 0) < changed:
+            stale.append(node.name)
+    return stale
+
+
+def cmd_fail_spawn(args):
+    need_root()
+    uuid = args.uuid.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid):
+        raise lc.LabError(f"{args.uuid!r} is not a server uuid")
+    if args.count < 0:
+        raise lc.LabError(f"count {args.count}: must be 0 (clear) or more")
+    path = FAIL_SPAWN_DIR / uuid
+    if args.count == 0:
+        path.unlink(missing_ok=True)
+    else:
+        FAIL_SPAWN_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{args.count}\n")
+        tmp.replace(path)
+    stale = stale_drivers(lc.lab_config())
+    if args.json:
+        print(json.dumps({"uuid": uuid, "count": args.count, "file": str(path),
+                          "stale_nodes": stale}))
+        return
+    print(f"{uuid}: the next {args.count} spawn(s) fail ({path})" if args.count
+          else f"{uuid}: spawns no longer fail")
+    for name in stale:
+        print(f"warning: {name}'s nova-compute started before {LAB_DRIVER} changed and may "
+              f"not have the hook: `lab fault kill-nova-compute {name}` then "
+              f"`lab fault heal {name}`")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -751,6 +800,10 @@ def main(argv=None):
     sub.add_parser("token")
     s = sub.add_parser("net")
     s.add_argument("action", choices=("up", "down"))
+    s = sub.add_parser("fail-spawn")
+    s.add_argument("uuid")
+    s.add_argument("count", nargs="?", type=int, default=1)
+    s.add_argument("--json", action="store_true")
     args, rest = ap.parse_known_args(argv)
     if rest and args.cmd != "boot":
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -772,7 +825,8 @@ def main(argv=None):
                                    capture=True))
         else:
             {"down": cmd_down, "purge": cmd_purge, "status": cmd_status, "fault": cmd_fault,
-             "sensor": cmd_sensor, "info": cmd_info, "net": cmd_net}[args.cmd](args)
+             "sensor": cmd_sensor, "info": cmd_info, "net": cmd_net,
+             "fail-spawn": cmd_fail_spawn}[args.cmd](args)
     except lc.LabError as e:
         print(f"lab {args.cmd}: FAILED: {e}", file=sys.stderr)
         return 1
