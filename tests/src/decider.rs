@@ -62,6 +62,14 @@ pub struct Opts {
     pub reenable_after_recovery: bool,
     /// `[recovery]` left out: the decider judges and never acts.
     pub no_recovery: bool,
+    /// `recovery.evacuation.destination`: "scheduler" (default), "reserved"
+    /// or "spread".
+    pub destination: Option<String>,
+    /// `[[recovery.evacuation.reserved]]` hosts (each standing in for every
+    /// node).
+    pub reserved: Vec<String>,
+    /// `recovery.evacuation.max_attempts` (default 3).
+    pub max_attempts: Option<u32>,
 }
 
 /// A `vigil-decider serve` child with its config, journal and log in a temp
@@ -154,7 +162,7 @@ storm_max_share = {share}
 poll_interval = "1s"
 verify_deadline = "4m"
 shutoff = "{shutoff}"
-[recovery.notify]
+{evacuation_extra}[recovery.notify]
 attempts = 4
 initial_backoff = "500ms"
 [recovery.notify.webhook]
@@ -168,11 +176,18 @@ from = "vigil@lab.invalid"
 admins = ["{ADMIN_MAIL}"]
 "#,
         shutoff = opts.shutoff.as_deref().unwrap_or("skip"),
+        evacuation_extra = evacuation_extra(opts),
         dir = dir.display(),
         hook = info.receivers.webhook.url,
         smtp_host = info.receivers.smtp.host,
         smtp_port = info.receivers.smtp.port,
     ));
+    // An array of tables may follow its parent table anywhere.
+    for host in &opts.reserved {
+        c.push_str(&format!(
+            "[[recovery.evacuation.reserved]]\nhost = \"{host}\"\n"
+        ));
+    }
     for n in &info.nodes {
         let (redfish, ipmi_port, deadline) = if opts.broken_bmc.contains(&n.name) {
             // Nothing listens on port 1 of the controller: refused at once.
@@ -194,6 +209,19 @@ levels = [
         ));
     }
     c
+}
+
+/// `[recovery.evacuation]` keys beyond the ones every test sets (empty by
+/// default, so the config is as before).
+fn evacuation_extra(opts: &Opts) -> String {
+    let mut s = String::new();
+    if let Some(dest) = &opts.destination {
+        s.push_str(&format!("destination = \"{dest}\"\n"));
+    }
+    if let Some(n) = opts.max_attempts {
+        s.push_str(&format!("max_attempts = {n}\n"));
+    }
+    s
 }
 
 /// Another `vigil-decider serve` (e.g. another engineer's) holding the lab's
@@ -827,4 +855,153 @@ impl NeverActed<'_> {
         }
         seen
     }
+}
+
+/// Runs `tests/lab/lab ARGS`; a failure says which command and the end of
+/// its stderr.
+fn lab_cli(args: &[&str]) -> Result<Vec<u8>, String> {
+    let script = bins::workspace_root().join("tests/lab/lab");
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {} {}: {e}", script.display(), args.join(" ")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "`tests/lab/lab {}` failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.join("\n")
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// `lab boot N NODE --status S=K …`: `n` servers ACTIVE on `node`, then the
+/// first ones put in the states asked, in order (e.g. `[("error", 1),
+/// ("shutoff", 1)]`: ERROR by os-resetState, SHUTOFF by os-stop), the rest
+/// left ACTIVE. Returns them as Nova shows them once settled.
+pub fn boot_with_statuses(
+    n: usize,
+    node: &str,
+    statuses: &[(&str, usize)],
+) -> Result<Vec<Server>, String> {
+    let n = n.to_string();
+    let specs: Vec<String> = statuses.iter().map(|(s, k)| format!("{s}={k}")).collect();
+    let mut args = vec!["boot", n.as_str(), node, "--json"];
+    for s in &specs {
+        args.extend_from_slice(&["--status", s]);
+    }
+    let out = lab_cli(&args)?;
+    serde_json::from_slice(&out).map_err(|e| format!("parsing `lab {}`: {e}", args.join(" ")))
+}
+
+/// Servers whose next spawns the lab virt driver fails on purpose (`lab
+/// fail-spawn`): an evacuation of such a server fails on its destination as
+/// Nova records it (migration failed, server ERROR on the old host, a fault).
+/// Every count set here is cleared when this is dropped, also on failure.
+#[derive(Default)]
+pub struct SpawnFailures {
+    ids: Vec<String>,
+}
+
+impl SpawnFailures {
+    /// The next `count` spawns of `server`, on any node, fail. Returns the
+    /// nodes whose running nova-compute started before the lab virt driver
+    /// last changed, so may lack the hook ([`restart_nova_compute`] them).
+    pub fn set(&mut self, server: &str, count: u32) -> Result<Vec<String>, String> {
+        let out = lab_cli(&["fail-spawn", server, &count.to_string(), "--json"])?;
+        if !self.ids.iter().any(|i| i == server) {
+            self.ids.push(server.to_string());
+        }
+        let v: Value = serde_json::from_slice(&out)
+            .map_err(|e| format!("parsing `lab fail-spawn {server} {count} --json`: {e}"))?;
+        Ok(v["stale_nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Failures still to come for `server` (0 once the driver used them all).
+    pub fn left(lab: &Lab, server: &str) -> u32 {
+        let path = lab.info().lab_dir.join("state/fail-spawn").join(server);
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SpawnFailures {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            if let Err(e) = lab_cli(&["fail-spawn", id, "0"]) {
+                eprintln!("restore: clear spawn failures of {id}: {e}");
+            }
+        }
+    }
+}
+
+/// A new nova-compute on each of `nodes` (SIGKILL, then `heal` starts one and
+/// waits until it reports), e.g. to load a changed lab virt driver. The
+/// node's guests keep running and are adopted.
+pub fn restart_nova_compute(lab: &Lab, nodes: &[String]) -> Result<(), String> {
+    for n in nodes {
+        lab.fault(crate::lab::Fault::KillNovaCompute, n)
+            .map_err(|e| format!("kill nova-compute on {n}: {e:#}"))?;
+        lab.heal(&[n.as_str()])
+            .map_err(|e| format!("heal {n} (start nova-compute): {e:#}"))?;
+    }
+    Ok(())
+}
+
+impl Decider {
+    /// Waits until the newest incident of `node` is no longer `open` (the
+    /// workflow finished: completed, needs-attention, aborted, …); returns
+    /// its id and `incident ID --json`. Panics with the log on timeout.
+    pub fn wait_incident_closed(&self, node: &str, deadline: Duration) -> (String, Value) {
+        let (id, _) = wait::until(
+            &format!("an incident of {node} to finish"),
+            deadline,
+            Duration::from_millis(500),
+            || {
+                let list = self.incidents_of(node)?;
+                let Some(first) = list.first() else {
+                    return Err(format!("no incident yet; verdict {:?}", self.verdict(node)));
+                };
+                let status = first["status"].as_str().unwrap_or("");
+                if status == "open" || status.is_empty() {
+                    return Err(format!("{} open, phase {}", first["id"], first["phase"]));
+                }
+                Ok(first["id"].as_str().unwrap_or("").to_string())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        let inc = self
+            .incident(&id)
+            .unwrap_or_else(|e| panic!("incident {id}: {e}\n{}", self.log()));
+        (id, inc)
+    }
+}
+
+/// Nova's `os-instance-actions` of a server, oldest first: (action, start
+/// time, message).
+pub fn instance_actions(lab: &Lab, id: &str) -> Vec<Value> {
+    let v = lab
+        .nova()
+        .expect("nova")
+        .get(&format!("/servers/{id}/os-instance-actions"), "2.53")
+        .expect("instance actions");
+    let mut a = v["instanceActions"].as_array().cloned().unwrap_or_default();
+    a.sort_by(|x, y| {
+        x["start_time"]
+            .as_str()
+            .unwrap_or("")
+            .cmp(y["start_time"].as_str().unwrap_or(""))
+    });
+    a
 }
