@@ -70,6 +70,8 @@ pub struct Opts {
     pub reserved: Vec<String>,
     /// `recovery.evacuation.max_attempts` (default 3).
     pub max_attempts: Option<u32>,
+    /// `recovery.evacuation.verify_deadline` (default here "4m").
+    pub verify_deadline: Option<String>,
 }
 
 /// A `vigil-decider serve` child with its config, journal and log in a temp
@@ -160,7 +162,7 @@ storm_max_share = {share}
     c.push_str(&format!(
         r#"[recovery.evacuation]
 poll_interval = "1s"
-verify_deadline = "4m"
+verify_deadline = "{verify_deadline}"
 shutoff = "{shutoff}"
 {evacuation_extra}[recovery.notify]
 attempts = 4
@@ -177,6 +179,7 @@ admins = ["{ADMIN_MAIL}"]
 "#,
         shutoff = opts.shutoff.as_deref().unwrap_or("skip"),
         evacuation_extra = evacuation_extra(opts),
+        verify_deadline = verify_deadline(opts),
         dir = dir.display(),
         hook = info.receivers.webhook.url,
         smtp_host = info.receivers.smtp.host,
@@ -222,6 +225,11 @@ fn evacuation_extra(opts: &Opts) -> String {
         s.push_str(&format!("max_attempts = {n}\n"));
     }
     s
+}
+
+/// `recovery.evacuation.verify_deadline` unless [`Opts::verify_deadline`] says.
+fn verify_deadline(opts: &Opts) -> &str {
+    opts.verify_deadline.as_deref().unwrap_or("4m")
 }
 
 /// Another `vigil-decider serve` (e.g. another engineer's) holding the lab's
@@ -912,7 +920,21 @@ impl SpawnFailures {
     /// nodes whose running nova-compute started before the lab virt driver
     /// last changed, so may lack the hook ([`restart_nova_compute`] them).
     pub fn set(&mut self, server: &str, count: u32) -> Result<Vec<String>, String> {
-        let out = lab_cli(&["fail-spawn", server, &count.to_string(), "--json"])?;
+        self.set_as(server, count, "spawn")
+    }
+
+    /// As [`SpawnFailures::set`], failing `as_` "spawn" (the server goes
+    /// ERROR) or "claim" (Nova rolls it back to the state it had, as when a
+    /// destination's claim or late server-group check fails).
+    pub fn set_as(&mut self, server: &str, count: u32, as_: &str) -> Result<Vec<String>, String> {
+        let out = lab_cli(&[
+            "fail-spawn",
+            server,
+            &count.to_string(),
+            "--as",
+            as_,
+            "--json",
+        ])?;
         if !self.ids.iter().any(|i| i == server) {
             self.ids.push(server.to_string());
         }
@@ -929,9 +951,10 @@ impl SpawnFailures {
     /// Failures still to come for `server` (0 once the driver used them all).
     pub fn left(lab: &Lab, server: &str) -> u32 {
         let path = lab.info().lab_dir.join("state/fail-spawn").join(server);
+        // "COUNT MODE"
         std::fs::read_to_string(path)
             .ok()
-            .and_then(|t| t.trim().parse().ok())
+            .and_then(|t| t.split_whitespace().next().and_then(|n| n.parse().ok()))
             .unwrap_or(0)
     }
 }

@@ -22,10 +22,14 @@ UUID in $state_path/compute_id, restartable) with three additions:
 
 Failure hook (tests): a file `$VIGIL_LAB_DIR/state/fail-spawn/<instance uuid>`
 holding a count N > 0 makes the next N spawns of that instance on any node fail
-with a NovaException (before anything is started), the file counting down and
-removed at 0.  An evacuation is a spawn on the destination, so this makes Nova
-record a failed evacuation (migration `failed`, server ERROR on the old host,
-its fault saying why).  `tests/lab/lab fail-spawn UUID [COUNT]` writes it.  The
+(before anything is started), the file counting down and removed at 0.  An
+evacuation is a spawn on the destination, so this makes Nova record a failed
+evacuation: migration `failed`, the server still on the old host, its fault
+saying why.  "N" alone (or "N spawn") raises a NovaException: the server goes
+ERROR.  "N claim" raises ComputeResourcesUnavailable, as a destination's claim
+or late server-group check does: Nova rolls the server back to the state it
+had (e.g. still ACTIVE).  `tests/lab/lab fail-spawn UUID [COUNT] [--as claim]`
+writes it.  The
 driver is read when nova-compute starts: a nova-compute started before this
 file changed must be restarted (`lab fault kill-nova-compute NODE`, then
 `lab fault heal NODE`) to have the hook.
@@ -91,7 +95,7 @@ FAIL_SPAWN_DIR = os.path.join(_LAB_DIR, "state", "fail-spawn")
 
 def _take_spawn_failure(uuid):
     """If the lab asked this instance's spawn to fail, count one down and
-    return the message to fail with; else None.  Never raises by itself."""
+    return (mode, message to fail with); else None.  Never raises by itself."""
     path = os.path.join(FAIL_SPAWN_DIR, uuid)
     try:
         with open(path) as f:
@@ -101,11 +105,15 @@ def _take_spawn_failure(uuid):
     except OSError as e:
         LOG.warning("vigil lab driver: cannot read %s: %s", path, e)
         return None
+    parts = text.split() or ["1"]
+    mode = parts[1] if len(parts) > 1 else "spawn"
     try:
-        left = int(text or "1")
+        left = int(parts[0])
     except ValueError:
-        LOG.warning("vigil lab driver: %s holds %r, not a count; ignored",
-                    path, text)
+        left = None
+    if left is None or mode not in ("spawn", "claim"):
+        LOG.warning("vigil lab driver: %s holds %r, not 'COUNT [spawn|claim]'; "
+                    "ignored", path, text)
         return None
     if left <= 0:
         return None
@@ -113,14 +121,14 @@ def _take_spawn_failure(uuid):
         if left - 1 > 0:
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
-                f.write("%d\n" % (left - 1))
+                f.write("%d %s\n" % (left - 1, mode))
             os.replace(tmp, path)
         else:
             os.unlink(path)
     except OSError as e:
         LOG.warning("vigil lab driver: cannot count down %s: %s", path, e)
-    return ("vigil lab: spawn of %s on %s failed on purpose (%s; %d more "
-            "to fail)" % (uuid, CONF.host, path, left - 1))
+    return mode, ("vigil lab: spawn of %s on %s failed on purpose (%s, %s; "
+                  "%d more to fail)" % (uuid, CONF.host, path, mode, left - 1))
 
 
 def _pid_stopped(pid):
@@ -339,9 +347,12 @@ class LabDriver(fake.FakeDriverWithoutFakeNodes):
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
               block_device_info=None, power_on=True, accel_info=None):
-        why = _take_spawn_failure(instance.uuid)
-        if why:
+        failure = _take_spawn_failure(instance.uuid)
+        if failure:
+            mode, why = failure
             LOG.warning("%s", why, instance=instance)
+            if mode == "claim":
+                raise exception.ComputeResourcesUnavailable(reason=why)
             raise exception.NovaException(why)
         ips = self._ips_of(network_info)
         macs = [vif["address"] for vif in network_info or []]

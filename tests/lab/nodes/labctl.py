@@ -15,9 +15,11 @@
   token                     print an admin Keystone token (`cloud token`)
   net up|down               only the host bridges (tests/lab/nodes/net does the same)
   info                      print state/lab.json
-  fail-spawn UUID [COUNT] [--json]   the next COUNT (default 1; 0 clears) spawns of
-                            that server fail in the lab virt driver, on any node: its
-                            next evacuation fails on the destination (README "Failures")
+  fail-spawn UUID [COUNT] [--as spawn|claim] [--json]   the next COUNT (default 1;
+                            0 clears) spawns of that server fail in the lab virt driver,
+                            on any node: its next evacuation fails on the destination,
+                            the server ERROR (spawn) or rolled back as it was (claim)
+                            (README "Failures")
 """
 
 import argparse
@@ -752,14 +754,15 @@ def cmd_fail_spawn(args):
     else:
         FAIL_SPAWN_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{args.count}\n")
+        tmp.write_text(f"{args.count} {args.mode}\n")
         tmp.replace(path)
     stale = stale_drivers(lc.lab_config())
     if args.json:
-        print(json.dumps({"uuid": uuid, "count": args.count, "file": str(path),
-                          "stale_nodes": stale}))
+        print(json.dumps({"uuid": uuid, "count": args.count, "mode": args.mode,
+                          "file": str(path), "stale_nodes": stale}))
         return
-    print(f"{uuid}: the next {args.count} spawn(s) fail ({path})" if args.count
+    print(f"{uuid}: the next {args.count} spawn(s) fail as a {args.mode} failure ({path})"
+          if args.count
           else f"{uuid}: spawns no longer fail")
     for name in stale:
         print(f"warning: {name}'s nova-compute started before {LAB_DRIVER} changed and may "
@@ -803,6 +806,7 @@ def main(argv=None):
     s = sub.add_parser("fail-spawn")
     s.add_argument("uuid")
     s.add_argument("count", nargs="?", type=int, default=1)
+    s.add_argument("--as", dest="mode", choices=("spawn", "claim"), default="spawn")
     s.add_argument("--json", action="store_true")
     args, rest = ap.parse_known_args(argv)
     if rest and args.cmd != "boot":
