@@ -137,6 +137,22 @@ impl Server {
                     journal = %parts.config.journal.path.display(),
                     "recovery on: actionable dead verdicts start incidents"
                 );
+                {
+                    // Same receivers and retries as recovery's own messages.
+                    let dispatcher = vigil_recovery::notify::Dispatcher::new(
+                        parts.notifiers.clone(),
+                        vigil_recovery::notify::RetryPolicy::from_config(&parts.config.notify),
+                        parts.clock.clone(),
+                        None,
+                    );
+                    let changes = handle.changes.subscribe();
+                    let s = shutdown.clone();
+                    tasks.spawn(async move {
+                        crate::recovery::alerts::degraded_alerts(changes, dispatcher, s.wait())
+                            .await;
+                        Ok(())
+                    });
+                }
                 let driver = Driver::new(
                     parts,
                     EngineLink {

@@ -194,17 +194,39 @@ fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fen
         any_reason(&first, "nova-compute blocked"),
         "first degraded change: {change}"
     );
-    let (hooks, mails) = notices_since(lab, since_unix, NODE);
-    if hooks.is_empty() && mails.is_empty() {
-        eprintln!(
-            "GAP case 3: the decider sends no webhook or e-mail for `degraded` \
-             (notify::Message has only incident-opened, node-fenced, \
-             evacuation-finished, needs-attention); the alert is the verdict \
-             change on the Watch stream and the log only"
-        );
-    } else {
-        eprintln!("case 3: notices: webhook {hooks:?}, e-mail {mails:?}");
-    }
+    // And the alert reaches people: a `node-degraded` webhook and an e-mail
+    // to the admins, with the reason (nothing else would page: no incident).
+    let (hooks, mails) = wait::until(
+        "a node-degraded webhook and e-mail",
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            let (hooks, _) = notices_since(lab, since_unix, NODE);
+            let hook = hooks
+                .iter()
+                .any(|h| h.starts_with("node-degraded") && h.contains("nova-compute blocked"));
+            let mails: Vec<String> = lab
+                .smtp_messages()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| {
+                    m.ts >= since_unix
+                        && m.subject.contains(NODE)
+                        && m.subject.contains("degraded")
+                        && m.rcpt_tos.iter().any(|r| r == ADMIN_MAIL)
+                })
+                .map(|m| m.subject)
+                .collect();
+            if hook && !mails.is_empty() {
+                Ok((hooks, mails))
+            } else {
+                Err(format!("webhook {hooks:?}, e-mail {mails:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
+    .0;
+    eprintln!("case 3: alert: webhook {hooks:?}, e-mail {mails:?}");
     eprintln!(
         "FIGURES case 3: hang → degraded {:?} s (policy: blocked ≥ 5 s); watched {window:?} with no fence",
         took(&d, NODE, "degraded", cut)

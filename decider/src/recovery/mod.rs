@@ -8,6 +8,8 @@
 //! - [`reporter`]: the journal as the workflow sees it, reporting each phase
 //!   to the engine so verdicts follow (fencing → fenced → evacuating →
 //!   recovered / needs-attention).
+//! - [`alerts`]: a notification when a node turns `degraded` (never
+//!   fenced, so no incident would tell anyone).
 //! - [`self_check`]: the decider's check of itself before it acts.
 //! - [`nova`]: [`nova::NovaEdge`] implements `vigil_recovery::workflow::NovaActions`
 //!   with any `vigil_nova::NovaActions` (the real `NovaClient` in production);
@@ -16,6 +18,7 @@
 //!   `incident ID [--json]`.
 //! - [`setup`]: `[recovery]` config → fence levels, journal, notifiers.
 
+pub mod alerts;
 pub mod commands;
 pub mod driver;
 pub mod nova;

@@ -66,6 +66,10 @@ pub enum Message {
         reason: String,
         instances: Vec<InstanceReport>,
     },
+    /// The node's management side is sick while its VMs run (the seed's
+    /// case): Vigil will not fence it, so a person should look. No incident:
+    /// nothing was done.
+    NodeDegraded { node: String, reasons: Vec<String> },
 }
 
 impl Message {
@@ -75,15 +79,19 @@ impl Message {
             Message::NodeFenced { .. } => "node-fenced",
             Message::EvacuationFinished { .. } => "evacuation-finished",
             Message::NeedsAttention { .. } => "needs-attention",
+            Message::NodeDegraded { .. } => "node-degraded",
         }
     }
 
-    pub fn incident(&self) -> &IncidentId {
+    /// The incident the message is about; none for an alert about a node
+    /// Vigil leaves alone.
+    pub fn incident(&self) -> Option<&IncidentId> {
         match self {
             Message::IncidentOpened { incident, .. }
             | Message::NodeFenced { incident, .. }
             | Message::EvacuationFinished { incident, .. }
-            | Message::NeedsAttention { incident, .. } => incident,
+            | Message::NeedsAttention { incident, .. } => Some(incident),
+            Message::NodeDegraded { .. } => None,
         }
     }
 
@@ -92,7 +100,8 @@ impl Message {
             Message::IncidentOpened { node, .. }
             | Message::NodeFenced { node, .. }
             | Message::EvacuationFinished { node, .. }
-            | Message::NeedsAttention { node, .. } => node,
+            | Message::NeedsAttention { node, .. }
+            | Message::NodeDegraded { node, .. } => node,
         }
     }
 
@@ -171,17 +180,20 @@ impl Message {
                 )
             }
             Message::NeedsAttention { node, .. } => format!("[vigil] PAGE: {node} needs attention"),
+            Message::NodeDegraded { node, reasons } => format!(
+                "[vigil] {node} degraded (not fenced): {}",
+                reasons.first().map_or("see the node", String::as_str)
+            ),
         }
     }
 
     /// Plain text for e-mail.
     pub fn text(&self) -> String {
-        let mut s = format!(
-            "{}\nincident: {}\nnode: {}\n",
-            self.subject(),
-            self.incident(),
-            self.node()
-        );
+        let mut s = format!("{}\n", self.subject());
+        if let Some(id) = self.incident() {
+            s.push_str(&format!("incident: {id}\n"));
+        }
+        s.push_str(&format!("node: {}\n", self.node()));
         match self {
             Message::IncidentOpened { evidence, .. } => {
                 s.push_str("\nevidence at decision time:\n");
@@ -193,6 +205,17 @@ impl Message {
                 "\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n"
             )),
             Message::EvacuationFinished { .. } => {}
+            Message::NodeDegraded { reasons, .. } => {
+                s.push_str("\nwhy:\n");
+                for r in reasons {
+                    s.push_str(&format!("  - {r}\n"));
+                }
+                s.push_str(
+                    "\nIts instances still run, so Vigil will not fence or evacuate it: \
+                     doing so could corrupt their disks. Look at the node's management side \
+                     (nova-compute, storage paths); `vigil-decider node NAME` shows every witness.\n",
+                );
+            }
         }
         if !self.instances().is_empty() {
             s.push_str("\ninstance                              name                 from -> to            took    state\n");
@@ -298,7 +321,7 @@ impl Dispatcher {
                 let journal = self.journal.clone();
                 tokio::spawn(async move {
                     let d = deliver(n.as_ref(), &message, retry, clock.as_ref()).await;
-                    if let Some(j) = journal {
+                    if let (Some(j), Some(incident)) = (journal, message.incident()) {
                         let event = Event {
                             at: clock.now(),
                             kind: if d.delivered {
@@ -316,7 +339,7 @@ impl Dispatcher {
                         };
                         // The delivery record is best effort: the recovery
                         // itself is already journaled.
-                        if let Err(e) = j.record_event(message.incident(), event).await {
+                        if let Err(e) = j.record_event(incident, event).await {
                             warn!(error = %e, "cannot record a notification delivery");
                         }
                     }
