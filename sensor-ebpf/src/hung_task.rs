@@ -7,21 +7,25 @@
 //! - The kernel's own reports, from `sched:sched_process_hang` (a classic
 //!   tracepoint: it has no BTF-typed args worth having, and it is rare).
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::TracePointContext,
     EbpfContext,
 };
-use vigil_sensor_common::{counter, DState, Event, COMM_LEN, EVENT_HANG, NO_FIELD};
+use vigil_sensor_common::{
+    counter, DState, Event, COMM_LEN, DHINT_SLOTS, DSTATE_COUNTED, EVENT_HANG, NO_FIELD,
+};
 
 use crate::{
     events::{count, emit},
-    kernel::{global_u32, global_u64, task_pid},
+    kernel::{global_u32, global_u64},
 };
 
 /// `TASK_UNINTERRUPTIBLE` in the raw `__state` that tp_btf passes.
@@ -33,6 +37,12 @@ const TASK_NOLOAD: u32 = 0x400;
 /// Tasks now in D state, keyed by thread id. Sized by `--max-blocked-tasks`.
 #[map(name = "DSTATE")]
 static DSTATE: HashMap<u32, DState> = HashMap::with_max_entries(32768, 0);
+
+/// Upper bounds of `DSTATE` entries per thread-id slot (see
+/// `names::MAP_DHINT`): almost every switch-in finds 0 and skips the hash
+/// lookup, which was most of this program's cost.
+#[map(name = "DHINT")]
+static DHINT: Array<u32> = Array::with_max_entries(2 * DHINT_SLOTS, 0);
 
 /// cgroup v2 id of the scope (`--cgroup`); see `SCOPE_CGROUP_LEVEL`.
 #[unsafe(no_mangle)]
@@ -61,37 +71,65 @@ fn current_in_scope() -> bool {
     id == global_u64(&SCOPE_CGROUP_ID)
 }
 
+/// Adds `delta` (wrapping, so `u32::MAX` subtracts one) to a `DHINT` slot
+/// of the programs' half. Atomic: the entry is made on one CPU and removed
+/// on another. (The bpf target has no `AtomicU32`; the intrinsic becomes
+/// the BPF atomic add instruction.)
 #[inline(always)]
-pub fn on_switch_out(pid_tgid: u64, state: u32, now: u64) {
+fn dhint_add(index: u32, delta: u32) {
+    if let Some(ptr) = DHINT.get_ptr_mut(index) {
+        // SAFETY: a valid map value from a successful lookup; programs only
+        // touch this half of the array atomically.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(ptr, delta) };
+    }
+}
+
+/// `prev` (the current task) switches out in `state` (raw `__state`).
+#[inline(always)]
+pub fn on_switch_out(state: u32) {
     if state & TASK_UNINTERRUPTIBLE == 0 || state & TASK_NOLOAD != 0 {
         return;
     }
     if !current_in_scope() {
         return;
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = pid_tgid as u32;
     let entry = DState {
-        start_ns: now,
+        // SAFETY: no preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
+        flags: DSTATE_COUNTED,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    if DSTATE.insert(pid_tgid as u32, entry, 0).is_err() {
+    if DSTATE.insert(pid, entry, 0).is_err() {
         count(counter::DSTATE_FULL);
+        return;
     }
+    // Counted even when the insert replaced an entry (a missed switch-in):
+    // a count too high only costs a lookup, one too low would leave an
+    // entry that no switch-in removes.
+    dhint_add(pid & (DHINT_SLOTS - 1), 1);
 }
 
+/// The task with thread id `pid` switches in: it is no longer in D state.
 #[inline(always)]
-pub fn on_switch_in(next: u64) {
-    let Some(pid) = task_pid(next) else {
-        count(counter::READ_FAILED);
+pub fn on_switch_in(pid: u32) {
+    let slot = pid & (DHINT_SLOTS - 1);
+    let counted = DHINT.get(slot).copied().unwrap_or(1);
+    let seeded = DHINT.get(slot + DHINT_SLOTS).copied().unwrap_or(1);
+    if counted == 0 && seeded == 0 {
+        return;
+    }
+    let Some(entry) = DSTATE.get_ptr(pid) else {
         return;
     };
-    // A lookup first: most switches are of tasks that were not in D, and a
-    // lookup is cheaper than a failing delete (notes/ebpf.md, gotcha 12).
-    if pid != 0 && DSTATE.get_ptr(pid).is_some() {
-        let _ = DSTATE.remove(pid);
+    // SAFETY: a pointer from a successful lookup, read at once.
+    let flags = unsafe { (*entry).flags };
+    if DSTATE.remove(pid).is_ok() && flags & DSTATE_COUNTED != 0 {
+        dhint_add(slot, u32::MAX);
     }
 }
 

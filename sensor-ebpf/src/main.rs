@@ -13,6 +13,9 @@
 //! failure to record is counted, never silent. No code path can panic.
 #![no_std]
 #![no_main]
+// For atomic_xadd: the bpf target has no core::sync::atomic integer types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod events;
 mod exits;

@@ -10,12 +10,13 @@
 use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use vigil_sensor_common::{
-    counter, names, DState, Event, InFlight, EVENT_EXIT, EVENT_HANG, NO_FIELD,
+    counter, names, DState, Event, InFlight, DHINT_SLOTS, DSTATE_COUNTED, EVENT_EXIT, EVENT_HANG,
+    NO_FIELD, WATCH_WORDS,
 };
 
 use crate::{
@@ -77,6 +78,10 @@ pub struct EbpfProbe {
     dstate: HashMap<MapData, u32, DState>,
     inflight: HashMap<MapData, u64, InFlight>,
     watch: PerCpuHashMap<MapData, u32, u64>,
+    watch_bits: Array<MapData, u64>,
+    dhint: Array<MapData, u32>,
+    /// What this process last wrote to the seeded half of `DHINT`.
+    seeded_hint: Vec<u32>,
     counters: PerCpuArray<MapData, u64>,
     events: RingBuf<MapData>,
     /// What is in `WATCH` now (tgid → starttime).
@@ -128,6 +133,35 @@ fn attach_tp(
     Ok(())
 }
 
+/// Loads `object` into the kernel with the offsets and map sizes injected,
+/// attaching nothing (`EbpfProbe::load` and the benchmark attach).
+pub fn open(object: &[u8], off: &KernelOffsets, opts: &LoadOptions) -> Result<Ebpf, LoadError> {
+    let (scope_id, scope_level) = opts
+        .scope
+        .as_ref()
+        .map_or((u64::MAX, NO_FIELD), |s| (s.id, s.level));
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(names::G_TASK_PID_OFF, &off.task_pid, true)
+        .override_global(names::G_TASK_TGID_OFF, &off.task_tgid, true)
+        .override_global(names::G_RQ_PART_OFF, &off.rq_part, true)
+        .override_global(names::G_RQ_Q_OFF, &off.rq_q, true)
+        .override_global(names::G_Q_DISK_OFF, &off.q_disk, true)
+        .override_global(names::G_DISK_PART0_OFF, &off.disk_part0, true)
+        .override_global(names::G_BDEV_DEV_OFF, &off.bdev_dev, true)
+        .override_global(names::G_EXIT_PID_OFF, &off.exit_pid, true)
+        .override_global(names::G_EXIT_GROUP_DEAD_OFF, &off.exit_group_dead, true)
+        .override_global(names::G_HANG_PID_OFF, &off.hang_pid, true)
+        .override_global(names::G_HANG_COMM_OFF, &off.hang_comm, true)
+        .override_global(names::G_SCOPE_CGROUP_ID, &scope_id, true)
+        .override_global(names::G_SCOPE_CGROUP_LEVEL, &scope_level, true)
+        .map_max_entries(names::MAP_DSTATE, opts.max_blocked_tasks)
+        .map_max_entries(names::MAP_INFLIGHT, opts.max_inflight)
+        .map_max_entries(names::MAP_WATCH, opts.max_watched)
+        .map_max_entries(names::MAP_EVENTS, opts.events_bytes);
+    loader.load(object).map_err(LoadError::Load)
+}
+
 impl EbpfProbe {
     /// Loads `object` with the offsets and sizes injected, attaches every
     /// program it can, and seeds `DSTATE` with tasks already in D state.
@@ -136,29 +170,7 @@ impl EbpfProbe {
         off: &KernelOffsets,
         opts: &LoadOptions,
     ) -> Result<EbpfProbe, LoadError> {
-        let (scope_id, scope_level) = opts
-            .scope
-            .as_ref()
-            .map_or((u64::MAX, NO_FIELD), |s| (s.id, s.level));
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global(names::G_TASK_PID_OFF, &off.task_pid, true)
-            .override_global(names::G_RQ_PART_OFF, &off.rq_part, true)
-            .override_global(names::G_RQ_Q_OFF, &off.rq_q, true)
-            .override_global(names::G_Q_DISK_OFF, &off.q_disk, true)
-            .override_global(names::G_DISK_PART0_OFF, &off.disk_part0, true)
-            .override_global(names::G_BDEV_DEV_OFF, &off.bdev_dev, true)
-            .override_global(names::G_EXIT_PID_OFF, &off.exit_pid, true)
-            .override_global(names::G_EXIT_GROUP_DEAD_OFF, &off.exit_group_dead, true)
-            .override_global(names::G_HANG_PID_OFF, &off.hang_pid, true)
-            .override_global(names::G_HANG_COMM_OFF, &off.hang_comm, true)
-            .override_global(names::G_SCOPE_CGROUP_ID, &scope_id, true)
-            .override_global(names::G_SCOPE_CGROUP_LEVEL, &scope_level, true)
-            .map_max_entries(names::MAP_DSTATE, opts.max_blocked_tasks)
-            .map_max_entries(names::MAP_INFLIGHT, opts.max_inflight)
-            .map_max_entries(names::MAP_WATCH, opts.max_watched)
-            .map_max_entries(names::MAP_EVENTS, opts.events_bytes);
-        let mut ebpf = loader.load(object).map_err(LoadError::Load)?;
+        let mut ebpf = open(object, off, opts)?;
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
 
         let mut attached = Vec::new();
@@ -171,10 +183,10 @@ impl EbpfProbe {
             }
         };
 
-        if off.task_pid == NO_FIELD {
+        if off.task_pid == NO_FIELD || off.task_tgid == NO_FIELD {
             return Err(LoadError::Essential {
                 program: "sched_switch",
-                why: "task_struct.pid offset unknown (no kernel BTF?)".into(),
+                why: "task_struct.pid/tgid offsets unknown (no kernel BTF?)".into(),
             });
         }
         attach_btf(&mut ebpf, &btf, names::PROG_SCHED_SWITCH, "sched_switch").map_err(|why| {
@@ -231,6 +243,9 @@ impl EbpfProbe {
             dstate: take(&mut ebpf, names::MAP_DSTATE)?,
             inflight: take(&mut ebpf, names::MAP_INFLIGHT)?,
             watch: take(&mut ebpf, names::MAP_WATCH)?,
+            watch_bits: take(&mut ebpf, names::MAP_WATCH_BITS)?,
+            dhint: take(&mut ebpf, names::MAP_DHINT)?,
+            seeded_hint: vec![0; DHINT_SLOTS as usize],
             counters: take(&mut ebpf, names::MAP_COUNTERS)?,
             events: take(&mut ebpf, names::MAP_EVENTS)?,
             _ebpf: ebpf,
@@ -274,7 +289,9 @@ impl EbpfProbe {
                     start_ns: now,
                     cgroup_id: 0,
                     tgid,
-                    _pad: 0,
+                    // Not counted in the programs' half of DHINT: the
+                    // seeded half below makes switch-in look it up.
+                    flags: 0,
                     comm,
                 };
                 // BPF_NOEXIST: never overwrite what the program recorded.
@@ -284,11 +301,85 @@ impl EbpfProbe {
                 }
             }
         }
+        self.sync_seeded_hint();
         if seeded > 0 {
             tracing::info!(
                 seeded,
                 "tasks already in D state at start are tracked from now"
             );
+        }
+    }
+
+    /// Writes the seeded half of `DHINT` from the seeded entries still in
+    /// `DSTATE`, so switch-in looks those thread ids up. Entries are only
+    /// ever seeded at start, so a slot read here as 0 cannot gain an entry
+    /// later; a count read too high only costs lookups until the next call.
+    fn sync_seeded_hint(&mut self) {
+        let mut want = vec![0u32; DHINT_SLOTS as usize];
+        for (tid, d) in self.dstate.iter().filter_map(Result::ok) {
+            if d.flags & DSTATE_COUNTED == 0 {
+                if let Some(n) = want.get_mut((tid & (DHINT_SLOTS - 1)) as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        for (i, (&w, had)) in want.iter().zip(self.seeded_hint.iter_mut()).enumerate() {
+            if w == *had {
+                continue;
+            }
+            match self.dhint.set(DHINT_SLOTS + i as u32, w, 0) {
+                Ok(()) => *had = w,
+                Err(e) => tracing::warn!(error = %e, "cannot update DHINT"),
+            }
+        }
+    }
+
+    /// Writes `WATCH_BITS` for the tgids in `watched`, only the words that
+    /// change. A bit set before its `WATCH` entry exists, or left set a
+    /// moment after it is gone, only costs a lookup.
+    fn sync_watch_bits(&mut self, before: &[u64]) {
+        let now = watch_bitmap(self.watched.keys().copied());
+        for (i, (&w, &b)) in now.iter().zip(before).enumerate() {
+            if w != b {
+                if let Err(e) = self.watch_bits.set(i as u32, w, 0) {
+                    tracing::warn!(error = %e, "cannot update WATCH_BITS");
+                }
+            }
+        }
+    }
+
+    /// Makes `WATCH` hold exactly `procs` (tgid, starttime).
+    fn watch_inner(&mut self, procs: &[(u32, u64)]) {
+        let wanted: StdHashMap<u32, u64> = procs.iter().copied().collect();
+        let gone: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(tgid, st)| wanted.get(tgid) != Some(st))
+            .map(|(t, _)| *t)
+            .collect();
+        for tgid in gone {
+            let _ = self.watch.remove(&tgid);
+            self.watched.remove(&tgid);
+        }
+        for (&tgid, &st) in &wanted {
+            if self.watched.contains_key(&tgid) {
+                continue;
+            }
+            let zeros = match PerCpuValues::try_from(vec![0u64; self.nr_cpus]) {
+                Ok(z) => z,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot size per-CPU values");
+                    return;
+                }
+            };
+            match self.watch.insert(tgid, zeros, 0) {
+                Ok(()) => {
+                    self.watched.insert(tgid, st);
+                }
+                Err(e) => {
+                    tracing::warn!(tgid, error = %e, "cannot watch process (WATCH full? raise --max-watched)")
+                }
+            }
         }
     }
 
@@ -300,12 +391,25 @@ impl EbpfProbe {
     }
 }
 
+/// The `WATCH_BITS` words for a set of tgids (see `WATCH_WORDS`).
+pub fn watch_bitmap(tgids: impl IntoIterator<Item = u32>) -> Vec<u64> {
+    let mut words = vec![0u64; WATCH_WORDS as usize];
+    for tgid in tgids {
+        let bit = tgid % (64 * WATCH_WORDS);
+        if let Some(w) = words.get_mut((bit / 64) as usize) {
+            *w |= 1 << (bit % 64);
+        }
+    }
+    words
+}
+
 impl Signals for EbpfProbe {
     fn mode(&self) -> Mode {
         Mode::Ebpf
     }
 
     fn sleepers(&mut self, _scope: Option<&HashSet<u32>>, out: &mut Vec<Sleeper>) {
+        self.sync_seeded_hint();
         // The program filters by cgroup itself; seeded entries were filtered
         // by pid at seeding time.
         for (tid, d) in self.dstate.iter().filter_map(Result::ok) {
@@ -383,37 +487,9 @@ impl Signals for EbpfProbe {
     }
 
     fn watch(&mut self, procs: &[(u32, u64)]) {
-        let wanted: StdHashMap<u32, u64> = procs.iter().copied().collect();
-        let gone: Vec<u32> = self
-            .watched
-            .iter()
-            .filter(|(tgid, st)| wanted.get(tgid) != Some(st))
-            .map(|(t, _)| *t)
-            .collect();
-        for tgid in gone {
-            let _ = self.watch.remove(&tgid);
-            self.watched.remove(&tgid);
-        }
-        for (&tgid, &st) in &wanted {
-            if self.watched.contains_key(&tgid) {
-                continue;
-            }
-            let zeros = match PerCpuValues::try_from(vec![0u64; self.nr_cpus]) {
-                Ok(z) => z,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot size per-CPU values");
-                    return;
-                }
-            };
-            match self.watch.insert(tgid, zeros, 0) {
-                Ok(()) => {
-                    self.watched.insert(tgid, st);
-                }
-                Err(e) => {
-                    tracing::warn!(tgid, error = %e, "cannot watch process (WATCH full? raise --max-watched)")
-                }
-            }
-        }
+        let before = watch_bitmap(self.watched.keys().copied());
+        self.watch_inner(procs);
+        self.sync_watch_bits(&before);
     }
 
     fn cpu_ns(&mut self, tgid: u32) -> Option<u64> {

@@ -13,6 +13,7 @@ use crate::{btf::Btf, tracefs};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct KernelOffsets {
     pub task_pid: u32,
+    pub task_tgid: u32,
     pub rq_part: u32,
     pub rq_q: u32,
     pub q_disk: u32,
@@ -28,6 +29,7 @@ impl Default for KernelOffsets {
     fn default() -> Self {
         KernelOffsets {
             task_pid: NO_FIELD,
+            task_tgid: NO_FIELD,
             rq_part: NO_FIELD,
             rq_q: NO_FIELD,
             q_disk: NO_FIELD,
@@ -56,6 +58,7 @@ impl KernelOffsets {
                     Err(e) => notes.push(format!("BTF: {e}")),
                 };
                 member(&mut o.task_pid, "task_struct", "pid");
+                member(&mut o.task_tgid, "task_struct", "tgid");
                 member(&mut o.rq_part, "request", "part");
                 member(&mut o.rq_q, "request", "q");
                 member(&mut o.q_disk, "request_queue", "disk");
@@ -131,6 +134,7 @@ mod tests {
         };
         let (o, _) = KernelOffsets::discover(Some(&btf), None);
         assert_ne!(o.task_pid, NO_FIELD);
+        assert_ne!(o.task_tgid, NO_FIELD);
         assert!(o.block_ready());
     }
 }

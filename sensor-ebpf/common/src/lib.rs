@@ -29,10 +29,37 @@ pub struct DState {
     pub cgroup_id: u64,
     /// Thread group id (the process id as userspace knows it).
     pub tgid: u32,
-    /// Padding so the layout has no implicit holes (Pod must be hole-free).
-    pub _pad: u32,
+    /// [`DSTATE_COUNTED`] when the program made the entry (and counted it in
+    /// `DHINT`); 0 for entries userspace seeded.
+    pub flags: u32,
     /// The task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+}
+
+/// `DState::flags`: the program made this entry and added one to its
+/// `DHINT` slot, so removing it takes that one away again.
+pub const DSTATE_COUNTED: u32 = 1;
+
+/// Slots per half of the `DHINT` array. A power of two: the slot of a
+/// thread id is `tid & (DHINT_SLOTS - 1)`.
+pub const DHINT_SLOTS: u32 = 1024;
+
+/// Words of the `WATCH_BITS` bitmap (64 bits each). Bit `tgid % (64 *
+/// WATCH_WORDS)` is set for each watched tgid; a set bit may be a collision,
+/// so `WATCH` is still asked, but a clear bit means "not watched" for sure.
+pub const WATCH_WORDS: u32 = 512;
+
+/// When the task now running on a CPU switched in, if it is watched (value
+/// of the `ONCPU` per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnCpu {
+    /// Thread id that switched in; 0 when the slot is empty.
+    pub pid: u32,
+    /// Padding so the layout has no implicit holes.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at that switch-in.
+    pub ts_ns: u64,
 }
 
 /// One block request in flight (value of the `INFLIGHT` map, keyed by the
@@ -98,8 +125,19 @@ pub mod names {
     /// `PerCpuHashMap<u32 tgid, u64 ns>`: watched processes and the CPU time
     /// their threads received. Userspace inserts and removes keys.
     pub const MAP_WATCH: &str = "WATCH";
-    /// `PerCpuArray<u64>` of size 1: when the current task switched in.
+    /// `PerCpuArray<OnCpu>` of size 1: when the current (watched) task
+    /// switched in.
     pub const MAP_ONCPU: &str = "ONCPU";
+    /// `Array<u64>` of [`super::WATCH_WORDS`]: a bitmap over tgids that lets
+    /// `sched_switch` skip the `WATCH` hash lookup for unwatched tasks.
+    /// Written by userspace only.
+    pub const MAP_WATCH_BITS: &str = "WATCH_BITS";
+    /// `Array<u32>` of 2 × [`super::DHINT_SLOTS`]: how many `DSTATE` entries
+    /// may exist per slot `tid & (DHINT_SLOTS - 1)`, so `sched_switch` skips
+    /// the `DSTATE` lookup on switch-in when a slot is 0. The first half is
+    /// counted by the program (atomically), the second written by userspace
+    /// for the entries it seeded.
+    pub const MAP_DHINT: &str = "DHINT";
     /// `PerCpuArray<u64>` of [`super::counter::COUNT`] counters.
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// `RingBuf` of [`super::Event`].
@@ -107,6 +145,10 @@ pub mod names {
 
     /// tp_btf on `sched_switch`: D-state tracking and CPU runtime.
     pub const PROG_SCHED_SWITCH: &str = "vigil_sched_switch";
+    /// tp_btf on `sched_switch` that does nothing: `bench-switch` attaches
+    /// it alone to measure what any program on that hook costs. The sensor
+    /// never loads it.
+    pub const PROG_BENCH_EMPTY: &str = "vigil_bench_empty";
     /// tp_btf on `block_rq_issue`.
     pub const PROG_RQ_ISSUE: &str = "vigil_rq_issue";
     /// tp_btf on `block_rq_complete`.
@@ -120,6 +162,8 @@ pub mod names {
 
     /// Offset of `task_struct.pid` (from the kernel's BTF).
     pub const G_TASK_PID_OFF: &str = "TASK_PID_OFF";
+    /// Offset of `task_struct.tgid` (from the kernel's BTF).
+    pub const G_TASK_TGID_OFF: &str = "TASK_TGID_OFF";
     /// Offset of `request.part` (a `struct block_device *`).
     pub const G_RQ_PART_OFF: &str = "RQ_PART_OFF";
     /// Offset of `request.q` (a `struct request_queue *`).
@@ -161,4 +205,6 @@ mod pod {
     unsafe impl aya::Pod for super::InFlight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OnCpu {}
 }
