@@ -42,9 +42,27 @@ pub struct Args {
     /// The decider binary (default: next to this one).
     #[arg(long)]
     pub decider: Option<PathBuf>,
+    /// Another vigil-decider (e.g. a build of the previous commit) to run
+    /// right before this one at each size: before/after on the same machine
+    /// state.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Runs per size (and per decider): the machine is noisy, compare medians.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Print results as JSON lines too.
     #[arg(long)]
     pub json: bool,
+    /// TOML appended to the decider's config, for experiments
+    /// (e.g. `[engine]` then `tick = "1s"` on the next line).
+    #[arg(long, default_value = "")]
+    pub extra_config: String,
+    /// Skip ListNodes (to see GetNode alone).
+    #[arg(long)]
+    pub no_list: bool,
+    /// Keep each run's directory (decider config and log) and print its path.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 pub fn main() -> i32 {
@@ -98,8 +116,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             decider.display()
         );
     }
+    let mut deciders = vec![("this", decider)];
+    if let Some(b) = &args.baseline {
+        if !b.is_file() {
+            bail!("baseline {} not found", b.display());
+        }
+        deciders.insert(0, ("baseline", b.clone()));
+    }
     println!(
-        "{:>6}  {:>8}  {:>7}  {:>8}  {:>9}  {:>16}  {:>16}  {:>16}  {:>6}",
+        "{:>8}  {:>6}  {:>8}  {:>7}  {:>8}  {:>9}  {:>16}  {:>16}  {:>16}  {:>6}",
+        "decider",
         "nodes",
         "hb/s",
         "cpu %",
@@ -111,29 +137,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "errors"
     );
     for &n in &args.nodes {
-        let r = one_run(&decider, n, &args)
-            .await
-            .with_context(|| format!("run with {n} sensors"))?;
-        println!(
-            "{:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>9.0}  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>6}",
-            r.nodes,
-            r.heartbeats_acked_per_s,
-            r.cpu_percent_of_one_core,
-            r.rss_max_mb,
-            r.loadgen_cpu_percent,
-            r.heartbeat_lag_p50_ms,
-            r.heartbeat_lag_p99_ms,
-            r.get_node_p50_ms,
-            r.get_node_p99_ms,
-            r.list_nodes_p50_ms,
-            r.list_nodes_p99_ms,
-            r.stream_errors
-        );
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&r).context("encoding the report")?
-            );
+        for _ in 0..args.rounds.max(1) {
+            // Baseline and candidate back to back at each size, so both see
+            // the same machine (this one is shared and its load drifts).
+            for (label, path) in &deciders {
+                let r = one_run(path, n, &args)
+                    .await
+                    .with_context(|| format!("run with {n} sensors ({label})"))?;
+                println!(
+                    "{:>8}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>9.0}  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>6}",
+                    label,
+                    r.nodes,
+                    r.heartbeats_acked_per_s,
+                    r.cpu_percent_of_one_core,
+                    r.rss_max_mb,
+                    r.loadgen_cpu_percent,
+                    r.heartbeat_lag_p50_ms,
+                    r.heartbeat_lag_p99_ms,
+                    r.get_node_p50_ms,
+                    r.get_node_p99_ms,
+                    r.list_nodes_p50_ms,
+                    r.list_nodes_p99_ms,
+                    r.stream_errors
+                );
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&r).context("encoding the report")?
+                    );
+                }
+            }
         }
     }
     Ok(())
@@ -153,7 +186,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr().context("reading the free port")?.port())
 }
 
-fn write_config(dir: &Path, n: usize, port: u16) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, n: usize, port: u16, extra: &str) -> anyhow::Result<PathBuf> {
     use std::fmt::Write;
     let mut cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nenabled = false\n[nova]\nenabled = false\n\
@@ -169,6 +202,8 @@ fn write_config(dir: &Path, n: usize, port: u16) -> anyhow::Result<PathBuf> {
             token.display()
         );
     }
+    cfg.push_str(extra);
+    cfg.push('\n');
     let path = dir.join("decider.toml");
     std::fs::write(&path, cfg).context("writing the decider config")?;
     Ok(path)
@@ -183,9 +218,19 @@ fn token_of(i: usize) -> String {
 }
 
 async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = tempfile::Builder::new()
+        .prefix("vigil-loadgen-")
+        .disable_cleanup(args.keep)
+        .tempdir()
+        .context("creating a temporary directory")?;
+    if args.keep {
+        eprintln!(
+            "vigil-loadgen: {n} nodes: decider log in {}",
+            dir.path().join("decider.log").display()
+        );
+    }
     let port = free_port()?;
-    let config = write_config(dir.path(), n, port)?;
+    let config = write_config(dir.path(), n, port, &args.extra_config)?;
     let log = std::fs::File::create(dir.path().join("decider.log"))
         .context("creating the decider log")?;
     let child = tokio::process::Command::new(decider)
@@ -262,7 +307,7 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
             .await
             .context("GetNode during the run")?;
         get_lat.push(q.elapsed());
-        if Instant::now() >= next_list {
+        if !args.no_list && Instant::now() >= next_list {
             let q = Instant::now();
             op.list_nodes(v1::ListNodesRequest {})
                 .await

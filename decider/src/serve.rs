@@ -120,10 +120,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         {
             let s = shutdown.clone();
-            tasks.spawn(async move {
-                engine.run(events, s.wait()).await;
-                Ok(())
-            });
+            tasks.spawn(engine.spawn(events, s.wait()));
         }
         let recovery = match (witnesses.recovery.clone(), recovery_rx, recovery_tx) {
             (Some(parts), Some(rx), Some(tx)) => {
