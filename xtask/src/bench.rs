@@ -19,7 +19,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("recovery") => recovery(rest),
         _ => bail!(
             "usage: cargo xtask bench sensor|decider|recovery [ARGS…]\n  \
-             sensor:   context-switch cost and sensor RSS/CPU (root; pass e.g. --rounds 5)\n  \
+             sensor:   context-switch cost and sensor RSS/CPU (root; e.g. --rounds 41 --compare-bin OLD_BINARY --json)\n  \
              decider:  simulated sensors over gRPC, query latency (pass e.g. --nodes 1000,5000)\n  \
              recovery: power loss to all servers ACTIVE elsewhere, against the hand floor (root, lab)"
         ),
