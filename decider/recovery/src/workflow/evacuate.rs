@@ -5,7 +5,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::fence_step::ConfirmedFence;
-use super::nova::{EvacuateRequest, NovaCallError, ResetTo, ServerStatus};
+use super::nova::{EvacuateRequest, Microversion, NovaCallError, ResetTo, ServerStatus};
 use super::{Run, WorkflowError};
 use crate::fence::error_chain;
 use crate::journal::{InstanceRecord, InstanceState, StepKind, StepOutcome};
@@ -31,6 +31,21 @@ enum Verified {
     /// Nova says this attempt failed and the server is still on the dead
     /// host: a retry may help.
     Retry(String),
+}
+
+/// What a server is reset to before it is evacuated again. `error` claims
+/// nothing, so it is the rule. But Nova (2025.1, `_do_rebuild_instance`)
+/// applies an evacuation's target state (`stopped` from microversion 2.95)
+/// only to a server that is not in ERROR: a stopped server reset to `error`
+/// would be started on its destination (seen in the lab). So one that must
+/// land stopped, going with 2.95 or later, is reset to `active`; it is on a
+/// fenced host, and the evacuation that follows at once stops it there.
+fn reset_before_retry(expected: &str, microversion: Microversion) -> ResetTo {
+    if expected == "SHUTOFF" && microversion >= Microversion::STOPPED_EVACUATE {
+        ResetTo::Active
+    } else {
+        ResetTo::Error
+    }
 }
 
 fn parse_status(s: &str) -> ServerStatus {
@@ -146,22 +161,17 @@ impl Run<'_> {
                     }
                     if nova_attempts > 0 {
                         // Nova recorded a failed evacuation; it can leave a task state behind
-                        // that blocks the next; reset to `error` (claims nothing).
+                        // that blocks the next; reset (clears it).
+                        let to = reset_before_retry(&rec.expected, request.microversion);
                         let s = self
                             .begin(
                                 StepKind::ResetState,
                                 &rec.server_id,
                                 attempts,
-                                json!({"to": "error"}),
+                                json!({"to": to}),
                             )
                             .await?;
-                        match self
-                            .r
-                            .edges
-                            .nova
-                            .reset_state(&rec.server_id, ResetTo::Error)
-                            .await
-                        {
+                        match self.r.edges.nova.reset_state(&rec.server_id, to).await {
                             Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
                             Err(e) => {
                                 self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
@@ -279,19 +289,35 @@ impl Run<'_> {
                             .await
                             .map(|r| Verified::Done(Box::new(r)));
                     }
-                    if settled && !elsewhere && server.status == ServerStatus::Error {
-                        let moving = self
+                    if settled && !elsewhere {
+                        // Nova says this attempt failed: the server is ERROR on
+                        // the dead host, or its newest evacuation failed and
+                        // Nova rolled it back as it was (a destination's claim
+                        // or late server-group check fails so; seen in the
+                        // lab: still ACTIVE, migration `failed`). Nothing is
+                        // moving: a retry may help.
+                        let (moving, failed) = match self
                             .r
                             .edges
                             .nova
                             .evacuation_migrations(&rec.server_id)
                             .await
-                            .map(|m| m.iter().any(|m| !m.finished()))
-                            .unwrap_or(true);
-                        if !moving {
-                            let why = server
-                                .fault
-                                .unwrap_or_else(|| "ERROR on the dead host after evacuate".into());
+                        {
+                            Ok(m) => (
+                                m.iter().any(|m| !m.finished()),
+                                m.last().is_some_and(|m| {
+                                    m.failed() && m.created_at.is_none_or(|t| t >= self.opened_at)
+                                }),
+                            ),
+                            Err(_) => (true, false),
+                        };
+                        if !moving && (server.status == ServerStatus::Error || failed) {
+                            let why = server.fault.unwrap_or_else(|| {
+                                format!(
+                                    "{} on the dead host after evacuate, its evacuation failed",
+                                    server.status
+                                )
+                            });
                             self.end(s, StepOutcome::Failed, json!({"retry": true, "fault": why}))
                                 .await?;
                             return Ok(Verified::Retry(why));

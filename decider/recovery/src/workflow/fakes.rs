@@ -63,6 +63,9 @@ struct FakeServer {
     pending: Option<Pending>,
     /// Evacuations that will fail (server ERROR on the source, migration error).
     fail_next: u32,
+    /// A failed evacuation leaves the status as it was (a failed claim on
+    /// the destination), not ERROR.
+    fail_keeps_status: bool,
     /// Evacuations never land (stays rebuilding).
     never_lands: bool,
 }
@@ -144,6 +147,7 @@ impl FakeNova {
                 actions: Vec::new(),
                 pending: None,
                 fail_next: 0,
+                fail_keeps_status: false,
                 never_lands: false,
             },
         );
@@ -152,6 +156,15 @@ impl FakeNova {
     pub fn fail_next_evacuations(&self, id: &str, n: u32) {
         if let Some(s) = self.state.lock().expect("nova").servers.get_mut(id) {
             s.fail_next = n;
+        }
+    }
+
+    /// The next `n` evacuations of `id` fail as a destination's claim does:
+    /// migration `failed`, the server rolled back to the status it had.
+    pub fn fail_next_evacuations_keeping_status(&self, id: &str, n: u32) {
+        if let Some(s) = self.state.lock().expect("nova").servers.get_mut(id) {
+            s.fail_next = n;
+            s.fail_keeps_status = true;
         }
     }
 
@@ -373,11 +386,17 @@ impl NovaActions for FakeNova {
         let mid = format!("mig-{id}-{}", fs.migrations.len());
         if fs.fail_next > 0 {
             fs.fail_next -= 1;
-            fs.server.status = ServerStatus::Error;
-            fs.server.fault = Some("No valid host was found (fake)".into());
+            let status = if fs.fail_keeps_status {
+                fs.server.fault = Some("Insufficient compute resources (fake)".into());
+                "failed"
+            } else {
+                fs.server.status = ServerStatus::Error;
+                fs.server.fault = Some("No valid host was found (fake)".into());
+                "error"
+            };
             fs.migrations.push(Migration {
                 id: mid,
-                status: "error".into(),
+                status: status.into(),
                 source_compute: Some(source),
                 dest_compute: None,
                 created_at: Some(now),
@@ -389,7 +408,10 @@ impl NovaActions for FakeNova {
             .clone()
             .or_else(|| healthy.iter().find(|h| **h != source).cloned())
             .unwrap_or_default();
-        let lands_as = if request.microversion >= Microversion::STOPPED_EVACUATE
+        // As Nova: from 2.95 the target state is `stopped`, but it is not
+        // applied to a server in ERROR (it comes back running).
+        let lands_as = if (request.microversion >= Microversion::STOPPED_EVACUATE
+            && fs.server.status != ServerStatus::Error)
             || fs.server.status == ServerStatus::Shutoff
         {
             ServerStatus::Shutoff

@@ -169,8 +169,10 @@ pub struct EvacuateRequest {
     pub host: Option<String>,
 }
 
-/// What `os-resetState` sets. Recovery only ever resets to `error`: it clears a
-/// stuck task state without claiming the server runs.
+/// What `os-resetState` sets. Recovery resets to `error` (it clears a stuck
+/// task state without claiming the server runs), except a server that must
+/// land stopped with microversion ≥ 2.95: Nova ignores the evacuation's
+/// target state for a server in ERROR, so that one is reset to `active`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResetTo {

@@ -496,6 +496,59 @@ async fn a_failed_evacuation_is_reset_and_retried_then_gives_up_when_bounded() {
 }
 
 #[tokio::test]
+async fn a_stopped_server_whose_evacuation_failed_is_reset_to_active_and_lands_stopped() {
+    let mut w = World::new(&[Bmc::Works]);
+    w.settings.evacuation.shutoff = ShutoffPolicy::Evacuate;
+    w.nova.fail_next_evacuations("s", 1);
+    w.nova.fail_next_evacuations("a", 1);
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::Completed, "{:?}", out.reason);
+    let s = w.nova.get("s");
+    assert_eq!(s.status, ServerStatus::Shutoff, "{:?}", w.calls());
+    assert_ne!(s.host.as_deref(), Some("c1"));
+    assert_eq!(w.nova.evacuate_calls("s"), 2);
+    // Reset to ERROR, Nova would ignore the 2.95 target state and start it.
+    assert_eq!(w.nova.calls_starting("reset_state s Active"), 1);
+    assert_eq!(w.nova.calls_starting("reset_state s Error"), 0);
+    // A server that must run is still reset to ERROR (claims nothing).
+    assert_eq!(w.nova.calls_starting("reset_state a Error"), 1);
+    assert_eq!(w.nova.get("a").status, ServerStatus::Active);
+}
+
+#[tokio::test]
+async fn a_failed_evacuation_that_leaves_the_server_active_is_retried() {
+    let w = World::new(&[Bmc::Works]);
+    w.nova.fail_next_evacuations_keeping_status("a", 1);
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::Completed, "{:?}", out.reason);
+    assert_eq!(w.nova.evacuate_calls("a"), 2, "{:?}", w.calls());
+    assert_eq!(w.nova.calls_starting("reset_state a"), 1);
+    let a = w.nova.get("a");
+    assert_eq!(a.status, ServerStatus::Active);
+    assert_ne!(a.host.as_deref(), Some("c1"));
+
+    // And when it keeps failing: bounded, with Nova's reason, no waiting
+    // out the verify deadline.
+    let w = World::new(&[Bmc::Works]);
+    w.nova.fail_next_evacuations_keeping_status("a", 10);
+    let started = w.clock.now();
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::NeedsAttention);
+    assert_eq!(w.nova.evacuate_calls("a"), 3, "max_attempts = 3");
+    assert!(
+        out.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("Insufficient compute resources")),
+        "nova's reason: {:?}",
+        out.reason
+    );
+    assert!(
+        w.clock.now().since(started) < w.settings.evacuation.verify_deadline,
+        "gave up only after the verify deadline"
+    );
+}
+
+#[tokio::test]
 async fn an_instance_that_never_lands_is_not_evacuated_twice() {
     let w = World::new(&[Bmc::Works]);
     w.nova.never_lands("a");
