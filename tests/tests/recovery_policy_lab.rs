@@ -586,3 +586,133 @@ fn a_failed_evacuation_is_retried_and_one_that_keeps_failing_needs_attention() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
 }
+
+#[test]
+fn a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped() {
+    if !tier::root(
+        "a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped",
+        WHY,
+    ) {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _x = lab.exclusive();
+    let (mut restore, _) = prepare(lab, NODE, 0);
+    let servers =
+        boot_with_statuses(1, NODE, &[("shutoff", 1)]).expect("boot a SHUTOFF server on compute1");
+    restore.servers = servers.iter().map(|s| s.id.clone()).collect();
+    let stopped = by_status(&servers, "SHUTOFF");
+    let mut failures = SpawnFailures::default();
+    let stale = failures
+        .set(&stopped.id, 1)
+        .expect("fail the server's next spawn");
+    let stale: Vec<String> = stale.into_iter().filter(|n| n != NODE).collect();
+    if !stale.is_empty() {
+        eprintln!(
+            "restarting nova-compute on {stale:?}: started before the lab virt driver changed"
+        );
+        restart_nova_compute(lab, &stale).expect("restart stale nova-computes");
+    }
+    let d = Decider::start(
+        lab,
+        Opts {
+            shutoff: Some("evacuate".into()),
+            ..Opts::default()
+        },
+    );
+    d.wait_all_healthy(lab);
+    let (id, inc) = lose_power_and_recover(lab, &d);
+    assert_eq!(
+        SpawnFailures::left(lab, &stopped.id),
+        0,
+        "the lab did not fail {}'s spawn: the destination's nova-compute lacks the hook?",
+        stopped.id
+    );
+    // The failed attempt leaves it ERROR; the retry must still land it
+    // stopped, not running.
+    assert_eq!(
+        inc["incident"]["summary"]["status"],
+        "completed",
+        "incident {id}: {inc}\n{}",
+        d.log()
+    );
+    let host = assert_moved(lab, &stopped.id, "SHUTOFF", 2, &d);
+    let rec = instance(&inc, &stopped.id);
+    assert!(
+        rec["state"] == "evacuated" && rec["attempts"] == 2 && rec["expected"] == "SHUTOFF",
+        "instance record: {rec}"
+    );
+    let running: Vec<String> = lab
+        .qemu_processes(&host)
+        .unwrap_or_else(|e| panic!("qemu processes on {host}: {e:#}"))
+        .into_values()
+        .collect();
+    assert!(
+        !running.contains(&stopped.id),
+        "the SHUTOFF server {} runs on {host} after its retried evacuation: {running:?}",
+        stopped.id
+    );
+}
+
+#[test]
+fn an_evacuation_whose_claim_fails_leaves_the_server_active_and_is_retried() {
+    if !tier::root(
+        "an_evacuation_whose_claim_fails_leaves_the_server_active_and_is_retried",
+        WHY,
+    ) {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _x = lab.exclusive();
+    let (_restore, servers) = prepare(lab, NODE, 1);
+    let s = &servers[0];
+    let mut failures = SpawnFailures::default();
+    // As a destination's claim (or late server-group check) fails: Nova
+    // marks the migration failed and rolls the server back, still ACTIVE on
+    // the dead host, no ERROR.
+    let stale = failures
+        .set_as(&s.id, 1, "claim")
+        .expect("fail the server's next claim");
+    let stale: Vec<String> = stale.into_iter().filter(|n| n != NODE).collect();
+    if !stale.is_empty() {
+        eprintln!(
+            "restarting nova-compute on {stale:?}: started before the lab virt driver changed"
+        );
+        restart_nova_compute(lab, &stale).expect("restart stale nova-computes");
+    }
+    // A short verify deadline: waiting it out is the failure this catches.
+    let d = Decider::start(
+        lab,
+        Opts {
+            verify_deadline: Some("90s".into()),
+            ..Opts::default()
+        },
+    );
+    d.wait_all_healthy(lab);
+    let (id, inc) = lose_power_and_recover(lab, &d);
+    assert_eq!(
+        SpawnFailures::left(lab, &s.id),
+        0,
+        "the lab did not fail {}'s claim: the destination's nova-compute lacks the hook?",
+        s.id
+    );
+    assert_eq!(
+        inc["incident"]["summary"]["status"],
+        "completed",
+        "incident {id}: {inc}\n{}",
+        d.log()
+    );
+    assert_moved(lab, &s.id, "ACTIVE", 2, &d);
+    let rec = instance(&inc, &s.id);
+    assert!(
+        rec["state"] == "evacuated" && rec["attempts"] == 2,
+        "instance record: {rec}"
+    );
+    let failed_verify: Vec<&Value> = steps(&inc, "verify")
+        .filter(|v| v["target"] == s.id.as_str() && v["outcome"] == "failed")
+        .collect();
+    assert!(
+        failed_verify.len() == 1 && failed_verify[0]["result"]["retry"] == true,
+        "want one failed verify that retries: {failed_verify:?}"
+    );
+}
