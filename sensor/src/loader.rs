@@ -328,7 +328,10 @@ impl EbpfProbe {
                 continue;
             }
             match self.dhint.set(DHINT_SLOTS + i as u32, w, 0) {
-                Ok(()) => *had = w,
+                Ok(()) => {
+                    tracing::debug!(slot = i, from = *had, to = w, "seeded DHINT slot");
+                    *had = w;
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot update DHINT"),
             }
         }
