@@ -102,6 +102,7 @@ fn server(s: vigil_nova::Server) -> wf::Server {
         // by image property is not seen (metadata and flavor are).
         image_properties: BTreeMap::new(),
         fault: s.fault.and_then(|f| f.message),
+        updated: s.updated,
     }
 }
 

@@ -1,6 +1,8 @@
 //! One instance: reconcile with Nova's live state, evacuate (again only if
 //! Nova says the last try failed), and verify it runs elsewhere.
 
+use std::time::Duration;
+
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
@@ -9,6 +11,7 @@ use super::nova::{EvacuateRequest, Microversion, NovaCallError, ResetTo, ServerS
 use super::{Run, WorkflowError};
 use crate::fence::error_chain;
 use crate::journal::{InstanceRecord, InstanceState, StepKind, StepOutcome};
+use crate::time::Timestamp;
 
 /// What Nova says about the instance right now.
 enum Live {
@@ -32,6 +35,16 @@ enum Verified {
     /// host: a retry may help.
     Retry(String),
 }
+
+/// How long Nova's word that an evacuation failed must hold, the server's
+/// record (`updated`) unchanged, before it is evacuated again. Nova rolls a
+/// failed evacuation back in more than one write: after a failed destination
+/// claim the server shows ACTIVE with no task state at once, and the compute
+/// manager clears the task state once more about 2 s later (seen in the
+/// lab); an evacuation made in between has its task state cleared by that
+/// write and fails (UnexpectedTaskStateError), wasting an attempt. 5 s:
+/// more than twice that gap, on a busy two-CPU lab.
+const RETRY_SETTLE: Duration = Duration::from_secs(5);
 
 /// What a server is reset to before it is evacuated again. `error` claims
 /// nothing, so it is the rule. But Nova (2025.1, `_do_rebuild_instance`)
@@ -241,11 +254,17 @@ impl Run<'_> {
             .await?;
         let deadline = self.clock().now().plus(policy.verify_deadline);
         let mut last = String::from("not read yet");
+        // Nova's word that this attempt failed, with the server's `updated`
+        // and when it was first seen so.
+        let mut failed_seen: Option<(Option<String>, Timestamp)> = None;
         while self.clock().now() < deadline {
             match self.r.edges.nova.server(&rec.server_id).await {
                 Ok(server) => {
                     let elsewhere = server.host.as_deref().is_some_and(|h| h != rec.from_host);
                     let settled = server.task_state.is_none();
+                    if !settled || elsewhere {
+                        failed_seen = None;
+                    }
                     last = format!(
                         "status {} task_state {:?} host {:?}",
                         server.status, server.task_state, server.host
@@ -311,7 +330,19 @@ impl Run<'_> {
                             ),
                             Err(_) => (true, false),
                         };
-                        if !moving && (server.status == ServerStatus::Error || failed) {
+                        let now = self.clock().now();
+                        let failed_now =
+                            !moving && (server.status == ServerStatus::Error || failed);
+                        let settled_for = match &failed_seen {
+                            Some((u, since)) if failed_now && *u == server.updated => {
+                                now.since(*since)
+                            }
+                            _ => {
+                                failed_seen = failed_now.then(|| (server.updated.clone(), now));
+                                Duration::ZERO
+                            }
+                        };
+                        if failed_now && settled_for >= RETRY_SETTLE {
                             let why = server.fault.unwrap_or_else(|| {
                                 format!(
                                     "{} on the dead host after evacuate, its evacuation failed",

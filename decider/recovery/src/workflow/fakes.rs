@@ -68,6 +68,10 @@ struct FakeServer {
     fail_keeps_status: bool,
     /// Evacuations never land (stays rebuilding).
     never_lands: bool,
+    /// Reads left before Nova's late write of a rolled-back evacuation (its
+    /// compute manager clears the task state once more); an evacuation made
+    /// before it has its task state cleared and fails.
+    late_revert: u32,
 }
 
 pub struct NovaState {
@@ -97,6 +101,7 @@ pub fn server(id: &str, host: &str, status: ServerStatus) -> Server {
         flavor_extra_specs: BTreeMap::new(),
         image_properties: BTreeMap::new(),
         fault: None,
+        updated: None,
     }
 }
 
@@ -149,6 +154,7 @@ impl FakeNova {
                 fail_next: 0,
                 fail_keeps_status: false,
                 never_lands: false,
+                late_revert: 0,
             },
         );
     }
@@ -327,6 +333,21 @@ impl NovaActions for FakeNova {
                 what: format!("server {id}"),
             }));
         };
+        if fs.late_revert > 0 {
+            fs.late_revert -= 1;
+            if fs.late_revert == 0 {
+                fs.server.updated = Some(format!("reverted-{}", fs.actions.len()));
+                if fs.pending.take().is_some() {
+                    // The newer evacuation expected `rebuilding`: it fails.
+                    fs.server.task_state = None;
+                    fs.server.status = ServerStatus::Error;
+                    fs.server.fault = Some("UnexpectedTaskStateError (fake)".into());
+                    if let Some(m) = fs.migrations.last_mut() {
+                        m.status = "failed".into();
+                    }
+                }
+            }
+        }
         if let Some(p) = &mut fs.pending {
             if p.polls_left == 0 && !fs.never_lands {
                 fs.server.host = Some(p.dest.clone());
@@ -388,6 +409,8 @@ impl NovaActions for FakeNova {
             fs.fail_next -= 1;
             let status = if fs.fail_keeps_status {
                 fs.server.fault = Some("Insufficient compute resources (fake)".into());
+                fs.server.updated = Some(format!("rolled-back-{}", fs.actions.len()));
+                fs.late_revert = 3;
                 "failed"
             } else {
                 fs.server.status = ServerStatus::Error;

@@ -130,6 +130,8 @@ pub struct Server {
     pub image_properties: BTreeMap<String, String>,
     /// `fault.message`, when Nova recorded one.
     pub fault: Option<String>,
+    /// `updated`: when Nova last wrote the server's record.
+    pub updated: Option<String>,
 }
 
 /// An `os-migrations` record of type `evacuation` (microversion ≥ 2.59).

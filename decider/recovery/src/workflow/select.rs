@@ -182,6 +182,7 @@ mod tests {
             flavor_extra_specs: BTreeMap::new(),
             image_properties: BTreeMap::new(),
             fault: None,
+            updated: None,
         }
     }
 

@@ -517,6 +517,8 @@ async fn a_stopped_server_whose_evacuation_failed_is_reset_to_active_and_lands_s
 
 #[tokio::test]
 async fn a_failed_evacuation_that_leaves_the_server_active_is_retried() {
+    // The fake writes the rollback twice, as Nova does: a retry made between
+    // the writes would be undone and fail (a third evacuate call).
     let w = World::new(&[Bmc::Works]);
     w.nova.fail_next_evacuations_keeping_status("a", 1);
     let (out, _) = settle(w.run(Mode::Live).await).await;
