@@ -423,7 +423,13 @@ impl Engine {
             }
             Event::NovaInstances { host, result } => self.on_nova_instances(&host, result, now),
             Event::PingResults(results) => self.on_pings(results, now),
-            Event::Tick => self.on_tick(now),
+            Event::Tick => {
+                let started = std::time::Instant::now();
+                self.on_tick(now);
+                self.metrics
+                    .engine_tick_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
             Event::Workflow {
                 node,
                 step,

@@ -172,6 +172,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A failed sensor stream's pause before it connects again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 /// Kills the decider child when the run ends, however it ends.
 struct Child(tokio::process::Child);
 
@@ -271,12 +274,17 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
         let phase = Duration::from_micros((i as u64 * 1_000_000) / n as u64);
         sensors.spawn(async move {
             tokio::time::sleep(phase).await;
-            if let Err(e) = sensor(i, &url, instances, stats.clone()).await {
+            // Reconnect after a failure, as the real sensor does: thousands
+            // of connects within a second can overflow the decider's accept
+            // queue on a busy machine (connection reset), and a sensor that
+            // gave up would leave the run with fewer nodes than it names.
+            while let Err(e) = sensor(i, &url, instances, stats.clone()).await {
                 stats
                     .errors
                     .lock()
                     .map(|mut v| v.push(format!("{e:#}")))
                     .ok();
+                tokio::time::sleep(RECONNECT + phase).await;
             }
         });
     }
@@ -336,7 +344,7 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
     if let Ok(v) = stats.errors.lock() {
         if let Some(first) = v.first() {
             eprintln!(
-                "vigil-loadgen: {} sensor stream(s) failed; first: {first}",
+                "vigil-loadgen: {} sensor stream(s) failed and reconnected; first: {first}",
                 v.len()
             );
         }

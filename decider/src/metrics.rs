@@ -79,6 +79,9 @@ pub struct Metrics {
     pub nova_poll_seconds: Histogram,
     pub nova_poll_errors: Counter,
     pub storm_guard_active: Gauge,
+    /// How long one tick (every node re-judged) takes: it grows with the
+    /// node count and delays every heartbeat's ack queued behind it.
+    pub engine_tick_seconds: Histogram,
     /// Recovery runs that ended, by the incident's status then.
     pub recovery_runs: Family<StatusLabels, Counter>,
     pub recovery_active: Gauge,
@@ -146,6 +149,12 @@ impl Metrics {
             "1 while the storm guard holds dead nodes",
             storm_guard_active.clone(),
         );
+        let engine_tick_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 12));
+        registry.register(
+            "engine_tick_seconds",
+            "Time the engine takes to re-judge every node once",
+            engine_tick_seconds.clone(),
+        );
         let recovery_runs = Family::<StatusLabels, Counter>::default();
         registry.register(
             "recovery_runs",
@@ -179,6 +188,7 @@ impl Metrics {
             nova_poll_seconds,
             nova_poll_errors,
             storm_guard_active,
+            engine_tick_seconds,
         }
     }
 
