@@ -818,6 +818,39 @@ impl NovaClient {
         Ok(Server::from(raw))
     }
 
+    /// An image's properties, read through Nova's image proxy (`GET
+    /// /images/{id}`, its `metadata`), so opting in or out by image
+    /// property needs no Glance client. The proxy answers up to microversion
+    /// 2.35, which this call pins. Values that are not strings come as JSON.
+    pub async fn image_properties(
+        &self,
+        image_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, NovaError> {
+        let req = Req::get("get image", format!("/images/{}", seg(image_id)))
+            .mv(Microversion::new(2, 35))
+            .target(format!("image {image_id}"));
+        let (doc, reply) = self.call_json(req).await?;
+        let meta = doc
+            .get("image")
+            .and_then(|i| i.get("metadata"))
+            .and_then(Value::as_object)
+            .ok_or_else(|| NovaError::Decode {
+                op: "get image",
+                url: reply.url.clone(),
+                message: "no \"image\".\"metadata\" object in the answer".into(),
+            })?;
+        Ok(meta
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect())
+    }
+
     /// Migration records (e.g. [`MigrationQuery::evacuations_of`]).
     pub async fn list_migrations(&self, q: &MigrationQuery) -> Result<Vec<Migration>, NovaError> {
         let mv = self.microversion().await?;

@@ -57,6 +57,11 @@ pub trait NovaActions: NovaRead {
     fn versions(&self) -> impl Future<Output = Result<VersionRange, NovaError>> + Send;
     fn get_server(&self, server_id: &str)
         -> impl Future<Output = Result<Server, NovaError>> + Send;
+    /// An image's properties (opt-in/out and priority by image property).
+    fn image_properties(
+        &self,
+        image_id: &str,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, String>, NovaError>> + Send;
     fn disable_service(
         &self,
         svc: &ComputeService,
@@ -117,6 +122,12 @@ impl NovaActions for NovaClient {
     }
     async fn get_server(&self, server_id: &str) -> Result<Server, NovaError> {
         NovaClient::get_server(self, server_id).await
+    }
+    async fn image_properties(
+        &self,
+        image_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, NovaError> {
+        NovaClient::image_properties(self, image_id).await
     }
     async fn disable_service(&self, svc: &ComputeService, reason: &str) -> Result<(), NovaError> {
         NovaClient::disable_service(self, svc, reason).await

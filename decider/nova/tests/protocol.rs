@@ -710,6 +710,37 @@ async fn migrations_actions_aggregates_reset_start() -> R {
 }
 
 #[tokio::test]
+async fn image_properties_come_through_the_image_proxy_at_2_35() -> R {
+    let s = cloud("2.96", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/images/img-1"))
+        .and(header("X-OpenStack-Nova-API-Version", "2.35"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"image": {
+            "id": "img-1", "name": "cirros",
+            "metadata": {"vigil:evacuate": "false", "hw_disk_bus": "virtio", "min_ram_extra": 2}
+        }})))
+        .expect(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/images/gone"))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(
+                json!({"itemNotFound": {"code": 404, "message": "Image not found."}}),
+            ),
+        )
+        .mount(&s)
+        .await;
+    let c = NovaClient::connect(cfg(&s.uri()), fast()).await?;
+    let p = c.image_properties("img-1").await?;
+    assert_eq!(p.get("vigil:evacuate").map(String::as_str), Some("false"));
+    assert_eq!(p.get("min_ram_extra").map(String::as_str), Some("2"));
+    let e = c.image_properties("gone").await;
+    assert!(e.as_ref().is_err_and(NovaError::is_not_found), "{e:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn not_found_is_typed() -> R {
     let s = cloud("2.96", 1).await;
     Mock::given(method("GET"))

@@ -21,6 +21,38 @@ pub struct NovaEdge<N> {
 }
 
 impl<N: vigil_nova::NovaActions + 'static> NovaEdge<N> {
+    /// The workflow's view of a server with its image's properties (opt-in
+    /// and priority by image property). An image that is gone (404) has none
+    /// to give, and the instance's metadata and flavor still decide; any other
+    /// failure fails the call, since guessing could evacuate a server that
+    /// opted out. `cache` holds the images already read in this call.
+    async fn with_image(
+        &self,
+        s: vigil_nova::Server,
+        cache: &mut BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<wf::Server, wf::NovaCallError> {
+        let image = s.image_id.clone().filter(|i| !i.is_empty());
+        let mut out = server(s);
+        let Some(id) = image else { return Ok(out) };
+        if let Some(p) = cache.get(&id) {
+            out.image_properties = p.clone();
+            return Ok(out);
+        }
+        let props = match self.nova.image_properties(&id).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => BTreeMap::new(),
+            Err(e) => {
+                return Err(call_err(
+                    &format!("properties of image {id} (server {})", out.id),
+                    e,
+                ))
+            }
+        };
+        cache.insert(id, props.clone());
+        out.image_properties = props;
+        Ok(out)
+    }
+
     /// Reads the cloud's version range once.
     pub async fn new(nova: Arc<N>) -> Result<Self, NovaError> {
         let range = nova.versions().await?;
@@ -98,8 +130,8 @@ fn server(s: vigil_nova::Server) -> wf::Server {
         task_state: s.task_state,
         metadata: s.metadata,
         flavor_extra_specs: s.flavor.extra_specs,
-        // FIXME: image properties need a Glance call; until then opt-in/out
-        // by image property is not seen (metadata and flavor are).
+        // Filled by `NovaEdge::with_image` when the host's servers are
+        // listed for selection (one call per image).
         image_properties: BTreeMap::new(),
         fault: s.fault.and_then(|f| f.message),
         updated: s.updated,
@@ -199,12 +231,20 @@ impl<N: vigil_nova::NovaActions + 'static> wf::NovaActions for NovaEdge<N> {
                 .list_servers_on_host(host)
                 .await
                 .map_err(|e| call_err("servers on host", e))?;
-            Ok(v.into_iter().map(server).collect())
+            let mut images = BTreeMap::new();
+            let mut out = Vec::with_capacity(v.len());
+            for s in v {
+                out.push(self.with_image(s, &mut images).await?);
+            }
+            Ok(out)
         })
     }
 
     fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<wf::Server, wf::NovaCallError>> {
         Box::pin(async move {
+            // No image properties here: this is the verify poll's call
+            // (every few seconds per moving server), and only selection,
+            // which lists the host's servers, reads them.
             self.nova
                 .get_server(id)
                 .await
