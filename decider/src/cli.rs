@@ -260,7 +260,9 @@ async fn serve(args: ServeArgs) -> i32 {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         match crate::nova_adapter::client(&cfg.nova, vars) {
-            Ok(c) => witnesses.nova = Some(Arc::new(c)),
+            Ok(c) => {
+                witnesses.nova = Some(Arc::new(crate::nova_adapter::NovaWitnessClient::new(c)))
+            }
             Err(e) => {
                 eprintln!("vigil-decider: {e:#}");
                 return 2;

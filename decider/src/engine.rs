@@ -623,7 +623,12 @@ impl Engine {
                 for n in &nodes {
                     let mut st = lock(n);
                     match by_host.get(st.name.as_str()) {
-                        Some(svc) => apply_service(&mut st, svc, polled_at),
+                        Some(svc) => {
+                            let pinged = st.evidence.pings.len();
+                            apply_service(&mut st, svc, polled_at);
+                            // A host_ip newly learnt must reach the pinger.
+                            self.plan_dirty |= st.evidence.pings.len() != pinged;
+                        }
                         None => {
                             st.evidence.nova = NovaWitness::NotListed { polled_at };
                             st.nova_service = None;
@@ -1117,6 +1122,12 @@ fn record_probe(p: &mut PingWitness, r: &PingResult) {
 /// recovery workflow's own disable of a dead node would read as the node
 /// reporting again and veto the fence it is about to make (seen in the lab).
 fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
+    if let (true, Some(ip)) = (st.management.is_empty(), svc.host_ip) {
+        // No address configured or enrolled: the hypervisor's own, as Nova
+        // knows it, is the host's management address (issue 5).
+        info!(node = %st.name, address = %ip, "pinging the host at its hypervisor host_ip from Nova");
+        st.add_management(ip);
+    }
     let admin_change = st.nova_service.as_ref().is_some_and(|prev| {
         prev.status != svc.status
             || prev.forced_down != svc.forced_down
@@ -1176,6 +1187,7 @@ mod tests {
             forced_down,
             disabled_reason: reason.map(str::to_string),
             updated_at: Some(updated_at.into()),
+            host_ip: None,
         }
     }
 
@@ -1184,6 +1196,31 @@ mod tests {
             NovaWitness::Listed(s) => s.updated_at_stalled,
             other => panic!("not listed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_node_without_addresses_is_pinged_at_its_host_ip_from_nova() {
+        let t = |s: u64| Moment::from_duration(Duration::from_secs(s));
+        let ip: IpAddr = "198.51.100.11".parse().expect("ip");
+        let mut st = NodeState::new("compute1", "default", vec![], false, t(0), 0);
+        let mut s = svc("10:00:00", "enabled", None, false);
+        s.host_ip = Some(ip);
+        apply_service(&mut st, &s, t(0));
+        apply_service(&mut st, &s, t(1));
+        assert_eq!(st.management, vec![ip]);
+        let hosts: Vec<_> = st
+            .evidence
+            .pings
+            .iter()
+            .filter(|p| p.role == PingRole::Host)
+            .map(|p| p.address)
+            .collect();
+        assert_eq!(hosts, vec![ip], "one host ping, added once");
+        // A configured address wins: Nova's is not added beside it.
+        let conf: IpAddr = "10.0.0.11".parse().expect("ip");
+        let mut st = NodeState::new("compute1", "default", vec![conf], false, t(0), 0);
+        apply_service(&mut st, &s, t(0));
+        assert_eq!(st.management, vec![conf]);
     }
 
     #[test]

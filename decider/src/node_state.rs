@@ -23,8 +23,8 @@ pub struct NodeState {
     pub name: String,
     /// Storm-guard segment.
     pub segment: String,
-    /// Management addresses probed by ping (configured, or the enrolled
-    /// sensor's source address).
+    /// Management addresses probed by ping (configured, the enrolled
+    /// sensor's source address, or else the hypervisor's `host_ip` in Nova).
     pub management: Vec<IpAddr>,
     /// Joined through enrolment rather than the config file.
     pub enrolled: bool,
@@ -46,6 +46,15 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Adds a management address and its host ping, once.
+    pub fn add_management(&mut self, address: IpAddr) {
+        if self.management.contains(&address) {
+            return;
+        }
+        self.management.push(address);
+        self.evidence.pings.push(host_ping(address));
+    }
+
     pub fn new(
         name: &str,
         segment: &str,
@@ -54,17 +63,7 @@ impl NodeState {
         now: Moment,
         now_unix_ms: i64,
     ) -> Self {
-        let pings = management
-            .iter()
-            .map(|a| PingWitness {
-                address: *a,
-                role: PingRole::Host,
-                last_probe_at: None,
-                last_answer_at: None,
-                last_rtt: None,
-                consecutive_failures: 0,
-            })
-            .collect();
+        let pings = management.iter().copied().map(host_ping).collect();
         NodeState {
             name: name.to_string(),
             segment: segment.to_string(),
@@ -83,5 +82,16 @@ impl NodeState {
             updated_at_seen: None,
             incident_id: None,
         }
+    }
+}
+
+fn host_ping(address: IpAddr) -> PingWitness {
+    PingWitness {
+        address,
+        role: PingRole::Host,
+        last_probe_at: None,
+        last_answer_at: None,
+        last_rtt: None,
+        consecutive_failures: 0,
     }
 }

@@ -6,6 +6,10 @@ use crate::witness::{ComputeService, NovaSource, ServerOnHost, WitnessError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tracing::warn;
 use vigil_nova::{ClientOptions, CloudConfig, NovaClient, SearchPath};
 
 /// Builds the client from `clouds.yaml`/`OS_*` (`vars` is the environment,
@@ -59,18 +63,94 @@ pub fn recovery_client(
     NovaClient::new(cloud, opts).context("building the recovery Nova client")
 }
 
-impl NovaSource for NovaClient {
+/// How often the hypervisors' `host_ip`s are read again: they change only
+/// when a host is re-addressed, while services are polled every second.
+const HOST_IPS_REFRESH: Duration = Duration::from_secs(600);
+/// A host missing from the last read is looked for again after this.
+const HOST_IPS_RETRY: Duration = Duration::from_secs(60);
+/// The hypervisor listing rides on a service poll; it must not hold up the
+/// staleness measurement for long.
+const HOST_IPS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The decider's Nova witness: the client, plus each host's `host_ip` from
+/// `os-hypervisors` (the management address to ping when none is
+/// configured), read now and then beside the service poll.
+pub struct NovaWitnessClient {
+    client: NovaClient,
+    host_ips: Mutex<HostIps>,
+}
+
+#[derive(Default)]
+struct HostIps {
+    by_host: BTreeMap<String, IpAddr>,
+    read_at: Option<Instant>,
+    /// The last failure, logged once until a read succeeds.
+    failing: bool,
+}
+
+impl NovaWitnessClient {
+    pub fn new(client: NovaClient) -> Self {
+        NovaWitnessClient {
+            client,
+            host_ips: Mutex::new(HostIps::default()),
+        }
+    }
+
+    /// `host_ip` per compute host, read again when stale or when `hosts`
+    /// names one not seen. A failed read keeps the last map and is logged:
+    /// pings of configured addresses and every other witness go on.
+    async fn host_ips(&self, hosts: &[&str]) -> BTreeMap<String, IpAddr> {
+        let mut h = self.host_ips.lock().await;
+        let age = h.read_at.map(|t| t.elapsed());
+        let missing = hosts.iter().any(|n| !h.by_host.contains_key(*n));
+        let due = match age {
+            None => true,
+            Some(a) => a >= HOST_IPS_REFRESH || (missing && a >= HOST_IPS_RETRY),
+        };
+        if due {
+            h.read_at = Some(Instant::now());
+            match tokio::time::timeout(HOST_IPS_TIMEOUT, self.client.list_hypervisors()).await {
+                Ok(Ok(list)) => {
+                    h.by_host = list
+                        .into_iter()
+                        .filter_map(|v| {
+                            Some((v.service_host.unwrap_or(v.hypervisor_hostname), v.host_ip?))
+                        })
+                        .collect();
+                    h.failing = false;
+                }
+                Ok(Err(e)) if !h.failing => {
+                    h.failing = true;
+                    warn!(error = %e, "cannot read the hypervisors' host_ip from Nova; hosts without configured management addresses are not pinged until it works");
+                }
+                Err(_) if !h.failing => {
+                    h.failing = true;
+                    warn!(after = ?HOST_IPS_TIMEOUT, "no answer listing Nova's hypervisors (host_ip); retrying later");
+                }
+                _ => {}
+            }
+        }
+        h.by_host.clone()
+    }
+}
+
+impl NovaSource for NovaWitnessClient {
     fn list_compute_services(&self) -> BoxFuture<'_, Result<Vec<ComputeService>, WitnessError>> {
         async move {
-            let list = NovaClient::list_compute_services(self).await.map_err(|e| {
-                WitnessError::Failed {
-                    what: "listing Nova's compute services".to_string(),
-                    source: Box::new(e),
-                }
-            })?;
+            let list =
+                self.client
+                    .list_compute_services()
+                    .await
+                    .map_err(|e| WitnessError::Failed {
+                        what: "listing Nova's compute services".to_string(),
+                        source: Box::new(e),
+                    })?;
+            let hosts: Vec<&str> = list.iter().map(|s| s.host.as_str()).collect();
+            let ips = self.host_ips(&hosts).await;
             Ok(list
                 .into_iter()
                 .map(|s| ComputeService {
+                    host_ip: ips.get(&s.host).copied(),
                     id: s.id,
                     host: s.host,
                     state: format!("{:?}", s.state).to_lowercase(),
@@ -89,12 +169,14 @@ impl NovaSource for NovaClient {
         host: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ServerOnHost>, WitnessError>> {
         async move {
-            let list = NovaClient::list_servers_on_host(self, host)
-                .await
-                .map_err(|e| WitnessError::Failed {
-                    what: format!("listing servers on host {host}"),
-                    source: Box::new(e),
-                })?;
+            let list =
+                self.client
+                    .list_servers_on_host(host)
+                    .await
+                    .map_err(|e| WitnessError::Failed {
+                        what: format!("listing servers on host {host}"),
+                        source: Box::new(e),
+                    })?;
             Ok(list
                 .into_iter()
                 .map(|s| ServerOnHost {

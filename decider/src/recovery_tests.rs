@@ -79,6 +79,7 @@ impl NovaSource for MirrorNova {
                     forced_down: s.forced_down,
                     disabled_reason: s.disabled_reason,
                     host: s.host,
+                    host_ip: None,
                 })
                 .collect())
         })

@@ -21,6 +21,9 @@ pub struct ComputeService {
     pub disabled_reason: Option<String>,
     /// Nova's `updated_at` string, compared only with its own earlier values.
     pub updated_at: Option<String>,
+    /// The hypervisor's `host_ip` (`os-hypervisors`): the management address
+    /// pinged for a node that has none configured or enrolled.
+    pub host_ip: Option<IpAddr>,
 }
 
 /// One server on a host (all tenants).

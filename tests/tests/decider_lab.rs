@@ -45,12 +45,18 @@ fn start_decider(lab: &Lab) -> Decider {
         info.controller.mgmt_ip,
         info.controller.report_interval.unwrap_or(10),
     );
-    for n in &info.nodes {
+    for (i, n) in info.nodes.iter().enumerate() {
+        // The last node gets no address: the decider must learn it from
+        // Nova (the hypervisor's host_ip).
+        let addresses = if i + 1 == info.nodes.len() && i > 0 {
+            String::new()
+        } else {
+            format!("management_addresses = [\"{}\"]\n", n.mgmt_ip)
+        };
         cfg.push_str(&format!(
-            "[[node]]\nname = \"{}\"\ntoken_file = \"{}\"\nmanagement_addresses = [\"{}\"]\n",
+            "[[node]]\nname = \"{}\"\ntoken_file = \"{}\"\n{addresses}",
             n.name,
             n.sensor_token_path.display(),
-            n.mgmt_ip
         ));
     }
     let path = dir.path().join("decider.toml");
@@ -122,6 +128,31 @@ fn decider_judges_lab_nodes_with_real_nova_and_pings() {
             },
         )
         .expect("the decider sees the lab's compute services");
+    }
+
+    // A node configured without a management address is pinged at the
+    // hypervisor's host_ip from Nova, and it answers.
+    if names.len() > 1 {
+        let last = names.last().expect("a node");
+        let ip = lab.node(last).expect("node info").mgmt_ip.clone();
+        wait::until(
+            &format!("{last}: host ping at Nova's host_ip {ip}"),
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || {
+                let n = node(&d, last)?;
+                let ok = n["pings"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|x| x["address"] == ip.as_str() && x["has_answered"] == true)
+                });
+                if ok {
+                    Ok(())
+                } else {
+                    Err(n["pings"].to_string())
+                }
+            },
+        )
+        .expect("the host_ip learnt from Nova is pinged");
     }
 
     // Servers across projects: boot one and see it listed for its host.
