@@ -17,7 +17,14 @@
 //!   fail-spawn`), so Nova itself records failed evacuations. One server
 //!   failing once is reset and evacuated again (two evacuate actions, ACTIVE
 //!   elsewhere, the timeline shows failure and retry); one that keeps failing
-//!   ends the incident in needs-attention with Nova's fault message, paged.
+//!   ends the incident in needs-attention with Nova's fault message, paged;
+//! - a SHUTOFF server (`shutoff = "evacuate"`) whose evacuation fails once
+//!   still lands stopped after the retry (Nova ignores the 2.95 target state
+//!   for a server reset to ERROR: Vigil resets it to active);
+//! - a failed destination claim (`lab fail-spawn --as claim`): Nova rolls the
+//!   server back still ACTIVE on the dead host, no ERROR; Vigil retries it
+//!   once Nova's rollback has settled (two evacuate actions), rather than
+//!   waiting out the verify deadline.
 //!
 //! Each test restores the lab in Drop guards (nodes healed and reporting,
 //! services reset, servers deleted, sensors stopped, spawn failures cleared),
