@@ -30,6 +30,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Every node: verdict, since, heartbeat age, Nova state, pings, top reason.
     Nodes {
+        /// Only nodes with this verdict (healthy, maintenance, degraded,
+        /// suspect, dead, fencing, fenced, evacuating, recovered,
+        /// needs-attention).
+        #[arg(long, value_parser = parse_verdict)]
+        verdict: Option<v1::Verdict>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -154,7 +159,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
-        Command::Nodes { client } => report(rt.block_on(nodes(&client))),
+        Command::Nodes { verdict, client } => report(rt.block_on(nodes(verdict, &client))),
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
         Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
@@ -333,18 +338,49 @@ async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport
     let channel = endpoint.connect().await.with_context(|| {
         format!("connecting to the decider at {server} (is `vigil-decider serve` running there?)")
     })?;
-    // A fleet's ListNodes can exceed tonic's 4 MiB default.
+    // Deciders before ListNodes paging sent the whole fleet in one answer,
+    // beyond tonic's 4 MiB default.
     Ok(OperatorClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-async fn nodes(c: &ClientArgs) -> anyhow::Result<()> {
+fn parse_verdict(s: &str) -> Result<v1::Verdict, String> {
+    crate::table::verdict_from_name(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a verdict; use one of healthy, maintenance, degraded, suspect, dead, fencing, fenced, evacuating, recovered, needs-attention"
+        )
+    })
+}
+
+/// Every node (with `verdict`, or all for `Unspecified`), fetching ListNodes
+/// page after page at the server's default page size.
+pub async fn list_all_nodes(
+    client: &mut OperatorClient<tonic::transport::Channel>,
+    verdict: v1::Verdict,
+) -> Result<Vec<v1::Node>, tonic::Status> {
+    let mut nodes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_nodes(v1::ListNodesRequest {
+                page_size: 0,
+                page_token: std::mem::take(&mut page_token),
+                verdict: verdict as i32,
+            })
+            .await?
+            .into_inner();
+        nodes.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            return Ok(nodes);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(&c.server).await?;
-    let list = client
-        .list_nodes(v1::ListNodesRequest {})
+    let list = list_all_nodes(&mut client, verdict.unwrap_or(v1::Verdict::Unspecified))
         .await
-        .context("ListNodes")?
-        .into_inner()
-        .nodes;
+        .map_err(|s| anyhow::anyhow!("ListNodes: {}", s.message()))?;
     if c.json {
         let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
         println!(

@@ -15,6 +15,15 @@ const TOKEN1: &str = "compute1-token-0123456789abcdef";
 const ENROL: &str = "enrolment-token-0123456789abcdef";
 
 async fn start(enrol: bool) -> (Server, tempfile::TempDir) {
+    start_with(enrol, 0).await
+}
+
+fn fleet_name(i: usize) -> String {
+    format!("fleet{i:05}")
+}
+
+/// `start`, with `fleet` more configured nodes named by `fleet_name`.
+async fn start_with(enrol: bool, fleet: usize) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("compute1.token");
     std::fs::write(&token, TOKEN1).expect("write token");
@@ -35,6 +44,17 @@ async fn start(enrol: bool) -> (Server, tempfile::TempDir) {
         management_addresses: vec!["198.51.100.11".parse().expect("ip")],
         segment: "default".into(),
     });
+    for i in 0..fleet {
+        let token_file = dir.path().join(format!("fleet{i}.token"));
+        std::fs::write(&token_file, format!("fleet-token-{i:06}-0123456789abcdef"))
+            .expect("write token");
+        cfg.nodes.push(NodeConfig {
+            name: fleet_name(i),
+            token_file,
+            management_addresses: vec![],
+            segment: "default".into(),
+        });
+    }
     let tokens = cfg.validate().expect("valid test config");
     let server = Server::start(cfg, tokens, Witnesses::default())
         .await
@@ -171,7 +191,7 @@ async fn heartbeats_with_a_token_show_up_in_get_node() {
     );
     assert_eq!(n.pings[0].address, "198.51.100.11");
     let list = op
-        .list_nodes(v1::ListNodesRequest {})
+        .list_nodes(v1::ListNodesRequest::default())
         .await
         .expect("ListNodes")
         .into_inner();
@@ -377,6 +397,160 @@ async fn a_sensor_that_waits_for_the_headers_before_its_first_heartbeat_is_serve
             Some(v1::decider_message::Kind::Ack(v1::Ack { seq: 1 }))
         ),
         "{m:?}"
+    );
+    s.shutdown().await;
+}
+
+fn names(nodes: &[v1::Node]) -> Vec<String> {
+    nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+async fn list(
+    op: &mut OperatorClient<Channel>,
+    page_size: i32,
+    page_token: &str,
+    verdict: v1::Verdict,
+) -> Result<v1::ListNodesResponse, Status> {
+    op.list_nodes(v1::ListNodesRequest {
+        page_size,
+        page_token: page_token.into(),
+        verdict: verdict as i32,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn list_nodes_pages_through_every_node_once_in_name_order() {
+    let (s, _dir) = start_with(false, 1200).await;
+    let mut op = operator(&s).await;
+    let mut expected: Vec<String> = (0..1200).map(fleet_name).collect();
+    expected.insert(0, "compute1".into());
+
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(&mut op, 500, &token, v1::Verdict::Unspecified)
+            .await
+            .expect("ListNodes page");
+        sizes.push(page.nodes.len());
+        seen.extend(names(&page.nodes));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(sizes, [500, 500, 201]);
+    assert_eq!(seen, expected);
+
+    let default = list(&mut op, 0, "", v1::Verdict::Unspecified)
+        .await
+        .expect("default page size");
+    assert_eq!(default.nodes.len(), crate::operator_api::DEFAULT_PAGE_SIZE);
+    let clamped = list(&mut op, i32::MAX, "", v1::Verdict::Unspecified)
+        .await
+        .expect("page size above the maximum");
+    assert_eq!(clamped.nodes.len(), crate::operator_api::MAX_PAGE_SIZE);
+    assert!(!clamped.next_page_token.is_empty());
+
+    // What `vigil-decider nodes` does: every page, same as one walk above.
+    let all = crate::cli::list_all_nodes(&mut op, v1::Verdict::Unspecified)
+        .await
+        .expect("every page");
+    assert_eq!(names(&all), expected);
+
+    // Only compute1 has a sensor: the only healthy node, found past more
+    // than a thousand that do not match, and then no further page.
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), hb("compute1", "boot-a", 1))
+        .await
+        .expect("stream accepted");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        let page = list(&mut op, 1, "", v1::Verdict::Healthy)
+            .await
+            .expect("filtered page");
+        if !page.nodes.is_empty() || tokio::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(names(&healthy.nodes), ["compute1"]);
+    assert_eq!(healthy.next_page_token, "", "no other node is healthy");
+    drop(tx);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_nodes_refuses_bad_page_size_token_and_verdict() {
+    let (s, _dir) = start_with(false, 3).await;
+    let mut op = operator(&s).await;
+    let e = list(&mut op, -1, "", v1::Verdict::Unspecified)
+        .await
+        .expect_err("negative page size");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("page_size -1 is negative"), "{e}");
+    for token in [
+        "garbage", "n1.0.", "n1.0.6", "n1.0.zz", "n1.x.61", "n1.0.ff",
+    ] {
+        let e = list(&mut op, 1, token, v1::Verdict::Unspecified)
+            .await
+            .expect_err("bad token");
+        assert_eq!(e.code(), Code::InvalidArgument, "{token}: {e}");
+        assert!(e.message().contains("empty page_token"), "{token}: {e}");
+    }
+    // A token from an unfiltered listing does not continue a filtered one.
+    let first = list(&mut op, 1, "", v1::Verdict::Unspecified)
+        .await
+        .expect("first page");
+    let e = list(&mut op, 1, &first.next_page_token, v1::Verdict::Dead)
+        .await
+        .expect_err("token of another filter");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("another verdict filter"), "{e}");
+    let e = op
+        .list_nodes(v1::ListNodesRequest {
+            verdict: 99,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown verdict");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_enrolled_between_pages_does_not_break_paging() {
+    let (s, _dir) = start_with(true, 20).await;
+    let mut op = operator(&s).await;
+    let first = list(&mut op, 10, "", v1::Verdict::Unspecified)
+        .await
+        .expect("first page");
+    // One node sorts before the pages already read, one after.
+    let mut streams = Vec::new();
+    for name in ["aaa-new", "zzz-new"] {
+        let (tx, mut inbound) = open(&s, Some(ENROL), hb(name, "b", 1))
+            .await
+            .expect("enrolled");
+        assert_eq!(next_ack(&mut inbound).await, 1);
+        streams.push(tx);
+    }
+    let mut seen = names(&first.nodes);
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = list(&mut op, 10, &token, v1::Verdict::Unspecified)
+            .await
+            .expect("next page");
+        seen.extend(names(&page.nodes));
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = (0..20).map(fleet_name).collect();
+    expected.insert(0, "compute1".into());
+    expected.push("zzz-new".into());
+    assert_eq!(
+        seen, expected,
+        "every node once, in order; the one added behind the cursor shows on the next listing"
     );
     s.shutdown().await;
 }

@@ -8,7 +8,7 @@ use crate::node_state::NodeState;
 use crate::recovery::driver::ConfirmError;
 use crate::recovery::RecoveryHandle;
 use std::pin::Pin;
-use std::sync::PoisonError;
+use std::sync::{Arc, Mutex, PoisonError};
 use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
@@ -195,6 +195,132 @@ pub fn node_to_proto(st: &NodeState, now: Moment, detail: Detail) -> v1::Node {
     }
 }
 
+/// ListNodes page size when the client leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// Larger requests get this many: bounds one answer's size and encoding time.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match usize::try_from(requested) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "page_size {requested} is negative; pass 0 for the default ({DEFAULT_PAGE_SIZE}) or 1 to {MAX_PAGE_SIZE}"
+        ))),
+    }
+}
+
+fn verdict_filter(v: i32) -> Result<Option<i32>, Status> {
+    match v1::Verdict::try_from(v) {
+        Ok(v1::Verdict::Unspecified) => Ok(None),
+        Ok(_) => Ok(Some(v)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "verdict {v} is not a Verdict this decider knows; leave it unset (0) for all nodes"
+        ))),
+    }
+}
+
+// The token carries the filter so that a page cannot silently continue a
+// listing made with another filter (AIP-158 asks for an error), and the
+// last name rather than an offset so that nodes added between pages neither
+// repeat nor shift others out of the listing. Hex keeps it printable for any
+// node name; the version prefix lets the format change later.
+const TOKEN_PREFIX: &str = "n1.";
+
+fn encode_page_token(verdict: i32, last_name: &str) -> String {
+    use std::fmt::Write;
+    let mut t = format!("{TOKEN_PREFIX}{verdict}.");
+    for b in last_name.bytes() {
+        let _ = write!(t, "{b:02x}");
+    }
+    t
+}
+
+/// The name the page starts after.
+fn decode_page_token(token: &str, verdict: i32) -> Result<String, Status> {
+    let bad = || {
+        Status::invalid_argument(
+            "page_token is not one this decider issued; pass the next_page_token of the previous ListNodes answer unchanged, or an empty page_token to start from the first page",
+        )
+    };
+    let (v, hex) = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.split_once('.'))
+        .ok_or_else(bad)?;
+    if v.parse::<i32>().map_err(|_| bad())? != verdict {
+        return Err(Status::invalid_argument(
+            "page_token belongs to a listing with another verdict filter; keep the filter the same on every page, or start again with an empty page_token",
+        ));
+    }
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+impl OperatorService {
+    /// Up to `size` nodes after `after` in name order, and the name the next
+    /// page starts after when more follow.
+    fn page(
+        &self,
+        size: usize,
+        verdict: Option<i32>,
+        after: Option<String>,
+    ) -> (Vec<v1::Node>, Option<String>) {
+        use std::ops::Bound;
+        let now = self.engine.clock.now();
+        let mut out = Vec::with_capacity(size);
+        let mut cursor = after;
+        let mut last = None;
+        // Node locks are taken only after the map's read lock is released,
+        // as elsewhere, so the engine never waits on a listing. One more than
+        // a page in each chunk: without a filter that tells at once whether
+        // another page follows.
+        let chunk = size + 1;
+        loop {
+            let batch: Vec<(String, Arc<Mutex<NodeState>>)> = {
+                let map = self
+                    .engine
+                    .nodes
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let start = match &cursor {
+                    Some(name) => Bound::Excluded(name.as_str()),
+                    None => Bound::Unbounded,
+                };
+                map.range::<str, _>((start, Bound::Unbounded))
+                    .take(chunk)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            let exhausted = batch.len() < chunk;
+            for (name, node) in &batch {
+                let st = node.lock().unwrap_or_else(PoisonError::into_inner);
+                if verdict.is_some_and(|v| verdict_to_proto(st.tracker.verdict()) as i32 != v) {
+                    continue;
+                }
+                if out.len() == size {
+                    return (out, last);
+                }
+                out.push(node_to_proto(&st, now, Detail::Summary));
+                last = Some(name.clone());
+            }
+            if exhausted {
+                return (out, None);
+            }
+            cursor = batch.last().map(|(k, _)| k.clone());
+        }
+    }
+}
+
 fn change_to_proto(c: &VerdictChanged) -> v1::VerdictChange {
     v1::VerdictChange {
         node: c.node.clone(),
@@ -211,28 +337,23 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::VerdictChange, Status>> 
 impl Operator for OperatorService {
     async fn list_nodes(
         &self,
-        _: Request<v1::ListNodesRequest>,
+        req: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        let now = self.engine.clock.now();
-        let nodes: Vec<_> = self
-            .engine
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        let nodes = nodes
-            .iter()
-            .map(|n| {
-                node_to_proto(
-                    &n.lock().unwrap_or_else(PoisonError::into_inner),
-                    now,
-                    Detail::Summary,
-                )
-            })
-            .collect();
-        Ok(Response::new(v1::ListNodesResponse { nodes }))
+        let req = req.into_inner();
+        let size = page_size(req.page_size)?;
+        let verdict = verdict_filter(req.verdict)?;
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page_token(&req.page_token, req.verdict)?)
+        };
+        let (nodes, next) = self.page(size, verdict, after);
+        let next_page_token =
+            next.map_or_else(String::new, |last| encode_page_token(req.verdict, &last));
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
     }
 
     async fn get_node(

@@ -21,6 +21,13 @@ pub fn verdict_name(v: i32) -> &'static str {
     }
 }
 
+/// The verdict named as `verdict_name` names it.
+pub fn verdict_from_name(name: &str) -> Option<v1::Verdict> {
+    (1..)
+        .map_while(|i| v1::Verdict::try_from(i).ok())
+        .find(|v| verdict_name(*v as i32) == name)
+}
+
 fn secs(ms: u64) -> String {
     vigil_verdict::fmt_secs(std::time::Duration::from_millis(ms))
 }
