@@ -3,7 +3,8 @@
 //! sensors at one heartbeat per second each over real gRPC on loopback (one
 //! connection per sensor, as in production), queries `GetNode` and `ListNodes`
 //! meanwhile, and reports the decider's CPU and RSS, heartbeat lag (send →
-//! ack, i.e. through the engine's loop) and query latency percentiles.
+//! ack, i.e. through the engine's loop) and query latency percentiles:
+//! `ListNodes` per page and per walk through every page.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -33,7 +34,8 @@ pub struct Args {
     /// Time for every sensor to connect and settle before measuring.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// GetNode calls per second (ListNodes runs once per second besides).
+    /// GetNode calls per second (a walk through every ListNodes page runs
+    /// once per second besides).
     #[arg(long, default_value_t = 50)]
     pub get_node_rate: u32,
     /// Instances reported in each heartbeat (realistic payload size).
@@ -60,6 +62,10 @@ pub struct Args {
     /// Skip ListNodes (to see GetNode alone).
     #[arg(long)]
     pub no_list: bool,
+    /// ListNodes page size (0: the decider's default). A decider from
+    /// before paging answers with every node at once whatever this says.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: i32,
     /// Keep each run's directory (decider config and log) and print its path.
     #[arg(long)]
     pub keep: bool,
@@ -98,8 +104,15 @@ pub struct Report {
     pub heartbeat_lag_p99_ms: f64,
     pub get_node_p50_ms: f64,
     pub get_node_p99_ms: f64,
-    pub list_nodes_p50_ms: f64,
-    pub list_nodes_p99_ms: f64,
+    /// One ListNodes call: one page.
+    pub list_page_p50_ms: f64,
+    pub list_page_p99_ms: f64,
+    /// Every page of one listing, one after the other.
+    pub list_walk_p50_ms: f64,
+    pub list_walk_p99_ms: f64,
+    /// Most nodes in one answer: the page size, or every node from a
+    /// decider that does not page.
+    pub list_page_max_nodes: usize,
     pub stream_errors: u64,
 }
 
@@ -124,7 +137,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         deciders.insert(0, ("baseline", b.clone()));
     }
     println!(
-        "{:>8}  {:>6}  {:>8}  {:>7}  {:>8}  {:>9}  {:>16}  {:>16}  {:>16}  {:>6}",
+        "{:>8}  {:>6}  {:>8}  {:>7}  {:>8}  {:>9}  {:>16}  {:>16}  {:>22}  {:>16}  {:>6}",
         "decider",
         "nodes",
         "hb/s",
@@ -133,7 +146,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "gen cpu %",
         "hb lag p50/p99",
         "GetNode p50/p99",
-        "ListNodes p50/p99",
+        "ListNodes page p50/p99",
+        "full walk p50/p99",
         "errors"
     );
     for &n in &args.nodes {
@@ -145,7 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("run with {n} sensors ({label})"))?;
                 println!(
-                    "{:>8}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>9.0}  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>6}",
+                    "{:>8}  {:>6}  {:>8.0}  {:>7.1}  {:>8.1}  {:>9.0}  {:>7.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>5} {:>6.2}/{:<7.2}ms  {:>7.2}/{:<7.2}ms  {:>6}",
                     label,
                     r.nodes,
                     r.heartbeats_acked_per_s,
@@ -156,8 +170,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     r.heartbeat_lag_p99_ms,
                     r.get_node_p50_ms,
                     r.get_node_p99_ms,
-                    r.list_nodes_p50_ms,
-                    r.list_nodes_p99_ms,
+                    format!("({})", r.list_page_max_nodes),
+                    r.list_page_p50_ms,
+                    r.list_page_p99_ms,
+                    r.list_walk_p50_ms,
+                    r.list_walk_p99_ms,
                     r.stream_errors
                 );
                 if args.json {
@@ -253,7 +270,11 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
     let mut op = loop {
         if let Ok(ch) = Endpoint::from_shared(url.clone())?.connect().await {
             let mut c = OperatorClient::new(ch).max_decoding_message_size(64 << 20);
-            if c.list_nodes(v1::ListNodesRequest {}).await.is_ok() {
+            let first = v1::ListNodesRequest {
+                page_size: 1,
+                ..Default::default()
+            };
+            if c.list_nodes(first).await.is_ok() {
                 break c;
             }
         }
@@ -299,7 +320,9 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
     let self_before = cpu_ticks(std::process::id())?;
     let t0 = Instant::now();
     let mut get_lat = Vec::new();
-    let mut list_lat = Vec::new();
+    let mut page_lat = Vec::new();
+    let mut walk_lat = Vec::new();
+    let mut page_max = 0;
     let mut rss_max = rss_kb(pid)?;
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let get_every = Duration::from_secs_f64(1.0 / f64::from(args.get_node_rate.max(1)));
@@ -316,11 +339,29 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
             .context("GetNode during the run")?;
         get_lat.push(q.elapsed());
         if !args.no_list && Instant::now() >= next_list {
-            let q = Instant::now();
-            op.list_nodes(v1::ListNodesRequest {})
-                .await
-                .context("ListNodes during the run")?;
-            list_lat.push(q.elapsed());
+            // A walk a second moves as much data as the single 5,000-node
+            // answer a second did before paging: the load stays comparable.
+            let walk = Instant::now();
+            let mut page_token = String::new();
+            loop {
+                let q = Instant::now();
+                let page = op
+                    .list_nodes(v1::ListNodesRequest {
+                        page_size: args.page_size,
+                        page_token,
+                        verdict: 0,
+                    })
+                    .await
+                    .context("ListNodes during the run")?
+                    .into_inner();
+                page_lat.push(q.elapsed());
+                page_max = page_max.max(page.nodes.len());
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            walk_lat.push(walk.elapsed());
             next_list += Duration::from_secs(1);
         }
         if Instant::now() >= next_rss {
@@ -360,8 +401,11 @@ async fn one_run(decider: &Path, n: usize, args: &Args) -> anyhow::Result<Report
         heartbeat_lag_p99_ms: pct(&mut lag, 0.99),
         get_node_p50_ms: pct(&mut get_lat, 0.50),
         get_node_p99_ms: pct(&mut get_lat, 0.99),
-        list_nodes_p50_ms: pct(&mut list_lat, 0.50),
-        list_nodes_p99_ms: pct(&mut list_lat, 0.99),
+        list_page_p50_ms: pct(&mut page_lat, 0.50),
+        list_page_p99_ms: pct(&mut page_lat, 0.99),
+        list_walk_p50_ms: pct(&mut walk_lat, 0.50),
+        list_walk_p99_ms: pct(&mut walk_lat, 0.99),
+        list_page_max_nodes: page_max,
         stream_errors: errors,
     })
 }
