@@ -277,7 +277,18 @@ fn boot(n: usize, tag: &str) -> Result<Vec<String>> {
 /// Node back on and reporting, services enabled, these servers deleted and
 /// gone (so that deleting them does not overlap the next measurement).
 fn restore(lab: &Lab, ids: &[String]) -> Result<()> {
-    lab.heal(&[NODE]).context("powering the node back on")?;
+    if let Err(e) = lab.heal(&[NODE]) {
+        // After many evacuations nova-compute's start-up first deletes each
+        // evacuated instance it still has (`_destroy_evacuated_instances`):
+        // with 50 that took more than heal's 180 s here (2026-11-27). Give
+        // it time in proportion before calling the lab broken.
+        let wait = Duration::from_secs(180 + 6 * ids.len() as u64);
+        println!(
+            "    {NODE} not reporting yet after power-on ({e:#}); waiting up to {wait:?} more"
+        );
+        lab.wait_compute(&[NODE], wait)
+            .context("powering the node back on: nova-compute never reported again")?;
+    }
     d::reset_services(lab)?;
     d::delete_servers(lab, ids);
     let end = Instant::now() + Duration::from_secs(60 + 3 * ids.len() as u64);
