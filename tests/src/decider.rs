@@ -509,6 +509,26 @@ impl Decider {
         }
     }
 
+    /// `vigil-decider fence-check --json --config …` on this decider's
+    /// config: (exit status 0, its rows: one per configured BMC level, each
+    /// with the node and `result` `{"Ok": power}` or `{"Err": why}`).
+    /// Reads power only; powers nothing off.
+    pub fn fence_check(&self) -> (bool, Value) {
+        let out = Command::new(bins::bin("vigil-decider"))
+            .args(["fence-check", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run vigil-decider fence-check");
+        let rows = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "fence-check printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), rows)
+    }
+
     /// How long a wrong decision needs at most after a fault: the Nova
     /// witness's staleness (report interval + 2 s margin), the sensor's
     /// silence (3 s), three lost pings and the confirmation window (1 s) all
@@ -569,6 +589,26 @@ pub fn evacuate_actions(lab: &Lab, id: &str) -> usize {
         .as_array()
         .map(|a| a.iter().filter(|x| x["action"] == "evacuate").count())
         .unwrap_or(0)
+}
+
+/// Every server ACTIVE on another host than `node`, with exactly one
+/// `evacuate` instance action in Nova.
+pub fn assert_evacuated_once(lab: &Lab, servers: &[Server], node: &str) {
+    for s in servers {
+        let v = server(lab, &s.id);
+        assert_eq!(v["status"], "ACTIVE", "{v}");
+        assert_ne!(v["OS-EXT-SRV-ATTR:host"], node, "{v}");
+        assert_eq!(evacuate_actions(lab, &s.id), 1, "server {}", s.id);
+    }
+}
+
+/// Every server still on `node` with no `evacuate` instance action in Nova.
+pub fn assert_not_evacuated(lab: &Lab, servers: &[Server], node: &str) {
+    for s in servers {
+        assert_eq!(evacuate_actions(lab, &s.id), 0, "server {}", s.id);
+        let v = server(lab, &s.id);
+        assert_eq!(v["OS-EXT-SRV-ATTR:host"], node, "server moved: {v}");
+    }
 }
 
 /// The node's nova-compute service as Nova shows it (status, forced_down,
