@@ -281,9 +281,9 @@ impl OperatorService {
         let mut cursor = after;
         let mut last = None;
         // Node locks are taken only after the map's read lock is released,
-        // as elsewhere, so the engine never waits on a listing. One more than
-        // a page in each chunk: without a filter that tells at once whether
-        // another page follows.
+        // as elsewhere: a listing never holds the map while it waits for a
+        // node the engine is judging. One more than a page in each chunk:
+        // without a filter that tells at once whether another page follows.
         let chunk = size + 1;
         loop {
             let batch: Vec<(String, Arc<Mutex<NodeState>>)> = {
