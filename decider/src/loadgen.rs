@@ -64,7 +64,7 @@ pub struct Args {
     pub no_list: bool,
     /// ListNodes page size (0: the decider's default). A decider from
     /// before paging answers with every node at once whatever this says.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 0)]
     pub page_size: i32,
     /// Keep each run's directory (decider config and log) and print its path.
     #[arg(long)]

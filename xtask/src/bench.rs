@@ -20,7 +20,7 @@ pub fn run(args: &[String]) -> Result<()> {
         _ => bail!(
             "usage: cargo xtask bench sensor|decider|recovery [ARGS…]\n  \
              sensor:   context-switch cost and sensor RSS/CPU (root; e.g. --rounds 41 --compare-bin OLD_BINARY --json)\n  \
-             decider:  simulated sensors over gRPC; GetNode, ListNodes page and all-pages latency (e.g. --nodes 1000,5000 --baseline OLD-vigil-decider --rounds 3 --page-size 500)\n  \
+             decider:  simulated sensors over gRPC; GetNode, ListNodes page and all-pages latency (e.g. --nodes 1000,5000 --baseline OLD-vigil-decider --rounds 3 --page-size 200)\n  \
              recovery: power loss to all servers ACTIVE elsewhere, against the hand floor (root, lab)"
         ),
     }
