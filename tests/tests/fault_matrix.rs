@@ -184,11 +184,13 @@ fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fen
     assert!(progressing >= 1, "{headline:?}");
     // The alert: the verdict change reaches every watcher (operator API
     // stream) with its reason.
+    // After the fault: a decider that just started shows the node degraded
+    // for the seconds before its sensor connects.
     let change = d
         .changes(NODE)
         .into_iter()
-        .find(|c| c["to"] == "degraded")
-        .expect("a change to degraded on the watch stream");
+        .find(|c| c["to"] == "degraded" && c["at_unix_ms"].as_i64().unwrap_or(0) >= cut)
+        .expect("a change to degraded on the watch stream after the fault");
     let first: Vec<String> = reasons(&change);
     assert!(
         any_reason(&first, "nova-compute blocked"),
@@ -198,7 +200,8 @@ fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fen
     // to the admins, with the reason (nothing else would page: no incident).
     let (hooks, mails) = wait::until(
         "a node-degraded webhook and e-mail",
-        Duration::from_secs(20),
+        // Sent once the node has been degraded for the decider's 15 s.
+        Duration::from_secs(40),
         Duration::from_millis(500),
         || {
             let (hooks, _) = notices_since(lab, since_unix, NODE);

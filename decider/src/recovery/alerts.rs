@@ -15,29 +15,42 @@ use vigil_verdict::Verdict;
 
 use crate::engine::VerdictChanged;
 
-/// A node that keeps going in and out of `degraded` is alerted about at
-/// most this often: one mail per episode, not one per flicker.
+/// A node alerted about is not alerted about again for this long: one mail
+/// per episode, not one per flicker.
 pub const REALERT_AFTER: Duration = Duration::from_secs(30 * 60);
 
-/// Sends a `node-degraded` notification when a node turns `degraded`,
-/// until `shutdown`.
+/// A node must stay `degraded` this long before anyone is told: a decider
+/// that just started sees every node `degraded` for the seconds until its
+/// sensor connects (seen in the lab), and a mail per restart would teach
+/// people to ignore these.
+pub const ALERT_AFTER: Duration = Duration::from_secs(15);
+
+/// Sends a `node-degraded` notification when a node has stayed `degraded`
+/// for [`ALERT_AFTER`], until `shutdown`.
 pub async fn degraded_alerts(
     mut changes: broadcast::Receiver<VerdictChanged>,
     dispatcher: Dispatcher,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut alerts = Alerts::default();
     tokio::pin!(shutdown);
     loop {
+        let next = alerts.next_due();
         tokio::select! {
             _ = &mut shutdown => return,
-            r = changes.recv() => match r {
-                Ok(c) => {
-                    if let Some(m) = alert_for(&c, &mut last, Instant::now()) {
-                        info!(node = %c.node, "node degraded: alerting (it will not be fenced)");
-                        dispatcher.dispatch(m);
-                    }
+            _ = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                for m in alerts.due(Instant::now()) {
+                    info!(node = %m.node(), "node degraded for {ALERT_AFTER:?}: alerting (it will not be fenced)");
+                    dispatcher.dispatch(m);
+                }
+            }
+            r = changes.recv() => match r {
+                Ok(c) => alerts.on_change(&c, Instant::now()),
                 Err(RecvError::Lagged(n)) => {
                     warn!(missed = n, "the degraded-alert task fell behind the verdict changes; some alerts may be missing");
                 }
@@ -47,26 +60,54 @@ pub async fn degraded_alerts(
     }
 }
 
-/// The alert a change calls for, if any; records when it was sent.
-fn alert_for(
-    c: &VerdictChanged,
-    last: &mut HashMap<String, Instant>,
-    now: Instant,
-) -> Option<Message> {
-    if c.to != Verdict::Degraded || c.from == Verdict::Degraded {
-        return None;
+/// Which nodes are waiting out [`ALERT_AFTER`], and when each was last
+/// alerted about.
+#[derive(Default)]
+struct Alerts {
+    /// Node → when its alert is due, and the reasons it turned degraded with.
+    pending: HashMap<String, (Instant, Vec<String>)>,
+    last: HashMap<String, Instant>,
+}
+
+impl Alerts {
+    fn on_change(&mut self, c: &VerdictChanged, now: Instant) {
+        if c.to != Verdict::Degraded {
+            self.pending.remove(&c.node);
+        } else if c.from != Verdict::Degraded {
+            self.pending
+                .insert(c.node.clone(), (now + ALERT_AFTER, c.reasons.clone()));
+        }
     }
-    if last
-        .get(&c.node)
-        .is_some_and(|t| now.duration_since(*t) < REALERT_AFTER)
-    {
-        return None;
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.values().map(|(at, _)| *at).min()
     }
-    last.insert(c.node.clone(), now);
-    Some(Message::NodeDegraded {
-        node: c.node.clone(),
-        reasons: c.reasons.clone(),
-    })
+
+    /// The alerts due at `now`, once per node per [`REALERT_AFTER`].
+    fn due(&mut self, now: Instant) -> Vec<Message> {
+        let ready: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut out = Vec::new();
+        for node in ready {
+            let Some((_, reasons)) = self.pending.remove(&node) else {
+                continue;
+            };
+            if self
+                .last
+                .get(&node)
+                .is_some_and(|t| now.duration_since(*t) < REALERT_AFTER)
+            {
+                continue;
+            }
+            self.last.insert(node.clone(), now);
+            out.push(Message::NodeDegraded { node, reasons });
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -85,40 +126,55 @@ mod tests {
     }
 
     #[test]
-    fn turning_degraded_alerts_once_per_episode_window() {
-        let mut last = HashMap::new();
+    fn staying_degraded_alerts_once_per_episode_window() {
+        let mut a = Alerts::default();
         let t0 = Instant::now();
-        let m = alert_for(
-            &change("compute1", Verdict::Healthy, Verdict::Degraded),
-            &mut last,
-            t0,
-        )
-        .expect("an alert");
-        assert_eq!(m.kind(), "node-degraded");
+        a.on_change(&change("compute1", Verdict::Healthy, Verdict::Degraded), t0);
         assert!(
-            m.subject().contains("nova-compute blocked"),
-            "{}",
-            m.subject()
+            a.due(t0 + ALERT_AFTER / 2).is_empty(),
+            "not before ALERT_AFTER"
         );
-        assert!(m.text().contains("will not fence"), "{}", m.text());
-        assert_eq!(m.incident(), None);
-        // Back and forth within the window: no second mail.
-        let again = change("compute1", Verdict::Suspect, Verdict::Degraded);
-        assert!(alert_for(&again, &mut last, t0 + Duration::from_secs(60)).is_none());
-        // Another node is its own episode.
-        assert!(alert_for(
-            &change("compute2", Verdict::Healthy, Verdict::Degraded),
-            &mut last,
-            t0
-        )
-        .is_some());
+        assert_eq!(a.next_due(), Some(t0 + ALERT_AFTER));
+        let m = a.due(t0 + ALERT_AFTER);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].kind(), "node-degraded");
+        assert!(
+            m[0].subject().contains("nova-compute blocked"),
+            "{}",
+            m[0].subject()
+        );
+        assert!(m[0].text().contains("will not fence"), "{}", m[0].text());
+        assert_eq!(m[0].incident(), None);
+        // Out and back in within the re-alert window: no second mail.
+        let t1 = t0 + Duration::from_secs(60);
+        a.on_change(&change("compute1", Verdict::Degraded, Verdict::Healthy), t1);
+        a.on_change(&change("compute1", Verdict::Healthy, Verdict::Degraded), t1);
+        assert!(a.due(t1 + ALERT_AFTER).is_empty());
         // After the window, alerted again.
-        assert!(alert_for(&again, &mut last, t0 + REALERT_AFTER).is_some());
+        let t2 = t0 + REALERT_AFTER + Duration::from_secs(1);
+        a.on_change(&change("compute1", Verdict::Degraded, Verdict::Healthy), t2);
+        a.on_change(&change("compute1", Verdict::Healthy, Verdict::Degraded), t2);
+        assert_eq!(a.due(t2 + ALERT_AFTER).len(), 1);
+    }
+
+    #[test]
+    fn a_short_degraded_spell_is_not_alerted() {
+        // The decider's start-up: degraded for the seconds before the
+        // sensor connects, then healthy.
+        let mut a = Alerts::default();
+        let t0 = Instant::now();
+        a.on_change(&change("compute1", Verdict::Healthy, Verdict::Degraded), t0);
+        a.on_change(
+            &change("compute1", Verdict::Degraded, Verdict::Healthy),
+            t0 + Duration::from_secs(3),
+        );
+        assert!(a.due(t0 + ALERT_AFTER).is_empty());
+        assert_eq!(a.next_due(), None);
     }
 
     #[test]
     fn other_changes_do_not_alert() {
-        let mut last = HashMap::new();
+        let mut a = Alerts::default();
         let now = Instant::now();
         for (from, to) in [
             (Verdict::Healthy, Verdict::Suspect),
@@ -126,10 +182,8 @@ mod tests {
             (Verdict::Degraded, Verdict::Degraded),
             (Verdict::Degraded, Verdict::Healthy),
         ] {
-            assert!(
-                alert_for(&change("compute1", from, to), &mut last, now).is_none(),
-                "{from} -> {to}"
-            );
+            a.on_change(&change("compute1", from, to), now);
         }
+        assert!(a.due(now + ALERT_AFTER).is_empty());
     }
 }
