@@ -707,7 +707,7 @@ impl Drop for Restore<'_> {
     }
 }
 
-/// Deletes `ids` and waits (≤120 s) until Nova lists none of them: Nova
+/// Deletes `ids` and waits (≥120 s, 3 s more per server past 20) until Nova lists none of them: Nova
 /// deletes asynchronously, and a server still there would be counted on its
 /// node by the next test (seen in CI: "3/3 instances" where 2 were booted).
 pub fn delete_servers(lab: &Lab, ids: &[String]) -> Result<(), String> {
@@ -728,7 +728,8 @@ pub fn delete_servers(lab: &Lab, ids: &[String]) -> Result<(), String> {
     }
     wait::until(
         "deleted servers gone from Nova",
-        Duration::from_secs(120),
+        // Nova deletes a few per second here: more time for many.
+        Duration::from_secs(120.max(60 + 3 * ids.len() as u64)),
         Duration::from_secs(1),
         || {
             let left: Vec<String> = lab

@@ -296,24 +296,11 @@ pub fn boot(
     serde_json::from_slice(&out.stdout).context("parsing `lab boot --json`")
 }
 
-/// Deletes these servers (best effort; says what it could not delete).
+/// Deletes these servers and waits until Nova lists them gone (best
+/// effort: says what it could not delete, and goes on).
 pub fn delete_servers(lab: &Lab, ids: &[String]) {
-    let nova = match lab.nova() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("warning: cannot reach Nova to delete servers: {e:#}");
-            return;
-        }
-    };
-    for id in ids {
-        if let Err(e) = nova.call(
-            reqwest::Method::DELETE,
-            &format!("/servers/{id}"),
-            "2.1",
-            None,
-        ) {
-            eprintln!("warning: delete server {id}: {e:#}");
-        }
+    if let Err(e) = vigil_tests::decider::delete_servers(lab, ids) {
+        eprintln!("warning: deleting the demo's servers: {e}");
     }
 }
 

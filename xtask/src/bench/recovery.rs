@@ -290,25 +290,7 @@ fn restore(lab: &Lab, ids: &[String]) -> Result<()> {
             .context("powering the node back on: nova-compute never reported again")?;
     }
     d::reset_services(lab)?;
-    d::delete_servers(lab, ids);
-    let end = Instant::now() + Duration::from_secs(60 + 3 * ids.len() as u64);
-    loop {
-        let left = lab
-            .servers()?
-            .into_iter()
-            .filter(|s| ids.contains(&s.id))
-            .count();
-        if left == 0 {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            bail!(
-                "{left} deleted server(s) still listed after {:?}",
-                end.elapsed()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    vigil_tests::decider::delete_servers(lab, ids).map_err(|e| anyhow!(e))
 }
 
 /// Runs `body`, then restores the lab whatever happened.
