@@ -40,6 +40,11 @@ const NODES: [&str; 2] = ["compute1", "compute2"];
 /// judge anyone dead when every sensor goes silent at once).
 const NODES3: [&str; 3] = ["compute1", "compute2", "compute3"];
 
+/// One at a time: each test runs a whole decider whose loops tick every
+/// 10–100 ms, and two at once saturate a two-CPU machine until the engine's
+/// thread starves and verdicts miss the tests' deadlines (seen in CI).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn token(node: &str) -> String {
     format!("{node}-sensor-token-0123456789")
 }
@@ -458,6 +463,7 @@ fn steps(inc: &v1::Incident, phase: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dead_node_is_fenced_forced_down_and_evacuated_and_verdicts_follow() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Works, &["a", "b", "c"]);
     let s = w.start(Mode::Live, None).await;
     let (s1, _s2) = healthy_pair(&w, &s).await;
@@ -567,6 +573,7 @@ async fn a_dead_node_is_fenced_forced_down_and_evacuated_and_verdicts_follow() {
 
 #[tokio::test]
 async fn a_bmc_that_fails_stops_in_needs_attention_until_an_operator_confirms() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Refuses, &["a", "b"]);
     let s = w.start(Mode::Live, None).await;
     let (s1, _s2) = healthy_pair(&w, &s).await;
@@ -638,6 +645,7 @@ async fn a_bmc_that_fails_stops_in_needs_attention_until_an_operator_confirms() 
 
 #[tokio::test]
 async fn dry_run_journals_every_call_and_makes_none() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Works, &["a", "b"]);
     let s = w.start(Mode::DryRun, None).await;
     let (s1, _s2) = healthy_pair(&w, &s).await;
@@ -683,6 +691,7 @@ async fn dry_run_journals_every_call_and_makes_none() {
 
 #[tokio::test]
 async fn maintenance_is_never_acted_on() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Works, &["a"]);
     w.nova.set_service("compute1", |s| {
         s.enabled = false;
@@ -703,6 +712,7 @@ async fn maintenance_is_never_acted_on() {
 
 #[tokio::test]
 async fn a_storm_refusal_acts_on_nothing_and_pages_once() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Works, &["a"]);
     // storm_max_dead = 0: any dead node is "too many".
     let s = {
@@ -786,6 +796,7 @@ async fn a_storm_refusal_acts_on_nothing_and_pages_once() {
 /// set at the moment each turns `dead`, keeps both untouched.
 #[tokio::test]
 async fn two_of_three_nodes_dying_together_are_both_held_and_never_touched() {
+    let _serial = SERIAL.lock().await;
     let w = World::with_nodes(&NODES3, Bmc::Works, &["a"]);
     let s = w.start(Mode::Live, None).await;
     let (s1, s2) = healthy_pair(&w, &s).await;
@@ -845,6 +856,7 @@ async fn two_of_three_nodes_dying_together_are_both_held_and_never_touched() {
 /// with exactly one power-off and one evacuate per instance.
 #[tokio::test]
 async fn a_decider_restarted_after_any_step_completes_with_one_fence_and_one_evacuate_each() {
+    let _serial = SERIAL.lock().await;
     // Count the writes of an uninterrupted run first.
     let total = {
         let w = World::new(Bmc::Works, &["a", "b"]);
@@ -916,6 +928,7 @@ async fn a_decider_restarted_after_any_step_completes_with_one_fence_and_one_eva
 /// and emptied), and releases it when it boots.
 #[tokio::test]
 async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
+    let _serial = SERIAL.lock().await;
     let w = World::new(Bmc::Works, &["a"]);
     let s = w.start(Mode::Live, None).await;
     let (s1, s2) = healthy_pair(&w, &s).await;
