@@ -873,10 +873,7 @@ impl Engine {
     fn announce_dead(&mut self, st: &NodeState, now: Moment) {
         let Some(tx) = &self.recovery else { return };
         self.dead_sent.insert(st.name.clone(), now);
-        let boot_id = match &st.evidence.sensor {
-            SensorWitness::Seen(r) => Some(r.boot_id.clone()),
-            SensorWitness::NeverSeen { .. } => None,
-        };
+        let boot_id = sensor_boot_id(st);
         let _ = tx.send(RecoveryInput::Dead {
             node: st.name.clone(),
             evidence: crate::recovery::evidence_snapshot(st, now),
@@ -936,10 +933,7 @@ impl Engine {
     /// Tells recovery that this dead node is held (it journals and pages).
     fn announce_held(&self, st: &NodeState, reason: String, now: Moment) {
         let Some(tx) = &self.recovery else { return };
-        let boot_id = match &st.evidence.sensor {
-            SensorWitness::Seen(r) => Some(r.boot_id.clone()),
-            SensorWitness::NeverSeen { .. } => None,
-        };
+        let boot_id = sensor_boot_id(st);
         let _ = tx.send(RecoveryInput::Held {
             node: st.name.clone(),
             evidence: crate::recovery::evidence_snapshot(st, now),
@@ -1110,6 +1104,15 @@ fn record_probe(p: &mut PingWitness, r: &PingResult) {
             p.consecutive_failures = 0;
         }
         None => p.consecutive_failures = p.consecutive_failures.saturating_add(1),
+    }
+}
+
+/// The boot id the node's sensor last reported, if it ever did: recovery
+/// uses it to tell the node's return from a heartbeat of the same boot.
+fn sensor_boot_id(st: &NodeState) -> Option<String> {
+    match &st.evidence.sensor {
+        SensorWitness::Seen(r) => Some(r.boot_id.clone()),
+        SensorWitness::NeverSeen { .. } => None,
     }
 }
 
