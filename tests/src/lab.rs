@@ -283,11 +283,69 @@ impl Lab {
         run(&script, &["up", "--nodes", &nodes.to_string()])?;
         eprintln!("lab: up (or checked) in {:.1?}", started.elapsed());
         let info = read_info(&lab_dir())?;
-        Ok(Lab {
+        let lab = Lab {
             script,
             info,
             exclusive: Mutex::new(()),
-        })
+        };
+        lab.clean_slate()?;
+        Ok(lab)
+    }
+
+    /// Puts back what an earlier run may have left: the lab's database lives
+    /// on disk, so a run killed mid-test (or a cold start after one) finds
+    /// nodes forced down, services disabled by an incident and servers still
+    /// listed (seen in CI: a decider test failed on a compute1 left
+    /// "disabled: vigil: incident …, forced down" by an interrupted run).
+    fn clean_slate(&self) -> Result<()> {
+        let started = Instant::now();
+        let names = self.node_names();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.heal(&refs)
+            .context("clean slate: healing every node")?;
+        // Nova lets go of forced_down only once the host's nova-compute has
+        // reported again, so the first tries may be refused.
+        crate::wait::until(
+            "clean slate: every nova-compute service enabled and not forced down",
+            Duration::from_secs(120),
+            Duration::from_secs(3),
+            || {
+                self.reset_services().map_err(|e| format!("{e:#}"))?;
+                let status = self.status().map_err(|e| format!("{e:#}"))?;
+                let not_yet: Vec<String> = status
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        n.nova.as_ref().is_none_or(|s| {
+                            s.status.as_deref() != Some("enabled")
+                                || s.forced_down != Some(false)
+                                || s.state.as_deref() != Some("up")
+                        })
+                    })
+                    .map(|n| format!("{}: {:?}", n.name, n.nova))
+                    .collect();
+                if not_yet.is_empty() {
+                    Ok(())
+                } else {
+                    Err(not_yet.join("; "))
+                }
+            },
+        )
+        .map_err(|e| anyhow!(e))?;
+        let leftovers: Vec<String> = self
+            .servers()
+            .context("clean slate: listing the cloud's servers")?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        crate::decider::delete_servers(self, &leftovers)
+            .map_err(|e| anyhow!("clean slate: deleting servers left by an earlier run: {e}"))?;
+        eprintln!(
+            "lab: clean slate in {:.1?} ({} leftover server(s) deleted)",
+            started.elapsed(),
+            leftovers.len()
+        );
+        Ok(())
     }
 
     pub fn info(&self) -> &LabInfo {
