@@ -43,7 +43,12 @@ impl IpmiSim {
     fn start() -> IpmiSim {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
-        let serial = free_udp_port();
+        let serial = loop {
+            let p = free_udp_port();
+            if p != port {
+                break p;
+            }
+        };
         // The `serial … codec VM` line is what makes chassis power control
         // work in ipmi_sim (without it: "Invalid data field in request").
         let lan = format!(
@@ -77,17 +82,29 @@ set_working_mc 0x20
             .stderr(log)
             .spawn()
             .expect("start ipmi_sim");
-        let sim = IpmiSim { child, port, dir };
+        let mut sim = IpmiSim { child, port, dir };
+        // Short probes (1 s, one retry) so that one sent before ipmi_sim has
+        // bound its port does not wait out ipmitool's default retries. A 10 s
+        // deadline ran out once in CI with nothing to show why; the failure
+        // now carries ipmitool's stderr, the simulator's log and its exit.
         vigil_tests::wait::until(
             "ipmi_sim answers",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             Duration::from_millis(200),
             || {
-                let s = sim.ipmitool("s3cret", "status");
-                if s.contains("Chassis Power is") {
+                let log =
+                    || std::fs::read_to_string(sim.dir.path().join("sim.log")).unwrap_or_default();
+                if let Ok(Some(exit)) = sim.child.try_wait() {
+                    panic!(
+                        "ipmi_sim exited ({exit}) before answering; its log: {}",
+                        log()
+                    );
+                }
+                let (out, err) = sim.ipmitool_with("s3cret", "status", &["-N", "1", "-R", "1"]);
+                if out.contains("Chassis Power is") {
                     Ok(())
                 } else {
-                    Err(s)
+                    Err(format!("ipmitool: {out}{err}; ipmi_sim log: {}", log()))
                 }
             },
         )
@@ -96,7 +113,13 @@ set_working_mc 0x20
     }
 
     fn ipmitool(&self, password: &str, verb: &str) -> String {
+        self.ipmitool_with(password, verb, &[]).0
+    }
+
+    /// stdout and stderr of `ipmitool … chassis power VERB`.
+    fn ipmitool_with(&self, password: &str, verb: &str, extra: &[&str]) -> (String, String) {
         let out = Command::new("ipmitool")
+            .args(extra)
             .args([
                 "-I",
                 "lanplus",
@@ -116,7 +139,10 @@ set_working_mc 0x20
             .env("IPMI_PASSWORD", password)
             .output()
             .expect("run ipmitool");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 
     fn config(&self, password_file: &Path) -> FencingConfig {
