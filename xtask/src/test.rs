@@ -52,29 +52,44 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let t = Instant::now();
     let mut unit = Command::new("cargo");
-    unit.args(["test", "--workspace", "--exclude", "vigil-tests"])
-        .args(args);
-    cmd::step(
+    // --no-fail-fast, and the root tier runs even when the unit tier failed:
+    // one CI run (up to 45 min here) then reports every failing test, not
+    // only the first binary's.
+    unit.args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "vigil-tests",
+    ])
+    .args(args);
+    let unit_result = cmd::step(
         "unit tier: cargo test --workspace --exclude vigil-tests",
         &mut unit,
-    )?;
+    );
     let unit_took = t.elapsed();
 
     let t = Instant::now();
     let mut e2e = Command::new("cargo");
     // One test at a time: the end-to-end tests share one lab and inject faults
     // into its nodes, so running them concurrently would make them interfere.
-    e2e.args(["test", "-p", "vigil-tests"])
+    e2e.args(["test", "--no-fail-fast", "-p", "vigil-tests"])
         .args(args)
         .args(["--", "--test-threads=1"]);
     if root {
         e2e.env("VIGIL_REQUIRE_ROOT", "1");
     }
-    cmd::step(
+    let e2e_result = cmd::step(
         "root tier: cargo test -p vigil-tests (end-to-end)",
         &mut e2e,
-    )?;
+    );
     let e2e_took = t.elapsed();
+    match (unit_result, e2e_result) {
+        (Ok(()), Ok(())) => {}
+        (Err(e), Ok(())) => bail!("unit tier failed (root tier passed): {e:#}"),
+        (Ok(()), Err(e)) => bail!("root tier failed (unit tier passed): {e:#}"),
+        (Err(u), Err(e)) => bail!("both tiers failed: unit: {u:#}; root: {e:#}"),
+    }
 
     println!(
         "all tests passed: build {:.0}s, unit {:.0}s, end-to-end {:.0}s, total {:.0}s",
