@@ -128,6 +128,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut results: BTreeMap<(usize, String), Vec<Sample>> = BTreeMap::new();
     let mut floors: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut raw = Vec::new();
+    let path = out_dir.join("results.json");
+    // Written after every sample: a bench that fails in its second hour
+    // keeps what it measured.
+    let save = |raw: &Vec<Value>| -> Result<()> {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(raw).context("encoding results")?,
+        )
+        .with_context(|| format!("writing {}", path.display()))
+    };
     for run in 1..=a.runs {
         for &n in &a.servers {
             if !a.no_floor {
@@ -142,6 +152,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 );
                 floors.entry(n).or_default().push(floor);
                 raw.push(json!({"run": run, "servers": n, "scenario": "floor", "force_down_to_all_active_s": floor}));
+                save(&raw)?;
             }
             for p in &policies {
                 let t = Instant::now();
@@ -164,6 +175,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 );
                 raw.push(json!({"run": run, "servers": n, "scenario": p, "dead_s": s.dead, "fenced_s": s.fenced,
                     "first_evacuate_s": s.first_evacuate, "all_active_s": s.all_active, "force_down_to_all_active_s": s.evacuation}));
+                save(&raw)?;
                 results.entry((n, (*p).to_string())).or_default().push(s);
             }
         }
@@ -171,12 +183,6 @@ pub fn run(args: &[String]) -> Result<()> {
     // Leave the lab as found: sensors as they were; a lab we brought up
     // stays up (taking it down is `cargo xtask lab down`).
     d::restore_sensors(lab, &sensors_before)?;
-    let path = out_dir.join("results.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&raw).context("encoding results")?,
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
 
     println!(
         "\n{}",
