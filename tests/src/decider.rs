@@ -696,8 +696,8 @@ impl Drop for Restore<'_> {
         if let Err(e) = reset {
             eprintln!("restore: {e}");
         }
-        if let Err(e) = delete_servers(lab, &self.servers) {
-            eprintln!("restore: {e}");
+        if let Err(e) = lab.delete_servers(&self.servers) {
+            eprintln!("restore: {e:#}");
         }
         for n in &names {
             if let Err(e) = lab.sensor_stop(n) {
@@ -707,69 +707,18 @@ impl Drop for Restore<'_> {
     }
 }
 
-/// Deletes `ids` and waits (≥120 s, 3 s more per server past 20) until Nova lists none of them: Nova
-/// deletes asynchronously, and a server still there would be counted on its
-/// node by the next test (seen in CI: "3/3 instances" where 2 were booted).
-pub fn delete_servers(lab: &Lab, ids: &[String]) -> Result<(), String> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let nova = lab.nova().map_err(|e| format!("nova: {e:#}"))?;
-    for id in ids {
-        if let Err(e) = nova.call(
-            reqwest::Method::DELETE,
-            &format!("/servers/{id}"),
-            "2.1",
-            None,
-        ) {
-            // Already gone (404) is fine; the wait below is the judge.
-            eprintln!("delete server {id}: {e:#}");
-        }
-    }
-    wait::until(
-        "deleted servers gone from Nova",
-        // Nova deletes a few per second here: more time for many.
-        Duration::from_secs(120.max(60 + 3 * ids.len() as u64)),
-        Duration::from_secs(1),
-        || {
-            let left: Vec<String> = lab
-                .servers()
-                .map_err(|e| format!("{e:#}"))?
-                .into_iter()
-                .filter(|s| ids.contains(&s.id))
-                .map(|s| format!("{} ({} on {:?})", s.id, s.status, s.host))
-                .collect();
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still listed: {left:?}"))
-            }
-        },
-    )
-    .map(|_| ())
-}
-
 /// Every node healed and reporting, every service enabled and not forced
 /// down, sensors running on every node, no server left by an earlier test,
 /// `servers` new servers ACTIVE on `node` (none when 0). The returned guard
 /// undoes it all.
 pub fn prepare<'a>(lab: &'a Lab, node: &str, servers: usize) -> (Restore<'a>, Vec<Server>) {
-    let names = lab.node_names();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut restore = Restore {
         lab,
         servers: Vec::new(),
     };
-    lab.heal(&refs).expect("heal every node");
-    lab.reset_services().expect("reset services");
-    let leftovers: Vec<String> = lab
-        .servers()
-        .expect("list the cloud's servers")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    delete_servers(lab, &leftovers).expect("servers left by an earlier test deleted");
-    for n in &names {
+    lab.clean_slate()
+        .expect("the lab back to a clean slate before the test");
+    for n in &lab.node_names() {
         lab.sensor_start(n).expect("start the node's sensor");
     }
     if servers == 0 {

@@ -297,7 +297,10 @@ impl Lab {
     /// nodes forced down, services disabled by an incident and servers still
     /// listed (seen in CI: a decider test failed on a compute1 left
     /// "disabled: vigil: incident …, forced down" by an interrupted run).
-    fn clean_slate(&self) -> Result<()> {
+    /// Tests call it again before and after each case (`decider::prepare`),
+    /// so every case starts from what a verified clean slate is, not from
+    /// what the previous case hoped to leave.
+    pub fn clean_slate(&self) -> Result<()> {
         let started = Instant::now();
         let names = self.node_names();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -338,14 +341,58 @@ impl Lab {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        crate::decider::delete_servers(self, &leftovers)
-            .map_err(|e| anyhow!("clean slate: deleting servers left by an earlier run: {e}"))?;
+        self.delete_servers(&leftovers)
+            .context("clean slate: deleting servers left by an earlier run")?;
         eprintln!(
             "lab: clean slate in {:.1?} ({} leftover server(s) deleted)",
             started.elapsed(),
             leftovers.len()
         );
         Ok(())
+    }
+
+    /// Deletes `ids` and waits until Nova lists none of them: Nova deletes
+    /// asynchronously, and a server still there would be counted on its
+    /// node by the next test (seen in CI: "3/3 instances" where 2 were
+    /// booted). Already-deleted ids are fine.
+    pub fn delete_servers(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let nova = self.nova().context("deleting servers")?;
+        for id in ids {
+            if let Err(e) = nova.call(
+                reqwest::Method::DELETE,
+                &format!("/servers/{id}"),
+                "2.1",
+                None,
+            ) {
+                // Already gone (404) is fine; the wait below is the judge.
+                eprintln!("delete server {id}: {e:#}");
+            }
+        }
+        crate::wait::until(
+            "deleted servers gone from Nova",
+            // Nova deletes a few per second here: more time for many.
+            Duration::from_secs(120.max(60 + 3 * ids.len() as u64)),
+            Duration::from_secs(1),
+            || {
+                let left: Vec<String> = self
+                    .servers()
+                    .map_err(|e| format!("{e:#}"))?
+                    .into_iter()
+                    .filter(|s| ids.contains(&s.id))
+                    .map(|s| format!("{} ({} on {:?})", s.id, s.status, s.host))
+                    .collect();
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still listed: {left:?}"))
+                }
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| anyhow!(e))
     }
 
     pub fn info(&self) -> &LabInfo {

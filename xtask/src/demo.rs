@@ -299,8 +299,8 @@ pub fn boot(
 /// Deletes these servers and waits until Nova lists them gone (best
 /// effort: says what it could not delete, and goes on).
 pub fn delete_servers(lab: &Lab, ids: &[String]) {
-    if let Err(e) = vigil_tests::decider::delete_servers(lab, ids) {
-        eprintln!("warning: deleting the demo's servers: {e}");
+    if let Err(e) = lab.delete_servers(ids) {
+        eprintln!("warning: deleting the demo's servers: {e:#}");
     }
 }
 

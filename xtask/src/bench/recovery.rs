@@ -297,7 +297,7 @@ fn restore(lab: &Lab, ids: &[String]) -> Result<()> {
             .context("powering the node back on: nova-compute never reported again")?;
     }
     d::reset_services(lab)?;
-    vigil_tests::decider::delete_servers(lab, ids).map_err(|e| anyhow!(e))
+    lab.delete_servers(ids)
 }
 
 /// Runs `body`, then restores the lab whatever happened.
