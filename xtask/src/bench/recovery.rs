@@ -65,6 +65,11 @@ struct Sample {
     /// From Nova's force-down to all ACTIVE elsewhere: the part a hand
     /// evacuation also has, so the one comparable with the floor.
     evacuation: Option<f64>,
+    /// How long the node's `updated_at` had stood still, as the decider saw
+    /// it, when the power was cut: where in Nova's report cycle the cut fell.
+    /// `dead` waits for report interval + margin after the last report, so
+    /// this explains most of the spread of `dead` between runs.
+    since_report: Option<f64>,
 }
 
 fn now_ms() -> i64 {
@@ -165,17 +170,19 @@ pub fn run(args: &[String]) -> Result<()> {
                     )
                 })?;
                 println!(
-                    "run {run}/{}  {n:>3} servers  Vigil/{p:<9}  dead {}  fenced {}  1st evacuate {}  all ACTIVE {}  (force-down → all {})   [{:.0} s]",
+                    "run {run}/{}  {n:>3} servers  Vigil/{p:<9}  dead {}  fenced {}  1st evacuate {}  all ACTIVE {}  (force-down → all {}; cut {} after a report)   [{:.0} s]",
                     a.runs,
                     f(s.dead),
                     f(s.fenced),
                     f(s.first_evacuate),
                     f(s.all_active),
                     f(s.evacuation),
+                    f(s.since_report),
                     t.elapsed().as_secs_f64()
                 );
                 raw.push(json!({"run": run, "servers": n, "scenario": p, "dead_s": s.dead, "fenced_s": s.fenced,
-                    "first_evacuate_s": s.first_evacuate, "all_active_s": s.all_active, "force_down_to_all_active_s": s.evacuation}));
+                    "first_evacuate_s": s.first_evacuate, "all_active_s": s.all_active, "force_down_to_all_active_s": s.evacuation,
+                    "cut_after_report_s": s.since_report}));
                 save(&raw)?;
                 results.entry((n, (*p).to_string())).or_default().push(s);
             }
@@ -266,6 +273,25 @@ fn table(
                 cell(evac),
             ));
         }
+    }
+    // `dead` is report interval + margin + agreement after the last report
+    // the decider saw, so where the cut fell in the report cycle is what
+    // makes `dead` differ between runs; show it next to the table.
+    let phases: Vec<String> = results
+        .iter()
+        .filter_map(|((n, p), s)| {
+            let v: Vec<String> = s
+                .iter()
+                .map(|x| x.since_report.map_or("?".into(), |v| format!("{v:.1}")))
+                .collect();
+            (!v.is_empty()).then(|| format!("{n}/{p}: {}", v.join(", ")))
+        })
+        .collect();
+    if !phases.is_empty() {
+        t.push_str(&format!(
+            "\nThe cut fell this many seconds after the node's last Nova report the decider saw (per run): {}.\n",
+            phases.join("; ")
+        ));
     }
     t
 }
@@ -370,6 +396,13 @@ fn vigil(lab: &Lab, bin: &Path, dir: &Path, n: usize, policy: &str) -> Result<Sa
 
 fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
     dec.wait_healthy(&lab.node_names(), Duration::from_secs(90))?;
+    // Read just before the cut; the value is from the decider's latest Nova
+    // poll (≤ 1 s old). Only a figure: without it the run still counts.
+    let since_report = dec
+        .node(NODE)
+        .ok()
+        .and_then(|v| v["nova"]["updated_at_stalled_ms"].as_u64())
+        .map(|ms| ms as f64 / 1000.0);
     let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE)?;
     let deadline = Duration::from_secs(120 + 10 * n as u64);
@@ -418,6 +451,7 @@ fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
         first_evacuate: fig.after_cut(fig.first_evacuate_ms),
         all_active: fig.after_cut(fig.all_moved_ms),
         evacuation,
+        since_report,
     })
 }
 
