@@ -3,7 +3,7 @@
 //! wrong password is an error and never "off", and `fence_check` reads status.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -32,6 +32,16 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// The serial port is TCP: a port free for UDP may be some TCP socket's
+/// (seen in CI: "Unable to bind to serial TCP port: Address already in use").
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// An `ipmi_sim` BMC on 127.0.0.1 whose "machine" is a `sleep`; killed on drop.
 struct IpmiSim {
     child: Child,
@@ -40,15 +50,27 @@ struct IpmiSim {
 }
 
 impl IpmiSim {
+    /// A port found free can be taken before ipmi_sim binds it (other tests
+    /// run in parallel); then ipmi_sim exits and we try other ports.
     fn start() -> IpmiSim {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match IpmiSim::try_start() {
+                Ok(sim) => return sim,
+                Err(log) if log.contains("Address already in use") && attempt < ATTEMPTS => {
+                    eprintln!("ipmi_sim lost its ports (attempt {attempt}), trying others: {log}");
+                }
+                Err(log) => panic!("ipmi_sim exited before answering; its log: {log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Err(the simulator's log) when it exited before answering.
+    fn try_start() -> Result<IpmiSim, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
-        let serial = loop {
-            let p = free_udp_port();
-            if p != port {
-                break p;
-            }
-        };
+        let serial = free_tcp_port();
         // The `serial … codec VM` line is what makes chassis power control
         // work in ipmi_sim (without it: "Invalid data field in request").
         let lan = format!(
@@ -87,7 +109,7 @@ set_working_mc 0x20
         // bound its port does not wait out ipmitool's default retries. A 10 s
         // deadline ran out once in CI with nothing to show why; the failure
         // now carries ipmitool's stderr, the simulator's log and its exit.
-        vigil_tests::wait::until(
+        let exited = vigil_tests::wait::until(
             "ipmi_sim answers",
             Duration::from_secs(30),
             Duration::from_millis(200),
@@ -95,21 +117,22 @@ set_working_mc 0x20
                 let log =
                     || std::fs::read_to_string(sim.dir.path().join("sim.log")).unwrap_or_default();
                 if let Ok(Some(exit)) = sim.child.try_wait() {
-                    panic!(
-                        "ipmi_sim exited ({exit}) before answering; its log: {}",
-                        log()
-                    );
+                    return Ok(Some(format!("({exit}) {}", log())));
                 }
                 let (out, err) = sim.ipmitool_with("s3cret", "status", &["-N", "1", "-R", "1"]);
                 if out.contains("Chassis Power is") {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("ipmitool: {out}{err}; ipmi_sim log: {}", log()))
                 }
             },
         )
-        .expect("ipmi_sim up");
-        sim
+        .expect("ipmi_sim up")
+        .0;
+        match exited {
+            Some(log) => Err(log),
+            None => Ok(sim),
+        }
     }
 
     fn ipmitool(&self, password: &str, verb: &str) -> String {
@@ -178,8 +201,11 @@ set_working_mc 0x20
 
 impl Drop for IpmiSim {
     fn drop(&mut self) {
-        // Power the "machine" off so its `sleep` does not outlive the test.
-        let _ = self.ipmitool("s3cret", "off");
+        // Power the "machine" off so its `sleep` does not outlive the test
+        // (a simulator that already exited has none, and would not answer).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.ipmitool("s3cret", "off");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
