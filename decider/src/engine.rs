@@ -17,9 +17,9 @@ use tonic::Status;
 use tracing::{debug, error, info, warn};
 use vigil_proto::v1;
 use vigil_verdict::{
-    evaluate, DeciderView, IllegalTransition, Moment, NovaInstance, NovaService, NovaWitness,
-    Opinion, PingRole, PingWitness, Policy, SensorReading, SensorWitness, ServiceState, Signals,
-    StormGuard, Verdict, WorkflowStep,
+    counts_as_down, evaluate, DeciderView, IllegalTransition, Moment, NovaInstance, NovaService,
+    NovaWitness, PingRole, PingWitness, Policy, SensorReading, SensorWitness, ServiceState,
+    Signals, StormGuard, Verdict, WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -786,6 +786,16 @@ impl Engine {
             *segments.entry(lock(n).segment.clone()).or_default() += 1;
         }
         self.segment_sizes.clone_from(&segments);
+        // Count every node that went down before judging any, so a node
+        // turning `dead` in this tick is held by the others whatever the
+        // order they are judged in (safety rule 6).
+        for n in &nodes {
+            let mut st = lock(n);
+            st.evidence.decider.clone_from(&self.view);
+            let a = evaluate(&st.evidence, &self.policy, now);
+            let down = counts_as_down(&st.evidence, &a, &self.policy, now);
+            self.count_for_storm(&st, a.verdict, down, now);
+        }
         for n in &nodes {
             let mut st = lock(n);
             self.judge(&mut st, now);
@@ -885,23 +895,11 @@ impl Engine {
     fn judge(&mut self, st: &mut NodeState, now: Moment) {
         st.evidence.decider.clone_from(&self.view);
         let a = evaluate(&st.evidence, &self.policy, now);
-        let says_dead =
-            [a.opinions.sensor, a.opinions.nova, a.opinions.ping].contains(&Opinion::Dead);
+        let down = counts_as_down(&st.evidence, &a, &self.policy, now);
         let assessed = a.verdict;
         let before = st.tracker.verdict();
         let change = st.tracker.observe(a, &self.policy, now);
-        match assessed {
-            Verdict::Dead | Verdict::Suspect if says_dead => self.storm.note_down(
-                &st.name,
-                &st.segment,
-                st.tracker.verdict() == Verdict::Dead,
-                now,
-            ),
-            Verdict::Healthy | Verdict::Degraded | Verdict::Maintenance => {
-                self.storm.note_up(&st.name)
-            }
-            _ => {}
-        }
+        self.count_for_storm(st, assessed, down, now);
         if let Some(c) = change {
             let reasons = if c.to == Verdict::Dead {
                 // Safety rule 6 must hold at the moment of `dead`, not at the
@@ -914,6 +912,20 @@ impl Engine {
                 c.reasons
             };
             self.publish_change(st, before, c.to, reasons, now);
+        }
+    }
+
+    /// Keeps the storm guard's count of `st` up to date (`down` from
+    /// [`counts_as_down`]).
+    fn count_for_storm(&mut self, st: &NodeState, assessed: Verdict, down: bool, now: Moment) {
+        if down {
+            let confirmed = st.tracker.verdict() == Verdict::Dead;
+            self.storm.note_down(&st.name, &st.segment, confirmed, now);
+        } else if matches!(
+            assessed,
+            Verdict::Healthy | Verdict::Degraded | Verdict::Maintenance
+        ) {
+            self.storm.note_up(&st.name);
         }
     }
 

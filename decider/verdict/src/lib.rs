@@ -29,7 +29,7 @@ pub use evidence::{
 };
 pub use machine::{IllegalTransition, NodeTracker, VerdictChange, WorkflowStep};
 pub use policy::{Policy, PolicyError, WitnessKind};
-pub use storm::{StormGuard, StormHold};
+pub use storm::{counts_as_down, StormGuard, StormHold};
 pub use time::{fmt_secs, Moment};
 pub use verdict::Verdict;
 

@@ -1,12 +1,44 @@
 //! The storm guard (safety rule 6): when more nodes go down together than a
 //! set number, or more than a set share of a segment, act on none of them,
-//! say why and page. Nodes count from the moment their evidence first says
-//! dead (`suspect`), not only once confirmed, so two nodes losing power
+//! say why and page. Nodes count from the first sign that they went down
+//! ([`counts_as_down`]), not only once confirmed, so two nodes losing power
 //! together are both counted before either can be fenced.
 
-use crate::policy::StormPolicy;
+use crate::decide::{Assessment, Opinion};
+use crate::evidence::{Evidence, SensorWitness};
+use crate::policy::{Policy, StormPolicy};
 use crate::time::{fmt_secs, Moment};
+use crate::verdict::Verdict;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Whether a node counts as down for the storm guard now. Wider than its
+/// verdict on purpose: nodes that lose power together turn `dead` seconds
+/// apart (each nova-compute's `updated_at` stops at its own phase of the
+/// report cycle, and an address is silent only after several probes), and by
+/// the time the first is `dead` the others must already count — the lab saw
+/// a node fenced while its partner, cut 0.8 s later, still had an address
+/// answering its last probes. So a node counts from the first sign that it
+/// went down: its evidence says dead (`suspect`, `dead`), its sensor, once
+/// heard, fell silent within the window, or its addresses stopped answering.
+/// Counting too much can only hold nodes and page; it never acts. A sensor
+/// that has not connected since the decider started does not count (after a
+/// decider restart every sensor is briefly unheard), and a node in
+/// maintenance never does (safety rule 5: nothing is done to it either way).
+pub fn counts_as_down(ev: &Evidence, a: &Assessment, policy: &Policy, now: Moment) -> bool {
+    let o = &a.opinions;
+    match a.verdict {
+        Verdict::Maintenance => false,
+        Verdict::Dead | Verdict::Suspect if [o.sensor, o.nova, o.ping].contains(&Opinion::Dead) => {
+            true
+        }
+        _ => {
+            let sensor_fell_silent = o.sensor == Opinion::Dead
+                && matches!(&ev.sensor, SensorWitness::Seen(r)
+                    if now.since(r.last_heartbeat_at) <= policy.storm.window);
+            sensor_fell_silent || o.ping == Opinion::Dead
+        }
+    }
+}
 
 /// Nodes that went down recently, with when and in which segment.
 #[derive(Debug, Clone, Default)]

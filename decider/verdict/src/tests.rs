@@ -571,3 +571,61 @@ mod machine {
         assert_ne!(t.reasons()[0], "storm guard: 2 of 3 nodes");
     }
 }
+
+/// Who the storm guard counts as down (safety rule 6): wider than `dead`, so
+/// nodes failing together are all counted before the first can be fenced.
+mod storm_count {
+    use super::*;
+
+    fn counts(ev: &Ev) -> bool {
+        counts_as_down(&ev.0, &evaluate(&ev.0, &ev.1, NOW), &ev.1, NOW)
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn who_counts_as_down() {
+        let rows: Vec<(&str, Ev, bool)> = vec![
+            ("healthy node", node(), false),
+            ("power loss (dead)", node().power_loss(), true),
+            ("power loss, Nova not yet stale (suspect)", node().power_loss().nova_stalled(5), true),
+            ("sensor fell silent, host still answers its last probes", node().sensor_silent(4), true),
+            ("host address silent, sensor live", node().host_ping_silent().instance_pings_silent(), true),
+            ("management link down, instances answer", node().sensor_silent(30).nova_stalled(30).host_ping_silent(), true),
+            ("nova-compute killed, host and VMs fine", node().nova_compute(NovaComputeProcess::Gone).nova_down(), false),
+            ("nova-compute hung in D state", node().nova_compute(NovaComputeProcess::Blocked { blocked_for: Duration::from_secs(312) }).nova_stalled(40), false),
+            ("sensor never heard since the decider started", node().sensor_never_seen(), false),
+            ("sensor silent longer than the storm window", node().sensor_silent(601), false),
+            ("maintenance node loses power", node().nova_disabled("bios upgrade").power_loss(), false),
+            ("Nova API down, node fine", node().nova_unreachable(), false),
+        ];
+        let wrong: Vec<_> = rows
+            .iter()
+            .filter(|(_, ev, want)| counts(ev) != *want)
+            .map(|(name, _, want)| format!("{name}: expected {want}"))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// The lab's case 6 as it failed once: compute1 turned dead while
+    /// compute2, cut 0.8 s later, was still `degraded` (its host had not yet
+    /// missed three probes). compute2 must already count, and compute1 be held.
+    #[test]
+    fn a_partner_still_answering_its_last_probes_holds_the_first_dead_node() {
+        let policy = Policy::default();
+        let first = node().power_loss();
+        let partner = node().sensor_silent(4);
+        assert_eq!(
+            evaluate(&partner.0, &partner.1, NOW).verdict,
+            Verdict::Degraded
+        );
+        let mut g = StormGuard::new();
+        for (name, ev) in [("compute2", &partner), ("compute1", &first)] {
+            assert!(counts(ev), "{name} must count");
+            g.note_down(name, "default", false, NOW);
+        }
+        let sizes = std::collections::BTreeMap::from([("default".to_string(), 3)]);
+        let hold = g.check(&policy.storm, &sizes, NOW).expect("a storm");
+        assert!(hold.nodes.contains("compute1"), "{hold:?}");
+        assert!(hold.reason.contains("2 of 3 nodes"), "{}", hold.reason);
+    }
+}
