@@ -671,36 +671,21 @@ pub fn redfish_log_mark(lab: &Lab) -> usize {
 
 /// Leaves the lab as found when the test ends, even on failure: every node
 /// powered on and reporting, services enabled and not forced down, the
-/// test's servers deleted, sensors stopped.
+/// servers deleted, sensors stopped.
 pub struct Restore<'a> {
     pub lab: &'a Lab,
-    pub servers: Vec<String>,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        let lab = self.lab;
-        let names = lab.node_names();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        if let Err(e) = lab.heal(&refs) {
-            eprintln!("restore: heal {refs:?}: {e:#}");
-        }
-        // Nova un-forces-down an evacuated host only after its nova-compute
-        // ran again (lab README: heal, wait-compute, reset-services).
-        let reset = wait::until(
-            "services reset",
-            Duration::from_secs(120),
-            Duration::from_secs(3),
-            || lab.reset_services().map_err(|e| format!("{e:#}")),
-        );
-        if let Err(e) = reset {
-            eprintln!("restore: {e}");
-        }
-        if let Err(e) = lab.delete_servers(&self.servers) {
+        // The same verified clean slate the next test starts from: every node
+        // healed and reporting, services reset, every server deleted (those
+        // the test booted and any an evacuation left).
+        if let Err(e) = self.lab.clean_slate() {
             eprintln!("restore: {e:#}");
         }
-        for n in &names {
-            if let Err(e) = lab.sensor_stop(n) {
+        for n in &self.lab.node_names() {
+            if let Err(e) = self.lab.sensor_stop(n) {
                 eprintln!("restore: sensor stop {n}: {e:#}");
             }
         }
@@ -712,10 +697,7 @@ impl Drop for Restore<'_> {
 /// `servers` new servers ACTIVE on `node` (none when 0). The returned guard
 /// undoes it all.
 pub fn prepare<'a>(lab: &'a Lab, node: &str, servers: usize) -> (Restore<'a>, Vec<Server>) {
-    let mut restore = Restore {
-        lab,
-        servers: Vec::new(),
-    };
+    let restore = Restore { lab };
     lab.clean_slate()
         .expect("the lab back to a clean slate before the test");
     for n in &lab.node_names() {
@@ -725,7 +707,6 @@ pub fn prepare<'a>(lab: &'a Lab, node: &str, servers: usize) -> (Restore<'a>, Ve
         return (restore, Vec::new());
     }
     let booted = lab.boot(servers, node).expect("boot servers on the node");
-    restore.servers = booted.iter().map(|s| s.id.clone()).collect();
     (restore, booted)
 }
 

@@ -187,10 +187,9 @@ fn shutoff_skip_evacuates_active_and_error_servers_and_leaves_the_shutoff_one() 
     }
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
-    let (mut restore, _) = prepare(lab, NODE, 0);
+    let (_restore, _) = prepare(lab, NODE, 0);
     let servers = boot_with_statuses(3, NODE, &[("error", 1), ("shutoff", 1)])
         .expect("boot ERROR, SHUTOFF and ACTIVE servers on compute1");
-    restore.servers = servers.iter().map(|s| s.id.clone()).collect();
     let (active, error, shutoff) = (
         by_status(&servers, "ACTIVE"),
         by_status(&servers, "ERROR"),
@@ -273,10 +272,9 @@ fn shutoff_evacuate_moves_the_shutoff_server_and_it_stays_stopped() {
     }
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
-    let (mut restore, _) = prepare(lab, NODE, 0);
+    let (_restore, _) = prepare(lab, NODE, 0);
     let servers = boot_with_statuses(2, NODE, &[("shutoff", 1)])
         .expect("boot a SHUTOFF and an ACTIVE server on compute1");
-    restore.servers = servers.iter().map(|s| s.id.clone()).collect();
     let (active, shutoff) = (
         by_status(&servers, "ACTIVE"),
         by_status(&servers, "SHUTOFF"),
@@ -604,10 +602,9 @@ fn a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped() {
     }
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
-    let (mut restore, _) = prepare(lab, NODE, 0);
+    let (_restore, _) = prepare(lab, NODE, 0);
     let servers =
         boot_with_statuses(1, NODE, &[("shutoff", 1)]).expect("boot a SHUTOFF server on compute1");
-    restore.servers = servers.iter().map(|s| s.id.clone()).collect();
     let stopped = by_status(&servers, "SHUTOFF");
     let mut failures = SpawnFailures::default();
     let stale = failures
