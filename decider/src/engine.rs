@@ -17,9 +17,9 @@ use tonic::Status;
 use tracing::{debug, error, info, warn};
 use vigil_proto::v1;
 use vigil_verdict::{
-    counts_as_down, evaluate, DeciderView, IllegalTransition, Moment, NovaInstance, NovaService,
-    NovaWitness, PingRole, PingWitness, Policy, SensorReading, SensorWitness, ServiceState,
-    Signals, StormGuard, Verdict, WorkflowStep,
+    counts_as_down, evaluate, Assessment, DeciderView, IllegalTransition, Moment, NovaInstance,
+    NovaService, NovaWitness, PingRole, PingWitness, Policy, SensorReading, SensorWitness,
+    ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -788,17 +788,15 @@ impl Engine {
         self.segment_sizes.clone_from(&segments);
         // Count every node that went down before judging any, so a node
         // turning `dead` in this tick is held by the others whatever the
-        // order they are judged in (safety rule 6).
-        for n in &nodes {
+        // order they are judged in (safety rule 6). Only the engine writes
+        // evidence, so the assessments still hold when judged below.
+        let assessed: Vec<_> = nodes
+            .iter()
+            .map(|n| self.assess(&mut lock(n), now))
+            .collect();
+        for (n, (a, down)) in nodes.iter().zip(assessed) {
             let mut st = lock(n);
-            st.evidence.decider.clone_from(&self.view);
-            let a = evaluate(&st.evidence, &self.policy, now);
-            let down = counts_as_down(&st.evidence, &a, &self.policy, now);
-            self.count_for_storm(&st, a.verdict, down, now);
-        }
-        for n in &nodes {
-            let mut st = lock(n);
-            self.judge(&mut st, now);
+            self.judge_assessed(&mut st, a, down, now);
             if st.tracker.actionable()
                 && self
                     .dead_sent
@@ -893,12 +891,28 @@ impl Engine {
 
     /// Judges one node now and publishes a verdict change, if any.
     fn judge(&mut self, st: &mut NodeState, now: Moment) {
+        let (a, down) = self.assess(st, now);
+        self.judge_assessed(st, a, down, now);
+    }
+
+    /// Judges one node's evidence now and counts it for the storm guard;
+    /// `down` is [`counts_as_down`].
+    fn assess(&mut self, st: &mut NodeState, now: Moment) -> (Assessment, bool) {
         st.evidence.decider.clone_from(&self.view);
         let a = evaluate(&st.evidence, &self.policy, now);
         let down = counts_as_down(&st.evidence, &a, &self.policy, now);
+        self.count_for_storm(st, a.verdict, down, now);
+        (a, down)
+    }
+
+    /// Feeds an assessment from [`Self::assess`] to the node's tracker and
+    /// publishes a verdict change, if any.
+    fn judge_assessed(&mut self, st: &mut NodeState, a: Assessment, down: bool, now: Moment) {
         let assessed = a.verdict;
         let before = st.tracker.verdict();
         let change = st.tracker.observe(a, &self.policy, now);
+        // Again after the tracker: a node it just confirmed dead stays
+        // counted for the window even if it comes back.
         self.count_for_storm(st, assessed, down, now);
         if let Some(c) = change {
             let reasons = if c.to == Verdict::Dead {
