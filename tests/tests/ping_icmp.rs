@@ -236,9 +236,11 @@ fn ping_without_cap_net_raw_says_so() {
         Err(e) => panic!("tempdir: {e}"),
     };
     let exe = dir.path().join("vigil-ping");
-    if let Err(e) = std::fs::copy(bins::bin("vigil-ping"), &exe) {
-        panic!("copy vigil-ping: {e}");
-    }
+    // Copied by `cp`, not in this process: a test thread forking while this
+    // process held the copy open for writing would make it unrunnable
+    // (ETXTBSY) until that child's exec.
+    let cp = run(Command::new("cp").arg(bins::bin("vigil-ping")).arg(&exe));
+    assert!(cp.status.success(), "cp vigil-ping: {cp:?}");
     use std::os::unix::fs::PermissionsExt;
     for p in [dir.path(), exe.as_path()] {
         if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)) {

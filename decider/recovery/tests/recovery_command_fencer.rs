@@ -132,3 +132,49 @@ async fn recovery_command_storage_fence_reports_itself() {
     assert!(ack.storage_fenced);
     assert_eq!(ack.power, Some(PowerState::Unknown));
 }
+
+/// A script someone still holds open for writing (configuration management
+/// replacing it, or a fork in another thread inheriting the descriptor) cannot
+/// be run for that moment; the fence waits the moment out instead of failing.
+#[tokio::test]
+async fn recovery_command_fencer_waits_out_a_busy_script() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pdu = script(dir.path(), "pdu", "cat >/dev/null; echo off");
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&pdu)
+        .expect("open for writing");
+    // Precondition: while it is open for writing the kernel refuses to run it.
+    let refused = std::process::Command::new(&pdu)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect_err("exec of a file open for writing");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ExecutableFileBusy);
+
+    let f = fencer(pdu.clone(), vec![], Duration::from_secs(10));
+    let fence = tokio::spawn(async move { f.power_off().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(writer);
+    let ack = fence
+        .await
+        .expect("join")
+        .expect("fence after the writer let go");
+    assert_eq!(ack.power, Some(PowerState::Off));
+
+    // Still busy after the wait: the error names the program and the cause.
+    let _writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&pdu)
+        .expect("open for writing");
+    let started = std::time::Instant::now();
+    match fencer(pdu, vec![], Duration::from_secs(10))
+        .power_off()
+        .await
+    {
+        Err(FenceError::Spawn { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::ExecutableFileBusy)
+        }
+        other => panic!("expected a spawn error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

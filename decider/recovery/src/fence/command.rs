@@ -6,6 +6,8 @@
 //! status 0 means the action was done. Its last non-empty stdout line is either
 //! a word (`off`, `on`, `unknown`, `done`) or a JSON object
 //! `{"power": "off"|"on"|"unknown", "storage_fenced": bool, "message": "…"}`.
+//! A program that is open for writing when the fence runs (being replaced)
+//! is waited for up to 2 s, then the fence fails naming it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,7 +17,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::{FenceAck, FenceError, Fencer, PowerState};
 
@@ -68,6 +70,39 @@ fn parse_reply(stdout: &str) -> Option<Reply> {
     })
 }
 
+/// How long a program that is "busy" (open for writing) is waited for.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Spawns, waiting out `ETXTBSY` for up to [`BUSY_WAIT`].
+///
+/// The kernel refuses to exec a file that any process holds open for writing.
+/// That happens for a moment when configuration management replaces the
+/// script, and whenever another thread of a process forks while a file is
+/// still open for writing (the child holds the descriptor until its exec).
+/// A fence must not fail for a window that short; any other error, or a file
+/// still busy after the wait, is returned as it is.
+async fn spawn_when_not_busy<T>(
+    mut spawn: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+    let mut warned = false;
+    loop {
+        match spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    warn!("fence program is open for writing elsewhere (text file busy); retrying for up to {BUSY_WAIT:?}");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl CommandFencer {
     pub fn new(target: CommandTarget) -> Self {
         CommandFencer { target }
@@ -80,14 +115,17 @@ impl CommandFencer {
             program: t.program.display().to_string(),
             source,
         };
-        let mut child = Command::new(&t.program)
-            .args(&t.args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_err)?;
+        let mut child = spawn_when_not_busy(|| {
+            Command::new(&t.program)
+                .args(&t.args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+        })
+        .await
+        .map_err(spawn_err)?;
         let doc = serde_json::json!({"action": action, "node": t.node}).to_string();
         let run = async {
             if let Some(mut stdin) = child.stdin.take() {
