@@ -222,6 +222,82 @@ fn ipmi_power_off_is_power_loss_and_power_on_boots_the_node_again() {
     assert_eq!(lab.ipmi_power(node).expect("IPMI status"), "on");
 }
 
+/// The operator's recovery by hand: force the service down (mv 2.53, by
+/// id), then evacuate each server with mv 2.94 (from 2.95 Nova leaves an
+/// evacuated server SHUTOFF; see notes/minicloud.md). Returns each server's
+/// new host and the time from the first evacuate call to all ACTIVE.
+fn evacuate_by_hand(
+    nova: &vigil_tests::lab::Nova,
+    dead: &str,
+    servers: &[Server],
+) -> (BTreeMap<String, String>, Duration) {
+    let id = compute_service_id(nova, dead);
+    nova.call(
+        reqwest::Method::PUT,
+        &format!("/os-services/{id}"),
+        "2.53",
+        Some(&json!({"forced_down": true})),
+    )
+    .unwrap_or_else(|e| panic!("force {dead} down: {e:#}"));
+    for s in servers {
+        nova.call(
+            reqwest::Method::POST,
+            &format!("/servers/{}/action", s.id),
+            "2.94",
+            Some(&json!({"evacuate": {}})),
+        )
+        .expect("evacuate");
+    }
+    wait::until(
+        "every server ACTIVE on another node",
+        Duration::from_secs(180),
+        EVERY,
+        || {
+            let mut moved = BTreeMap::new();
+            let mut late = Vec::new();
+            for s in servers {
+                let doc = nova
+                    .get(&format!("/servers/{}", s.id), "2.94")
+                    .map_err(|e| format!("{e:#}"))?;
+                let srv = &doc["server"];
+                let host = srv["OS-EXT-SRV-ATTR:host"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let status = srv["status"].as_str().unwrap_or("");
+                if status == "ACTIVE"
+                    && srv["OS-EXT-STS:task_state"].is_null()
+                    && !host.is_empty()
+                    && host != dead
+                {
+                    moved.insert(s.id.clone(), host);
+                } else {
+                    late.push(format!("{} {status} on {host}", s.id));
+                }
+            }
+            if late.is_empty() {
+                Ok(moved)
+            } else {
+                Err(format!("not yet: {late:?}"))
+            }
+        },
+    )
+    .expect("Nova evacuates every server")
+}
+
+fn compute_service_id(nova: &vigil_tests::lab::Nova, host: &str) -> String {
+    let svcs = nova
+        .get(
+            &format!("/os-services?binary=nova-compute&host={host}"),
+            "2.53",
+        )
+        .expect("os-services");
+    svcs["services"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no nova-compute service id for {host}: {svcs}"))
+        .to_string()
+}
+
 #[test]
 fn hand_evacuation_through_nova_makes_the_instances_answer_on_another_node() {
     if !tier::root(
@@ -249,71 +325,8 @@ fn hand_evacuation_through_nova_makes_the_instances_answer_on_another_node() {
             s.id
         );
     }
-    // The operator's recovery by hand: force the service down (mv 2.53,
-    // by id), then evacuate each server with mv 2.94 (from 2.95 Nova leaves
-    // an evacuated server SHUTOFF; see notes/minicloud.md).
     let t = Instant::now();
-    let svcs = nova
-        .get(
-            &format!("/os-services?binary=nova-compute&host={dead}"),
-            "2.53",
-        )
-        .expect("os-services");
-    let id = svcs["services"][0]["id"]
-        .as_str()
-        .expect("service id")
-        .to_string();
-    nova.call(
-        reqwest::Method::PUT,
-        &format!("/os-services/{id}"),
-        "2.53",
-        Some(&json!({"forced_down": true})),
-    )
-    .expect("force compute1 down");
-    for s in &servers {
-        nova.call(
-            reqwest::Method::POST,
-            &format!("/servers/{}/action", s.id),
-            "2.94",
-            Some(&json!({"evacuate": {}})),
-        )
-        .expect("evacuate");
-    }
-    let (moved, took) = wait::until(
-        "every server ACTIVE on another node",
-        Duration::from_secs(180),
-        EVERY,
-        || {
-            let mut moved = BTreeMap::new();
-            let mut late = Vec::new();
-            for s in &servers {
-                let doc = nova
-                    .get(&format!("/servers/{}", s.id), "2.94")
-                    .map_err(|e| format!("{e:#}"))?;
-                let srv = &doc["server"];
-                let host = srv["OS-EXT-SRV-ATTR:host"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                let status = srv["status"].as_str().unwrap_or("");
-                if status == "ACTIVE"
-                    && srv["OS-EXT-STS:task_state"].is_null()
-                    && !host.is_empty()
-                    && host != dead
-                {
-                    moved.insert(s.id.clone(), host);
-                } else {
-                    late.push(format!("{} {status} on {host}", s.id));
-                }
-            }
-            if late.is_empty() {
-                Ok(moved)
-            } else {
-                Err(format!("not yet: {late:?}"))
-            }
-        },
-    )
-    .expect("Nova evacuates every server");
+    let (moved, took) = evacuate_by_hand(&nova, dead, &servers);
     eprintln!("hand evacuation of {} servers, force-down -> all ACTIVE: {:.1?} (since POST evacuate: {took:.1?})", servers.len(), t.elapsed());
 
     for s in &servers {
@@ -343,6 +356,101 @@ fn hand_evacuation_through_nova_makes_the_instances_answer_on_another_node() {
 
     lab.heal(&[dead]).expect("power compute1 on again");
     lab.reset_services().expect("un-force compute1");
+    delete_servers(lab, &servers);
+}
+
+/// A node whose nova-compute kept running through the evacuation of its
+/// servers (as when a fenced node powers back on mid-evacuation, fault-matrix
+/// case 9): Nova keeps the evacuation records `done` and refuses to un-force
+/// the host until nova-compute restarts. `reset-services` (and so every
+/// test's clean slate) must get past that, as CI once saw it not do.
+#[test]
+fn reset_services_restarts_a_nova_compute_that_kept_running_through_an_evacuation() {
+    if !tier::root(
+        "reset_services_restarts_a_nova_compute_that_kept_running_through_an_evacuation",
+        "network namespaces",
+    ) {
+        return;
+    }
+    let lab = lab();
+    let _only_me = lab.exclusive();
+    lab.clean_slate().expect("clean slate");
+    let node = "compute1";
+    let servers = lab.boot(1, node).expect("boot a server on compute1");
+    let nova = lab.nova().expect("nova client");
+    let old_pid = lab
+        .node_status(node)
+        .expect("node status")
+        .pid("nova-compute")
+        .expect("nova-compute runs on compute1");
+
+    let (moved, _) = evacuate_by_hand(&nova, node, &servers);
+    // Nova saves the server ACTIVE a moment before its migration `done`.
+    wait::until(
+        "the evacuation's migration record `done`",
+        DEADLINE,
+        EVERY,
+        || {
+            let doc = nova
+                .get("/os-migrations?migration_type=evacuation", "2.59")
+                .map_err(|e| format!("{e:#}"))?;
+            let status = doc["migrations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["instance_uuid"] == servers[0].id.as_str())
+                .map(|m| m["status"].clone());
+            match status {
+                Some(s) if s == "done" => Ok(()),
+                other => Err(format!("status {other:?}")),
+            }
+        },
+    )
+    .expect("migration done");
+    // Precondition: Nova refuses to un-force the host, for this reason.
+    let id = compute_service_id(&nova, node);
+    let refused = nova
+        .call(
+            reqwest::Method::PUT,
+            &format!("/os-services/{id}"),
+            "2.53",
+            Some(&json!({"forced_down": false})),
+        )
+        .expect_err("Nova refuses to force compute1 up while its evacuations are `done`");
+    assert!(
+        format!("{refused:#}").contains("`done` evacuation migration records remain"),
+        "{refused:#}"
+    );
+
+    lab.reset_services()
+        .expect("reset-services gets past the `done` evacuations");
+    let st = lab.node_status(node).expect("node status");
+    let svc = st.nova.clone().expect("compute1's nova-compute service");
+    assert_eq!(
+        (svc.status.as_deref(), svc.forced_down, svc.state.as_deref()),
+        (Some("enabled"), Some(false), Some("up")),
+        "{svc:?}"
+    );
+    let new_pid = st.pid("nova-compute").expect("nova-compute runs again");
+    assert_ne!(new_pid, old_pid, "nova-compute was restarted");
+    // The restart cleaned up the evacuated guest it still ran.
+    wait::until(
+        "the evacuated guest gone from compute1",
+        DEADLINE,
+        EVERY,
+        || {
+            let here = qemu_uuids(lab, node)?;
+            if here.contains(&servers[0].id) {
+                Err(format!("still on compute1: {here:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .expect("nova-compute's start-up removes the evacuated guest");
+    assert!(qemu_uuids(lab, &moved[&servers[0].id])
+        .expect("qemu processes")
+        .contains(&servers[0].id));
     delete_servers(lab, &servers);
 }
 

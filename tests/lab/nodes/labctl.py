@@ -11,7 +11,9 @@
   servers [--json]                                  (delegates to `cloud servers`)
   sensor start|stop NODE
   wait-compute NODE... [--timeout S]                (delegates to `cloud wait-compute`)
-  reset-services            re-enable + un-force every nova-compute (`cloud reset-services`)
+  reset-services            re-enable + un-force every nova-compute (`cloud reset-services`);
+                            a host Nova refuses for `done` evacuations gets its
+                            nova-compute restarted first (Nova's remedy)
   token                     print an admin Keystone token (`cloud token`)
   net up|down               only the host bridges (tests/lab/nodes/net does the same)
   info                      print state/lab.json
@@ -709,6 +711,37 @@ def refresh_lab_json():
         lc.write_json(lc.LAB_JSON, lab_info(lc.lab_config(), doc.get("up_seconds")))
 
 
+# Nova's answer when a host still has evacuations it has not cleaned up
+# (nova/api/openstack/compute/services.py, _check_for_evacuations).
+DONE_EVACUATIONS = re.compile(r"Unable to force up host (\S+) as `done` evacuation")
+
+
+def cmd_reset_services(args):
+    """`cloud reset-services`, plus Nova's own remedy for the one refusal it
+    has: a host evacuated while its nova-compute kept running (a node powered
+    back on mid-evacuation) keeps its evacuation records `done` until that
+    nova-compute restarts, and Nova will not un-force it before. Restarting it
+    runs init_host, which cleans up the evacuated guests and completes them."""
+    restarted = set()
+    while True:
+        try:
+            sys.stdout.write(cloud("reset-services", capture=True, timeout=300))
+            return
+        except lc.LabError as e:
+            m = DONE_EVACUATIONS.search(str(e))
+            if not m or m.group(1) in restarted:
+                raise
+            node = lc.Node(m.group(1))
+        restarted.add(node.name)
+        print(f"{node.name}: Nova keeps its evacuations `done` until its nova-compute "
+              "restarts; restarting nova-compute", flush=True)
+        for line in faults.f_kill_nova_compute(node) + faults.f_heal(node):
+            print(line, flush=True)
+        # A report after the restart means init_host has run.
+        sys.stdout.write(cloud("wait-compute", node.name, "--timeout", "120",
+                               capture=True, timeout=300))
+
+
 def cmd_info(args):
     if not lc.LAB_JSON.exists():
         raise lc.LabError(f"no {lc.LAB_JSON}: the lab is not up (`lab up`)")
@@ -822,7 +855,9 @@ def main(argv=None):
             sys.stdout.write(cloud("boot", args.n, args.node, *rest, capture=True))
         elif args.cmd == "servers":
             sys.stdout.write(cloud("servers", *(["--json"] if args.json else []), capture=True))
-        elif args.cmd in ("reset-services", "token"):
+        elif args.cmd == "reset-services":
+            cmd_reset_services(args)
+        elif args.cmd == "token":
             sys.stdout.write(cloud(args.cmd, capture=True, timeout=300))
         elif args.cmd == "wait-compute":
             sys.stdout.write(cloud("wait-compute", *args.nodes, "--timeout", args.timeout,

@@ -143,6 +143,10 @@ class Supervisor:
                     self.save()
 
     def commands(self):
+        # Reap first: a `start` right after a kill would otherwise find the
+        # dead process still recorded as running and be dropped (seen: kill
+        # then heal left nova-compute down).
+        self.reap()
         cmd_file = self.node.state / "supervisor.cmd"
         with lc.file_lock(self.node.state / ".supervisor.cmd.lock"):
             try:
