@@ -196,15 +196,35 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
         servers.len(),
         (done - dead_at) as f64 / 1000.0,
     );
+    // The figures above are benchmark material (`cargo xtask bench
+    // recovery`), not pass/fail: how soon `dead` comes depends on where in
+    // Nova's report cycle the power went, which a test cannot choose. What
+    // must hold in every phase is the order the safety rules impose.
+    let ev = &inc["incident"]["evidence"];
+    for witness in ["sensor", "nova", "ping"] {
+        assert_eq!(
+            ev["opinions"][witness], "dead",
+            "{witness} at decision time: {ev}"
+        );
+    }
+    // Rule 4: Nova's updated_at had stood still for report interval + the
+    // default 2 s margin before `dead`, on the decider's own clock.
+    let stale_after = report.as_millis() as u64 + 2000;
+    let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
     assert!(
-        dead_at - cut <= (report.as_millis() as i64) + 4000,
-        "dead {} ms after the power loss",
-        dead_at - cut
+        stalled >= stale_after,
+        "dead with updated_at stalled only {stalled} ms (< {stale_after} ms): {ev}"
     );
+    assert!(dead_at > cut, "dead at {dead_at}, before the cut at {cut}");
+    // Rule 1: no evacuate before the power is confirmed off and Nova has the
+    // host forced down.
+    let forced = steps(&inc, "force_down")
+        .filter_map(|s| s["ended_at"].as_i64())
+        .max()
+        .expect("force_down ended");
     assert!(
-        first_evac - dead_at <= 6000,
-        "first evacuate {} ms after dead",
-        first_evac - dead_at
+        fenced <= first_evac && forced <= first_evac,
+        "first evacuate at {first_evac}, confirmed off at {fenced}, forced down at {forced}: {inc}"
     );
 
     // grpcurl sees the same incident (reflection, no .proto file).
