@@ -76,6 +76,10 @@ pub struct FaultReport {
     pub node: String,
     /// One line per step the lab took.
     pub did: Vec<String>,
+    /// When the lab began the fault (for `power-off`, the SIGKILL of the
+    /// node's cgroup follows within milliseconds): the moment figures count
+    /// from, rather than when the caller started the lab's command.
+    pub began_unix_ms: i64,
     pub seconds: f64,
     pub boot_id: Option<String>,
     pub power: String,

@@ -93,8 +93,10 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     assert_eq!(rows.len(), 2 * lab.node_names().len(), "{rows:?}");
     assert!(rows.iter().all(|r| r["result"]["Ok"] == "on"), "{rows:?}");
 
-    let cut = now_ms();
-    lab.fault(Fault::PowerOff, NODE).expect("power off");
+    let cut = lab
+        .fault(Fault::PowerOff, NODE)
+        .expect("power off")
+        .began_unix_ms;
     d.wait_verdict(
         NODE,
         "recovered",

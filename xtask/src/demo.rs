@@ -384,10 +384,10 @@ fn demo(a: &Args) -> Result<()> {
     // Let the watch subscribe before the cut, so no change is missed.
     std::thread::sleep(Duration::from_millis(300));
     let report = lab.info().controller.report_interval.unwrap_or(10);
-    let cut_ms = now_ms();
     let f = lab
         .fault(Fault::PowerOff, NODE)
         .context("cutting the power")?;
+    let cut_ms = f.began_unix_ms;
     println!(
         "  +{:5.1}s  lab: {NODE} power cut ({}); BMCs read {}",
         (now_ms() - cut_ms) as f64 / 1000.0,

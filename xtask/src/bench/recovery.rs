@@ -398,13 +398,13 @@ fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
     dec.wait_healthy(&lab.node_names(), Duration::from_secs(90))?;
     // Read just before the cut; the value is from the decider's latest Nova
     // poll (≤ 1 s old). Only a figure: without it the run still counts.
-    let since_report = dec
+    let read_at = now_ms();
+    let stalled_at_read = dec
         .node(NODE)
         .ok()
-        .and_then(|v| v["nova"]["updated_at_stalled_ms"].as_u64())
-        .map(|ms| ms as f64 / 1000.0);
-    let cut = now_ms();
-    lab.fault(Fault::PowerOff, NODE)?;
+        .and_then(|v| v["nova"]["updated_at_stalled_ms"].as_u64());
+    let cut = lab.fault(Fault::PowerOff, NODE)?.began_unix_ms;
+    let since_report = stalled_at_read.map(|ms| (ms as i64 + cut - read_at) as f64 / 1000.0);
     let deadline = Duration::from_secs(120 + 10 * n as u64);
     let end = Instant::now() + deadline;
     let inc = loop {
