@@ -83,7 +83,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let a = Args::try_parse_from(
         std::iter::once("cargo xtask bench recovery".to_string()).chain(args.iter().cloned()),
     )
-    .map_err(|e| anyhow!("{e}"))?;
+    // clap's own exit: help and --version on stdout with status 0, usage
+    // errors on stderr with status 2.
+    .unwrap_or_else(|e| e.exit());
     if !crate::is_root() {
         bail!("bench recovery runs the lab (namespaces, cgroups, BMCs, a real Nova) and needs root: `sudo cargo xtask bench recovery`");
     }
