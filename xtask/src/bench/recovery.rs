@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -65,18 +65,14 @@ struct Sample {
     /// From Nova's force-down to all ACTIVE elsewhere: the part a hand
     /// evacuation also has, so the one comparable with the floor.
     evacuation: Option<f64>,
-    /// How long the node's `updated_at` had stood still, as the decider saw
-    /// it, when the power was cut: where in Nova's report cycle the cut fell.
-    /// `dead` waits for report interval + margin after the last report, so
-    /// this explains most of the spread of `dead` between runs.
+    /// From the node's last Nova report the decider saw to the power cut
+    /// (negative: that report was in flight at the cut and reached Nova
+    /// after it): where in Nova's report cycle the cut fell. `dead` waits
+    /// report interval + margin + `dead_for` after that report, so this
+    /// explains most of the spread of `dead` between runs. Read from the
+    /// incident's evidence at decision time, not before the cut: a decider
+    /// that has not yet seen `updated_at` move cannot know the phase.
     since_report: Option<f64>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -291,7 +287,7 @@ fn table(
         .collect();
     if !phases.is_empty() {
         t.push_str(&format!(
-            "\nThe cut fell this many seconds after the node's last Nova report the decider saw (per run): {}.\n",
+            "\nThe cut fell this many seconds after the node's last Nova report the decider saw (per run; negative: that report was in flight at the cut and reached Nova after it): {}.\n",
             phases.join("; ")
         ));
     }
@@ -398,15 +394,7 @@ fn vigil(lab: &Lab, bin: &Path, dir: &Path, n: usize, policy: &str) -> Result<Sa
 
 fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
     dec.wait_healthy(&lab.node_names(), Duration::from_secs(90))?;
-    // Read just before the cut; the value is from the decider's latest Nova
-    // poll (≤ 1 s old). Only a figure: without it the run still counts.
-    let read_at = now_ms();
-    let stalled_at_read = dec
-        .node(NODE)
-        .ok()
-        .and_then(|v| v["nova"]["updated_at_stalled_ms"].as_u64());
     let cut = lab.fault(Fault::PowerOff, NODE)?.began_unix_ms;
-    let since_report = stalled_at_read.map(|ms| (ms as i64 + cut - read_at) as f64 / 1000.0);
     let deadline = Duration::from_secs(120 + 10 * n as u64);
     let end = Instant::now() + deadline;
     let inc = loop {
@@ -453,7 +441,7 @@ fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
         first_evacuate: fig.after_cut(fig.first_evacuate_ms),
         all_active: fig.after_cut(fig.all_moved_ms),
         evacuation,
-        since_report,
+        since_report: fig.last_report_seen_ms.map(|t| (cut - t) as f64 / 1000.0),
     })
 }
 

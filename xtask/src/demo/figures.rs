@@ -22,6 +22,11 @@ pub struct Figures {
     /// The last selected server was seen at its expected status elsewhere;
     /// `None` unless every selected server got there.
     pub all_moved_ms: Option<i64>,
+    /// When the decider first saw the node's last `updated_at` (decision
+    /// time minus how long it had stood still then). `dead` follows it by
+    /// report interval + margin + `dead_for`, whatever the cut's phase; it
+    /// can be after the cut when a report was in flight.
+    pub last_report_seen_ms: Option<i64>,
     pub selected: usize,
     pub moved: usize,
     /// Incident status: completed, needs-attention, …
@@ -65,6 +70,11 @@ impl Figures {
         } else {
             None
         };
+        let ev = &i["evidence"];
+        let last_report_seen_ms = ev["decided_at_unix_ms"]
+            .as_i64()
+            .zip(ev["nova"]["updated_at_stalled_ms"].as_i64())
+            .map(|(decided, stalled)| decided - stalled);
         Figures {
             cut_ms,
             dead_ms,
@@ -72,6 +82,7 @@ impl Figures {
             forced_down_ms,
             first_evacuate_ms,
             all_moved_ms,
+            last_report_seen_ms,
             selected: instances.len(),
             moved: moved.len(),
             status: i["summary"]["status"].as_str().unwrap_or("?").to_string(),
@@ -105,7 +116,8 @@ mod tests {
     fn figures_come_from_the_steps_and_instances() {
         let inc = serde_json::json!({"incident": {
             "summary": {"status": "completed", "opened_at": 10_500},
-            "evidence": {"since_unix_ms": 10_400},
+            "evidence": {"since_unix_ms": 10_400, "decided_at_unix_ms": 10_410,
+                         "nova": {"updated_at_stalled_ms": 12_010}},
             "steps": [
                 {"kind": "power_off", "began_at": 10_600, "ended_at": 10_800, "outcome": "ok"},
                 {"kind": "confirm_off", "began_at": 10_800, "ended_at": 11_000, "outcome": "ok"},
@@ -123,6 +135,7 @@ mod tests {
         assert_eq!(f.first_evacuate_ms, Some(11_400));
         assert_eq!(f.all_moved_ms, Some(31_000));
         assert_eq!(f.after_cut(f.dead_ms), Some(9.4));
+        assert_eq!(f.last_report_seen_ms, Some(-1_600), "2.6 s before the cut");
         assert_eq!(f.moved, 2);
     }
 
@@ -140,6 +153,7 @@ mod tests {
         let f = Figures::from_incident(&inc, 1_000);
         assert_eq!(f.dead_ms, Some(10_500), "falls back to opened_at");
         assert_eq!(f.all_moved_ms, None);
+        assert_eq!(f.last_report_seen_ms, None, "no Nova evidence, no phase");
         assert_eq!(secs(f.after_cut(f.all_moved_ms)), "—");
     }
 }
