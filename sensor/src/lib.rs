@@ -28,6 +28,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod device_scope;
 pub mod discovery;
 pub mod dstate;
 pub mod embedded;

@@ -17,7 +17,7 @@ use std::{
 
 use crate::{
     block::DeviceNames,
-    clock,
+    clock, device_scope,
     discovery::{self, NovaProc, QemuProc},
     dstate::{Sleeper, Tracker},
     procfs,
@@ -265,7 +265,14 @@ impl Sampler {
             blocked.push(b);
         }
 
-        let devices = self.signals.devices(now, &mut self.names);
+        let mut devices = self.signals.devices(now, &mut self.names);
+        if let Some(scope) = snap.scope_pids.as_deref() {
+            // Several nodes may share this kernel: report only the devices
+            // this node's tasks use (see `device_scope`).
+            let cands: Vec<_> = devices.iter().map(|d| (d.dev, d.name.clone())).collect();
+            let used = device_scope::used_by(scope, &cands, std::path::Path::new("/proc"));
+            devices.retain(|d| used.contains(&d.dev));
+        }
 
         let mut instances = Vec::with_capacity(self.instances.len());
         let ids: Vec<u32> = self.instances.keys().copied().collect();

@@ -321,7 +321,16 @@ impl Decider {
                         return Err(format!("vigil-decider serve exited: {st}"));
                     }
                 }
-                std::net::TcpStream::connect(&grpc).map_err(|e| e.to_string())
+                // The child's own listening socket, not a connect: on a
+                // network with a transparent proxy a connect to any address
+                // succeeds before the decider listens.
+                let addr: std::net::SocketAddr = grpc
+                    .parse()
+                    .map_err(|e| format!("decider address {grpc:?}: {e}"))?;
+                match self.child.as_ref() {
+                    Some(c) if crate::local_net::pid_listens(c.id(), addr) => Ok(()),
+                    _ => Err(format!("vigil-decider serve does not listen on {addr} yet")),
+                }
             },
         );
         if let Err(e) = r {

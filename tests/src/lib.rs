@@ -10,5 +10,6 @@
 pub mod bins;
 pub mod decider;
 pub mod lab;
+pub mod local_net;
 pub mod tier;
 pub mod wait;

@@ -10,6 +10,7 @@ pub mod decider;
 pub mod figures;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use serde_json::Value;
 use vigil_tests::lab::{Fault, Lab, Server};
+use vigil_tests::local_net;
 
 use crate::{cmd, ebpf, setup};
 use decider::{Decider, Opts};
@@ -41,6 +43,11 @@ struct Args {
     /// Stop a decider left by `--keep` and take the lab down.
     #[arg(long, conflicts_with_all = ["keep"])]
     teardown: bool,
+    /// Only check that the demo can start here (the decider's port free, and
+    /// our lab up or no other lab holding its place), say so, and exit:
+    /// 0 when it can, 1 with the reason when it cannot. Changes nothing.
+    #[arg(long, conflicts_with_all = ["keep", "teardown"])]
+    preflight: bool,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -53,6 +60,18 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if a.teardown {
         return teardown_kept();
+    }
+    if a.preflight {
+        let was_up = preflight()?;
+        println!(
+            "preflight ok: {}; the decider's place {DECIDER_LISTEN} is free",
+            if was_up {
+                format!("the lab in {} is up", vigil_tests::lab::lab_dir().display())
+            } else {
+                "no lab is up and no other lab holds its place".to_string()
+            }
+        );
+        return Ok(());
     }
     if a.servers == 0 || a.servers > 60 {
         bail!("--servers {}: between 1 and 60 (the lab hands out 151 instance addresses; Nova takes ≈3 s per server to boot)", a.servers);
@@ -173,39 +192,64 @@ pub fn lab_is_up() -> bool {
         .is_some_and(|v| v["up"] == true)
 }
 
-/// Node and bridge names are global, so only one lab can run on a machine;
-/// one from another `VIGIL_LAB_DIR` shows as Keystone's port in use while
-/// ours is down. Say so before `up` half-builds next to it.
-pub fn other_lab_check() -> Result<()> {
-    let keystone = "198.51.100.1:5000";
-    let Ok(addr) = keystone.parse() else {
-        return Ok(());
-    };
-    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-        let who =
-            cmd::output(Command::new("ss").args(["-Hltnp", "sport = :5000"])).unwrap_or_default();
-        let hint = match other_lab_dir(&who) {
-            Some(dir) => format!("it is the lab in {dir}; to use that one: `VIGIL_LAB_DIR={dir} cargo xtask …`, or wait until its owner takes it down"),
-            None => "wait until its owner takes it down".to_string(),
-        };
-        bail!(
-            "no lab is up in {}, but another control plane answers on {keystone}: another lab runs on this machine, and only one can; {hint}.\n{}",
-            vigil_tests::lab::lab_dir().display(),
-            who.trim()
-        );
+/// Whether this run may use the lab: the decider's port is free and either
+/// our lab is up or no other lab holds the place. Returns whether ours was
+/// up. Everything it asks is this machine's own state (see `local_net`).
+pub fn preflight() -> Result<bool> {
+    decider::port_free(DECIDER_LISTEN)?;
+    let was_up = lab_is_up();
+    if !was_up {
+        other_lab_check()?;
     }
-    Ok(())
+    Ok(was_up)
 }
 
-/// The VIGIL_LAB_DIR of the first process `ss -p` names (Keystone's).
-fn other_lab_dir(ss: &str) -> Option<String> {
-    let pid: u32 = ss
-        .split("pid=")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
+/// Where the lab's decider listens (CONTRACT.md).
+pub const DECIDER_LISTEN: &str = "198.51.100.1:50051";
+
+/// Node and bridge names are global, so only one lab can run on a machine;
+/// one from another `VIGIL_LAB_DIR` shows as a local listener on Keystone's
+/// address while ours is down. Say so before `up` half-builds next to it.
+///
+/// Decided from this machine's own socket table, never from a connect: a
+/// network with a transparent proxy accepts a connect to any address, and
+/// 198.51.100.1 is on no interface while no lab is up.
+pub fn other_lab_check() -> Result<()> {
+    let keystone: SocketAddr = ([198, 51, 100, 1], 5000).into();
+    let listening = local_net::listeners(keystone)
+        .with_context(|| format!("reading this machine's TCP listeners for {keystone}"))?;
+    if listening.is_empty() {
+        return Ok(());
+    }
+    let pids = local_net::listening_pids(keystone);
+    let who: Vec<String> = if pids.is_empty() {
+        listening
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} (socket inode {}, owner not visible to this user)",
+                    l.addr, l.inode
+                )
+            })
+            .collect()
+    } else {
+        pids.iter()
+            .map(|p| format!("pid {p}: {}", local_net::cmdline(*p)))
+            .collect()
+    };
+    let hint = match pids.iter().find_map(|p| other_lab_dir(*p)) {
+        Some(dir) => format!("it is the lab in {dir}; to use that one: `VIGIL_LAB_DIR={dir} cargo xtask …`, or wait until its owner takes it down"),
+        None => "wait until its owner takes it down".to_string(),
+    };
+    bail!(
+        "no lab is up in {}, but something on this machine listens on {keystone}, where the lab's Keystone must: another lab runs here, and only one can; {hint}.\n{}",
+        vigil_tests::lab::lab_dir().display(),
+        who.join("\n")
+    );
+}
+
+/// The VIGIL_LAB_DIR in process `pid`'s environment.
+fn other_lab_dir(pid: u32) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok())
@@ -312,11 +356,7 @@ fn demo(a: &Args) -> Result<()> {
     } = build(false)?;
 
     banner("2. lab");
-    decider::port_free("198.51.100.1:50051")?;
-    let was_up = lab_is_up();
-    if !was_up {
-        other_lab_check()?;
-    }
+    let was_up = preflight()?;
     let sensors_before: BTreeSet<String> = if was_up {
         sensors_running(Lab::shared()?)?
     } else {

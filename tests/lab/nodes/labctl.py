@@ -9,6 +9,14 @@
                             kill-sensor isolate unisolate heal
   boot N NODE [--json] [cloud boot options]         (delegates to `cloud boot`)
   servers [--json]                                  (delegates to `cloud servers`)
+  delete-servers (--all | ID...)                    delete servers, wait until gone
+                                                    (delegates to `cloud delete-servers`)
+  pid NAME                  the pid of a lab process if it runs (exit 1 if not):
+                            a control-plane service (nova-api, keystone, ...), a
+                            daemon (receivers, computeN-ipmi, redfish-bmcs) or
+                            NODE/PROC (compute1/nova-compute, compute1/sensor,
+                            compute1/supervisor); run/*.pid hold "PID STARTTIME",
+                            so `kill $(cat run/x.pid)` would misfire: use this
   sensor start|stop NODE
   wait-compute NODE... [--timeout S]                (delegates to `cloud wait-compute`)
   reset-services            re-enable + un-force every nova-compute (`cloud reset-services`);
@@ -251,6 +259,9 @@ def is_up(cfg):
             problems.append(f"{node.name}: nova-compute not up in Nova")
         if faults.active(node):
             problems.append(f"{node.name}: faults in force: {', '.join(faults.active(node))}")
+        elif power.is_on(node) and node.sensor_flag.exists() \
+                and not faults._proc(node, "sensor"):
+            problems.append(f"{node.name}: its sensor is wanted but not running")
         if not lc.daemon_alive(f"{node.name}-ipmi"):
             problems.append(f"IPMI BMC of {node.name} not running")
     if not lc.daemon_alive(bmc.REDFISH_DAEMON):
@@ -285,8 +296,19 @@ def cmd_up(args):
                               "`lab down` first")
         problems = is_up(cfg)
         if not problems:
-            print(f"lab already up ({cfg.get('nodes')} nodes; checked in "
-                  f"{time.monotonic() - T0:.1f}s); `lab status` shows it")
+            # Converge to what was asked: `up --sensors` on a lab up without
+            # them starts them (and keeps them across power cycles).
+            want = [node for node in nodes_of(cfg)
+                    if args.sensors and not faults._proc(node, "sensor")]
+            for node in want:
+                start_sensor(node)
+            if args.sensors and not cfg.get("sensors"):
+                cfg = dict(lc.lab_config(), sensors=True)
+                lc.write_json(lc.CONFIG_JSON, cfg)
+                refresh_lab_json()
+            print(f"lab already up ({cfg.get('nodes')} nodes"
+                  + (f"; sensors started on {', '.join(n.name for n in want)}" if want else "")
+                  + f"; checked in {time.monotonic() - T0:.1f}s); `lab status` shows it")
             return
         step("lab partly up; repairing: " + "; ".join(problems))
         n = cfg.get("nodes", n)
@@ -370,6 +392,9 @@ def cmd_up(args):
             power.request(node, "start nova-compute")
             power.wait_proc(node, "nova-compute", running=True, deadline_s=30)
     names = [node.name for node in nodes]
+    for node in nodes:
+        if node.sensor_flag.exists() and not faults._proc(node, "sensor"):
+            start_sensor(node)
     wait_computes(nodes)
     timings["computes reporting"] = time.monotonic() - t
     total = time.monotonic() - T0
@@ -673,30 +698,7 @@ def cmd_sensor(args):
     need_root()
     node = lc.Node(args.node)
     if args.action == "start":
-        cfg = lc.lab_config()
-        binary = sensor_binary(cfg)
-        if not binary:
-            raise lc.LabError("no vigil-sensor binary: build it (cargo build -p vigil-sensor) "
-                              "or set VIGIL_SENSOR_BIN")
-        if cfg.get("sensor_bin") != binary:
-            cfg["sensor_bin"] = binary
-            lc.write_json(lc.CONFIG_JSON, cfg)
-        node.sensor_flag.touch()
-        refresh_lab_json()
-        if not power.is_on(node):
-            print(f"{node.name}: sensor configured; the node is off, it starts at power on")
-            return
-        power.request(node, "start sensor")
-
-        def started():
-            procs = lc.read_json(node.procs_json, {}) or {}
-            rec = procs.get("sensor") or {}
-            if rec.get("error"):
-                raise lc.LabError(f"sensor on {node.name}: {rec['error']} (set VIGIL_SENSOR_BIN "
-                                  "or build it: cargo build -p vigil-sensor)")
-            return rec if rec.get("pid") and lc.record_alive(rec) else None
-        rec = lc.wait_for(f"vigil-sensor to run on {node.name}", 30, started)
-        print(f"{node.name}: vigil-sensor running (pid {rec['pid']}, log {rec.get('log')})")
+        start_sensor(node)
     else:
         node.sensor_flag.unlink(missing_ok=True)
         refresh_lab_json()
@@ -706,6 +708,61 @@ def cmd_sensor(args):
             print(f"{node.name}: vigil-sensor stopped (and not started at next power on)")
         else:
             print(f"{node.name}: no sensor running; not started at next power on")
+
+
+def start_sensor(node):
+    """Wants a sensor on the node (kept across power cycles) and, when the
+    node is on, waits until it runs."""
+    cfg = lc.lab_config()
+    binary = sensor_binary(cfg)
+    if not binary:
+        raise lc.LabError("no vigil-sensor binary: build it (cargo build -p vigil-sensor) "
+                          "or set VIGIL_SENSOR_BIN")
+    if cfg.get("sensor_bin") != binary:
+        cfg["sensor_bin"] = binary
+        lc.write_json(lc.CONFIG_JSON, cfg)
+    node.sensor_flag.touch()
+    refresh_lab_json()
+    if not power.is_on(node):
+        print(f"{node.name}: sensor configured; the node is off, it starts at power on")
+        return
+    power.request(node, "start sensor")
+
+    def started():
+        procs = lc.read_json(node.procs_json, {}) or {}
+        rec = procs.get("sensor") or {}
+        if rec.get("error"):
+            raise lc.LabError(f"sensor on {node.name}: {rec['error']} (set VIGIL_SENSOR_BIN "
+                              "or build it: cargo build -p vigil-sensor)")
+        return rec if rec.get("pid") and lc.record_alive(rec) else None
+    rec = lc.wait_for(f"vigil-sensor to run on {node.name}", 30, started)
+    print(f"{node.name}: vigil-sensor running (pid {rec['pid']}, log {rec.get('log')})")
+
+
+def cmd_pid(args):
+    name = args.name
+    rec = None
+    if "/" in name:
+        node_name, what = name.split("/", 1)
+        node = lc.Node(node_name)
+        if what == "supervisor":
+            rec = lc.read_json(node.supervisor_pid)
+        else:
+            rec = (lc.read_json(node.procs_json, {}) or {}).get(what)
+    elif lc.daemon_record_path(name).exists():
+        rec = lc.read_json(lc.daemon_record_path(name))
+    else:
+        parts = (lc.read_text(lc.RUN / f"{name}.pid") or "").split()
+        if parts:
+            rec = {"pid": int(parts[0]),
+                   "starttime": int(parts[1]) if len(parts) > 1 else None}
+    if rec and lc.record_alive(rec):
+        print(rec["pid"])
+        return 0
+    print(f"{name}: not running (known: control-plane services as in `lab status`, daemons "
+          f"in {lc.NODES_RUN / 'daemons'}, NODE/nova-compute|sensor|supervisor)",
+          file=sys.stderr)
+    return 1
 
 
 def refresh_lab_json():
@@ -829,6 +886,9 @@ def main(argv=None):
     s.add_argument("node")
     s = sub.add_parser("servers")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("delete-servers")
+    s = sub.add_parser("pid")
+    s.add_argument("name")
     s = sub.add_parser("sensor")
     s.add_argument("action", choices=("start", "stop"))
     s.add_argument("node")
@@ -846,7 +906,7 @@ def main(argv=None):
     s.add_argument("--as", dest="mode", choices=("spawn", "claim"), default="spawn")
     s.add_argument("--json", action="store_true")
     args, rest = ap.parse_known_args(argv)
-    if rest and args.cmd != "boot":
+    if rest and args.cmd not in ("boot", "delete-servers"):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.cmd == "up":
@@ -857,6 +917,10 @@ def main(argv=None):
         elif args.cmd == "boot":
             lc.Node(args.node)
             sys.stdout.write(cloud("boot", args.n, args.node, *rest, capture=True))
+        elif args.cmd == "delete-servers":
+            sys.stdout.write(cloud("delete-servers", *rest, capture=True, timeout=900))
+        elif args.cmd == "pid":
+            return cmd_pid(args)
         elif args.cmd == "servers":
             sys.stdout.write(cloud("servers", *(["--json"] if args.json else []), capture=True))
         elif args.cmd == "reset-services":

@@ -107,12 +107,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let bins = d::build(true)?;
     let (sensor_bin, decider_bin) = (bins.sensor, bins.decider);
-    crate::demo::decider::port_free("198.51.100.1:50051")?;
-    let was_up = d::lab_is_up();
-    let sensors_before = if was_up {
+    let sensors_before = if d::preflight()? {
         d::sensors_running(Lab::shared()?)?
     } else {
-        d::other_lab_check()?;
         Default::default()
     };
     let lab = d::lab_up(&sensor_bin)?;

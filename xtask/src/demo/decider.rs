@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use vigil_tests::lab::Lab;
+use vigil_tests::local_net;
 
 /// Written to the demo's directory; the lab's operator calls
 /// (ConfirmPowerOff) need it, and it is shown to nobody else.
@@ -131,29 +132,31 @@ levels = [
 }
 
 /// Fails, naming it, when something already listens where the decider must:
-/// another engineer's decider (or a kept demo) owns the lab's port.
+/// another engineer's decider (or a kept demo) owns the lab's port. Asked
+/// of this machine's socket table, not of a connect (a transparent proxy
+/// answers a connect to any address).
 pub fn port_free(listen: &str) -> Result<()> {
-    if TcpStream::connect_timeout(
-        &listen
-            .parse()
-            .with_context(|| format!("lab.json's decider address {listen:?}"))?,
-        Duration::from_millis(500),
-    )
-    .is_ok()
-    {
-        let who = crate::cmd::output(Command::new("pgrep").args(["-af", "vigil-decider serve"]))
-            .unwrap_or_default();
-        bail!(
-            "something already listens on {listen}, where the lab's decider must run:\n{}\n\
-             stop it first (a kept demo: `cargo xtask demo --teardown`)",
-            if who.trim().is_empty() {
-                "(not a vigil-decider this user can see)".to_string()
-            } else {
-                who.trim().to_string()
-            }
-        );
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("lab.json's decider address {listen:?}"))?;
+    let listening = local_net::listeners(addr)
+        .with_context(|| format!("reading this machine's TCP listeners for {addr}"))?;
+    if listening.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let who: Vec<String> = local_net::listening_pids(addr)
+        .into_iter()
+        .map(|p| format!("pid {p}: {}", local_net::cmdline(p)))
+        .collect();
+    bail!(
+        "something already listens on {listen}, where the lab's decider must run:\n{}\n\
+         stop it first (a kept demo: `cargo xtask demo --teardown`)",
+        if who.is_empty() {
+            "(a process this user cannot see)".to_string()
+        } else {
+            who.join("\n")
+        }
+    );
 }
 
 impl Decider {
@@ -213,8 +216,12 @@ impl Decider {
                     );
                 }
             }
-            if TcpStream::connect(&d.listen).is_ok() {
-                return Ok(d);
+            // Our child's own socket, not a connect: a proxy would answer
+            // that before the decider listens.
+            if let (Some(c), Ok(addr)) = (d.child.as_ref(), d.listen.parse::<SocketAddr>()) {
+                if local_net::pid_listens(c.id(), addr) {
+                    return Ok(d);
+                }
             }
             if Instant::now() > deadline {
                 bail!(
