@@ -38,8 +38,9 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Only watch tasks in this cgroup v2 group and its children, given as a path
-    /// below the cgroup2 mount (e.g. /vigil-lab/compute1). Lets several lab nodes
-    /// share one kernel. Default: the whole host.
+    /// below the cgroup2 mount (e.g. /vigil-lab/compute1), and only the block
+    /// devices those tasks use (hold open, or hold a file open on). Lets several
+    /// lab nodes share one kernel. Default: the whole host and every device.
     #[arg(long, env = "VIGIL_CGROUP", value_name = "PATH")]
     pub cgroup: Option<String>,
 

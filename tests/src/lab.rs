@@ -363,40 +363,40 @@ impl Lab {
         if ids.is_empty() {
             return Ok(());
         }
-        let nova = self.nova().context("deleting servers")?;
-        for id in ids {
-            if let Err(e) = nova.call(
-                reqwest::Method::DELETE,
-                &format!("/servers/{id}"),
-                "2.1",
-                None,
-            ) {
-                // Already gone (404) is fine; the wait below is the judge.
-                eprintln!("delete server {id}: {e:#}");
-            }
+        // Nova deletes a few per second here: more time for many.
+        let timeout = 120.max(60 + 3 * ids.len() as u64).to_string();
+        let mut args = vec!["delete-servers", "--timeout", &timeout];
+        args.extend(ids.iter().map(String::as_str));
+        run(&self.script, &args).map(|_| ())
+    }
+
+    /// `lab pid NAME`: the pid of a lab process (a control-plane service,
+    /// a daemon, or `NODE/nova-compute|sensor|supervisor`) if it runs.
+    pub fn pid(&self, name: &str) -> Result<Option<i32>> {
+        let out = Command::new(&self.script)
+            .args(["pid", name])
+            .output()
+            .with_context(|| format!("running lab pid {name}"))?;
+        match out.status.code() {
+            Some(0) => String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map(Some)
+                .with_context(|| format!("lab pid {name} printed no pid")),
+            Some(1) => Ok(None),
+            _ => bail!(
+                "lab pid {name} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
-        crate::wait::until(
-            "deleted servers gone from Nova",
-            // Nova deletes a few per second here: more time for many.
-            Duration::from_secs(120.max(60 + 3 * ids.len() as u64)),
-            Duration::from_secs(1),
-            || {
-                let left: Vec<String> = self
-                    .servers()
-                    .map_err(|e| format!("{e:#}"))?
-                    .into_iter()
-                    .filter(|s| ids.contains(&s.id))
-                    .map(|s| format!("{} ({} on {:?})", s.id, s.status, s.host))
-                    .collect();
-                if left.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("still listed: {left:?}"))
-                }
-            },
-        )
-        .map(|_| ())
-        .map_err(|e| anyhow!(e))
+    }
+
+    /// `lab up --sensors` on the running lab: converge to sensors on every
+    /// node.
+    pub fn up_with_sensors(&self) -> Result<String> {
+        let out = run(&self.script, &["up", "--sensors"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn info(&self) -> &LabInfo {

@@ -230,6 +230,24 @@ fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fen
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log()))
     .0;
     eprintln!("case 3: alert: webhook {hooks:?}, e-mail {mails:?}");
+    // Lab nodes share one kernel: compute1's stalled loop device must not
+    // reach the other nodes' sensors (each reports only the devices its
+    // own tasks use), or every healthy node turns degraded with it. By now
+    // the stall is older than the policy's device threshold.
+    for other in lab.node_names().iter().filter(|n| *n != NODE) {
+        let degraded: Vec<String> = d
+            .changes(other)
+            .into_iter()
+            .filter(|c| c["to"] != "healthy" && c["at_unix_ms"].as_i64().unwrap_or(0) >= cut)
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            degraded.is_empty(),
+            "{other} changed verdict while only {NODE} was hung: {degraded:?}"
+        );
+        let (v, r) = d.verdict(other).expect("verdict");
+        assert_eq!(v, "healthy", "{other}: {r:?}");
+    }
     eprintln!(
         "FIGURES case 3: hang → degraded {:?} s (policy: blocked ≥ 5 s); watched {window:?} with no fence",
         took(&d, NODE, "degraded", cut)

@@ -711,12 +711,43 @@ fn sensor_runs_in_the_node_and_obeys_start_stop_and_kill() {
     let again = sensor_pid().expect("heal starts a configured sensor again");
     assert_ne!(again, pid);
 
+    // `lab pid` names the same process `lab status` does, and only a
+    // running one (the pid files hold "PID STARTTIME").
+    assert_eq!(
+        lab.pid(&format!("{node}/sensor")).expect("lab pid"),
+        Some(again)
+    );
+    let api = lab.pid("nova-api").expect("lab pid nova-api");
+    assert!(
+        api.is_some_and(|p| vigil_tests::lab::proc_state(p).is_some()),
+        "lab pid nova-api: {api:?}"
+    );
+    assert_eq!(lab.pid("no-such-service").expect("lab pid"), None);
+
     lab.sensor_stop(node).expect("sensor stop");
     assert_eq!(sensor_pid(), None);
+    assert_eq!(lab.pid(&format!("{node}/sensor")).expect("lab pid"), None);
     lab.fault(Fault::Heal, node).expect("heal");
     assert_eq!(
         sensor_pid(),
         None,
         "a stopped sensor is not configured any more"
     );
+    // `up --sensors` on a lab that is up converges to what was asked.
+    let without: Vec<String> = lab
+        .node_names()
+        .into_iter()
+        .filter(|n| lab.node_status(n).is_ok_and(|s| s.pid("sensor").is_none()))
+        .collect();
+    let said = lab.up_with_sensors().expect("lab up --sensors");
+    let back = sensor_pid().unwrap_or_else(|| panic!("up --sensors started no sensor: {said}"));
+    assert!(
+        said.contains(node),
+        "up --sensors did not say it started one: {said}"
+    );
+    assert!(lab.node_pids(node).expect("pids").contains(&back));
+    // Leave the other tests the lab as it was.
+    for n in &without {
+        lab.sensor_stop(n).expect("sensor stop");
+    }
 }

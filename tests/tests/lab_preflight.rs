@@ -54,6 +54,19 @@ impl Netns {
         c
     }
 
+    /// Loopback up, and a veth pair with both ends in the namespace, `addr`
+    /// on one end.
+    fn link_up(&self, addr: &str) {
+        ok(self.cmd("ip").args(["link", "set", "lo", "up"]));
+        ok(self
+            .cmd("ip")
+            .args(["link", "add", "up0", "type", "veth", "peer", "name", "up1"]));
+        for dev in ["up0", "up1"] {
+            ok(self.cmd("ip").args(["link", "set", dev, "up"]));
+        }
+        ok(self.cmd("ip").args(["addr", "add", addr, "dev", "up0"]));
+    }
+
     /// A Python listener on `addr:port` in the namespace, with `env`; waits
     /// until its socket is in the namespace's table.
     fn listen(&mut self, addr: &str, port: u16, env: &[(&str, &str)]) {
@@ -131,17 +144,9 @@ fn preflight_passes_where_a_proxy_answers_every_connect_and_refuses_a_real_secon
         return;
     }
     let mut ns = Netns::new(&format!("vpre-{}", std::process::id()));
-    ok(ns.cmd("ip").args(["link", "set", "lo", "up"]));
     // A route for the lab's range, so a connect goes out (and is caught by
     // the proxy) instead of failing "network unreachable".
-    ok(ns
-        .cmd("ip")
-        .args(["link", "add", "up0", "type", "veth", "peer", "name", "up1"]));
-    ok(ns.cmd("ip").args(["link", "set", "up0", "up"]));
-    ok(ns.cmd("ip").args(["link", "set", "up1", "up"]));
-    ok(ns
-        .cmd("ip")
-        .args(["addr", "add", "10.99.0.2/24", "dev", "up0"]));
+    ns.link_up("10.99.0.2/24");
     ok(ns
         .cmd("ip")
         .args(["route", "add", "default", "via", "10.99.0.1"]));
@@ -191,15 +196,7 @@ fn preflight_passes_where_a_proxy_answers_every_connect_and_refuses_a_real_secon
 
     // Something holding the decider's port is named too.
     let mut ns2 = Netns::new(&format!("vpre2-{}", std::process::id()));
-    ok(ns2.cmd("ip").args(["link", "set", "lo", "up"]));
-    ok(ns2
-        .cmd("ip")
-        .args(["link", "add", "up0", "type", "veth", "peer", "name", "up1"]));
-    ok(ns2.cmd("ip").args(["link", "set", "up0", "up"]));
-    ok(ns2.cmd("ip").args(["link", "set", "up1", "up"]));
-    ok(ns2
-        .cmd("ip")
-        .args(["addr", "add", "198.51.100.1/24", "dev", "up0"]));
+    ns2.link_up("198.51.100.1/24");
     ns2.listen("198.51.100.1", 50051, &[]);
     let o = ns2.preflight(no_lab.path());
     assert!(

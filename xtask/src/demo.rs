@@ -260,7 +260,7 @@ fn other_lab_dir(pid: u32) -> Option<String> {
 /// `sensor_bin` is the sensor the nodes must run.
 pub fn lab_up(sensor_bin: &Path) -> Result<&'static Lab> {
     cmd::step(
-        &format!("lab up: {NODES} compute nodes with sensors, Nova, BMCs (≈100 s when down, <1 s when up)"),
+        &format!("lab up: {NODES} compute nodes with sensors, Nova, BMCs (≈100 s when down, <1 s when up and healthy, a boot's time per node to repair)"),
         Command::new(lab_script())
             .args(["up", "--nodes", &NODES.to_string(), "--sensors"])
             .env("VIGIL_SENSOR_BIN", sensor_bin),
