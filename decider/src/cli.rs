@@ -233,6 +233,16 @@ async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
+    let vars = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let nova = match preflight(&cfg, vars, &vigil_recovery::secret::ProcessEnv) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("vigil-decider: {e}");
+            return 2;
+        }
+    };
     if args.check {
         println!(
             "config ok: {} node(s), gRPC {}, metrics {}, Nova {}, pings {}, enrolment {}, recovery {}",
@@ -260,19 +270,8 @@ async fn serve(args: ServeArgs) -> i32 {
     }
     init_tracing(cfg.log.format, &cfg.log.filter);
     let mut witnesses = Witnesses::default();
-    if cfg.nova.enabled {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        match crate::nova_adapter::client(&cfg.nova, vars) {
-            Ok(c) => {
-                witnesses.nova = Some(Arc::new(crate::nova_adapter::NovaWitnessClient::new(c)))
-            }
-            Err(e) => {
-                eprintln!("vigil-decider: {e:#}");
-                return 2;
-            }
-        }
+    if let Some(c) = nova {
+        witnesses.nova = Some(Arc::new(crate::nova_adapter::NovaWitnessClient::new(c)));
     }
     if cfg.ping.enabled {
         match crate::ping_adapter::pinger(&cfg.ping) {
@@ -311,6 +310,27 @@ async fn serve(args: ServeArgs) -> i32 {
         }
     };
     report(server.run_until(crate::shutdown::signal()).await)
+}
+
+/// Everything `serve` reads before it binds, so that `serve --check`
+/// refuses what `serve` would: the Nova credentials (clouds.yaml cloud or
+/// `OS_*`) and every credential `[recovery]` names (BMC passwords, webhook
+/// and SMTP secrets). Only sockets (ports, the ping socket) are left to
+/// `serve`. Returns the Nova client when Nova is on.
+fn preflight(
+    cfg: &Config,
+    vars: std::collections::BTreeMap<String, String>,
+    env: &dyn vigil_recovery::secret::SecretEnv,
+) -> Result<Option<vigil_nova::NovaClient>, String> {
+    let nova = if cfg.nova.enabled {
+        Some(crate::nova_adapter::client(&cfg.nova, vars).map_err(|e| format!("{e:#}"))?)
+    } else {
+        None
+    };
+    if let Some(r) = &cfg.recovery {
+        crate::recovery::setup::check(r, env).map_err(|e| e.to_string())?;
+    }
+    Ok(nova)
 }
 
 pub fn init_tracing(format: LogFormat, filter: &str) {
@@ -437,4 +457,54 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// `serve --check` passed an unknown cloud and a missing BMC password
+    /// file, which `serve` then refused.
+    #[test]
+    fn check_refuses_an_unknown_cloud_and_a_missing_bmc_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut vars = BTreeMap::new();
+        // No clouds.yaml anywhere but where the test says.
+        vars.insert(
+            "OS_CLIENT_CONFIG_FILE".to_string(),
+            dir.path().join("clouds.yaml").display().to_string(),
+        );
+        std::fs::write(
+            dir.path().join("clouds.yaml"),
+            "clouds:\n  lab:\n    auth:\n      auth_url: http://127.0.0.1:5000/v3\n      username: u\n      password: p\n      project_name: p\n      user_domain_name: Default\n      project_domain_name: Default\n",
+        )
+        .expect("clouds.yaml");
+        let env = BTreeMap::<String, String>::new();
+        let mut cfg = Config::default();
+        cfg.nova.cloud = Some("no-such-cloud".into());
+        let Err(e) = preflight(&cfg, vars.clone(), &env) else {
+            panic!("an unknown cloud passed the check");
+        };
+        assert!(
+            e.contains("no-such-cloud") || e.contains("clouds.yaml"),
+            "{e}"
+        );
+
+        cfg.nova.enabled = false;
+        let missing = dir.path().join("bmc.password");
+        let r: vigil_recovery::config::RecoveryConfig = toml::from_str(&format!(
+            "[fencing.nodes.compute1]\nlevels = [{{ kind = \"ipmi\", host = \"h\", username = \"u\", password = {{ file = \"{}\" }} }}]\n",
+            missing.display()
+        ))
+        .expect("recovery");
+        cfg.recovery = Some(r);
+        let Err(e) = preflight(&cfg, vars, &env) else {
+            panic!("a missing BMC password file passed the check");
+        };
+        assert!(
+            e.contains("compute1") && e.contains(&missing.display().to_string()),
+            "names the node and the file: {e}"
+        );
+    }
 }

@@ -475,8 +475,22 @@ impl Config {
         if let Some(path) = &self.server.operator_token_file {
             tokens.operator = Some(read_secret("server.operator_token_file", path)?);
         }
+        check_tokens_distinct(self, &tokens)?;
         if let Some(r) = &self.recovery {
             r.validate()?;
+            // A fence for a name that is no [[node]] is a typo that leaves
+            // the real node unfenced, and nobody would be told.
+            for fenced in vigil_recovery::fence::configured_nodes(&r.fencing) {
+                if !names.contains(&fenced) {
+                    return Err(invalid(
+                        "recovery.fencing",
+                        &format!(
+                            "fence levels for \"{fenced}\", which is not a [[node]] name ({}); fix the name or add a [[node]] for it",
+                            names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
             if !self.nova.enabled {
                 return Err(invalid(
                     "nova.enabled",
@@ -505,6 +519,57 @@ impl Config {
             }
         }
         Ok(tokens)
+    }
+}
+
+/// Refuses one secret serving two roles: a token file shared by two nodes
+/// lets either stream as the other, a node token equal to the enrolment
+/// token lets that node enrol any name, and the operator token equal to a
+/// sensor token lets a compute node confirm power-offs.
+fn check_tokens_distinct(cfg: &Config, tokens: &Tokens) -> Result<(), ConfigError> {
+    let mut holders: Vec<(String, &Secret, Option<PathBuf>)> = Vec::new();
+    for (i, ((_, secret), n)) in tokens.nodes.iter().zip(&cfg.nodes).enumerate() {
+        holders.push((
+            format!("node[{i}].token_file"),
+            secret,
+            Some(n.token_file.clone()),
+        ));
+    }
+    if let Some(e) = &tokens.enrolment {
+        holders.push((
+            "enrolment.token_file".to_string(),
+            e,
+            cfg.enrolment.token_file.clone(),
+        ));
+    }
+    if let Some(o) = &tokens.operator {
+        holders.push((
+            "server.operator_token_file".to_string(),
+            o,
+            cfg.server.operator_token_file.clone(),
+        ));
+    }
+    for (i, (key, secret, path)) in holders.iter().enumerate() {
+        for (earlier, other, other_path) in &holders[..i] {
+            let same_file = matches!((path, other_path), (Some(a), Some(b)) if same_file(a, b));
+            if same_file || secret.expose() == other.expose() {
+                let what = if same_file { "file" } else { "token" };
+                return Err(ConfigError::Invalid {
+                    key: key.clone(),
+                    problem: format!(
+                        "the same {what} as {earlier}: each node, enrolment and the operator need their own token, or one can act as the other; generate one per role (e.g. `openssl rand -hex 32`)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -629,10 +694,14 @@ report_interval = "10s"
     fn recovery_section_parses_and_is_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let op = token_file(dir.path(), "operator", "operator-token-0123456789\n");
+        let c1 = token_file(dir.path(), "c1", "compute1-token-0123456789\n");
         let text = format!(
             r#"
 [server]
 operator_token_file = "{}"
+[[node]]
+name = "compute1"
+token_file = "{}"
 [recovery]
 dry_run = true
 [recovery.journal]
@@ -646,7 +715,8 @@ levels = [
 url = "http://198.51.100.1:8099/"
 secret = {{ file = "/etc/vigil/hook.key" }}
 "#,
-            op.display()
+            op.display(),
+            c1.display()
         );
         let c = Config::parse(&text, Path::new("d.toml")).expect("parse");
         let tokens = c.validate().expect("valid");
@@ -716,6 +786,70 @@ secret = {{ file = "/etc/vigil/hook.key" }}
             &vigil_recovery::journal::IncidentId("42".into()),
         );
         assert!(reason.starts_with(&Policy::default().maintenance.vigil_reason_prefix));
+    }
+
+    /// The issue's three silent starts, each refused naming the key.
+    #[test]
+    fn one_secret_in_two_roles_and_fences_for_unknown_nodes_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = |name: &str, file: &Path| NodeConfig {
+            name: name.into(),
+            token_file: file.to_path_buf(),
+            management_addresses: vec![],
+            segment: "default".into(),
+        };
+        let t1 = token_file(dir.path(), "c1", "compute1-token-0123456789");
+        let t2 = token_file(dir.path(), "c2", "compute2-token-0123456789");
+        let copy = token_file(dir.path(), "c1-copy", "compute1-token-0123456789");
+        let ok = Config {
+            nodes: vec![node("compute1", &t1), node("compute2", &t2)],
+            ..Config::default()
+        };
+        ok.validate().expect("distinct tokens are fine");
+
+        let mut c = ok.clone();
+        c.nodes[1].token_file = t1.clone();
+        let e = c.validate().expect_err("shared file").to_string();
+        assert!(
+            e.contains("node[1].token_file") && e.contains("node[0].token_file"),
+            "{e}"
+        );
+        assert!(!e.contains("compute1-token"), "never the secret: {e}");
+
+        let mut c = ok.clone();
+        c.nodes[1].token_file = copy.clone();
+        let e = c.validate().expect_err("same token, two files").to_string();
+        assert!(
+            e.contains("node[1].token_file") && e.contains("same token"),
+            "{e}"
+        );
+
+        let mut c = ok.clone();
+        c.server.operator_token_file = Some(copy.clone());
+        let e = c.validate().expect_err("operator = sensor").to_string();
+        assert!(e.contains("server.operator_token_file"), "{e}");
+
+        let mut c = ok.clone();
+        c.enrolment.enabled = true;
+        c.enrolment.token_file = Some(t2.clone());
+        let e = c.validate().expect_err("enrolment = sensor").to_string();
+        assert!(e.contains("enrolment.token_file"), "{e}");
+
+        // A fence for "compute11" (a typo of compute1) leaves compute1 unfenced.
+        let mut c = ok.clone();
+        let r: vigil_recovery::config::RecoveryConfig = toml::from_str(
+            "[fencing.nodes.compute11]\nlevels = [{ kind = \"command\", program = \"/bin/true\", args = [] }]\n",
+        )
+        .expect("recovery");
+        c.recovery = Some(r);
+        let e = c
+            .validate()
+            .expect_err("fence for unknown node")
+            .to_string();
+        assert!(
+            e.contains("recovery.fencing") && e.contains("compute11"),
+            "{e}"
+        );
     }
 
     #[test]

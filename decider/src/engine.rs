@@ -17,9 +17,9 @@ use tonic::Status;
 use tracing::{debug, error, info, warn};
 use vigil_proto::v1;
 use vigil_verdict::{
-    counts_as_down, evaluate, Assessment, DeciderView, IllegalTransition, Moment, NovaInstance,
-    NovaService, NovaWitness, PingRole, PingWitness, Policy, SensorReading, SensorWitness,
-    ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
+    counts_as_down, evaluate, Absorbed, Assessment, DeciderView, Heard, IllegalTransition, Moment,
+    NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, Policy, SensorReading,
+    SensorWitness, ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -52,6 +52,8 @@ pub fn unix_ms_now() -> i64 {
 #[derive(Debug, Clone)]
 pub struct SensorUpdate {
     pub boot_id: String,
+    /// The sensor run's instance id (empty from sensors that predate it).
+    pub instance: String,
     pub seq: u64,
     pub interval: Duration,
     pub signals: Signals,
@@ -541,29 +543,29 @@ impl Engine {
         let seq = u.seq;
         match &mut st.evidence.sensor {
             SensorWitness::Seen(r) => {
-                if r.boot_id != u.boot_id {
-                    info!(node = %node, old_boot = %r.boot_id, new_boot = %u.boot_id, "node rebooted (new boot id)");
-                    if let Some(tx) = &self.recovery {
-                        let _ = tx.send(RecoveryInput::Booted {
-                            node: node.to_string(),
-                            boot_id: u.boot_id.clone(),
-                        });
+                let old_boot = r.boot_id.clone();
+                let heard = Heard {
+                    boot_id: u.boot_id,
+                    instance: u.instance,
+                    seq: u.seq,
+                    interval: u.interval,
+                    signals: u.signals,
+                };
+                match r.absorb(heard, received_at) {
+                    Absorbed::Rebooted => {
+                        info!(node = %node, old_boot = %old_boot, new_boot = %r.boot_id, "node rebooted (new boot id)");
+                        if let Some(tx) = &self.recovery {
+                            let _ = tx.send(RecoveryInput::Booted {
+                                node: node.to_string(),
+                                boot_id: r.boot_id.clone(),
+                            });
+                        }
                     }
-                    r.boot_changes += 1;
-                    r.boot_changed_at = Some(received_at);
-                    r.boot_id = u.boot_id;
-                    r.seq = u.seq;
-                    r.signals = u.signals;
-                } else if u.seq > r.seq {
-                    r.seq_gaps += u.seq - r.seq - 1;
-                    r.seq = u.seq;
-                    r.signals = u.signals;
+                    Absorbed::SensorRestarted => {
+                        info!(node = %node, instance = %r.instance, "sensor restarted on the same boot; its seq starts over");
+                    }
+                    Absorbed::Newer | Absorbed::Older => {}
                 }
-                // An older sequence (a resend after a reconnect) still proves
-                // the sensor is alive now, but its signals are not newer.
-                r.last_heartbeat_at = received_at;
-                r.interval = u.interval;
-                r.connected = true;
             }
             SensorWitness::NeverSeen { .. } => {
                 // First heartbeat since this decider started: recovery
@@ -580,6 +582,7 @@ impl Engine {
                     last_heartbeat_at: received_at,
                     interval: u.interval,
                     boot_id: u.boot_id,
+                    instance: u.instance,
                     seq: u.seq,
                     seq_gaps: 0,
                     boot_changes: 0,

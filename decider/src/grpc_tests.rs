@@ -561,3 +561,65 @@ async fn a_node_enrolled_between_pages_does_not_break_paging() {
     );
     s.shutdown().await;
 }
+
+/// Issue 13, defect 3: a sensor restarted on the same boot starts again at
+/// seq 1. The decider used to keep the old, higher seq and ignore the new
+/// run's signals (forever after a seq of 2^64-1); with an instance id it
+/// takes the new run's signals at once.
+#[tokio::test]
+async fn a_sensor_restarted_on_the_same_boot_is_heard_at_once() {
+    let (s, _dir) = start(false).await;
+    let with = |seq: u64, instance: &str, nova: v1::nova_compute::State, blocked_ms: u64| {
+        let mut m = hb("compute1", "boot-a", seq);
+        if let Some(v1::sensor_message::Kind::Heartbeat(h)) = m.kind.as_mut() {
+            h.sensor_instance = instance.into();
+            h.nova_compute = Some(v1::NovaCompute {
+                state: nova as i32,
+                pid: 42,
+                blocked_ms,
+            });
+        }
+        m
+    };
+    let running = v1::nova_compute::State::Running;
+    let blocked = v1::nova_compute::State::Blocked;
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), with(1, "run-1", running, 0))
+        .await
+        .expect("first run accepted");
+    tx.send(with(5000, "run-1", running, 0))
+        .await
+        .expect("send");
+    while next_ack(&mut inbound).await < 5000 {}
+    drop(tx);
+    drop(inbound);
+
+    // The restarted sensor: seq 1 again, and nova-compute hung since.
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), with(1, "run-2", blocked, 6000))
+        .await
+        .expect("second run accepted");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    let mut op = operator(&s).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = op
+            .get_node(v1::GetNodeRequest {
+                name: "compute1".into(),
+            })
+            .await
+            .expect("GetNode")
+            .into_inner();
+        let seq = n.sensor.as_ref().map(|x| x.seq);
+        if n.verdict == v1::Verdict::Degraded as i32 && seq == Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted sensor's hung nova-compute not taken: seq {seq:?}, verdict {}, reasons {:?}",
+            n.verdict,
+            n.reasons
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tx);
+    s.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! the engine, which acks them. A second stream for a node replaces the first
 //! (the engine sends the old one a `Goodbye`).
 
+use crate::auth_throttle::{AuthThrottle, Failure};
 use crate::config::{Secret, Tokens};
 use crate::engine::{EngineHandle, Event, SensorUpdate};
 use crate::metrics::{Metrics, RejectReason};
@@ -91,6 +92,9 @@ pub struct HeartbeatService {
     first_message_timeout: Duration,
     max_message_bytes: usize,
     next_stream: AtomicU64,
+    /// Failed authentication per peer address: refused past a budget,
+    /// logged once per window.
+    throttle: Arc<AuthThrottle>,
     /// Ends every stream's reader at shutdown, so open streams close.
     shutdown: Shutdown,
 }
@@ -104,6 +108,8 @@ impl HeartbeatService {
         max_message_bytes: usize,
         shutdown: Shutdown,
     ) -> Self {
+        let throttle = Arc::new(AuthThrottle::new());
+        tokio::spawn(summarise_failures(throttle.clone(), shutdown.clone()));
         HeartbeatService {
             engine,
             auth,
@@ -111,6 +117,7 @@ impl HeartbeatService {
             first_message_timeout,
             max_message_bytes,
             next_stream: AtomicU64::new(1),
+            throttle,
             shutdown,
         }
     }
@@ -119,6 +126,43 @@ impl HeartbeatService {
     pub fn into_server(self) -> v1::sensor_stream_server::SensorStreamServer<Self> {
         let max = self.max_message_bytes;
         v1::sensor_stream_server::SensorStreamServer::new(self).max_decoding_message_size(max)
+    }
+}
+
+/// Logs, once per throttle window, each peer that kept failing to
+/// authenticate, in one line instead of one per attempt.
+async fn summarise_failures(throttle: Arc<AuthThrottle>, shutdown: Shutdown) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(crate::auth_throttle::WINDOW) => {}
+        }
+        for s in throttle.sweep(std::time::Instant::now()) {
+            warn!(
+                peer = ?s.peer,
+                failures = s.failures,
+                refused = s.refused,
+                window = %humantime::format_duration(crate::auth_throttle::WINDOW),
+                "sensor streams kept failing authentication from this address; refused ones were not checked"
+            );
+        }
+    }
+}
+
+/// Records a failed authentication of `peer`: the first one in a window is
+/// logged, the rest go into that window's summary.
+fn auth_failed(
+    throttle: &AuthThrottle,
+    peer: Option<std::net::IpAddr>,
+    node: Option<&str>,
+    why: &str,
+) {
+    if throttle.failed(peer, std::time::Instant::now()) == Failure::Log {
+        warn!(peer = ?peer, node = node.unwrap_or("?"), error = %why, "sensor stream rejected (further failures from this address are summarised)");
+    } else {
+        debug!(peer = ?peer, error = %why, "sensor stream rejected");
     }
 }
 
@@ -149,6 +193,7 @@ pub fn to_update(hb: &v1::Heartbeat) -> SensorUpdate {
     let health = hb.health.as_ref();
     SensorUpdate {
         boot_id: hb.boot_id.clone(),
+        instance: hb.sensor_instance.clone(),
         seq: hb.seq,
         interval: ms(u64::from(hb.interval_ms)),
         signals: Signals {
@@ -207,13 +252,22 @@ impl SensorStream for HeartbeatService {
         req: Request<Streaming<v1::SensorMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer = req.remote_addr().map(|a| a.ip());
-        let token =
-            bearer(&req).inspect_err(|_| self.metrics.reject(RejectReason::Unauthenticated))?;
+        if let Err(wait) = self.throttle.admit(peer, std::time::Instant::now()) {
+            self.metrics.reject(RejectReason::Throttled);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentications from this address; retry in {} with the right token",
+                humantime::format_duration(Duration::from_secs(wait.as_secs().saturating_add(1)))
+            )));
+        }
+        let token = bearer(&req).inspect_err(|s| {
+            self.metrics.reject(RejectReason::Unauthenticated);
+            auth_failed(&self.throttle, peer, None, s.message());
+        })?;
         // A token no node and no enrolment knows is refused at once. Which
         // node it must belong to is known only from the first heartbeat.
         if !self.auth.knows(&token) {
             self.metrics.reject(RejectReason::Unauthenticated);
-            warn!(peer = ?peer, "sensor stream rejected: unknown token");
+            auth_failed(&self.throttle, peer, None, "unknown token");
             return Err(Status::unauthenticated(
                 "the token is no configured node's and not the enrolment token; check the sensor's --token-file",
             ));
@@ -232,6 +286,7 @@ impl SensorStream for HeartbeatService {
             peer,
             stream_id,
             auth: self.auth.clone(),
+            throttle: self.throttle.clone(),
             metrics: self.metrics.clone(),
             engine: self.engine.clone(),
             first_message_timeout: self.first_message_timeout,
@@ -250,6 +305,7 @@ struct StreamTask {
     peer: Option<std::net::IpAddr>,
     stream_id: u64,
     auth: Arc<Authenticator>,
+    throttle: Arc<AuthThrottle>,
     metrics: Arc<Metrics>,
     engine: EngineHandle,
     first_message_timeout: Duration,
@@ -268,6 +324,7 @@ impl StreamTask {
             peer,
             stream_id,
             auth,
+            throttle,
             metrics,
             engine,
             first_message_timeout,
@@ -310,7 +367,7 @@ impl StreamTask {
                     RejectReason::Unauthenticated
                 };
                 metrics.reject(reason);
-                warn!(node = %node, peer = ?peer, error = %s.message(), "sensor stream rejected");
+                auth_failed(&throttle, peer, Some(&node), s.message());
                 return refuse(s).await;
             }
         };
@@ -454,5 +511,240 @@ pub fn check_heartbeat(metrics: &Metrics, m: v1::SensorMessage) -> Result<v1::He
             "heartbeat lists more than {MAX_ITEMS} items of one kind"
         )));
     }
+    check_bounds(&hb).map_err(|e| invalid(format!("heartbeat field {e}")))?;
     Ok(hb)
+}
+
+/// The highest believable seq: one heartbeat a millisecond for 8,900 years.
+/// A larger one is a broken or hostile sensor, not a long uptime.
+const MAX_SEQ: u64 = 1 << 48;
+/// The longest duration a sensor can have observed: a year (a longer
+/// `blocked_ms` would predate any uptime this sensor could have seen).
+const MAX_OBSERVED_MS: u64 = 366 * 24 * 3600 * 1000;
+/// Declared intervals above a minute are not a heartbeat.
+const MAX_INTERVAL_MS: u32 = 60_000;
+/// Longest free text (sensor version, comm, cgroup path, health message).
+const MAX_TEXT: usize = 4096;
+
+/// Every field's physical bound and defined meaning. The error names the
+/// field (with its index in a list) and what is valid.
+fn check_bounds(hb: &v1::Heartbeat) -> Result<(), String> {
+    let text = |field: &str, s: &str, max: usize| {
+        if s.len() > max {
+            Err(format!("{field}: {} bytes, at most {max}", s.len()))
+        } else {
+            Ok(())
+        }
+    };
+    let duration = |field: &str, ms: u64| {
+        if ms > MAX_OBSERVED_MS {
+            Err(format!(
+                "{field} = {ms}: at most {MAX_OBSERVED_MS} (a year)"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let share = |field: &str, v: f64, max: f64| {
+        if v.is_finite() && (0.0..=max).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("{field} = {v}: must be a number from 0 to {max}"))
+        }
+    };
+    if hb.seq > MAX_SEQ {
+        return Err(format!("seq = {}: at most {MAX_SEQ}", hb.seq));
+    }
+    if hb.interval_ms > MAX_INTERVAL_MS {
+        return Err(format!(
+            "interval_ms = {}: at most {MAX_INTERVAL_MS} (0 = not said)",
+            hb.interval_ms
+        ));
+    }
+    if v1::ProbeMode::try_from(hb.mode).is_err() {
+        return Err(format!("mode = {}: not a known ProbeMode", hb.mode));
+    }
+    text("sensor_version", &hb.sensor_version, MAX_NAME)?;
+    text("sensor_instance", &hb.sensor_instance, 64)?;
+    for (i, t) in hb.blocked_tasks.iter().enumerate() {
+        text(&format!("blocked_tasks[{i}].comm"), &t.comm, MAX_NAME)?;
+        text(&format!("blocked_tasks[{i}].cgroup"), &t.cgroup, MAX_TEXT)?;
+        duration(&format!("blocked_tasks[{i}].blocked_ms"), t.blocked_ms)?;
+        share(&format!("blocked_tasks[{i}].d_share"), t.d_share, 1.0)?;
+    }
+    for (i, d) in hb.device_stalls.iter().enumerate() {
+        text(&format!("device_stalls[{i}].device"), &d.device, MAX_NAME)?;
+        text(&format!("device_stalls[{i}].name"), &d.name, MAX_NAME)?;
+        duration(&format!("device_stalls[{i}].oldest_ms"), d.oldest_ms)?;
+    }
+    for (i, inst) in hb.instances.iter().enumerate() {
+        text(&format!("instances[{i}].uuid"), &inst.uuid, MAX_NAME)?;
+        text(&format!("instances[{i}].name"), &inst.name, MAX_NAME)?;
+    }
+    if let Some(n) = &hb.nova_compute {
+        if v1::nova_compute::State::try_from(n.state).is_err() {
+            return Err(format!(
+                "nova_compute.state = {}: not a known NovaCompute.State",
+                n.state
+            ));
+        }
+        duration("nova_compute.blocked_ms", n.blocked_ms)?;
+    }
+    if let Some(p) = &hb.pressure {
+        for (name, psi) in [("io", &p.io), ("memory", &p.memory), ("cpu", &p.cpu)] {
+            if let Some(psi) = psi {
+                // PSI averages are percentages.
+                share(
+                    &format!("pressure.{name}.some_avg10"),
+                    psi.some_avg10,
+                    100.0,
+                )?;
+                share(
+                    &format!("pressure.{name}.full_avg10"),
+                    psi.full_avg10,
+                    100.0,
+                )?;
+            }
+        }
+    }
+    if let Some(h) = &hb.health {
+        for (field, list) in [
+            ("attached_probes", &h.attached_probes),
+            ("failed_probes", &h.failed_probes),
+        ] {
+            if list.len() > MAX_ITEMS {
+                return Err(format!("health.{field}: more than {MAX_ITEMS} entries"));
+            }
+            for (i, p) in list.iter().enumerate() {
+                text(&format!("health.{field}[{i}]"), p, MAX_NAME)?;
+            }
+        }
+        text("health.message", &h.message, MAX_TEXT)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> v1::Heartbeat {
+        v1::Heartbeat {
+            node: "compute1".into(),
+            boot_id: "boot".into(),
+            seq: 7,
+            interval_ms: 1000,
+            mode: v1::ProbeMode::Ebpf as i32,
+            sensor_instance: "run-1".into(),
+            blocked_tasks: vec![v1::BlockedTask {
+                comm: "nova-compute".into(),
+                blocked_ms: 4000,
+                d_share: 0.9,
+                ..Default::default()
+            }],
+            device_stalls: vec![v1::DeviceStall {
+                device: "7:2".into(),
+                name: "loop2".into(),
+                in_flight: 1,
+                oldest_ms: 10_000,
+            }],
+            nova_compute: Some(v1::NovaCompute {
+                state: v1::nova_compute::State::Blocked as i32,
+                pid: 42,
+                blocked_ms: 4000,
+            }),
+            pressure: Some(v1::Pressure {
+                io: Some(v1::Psi {
+                    some_avg10: 12.5,
+                    full_avg10: 100.0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn check(hb: v1::Heartbeat) -> (Result<v1::Heartbeat, Status>, u64) {
+        let m = Metrics::new();
+        let r = check_heartbeat(
+            &m,
+            v1::SensorMessage {
+                kind: Some(v1::sensor_message::Kind::Heartbeat(hb)),
+            },
+        );
+        (r, m.rejected(RejectReason::Invalid))
+    }
+
+    #[test]
+    fn a_sound_heartbeat_passes() {
+        let (r, rejected) = check(good());
+        r.expect("valid");
+        assert_eq!(rejected, 0);
+    }
+
+    /// Each absurd value of the issue is refused as `InvalidArgument` naming
+    /// its field, and counted.
+    #[test]
+    fn absurd_values_are_refused_naming_the_field() {
+        type Spoil = fn(&mut v1::Heartbeat);
+        let cases: &[(&str, Spoil)] = &[
+            ("blocked_tasks[0].blocked_ms", |h| {
+                h.blocked_tasks[0].blocked_ms = u64::MAX
+            }),
+            ("nova_compute.blocked_ms", |h| {
+                if let Some(n) = h.nova_compute.as_mut() {
+                    n.blocked_ms = u64::MAX
+                }
+            }),
+            ("device_stalls[0].oldest_ms", |h| {
+                h.device_stalls[0].oldest_ms = u64::MAX
+            }),
+            ("blocked_tasks[0].d_share", |h| {
+                h.blocked_tasks[0].d_share = f64::NAN
+            }),
+            ("blocked_tasks[0].d_share", |h| {
+                h.blocked_tasks[0].d_share = f64::INFINITY
+            }),
+            ("blocked_tasks[0].d_share", |h| {
+                h.blocked_tasks[0].d_share = -0.5
+            }),
+            ("pressure.io.some_avg10", |h| {
+                if let Some(io) = h.pressure.as_mut().and_then(|p| p.io.as_mut()) {
+                    io.some_avg10 = f64::NEG_INFINITY
+                }
+            }),
+            ("pressure.io.full_avg10", |h| {
+                if let Some(io) = h.pressure.as_mut().and_then(|p| p.io.as_mut()) {
+                    io.full_avg10 = f64::NAN
+                }
+            }),
+            ("mode = 99", |h| h.mode = 99),
+            ("nova_compute.state = 99", |h| {
+                if let Some(n) = h.nova_compute.as_mut() {
+                    n.state = 99
+                }
+            }),
+            ("interval_ms = 4294967295", |h| h.interval_ms = u32::MAX),
+            ("seq = 18446744073709551615", |h| h.seq = u64::MAX),
+            ("sensor_instance", |h| h.sensor_instance = "x".repeat(65)),
+            ("blocked_tasks[0].cgroup", |h| {
+                h.blocked_tasks[0].cgroup = "c".repeat(MAX_TEXT + 1)
+            }),
+            ("health.message", |h| {
+                h.health = Some(v1::SensorHealth {
+                    message: "m".repeat(MAX_TEXT + 1),
+                    ..Default::default()
+                })
+            }),
+        ];
+        for (field, spoil) in cases {
+            let mut hb = good();
+            spoil(&mut hb);
+            let (r, rejected) = check(hb);
+            let e = r.expect_err(field);
+            assert_eq!(e.code(), Code::InvalidArgument, "{field}");
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+            assert_eq!(rejected, 1, "{field}: counted");
+        }
+    }
 }

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth_throttle;
 pub mod cli;
 pub mod config;
 pub mod engine;

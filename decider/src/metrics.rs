@@ -42,6 +42,8 @@ pub enum RejectReason {
     Invalid,
     Unauthenticated,
     UnknownNode,
+    /// Refused unchecked: the peer failed authentication too often lately.
+    Throttled,
 }
 
 impl RejectReason {
@@ -52,6 +54,7 @@ impl RejectReason {
             RejectReason::Invalid => "invalid",
             RejectReason::Unauthenticated => "unauthenticated",
             RejectReason::UnknownNode => "unknown_node",
+            RejectReason::Throttled => "throttled",
         }
     }
 }

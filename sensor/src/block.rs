@@ -236,3 +236,116 @@ mod tests {
         assert!(t.observe(&[stat(6, 0)], 6 * s).is_empty());
     }
 }
+
+/// Requests already in flight when the eBPF programs attached: they were
+/// issued unseen, so the programs never learn of them, yet a sensor
+/// restarted during a disk stall (or `probe` run on a sick host) must report
+/// that disk. Seeded from `/sys/block/*/inflight` at start with age "at least
+/// since start", like tasks already in D state; a device's seed lasts while
+/// the kernel counts more requests than the programs track, and is dropped
+/// for good once it does not (those requests then completed).
+#[derive(Debug, Default)]
+pub struct PreStartInflight {
+    devs: HashMap<DevId, (u32, u64)>,
+}
+
+/// Seeded requests reported per device at most (the kernel's queue depth is
+/// far below; bounds what a bogus sysfs count could cost).
+const MAX_SEEDED: u32 = 4096;
+
+impl PreStartInflight {
+    /// Reads every `/sys/block/NAME/{dev,inflight}` now (`now_ns` on the
+    /// programs' clock).
+    pub fn from_sysfs(now_ns: u64) -> Self {
+        let Ok(dir) = std::fs::read_dir("/sys/block") else {
+            return Self::default();
+        };
+        let counts = dir.filter_map(Result::ok).filter_map(|e| {
+            let p = e.path();
+            let dev = std::fs::read_to_string(p.join("dev")).ok()?;
+            let inflight = std::fs::read_to_string(p.join("inflight")).ok()?;
+            Some((parse_dev(&dev)?, parse_inflight(&inflight)?))
+        });
+        Self::seed(counts, now_ns)
+    }
+
+    /// Seeds from `(device, requests in flight)` pairs.
+    pub fn seed(counts: impl IntoIterator<Item = (DevId, u32)>, now_ns: u64) -> Self {
+        let devs = counts
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(dev, n)| (dev, (n.min(MAX_SEEDED), now_ns)))
+            .collect();
+        PreStartInflight { devs }
+    }
+
+    pub fn devices(&self) -> Vec<DevId> {
+        self.devs.keys().copied().collect()
+    }
+
+    /// The seeded requests of `dev` still in flight, given the kernel's
+    /// count and how many the programs track: `(count, since_ns)`.
+    pub fn untracked(&mut self, dev: DevId, kernel: u32, tracked: u32) -> Option<(u32, u64)> {
+        let &(seeded, since) = self.devs.get(&dev)?;
+        let unseen = kernel.saturating_sub(tracked).min(seeded);
+        if unseen == 0 {
+            self.devs.remove(&dev);
+            return None;
+        }
+        // Fewer unseen now than seeded: some of them completed.
+        self.devs.insert(dev, (unseen, since));
+        Some((unseen, since))
+    }
+}
+
+/// `/sys/block/NAME/dev`: "major:minor".
+fn parse_dev(text: &str) -> Option<DevId> {
+    let (major, minor) = text.trim().split_once(':')?;
+    Some(DevId {
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+    })
+}
+
+/// `/sys/block/NAME/inflight`: "reads writes".
+fn parse_inflight(text: &str) -> Option<u32> {
+    let mut it = text.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some(it.next()??.saturating_add(it.next()??))
+}
+
+#[cfg(test)]
+mod prestart_tests {
+    use super::*;
+
+    const LOOP2: DevId = DevId { major: 7, minor: 2 };
+
+    #[test]
+    fn a_request_in_flight_before_start_is_reported_until_it_completes() {
+        let sda = DevId { major: 8, minor: 0 };
+        // /sys/block/loop2/inflight said "1 0" when the sensor started.
+        let seeded = [(LOOP2, parse_inflight("1 0\n").unwrap_or(0)), (sda, 0)];
+        let mut p = PreStartInflight::seed(seeded, 5_000);
+        assert_eq!(p.devices(), vec![LOOP2], "idle devices are not seeded");
+        // Still stuck, the programs track nothing on it: reported from start.
+        assert_eq!(p.untracked(LOOP2, 1, 0), Some((1, 5_000)));
+        // A new request the programs saw arrives beside it: still 1 unseen.
+        assert_eq!(p.untracked(LOOP2, 2, 1), Some((1, 5_000)));
+        // The kernel count drops to what the programs track: done, for good.
+        assert_eq!(p.untracked(LOOP2, 1, 1), None);
+        assert_eq!(
+            p.untracked(LOOP2, 5, 0),
+            None,
+            "a later stall is the programs'"
+        );
+        assert!(p.devices().is_empty());
+    }
+
+    #[test]
+    fn sysfs_texts_parse() {
+        assert_eq!(parse_dev("7:2\n"), Some(LOOP2));
+        assert_eq!(parse_dev("garbage"), None);
+        assert_eq!(parse_inflight("       1        0\n"), Some(1));
+        assert_eq!(parse_inflight("4294967295 4294967295"), Some(u32::MAX));
+        assert_eq!(parse_inflight(""), None);
+    }
+}

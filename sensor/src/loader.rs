@@ -93,6 +93,8 @@ pub struct EbpfProbe {
     stale: u64,
     /// In-flight entries whose request ended unseen, removed.
     inflight_gc: u64,
+    /// Requests in flight before attach, which the programs never saw.
+    prestart: block::PreStartInflight,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -255,12 +257,26 @@ impl EbpfProbe {
             failed,
             stale: 0,
             inflight_gc: 0,
+            prestart: block::PreStartInflight::from_sysfs(crate::clock::monotonic_ns()),
         };
         // The scope's members are read now, after attach: a task that joined
         // and blocked while we were loading is seeded too.
         let members = opts.scope.as_ref().map(crate::cgroup::Scope::pids);
         probe.seed_dstate(members.as_ref());
         Ok(probe)
+    }
+
+    /// Adds the requests that were in flight before attach and still are
+    /// (by the kernel's count), aged from the sensor's start.
+    fn add_prestart(&mut self, live: &mut Vec<(DevId, u64)>) {
+        for dev in self.prestart.devices() {
+            let tracked = live.iter().filter(|(d, _)| *d == dev).count();
+            let tracked = u32::try_from(tracked).unwrap_or(u32::MAX);
+            let kernel = block::sysfs_inflight(dev).unwrap_or(0);
+            if let Some((n, since)) = self.prestart.untracked(dev, kernel, tracked) {
+                live.extend(std::iter::repeat_n((dev, since), n as usize));
+            }
+        }
     }
 
     /// Tasks already in D state at attach time never switched out under our
@@ -478,6 +494,7 @@ impl Signals for EbpfProbe {
             });
             live.extend(reqs.into_iter().map(|(start, _)| (dev, start)));
         }
+        self.add_prestart(&mut live);
         block::aggregate(live, now_ns)
             .into_iter()
             .map(|(dev, in_flight, oldest_ms)| DeviceStall {

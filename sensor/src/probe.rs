@@ -45,6 +45,7 @@ pub fn probe(args: &ProbeArgs) -> Result<Sample, ProbeError> {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            instance: crate::sampler::instance_id(),
             max_reported: 1000,
             extra_watch: args.wait_exit.into_iter().collect(),
             scope_path: disc_cfg.scope.as_ref().map(|s| s.path.clone()),

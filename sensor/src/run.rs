@@ -198,6 +198,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         SamplerConfig {
             node: node.clone(),
             boot_id,
+            instance: crate::sampler::instance_id(),
             max_reported: args.max_reported.max(1),
             extra_watch: Vec::new(),
             scope_path,

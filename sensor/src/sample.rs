@@ -10,6 +10,8 @@ use crate::{psi::Pressure, signals::Mode};
 pub struct Sample {
     pub node: String,
     pub boot_id: String,
+    /// This sensor process's run (see `sampler::instance_id`).
+    pub sensor_instance: String,
     pub seq: u64,
     pub sensor_version: String,
     pub mode: Mode,
@@ -96,6 +98,7 @@ impl Sample {
         v1::Heartbeat {
             node: self.node.clone(),
             boot_id: self.boot_id.clone(),
+            sensor_instance: self.sensor_instance.clone(),
             seq: self.seq,
             sensor_version: self.sensor_version.clone(),
             mode: match self.mode {

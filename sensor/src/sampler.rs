@@ -46,11 +46,25 @@ impl Tunables {
     }
 }
 
+/// A new random id for this sensor process's run: the kernel hands out a
+/// fresh UUID on each read of `/proc/sys/kernel/random/uuid`; without it,
+/// the pid and the start time, which two runs on one boot never share.
+pub fn instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .unwrap_or_else(|| format!("{}-{}", std::process::id(), clock::monotonic_ns()))
+}
+
 /// Fixed for the sampler's life.
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
     pub node: String,
     pub boot_id: String,
+    /// Identifies this process's run: seq restarts at 1 with each run, and
+    /// the decider tells a restarted sensor from a resend by it.
+    pub instance: String,
     /// Most blocked tasks listed per heartbeat (longest first), so a host
     /// with thousands of stuck tasks still sends bounded messages.
     pub max_reported: usize,
@@ -357,6 +371,7 @@ impl Sampler {
         Sample {
             node: self.cfg.node.clone(),
             boot_id: self.cfg.boot_id.clone(),
+            sensor_instance: self.cfg.instance.clone(),
             seq: self.seq,
             sensor_version: env!("CARGO_PKG_VERSION").to_string(),
             mode: self.signals.mode(),

@@ -51,10 +51,10 @@ pub struct Opts {
     pub dry_run: bool,
     /// These nodes' BMCs are configured where nothing answers.
     pub broken_bmc: Vec<String>,
-    /// Storm guard share, both the verdict's (`policy.storm.max_share`) and
-    /// recovery's (`recovery.guards.storm_max_share`). Default 0.5 either way.
+    /// Storm guard share (`policy.storm.max_share`; recovery takes it from
+    /// there too). Default 0.5.
     pub storm_max_share: Option<f64>,
-    /// Storm guard count (`policy.storm.max_dead`, `recovery.guards.storm_max_dead`).
+    /// Storm guard count (`policy.storm.max_dead`, recovery's too).
     pub storm_max_dead: Option<u32>,
     /// `recovery.evacuation.shutoff`: "skip" (default) or "evacuate".
     pub shutoff: Option<String>,
@@ -149,16 +149,11 @@ dry_run = {dry}
 reenable_after_recovery = {reenable}
 [recovery.journal]
 path = "{dir}/journal.sqlite"
-[recovery.guards]
-storm_max_share = {share}
 "#,
         dry = opts.dry_run,
         reenable = opts.reenable_after_recovery,
         dir = dir.display(),
     ));
-    if let Some(n) = opts.storm_max_dead {
-        c.push_str(&format!("storm_max_dead = {n}\n"));
-    }
     c.push_str(&format!(
         r#"[recovery.evacuation]
 poll_interval = "1s"

@@ -314,12 +314,17 @@ impl Default for EvacuationPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct GuardConfig {
     /// Act on none when more than this many nodes went dead within `window`.
-    /// Default 2: three nodes at once is more likely our network than theirs.
+    /// Not read from `[recovery.guards]`: the decider sets the three storm
+    /// numbers from `[policy.storm]`, so there is one storm guard with one
+    /// configuration (the engine's hold and this refusal agree).
+    #[serde(skip)]
     pub storm_max_dead: usize,
     /// Act on none when more than this share of known nodes went dead within
-    /// `window`. Default 0.5.
+    /// `window` (from `[policy.storm] max_share`).
+    #[serde(skip)]
     pub storm_max_share: f64,
-    #[serde(with = "duration_text")]
+    /// From `[policy.storm] window`.
+    #[serde(skip)]
     pub storm_window: Duration,
     /// No new incident for a node this soon after its last one closed.
     /// Default 30 min: a node that flaps needs a person, not a second fence.
@@ -336,7 +341,8 @@ pub struct GuardConfig {
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
-            storm_max_dead: 2,
+            // `[policy.storm]`'s defaults; the decider overwrites them.
+            storm_max_dead: 3,
             storm_max_share: 0.5,
             storm_window: Duration::from_secs(600),
             cooldown: Duration::from_secs(1800),
@@ -567,7 +573,7 @@ mod tests {
             destination = "spread"
             shutoff = "evacuate"
             [guards]
-            storm_max_dead = 1
+            cooldown = "10m"
             [notify.webhook]
             url = "http://127.0.0.1:8099/hook"
             secret = { env = "HOOK_KEY" }
@@ -580,6 +586,8 @@ mod tests {
             Duration::from_secs(30)
         );
         assert!(toml::from_str::<RecoveryConfig>("[evacuation]\nconcurency = 3\n").is_err());
+        // One storm guard: its numbers live in [policy.storm] only.
+        assert!(toml::from_str::<RecoveryConfig>("[guards]\nstorm_max_dead = 2\n").is_err());
         assert!(toml::from_str::<RecoveryConfig>(
             "[fencing.nodes.a]\nlevels = [{ kind = \"ipmi\", host = \"h\", username = \"u\", password = { env = \"P\" }, pasword = 1 }]\n"
         )

@@ -20,6 +20,7 @@ use vigil_recovery::notify::{notifiers_from_config, Notifier, NotifyConfigError}
 use vigil_recovery::secret::SecretEnv;
 use vigil_recovery::time::{Clock, SystemClock};
 use vigil_recovery::workflow::Mode;
+use vigil_verdict::policy::StormPolicy;
 
 /// Everything the recovery driver needs besides the engine.
 #[derive(Clone)]
@@ -71,17 +72,12 @@ impl RecoveryParts {
         connect: NovaConnect,
         prober: Option<Arc<dyn Prober>>,
     ) -> Result<RecoveryParts, SetupError> {
-        let mut levels = BTreeMap::new();
-        for node in configured_nodes(&recovery.fencing) {
-            let l = levels_for(&recovery.fencing, &node, env)?;
-            levels.insert(node, l);
-        }
+        let (levels, notifiers) = fencers_and_notifiers(recovery, env)?;
         for n in &cfg.nodes {
             if !levels.contains_key(&n.name) {
                 warn!(node = %n.name, "no fence levels configured: if this node dies, its incident stops in needs-attention before any evacuation (add it to [recovery.fencing])");
             }
         }
-        let notifiers = notifiers_from_config(&recovery.notify, env)?;
         if notifiers.is_empty() {
             warn!("no notifier configured ([recovery.notify] webhook or email): nobody is paged when recovery needs a person");
         }
@@ -94,7 +90,7 @@ impl RecoveryParts {
         }
         let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(path)?);
         Ok(RecoveryParts {
-            config: recovery.clone(),
+            config: with_policy_storm_guard(recovery, &cfg.policy.storm),
             mode: if dry_run || recovery.dry_run {
                 Mode::DryRun
             } else {
@@ -117,6 +113,38 @@ impl RecoveryParts {
     }
 }
 
+/// Reads every credential `[recovery]` names (BMC passwords, webhook and
+/// SMTP secrets) without opening the journal: what `serve --check` runs so
+/// that it refuses whatever `serve` would.
+pub fn check(recovery: &RecoveryConfig, env: &dyn SecretEnv) -> Result<(), SetupError> {
+    fencers_and_notifiers(recovery, env).map(drop)
+}
+
+type Fencers = BTreeMap<String, Vec<FenceLevel>>;
+
+fn fencers_and_notifiers(
+    recovery: &RecoveryConfig,
+    env: &dyn SecretEnv,
+) -> Result<(Fencers, Vec<Arc<dyn Notifier>>), SetupError> {
+    let mut levels = BTreeMap::new();
+    for node in configured_nodes(&recovery.fencing) {
+        let l = levels_for(&recovery.fencing, &node, env)?;
+        levels.insert(node, l);
+    }
+    Ok((levels, notifiers_from_config(&recovery.notify, env)?))
+}
+
+/// Recovery's storm guard takes its numbers from `[policy.storm]`: one guard
+/// configured in one place, so the engine's hold and recovery's refusal can
+/// never disagree about how many nodes is a storm.
+pub fn with_policy_storm_guard(recovery: &RecoveryConfig, storm: &StormPolicy) -> RecoveryConfig {
+    let mut r = recovery.clone();
+    r.guards.storm_max_dead = usize::try_from(storm.max_dead).unwrap_or(usize::MAX);
+    r.guards.storm_max_share = storm.max_share;
+    r.guards.storm_window = storm.window;
+    r
+}
+
 /// How the real decider reaches Nova for recovery: a `NovaClient` of its own
 /// (with the client's bounded retries, unlike the poller's single try) from
 /// the same credentials, wrapped in [`NovaEdge`].
@@ -136,4 +164,31 @@ pub fn nova_connect(cfg: &crate::config::NovaConfig) -> NovaConnect {
             Ok(Arc::new(edge) as Arc<dyn vigil_recovery::workflow::NovaActions>)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example config set `[policy.storm] max_dead = 3` and
+    /// `[recovery.guards] storm_max_dead = 2`: two guards, two numbers.
+    #[test]
+    fn recovery_storm_guard_takes_the_policys_numbers() {
+        let text = include_str!("../../decider.example.toml");
+        let mut cfg = Config::parse(text, std::path::Path::new("example")).expect("parses");
+        cfg.policy.storm.max_dead = 5;
+        cfg.policy.storm.max_share = 0.25;
+        cfg.policy.storm.window = Duration::from_secs(42);
+        let r =
+            with_policy_storm_guard(cfg.recovery.as_ref().expect("recovery"), &cfg.policy.storm);
+        assert_eq!(r.guards.storm_max_dead, 5);
+        assert_eq!(r.guards.storm_max_share, 0.25);
+        assert_eq!(r.guards.storm_window, Duration::from_secs(42));
+        let e = Config::parse(
+            "[recovery.guards]\nstorm_max_dead = 2\n",
+            std::path::Path::new("d.toml"),
+        )
+        .expect_err("a second place for the storm numbers is refused");
+        assert!(e.to_string().contains("storm_max_dead"), "{e}");
+    }
 }

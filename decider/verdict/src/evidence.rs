@@ -43,7 +43,10 @@ pub struct SensorReading {
     /// The sensor's declared heartbeat interval (0 when it did not say).
     pub interval: Duration,
     pub boot_id: String,
-    /// Sequence number of the latest heartbeat (per boot id).
+    /// The sensor process's instance id (empty from sensors that predate it):
+    /// a new one on the same boot is a restarted sensor whose seq starts over.
+    pub instance: String,
+    /// Sequence number of the latest heartbeat (per boot id and instance).
     pub seq: u64,
     /// Heartbeats missing between consecutive ones, summed since the decider
     /// started (the sensor keeps counting while the decider is unreachable).
@@ -53,6 +56,70 @@ pub struct SensorReading {
     /// When the boot id last changed, if it ever did.
     pub boot_changed_at: Option<Moment>,
     pub signals: Signals,
+}
+
+/// One heartbeat's identity and contents, as [`SensorReading::absorb`] takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heard {
+    pub boot_id: String,
+    pub instance: String,
+    pub seq: u64,
+    pub interval: Duration,
+    pub signals: Signals,
+}
+
+/// How a heartbeat related to the reading it was absorbed into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absorbed {
+    /// A new boot id: the node rebooted. Its signals are the newest.
+    Rebooted,
+    /// Same boot, another sensor instance: the sensor restarted, its seq
+    /// starts over, and its signals are the newest whatever their seq.
+    SensorRestarted,
+    /// The next (or a later) heartbeat of the same sensor run.
+    Newer,
+    /// An older or repeated seq (a resend after a reconnect): it proves the
+    /// sensor is alive now, but its signals are not newer.
+    Older,
+}
+
+impl SensorReading {
+    /// Takes a heartbeat received at `at` into this reading. Sequence
+    /// numbers come from outside the process, so every step saturates.
+    pub fn absorb(&mut self, h: Heard, at: Moment) -> Absorbed {
+        let kind = if self.boot_id != h.boot_id {
+            Absorbed::Rebooted
+        } else if !h.instance.is_empty() && h.instance != self.instance {
+            // An empty instance is a sensor that predates the field: it is
+            // ordered by seq alone, as before.
+            Absorbed::SensorRestarted
+        } else if h.seq > self.seq {
+            Absorbed::Newer
+        } else {
+            Absorbed::Older
+        };
+        match kind {
+            Absorbed::Rebooted => {
+                self.boot_changes = self.boot_changes.saturating_add(1);
+                self.boot_changed_at = Some(at);
+            }
+            Absorbed::Newer => {
+                let missed = h.seq.saturating_sub(self.seq).saturating_sub(1);
+                self.seq_gaps = self.seq_gaps.saturating_add(missed);
+            }
+            Absorbed::SensorRestarted | Absorbed::Older => {}
+        }
+        if kind != Absorbed::Older {
+            self.boot_id = h.boot_id;
+            self.instance = h.instance;
+            self.seq = h.seq;
+            self.signals = h.signals;
+        }
+        self.last_heartbeat_at = at;
+        self.interval = h.interval;
+        self.connected = true;
+        kind
+    }
 }
 
 /// The signals of the latest heartbeat, in the decider's own terms.
@@ -236,7 +303,8 @@ pub struct DeciderView {
 impl SensorWitness {
     /// True when the sensor has been silent longer than the policy allows:
     /// nothing heard for `silent_after` (or `missed_heartbeats` of its
-    /// declared interval, whichever is longer), counted from the last
+    /// declared interval, at most `max_interval`, whichever is longer),
+    /// counted from the last
     /// heartbeat or, if there never was one, from when watching began.
     pub fn is_silent(&self, policy: &crate::Policy, now: Moment) -> bool {
         self.silence(policy, now).is_some()
@@ -244,14 +312,161 @@ impl SensorWitness {
 
     /// How long the sensor has been quiet, when that is past the threshold.
     pub fn silence(&self, policy: &crate::Policy, now: Moment) -> Option<Duration> {
-        let (quiet, interval) = match self {
+        let (quiet, declared) = match self {
             SensorWitness::NeverSeen { since } => (now.since(*since), Duration::ZERO),
             SensorWitness::Seen(r) => (now.since(r.last_heartbeat_at), r.interval),
         };
+        // The sensor only declares its interval; how long silence may last
+        // is the policy's to say, so a sensor cannot switch off its own
+        // silence detection by declaring a huge one.
+        let interval = declared.min(policy.sensor.max_interval);
         let threshold = policy
             .sensor
             .silent_after
             .max(interval.saturating_mul(policy.sensor.missed_heartbeats));
         (quiet > threshold).then_some(quiet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Policy;
+
+    fn reading(interval: Duration, last: Moment) -> SensorWitness {
+        SensorWitness::Seen(Box::new(SensorReading {
+            connected: false,
+            last_heartbeat_at: last,
+            interval,
+            boot_id: "b".into(),
+            instance: String::new(),
+            seq: 1,
+            seq_gaps: 0,
+            boot_changes: 0,
+            boot_changed_at: None,
+            signals: Signals::default(),
+        }))
+    }
+
+    #[test]
+    fn a_huge_declared_interval_does_not_switch_off_silence_detection() {
+        let p = Policy::default();
+        let huge = reading(Duration::from_millis(u64::from(u32::MAX)), Moment::ZERO);
+        let normal = reading(Duration::from_secs(1), Moment::ZERO);
+        let at = |s: u64| Moment::from_secs(s);
+        // 8.6 s after the stream closed the sensor was still healthy.
+        assert!(normal.is_silent(&p, at(4)));
+        assert!(
+            !huge.is_silent(&p, at(14)),
+            "5 s cap × 3 heartbeats is 15 s"
+        );
+        assert!(huge.is_silent(&p, at(16)), "silent past 3 × max_interval");
+    }
+
+    fn heard(boot: &str, instance: &str, seq: u64, nova: NovaComputeProcess) -> Heard {
+        Heard {
+            boot_id: boot.into(),
+            instance: instance.into(),
+            seq,
+            interval: Duration::from_secs(1),
+            signals: Signals {
+                nova_compute: nova,
+                ..Signals::default()
+            },
+        }
+    }
+
+    fn seen(w: &SensorWitness) -> &SensorReading {
+        match w {
+            SensorWitness::Seen(r) => r,
+            SensorWitness::NeverSeen { .. } => unreachable!("test readings are seen"),
+        }
+    }
+
+    #[test]
+    fn extreme_seqs_across_boots_never_overflow_the_gap_count() {
+        // The stream: seq 1 and 2^64-1 on boot A, then 1 and 100 on
+        // boot B. Before, `seq_gaps += …` overflowed (a panic in debug).
+        let mut w = reading(Duration::from_secs(1), Moment::ZERO);
+        let SensorWitness::Seen(r) = &mut w else {
+            unreachable!()
+        };
+        r.boot_id = "A".into();
+        let run = NovaComputeProcess::Running;
+        r.absorb(heard("A", "", u64::MAX, run), Moment::from_secs(1));
+        assert_eq!(
+            r.absorb(heard("B", "", 1, run), Moment::from_secs(2)),
+            Absorbed::Rebooted
+        );
+        assert_eq!(
+            r.absorb(heard("B", "", 100, run), Moment::from_secs(3)),
+            Absorbed::Newer
+        );
+        assert_eq!(r.seq_gaps, u64::MAX, "saturated, not wrapped");
+        assert_eq!(
+            r.absorb(heard("B", "", u64::MAX, run), Moment::from_secs(4)),
+            Absorbed::Newer
+        );
+        assert_eq!(r.seq_gaps, u64::MAX);
+    }
+
+    #[test]
+    fn a_restarted_sensor_on_the_same_boot_is_heard_at_once() {
+        let mut w = reading(Duration::from_secs(1), Moment::ZERO);
+        let SensorWitness::Seen(r) = &mut w else {
+            unreachable!()
+        };
+        r.boot_id = "A".into();
+        let run = NovaComputeProcess::Running;
+        let hung = NovaComputeProcess::Blocked {
+            blocked_for: Duration::from_secs(5),
+        };
+        r.absorb(heard("A", "run-1", u64::MAX, run), Moment::from_secs(1));
+        let k = r.absorb(heard("A", "run-2", 1, hung), Moment::from_secs(2));
+        assert_eq!(k, Absorbed::SensorRestarted);
+        assert_eq!(
+            seen(&w).signals.nova_compute,
+            hung,
+            "the new run's signals are taken"
+        );
+        assert_eq!(seen(&w).seq, 1);
+        assert_eq!(seen(&w).boot_changes, 0, "a sensor restart is not a reboot");
+    }
+
+    #[test]
+    fn without_an_instance_id_an_older_seq_keeps_the_newer_signals() {
+        let mut w = reading(Duration::from_secs(1), Moment::ZERO);
+        let SensorWitness::Seen(r) = &mut w else {
+            unreachable!()
+        };
+        r.boot_id = "A".into();
+        let run = NovaComputeProcess::Running;
+        let gone = NovaComputeProcess::Gone;
+        r.absorb(heard("A", "", 10, run), Moment::from_secs(1));
+        assert_eq!(
+            r.absorb(heard("A", "", 5, gone), Moment::from_secs(2)),
+            Absorbed::Older
+        );
+        assert_eq!(r.signals.nova_compute, run);
+        assert_eq!(
+            r.last_heartbeat_at,
+            Moment::from_secs(2),
+            "still proves it is alive"
+        );
+        // The same instance resending after a reconnect is ordered by seq too.
+        r.absorb(heard("A", "run-1", 11, run), Moment::from_secs(3));
+        assert_eq!(
+            r.absorb(heard("A", "run-1", 7, gone), Moment::from_secs(4)),
+            Absorbed::Older
+        );
+        assert_eq!(r.signals.nova_compute, run);
+    }
+
+    #[test]
+    fn a_declared_interval_under_the_cap_still_counts() {
+        let p = Policy::default();
+        let slow = reading(Duration::from_secs(2), Moment::ZERO);
+        assert!(!slow.is_silent(&p, Moment::from_secs(5)));
+        assert!(slow.is_silent(&p, Moment::from_secs(7)));
     }
 }

@@ -23,9 +23,9 @@ pub mod verdict;
 
 pub use decide::{evaluate, Assessment, Opinion, Opinions, Veto, VetoRule};
 pub use evidence::{
-    BlockedTask, DeciderView, DeviceStall, Evidence, InstanceActivity, NovaComputeProcess,
-    NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, ProbeMode, SensorReading,
-    SensorWitness, ServiceState, Signals,
+    Absorbed, BlockedTask, DeciderView, DeviceStall, Evidence, Heard, InstanceActivity,
+    NovaComputeProcess, NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, ProbeMode,
+    SensorReading, SensorWitness, ServiceState, Signals,
 };
 pub use machine::{IllegalTransition, NodeTracker, VerdictChange, WorkflowStep};
 pub use policy::{Policy, PolicyError, WitnessKind};

@@ -60,6 +60,11 @@ pub struct SensorPolicy {
     #[serde(with = "serde_duration")]
     pub silent_after: Duration,
     pub missed_heartbeats: u32,
+    /// The longest heartbeat interval a sensor may declare and have it
+    /// count: a longer declared interval is judged as this one, so silence
+    /// is noticed after at most `missed_heartbeats` × this.
+    #[serde(with = "serde_duration")]
+    pub max_interval: Duration,
 }
 
 impl Default for SensorPolicy {
@@ -70,6 +75,9 @@ impl Default for SensorPolicy {
             // the Nova window (12 s) that gates `dead` anyway.
             silent_after: Duration::from_secs(3),
             missed_heartbeats: 3,
+            // 5 s: five times the sensor's default, so a slower configured
+            // sensor still works; silence is then seen within 15 s at worst.
+            max_interval: Duration::from_secs(5),
         }
     }
 }
@@ -302,6 +310,7 @@ impl Policy {
         }
         let durations = [
             ("sensor.silent_after", self.sensor.silent_after),
+            ("sensor.max_interval", self.sensor.max_interval),
             ("nova.report_interval", self.nova.report_interval),
             ("nova.poll_stale_after", self.nova.poll_stale_after),
             ("ping.probe_stale_after", self.ping.probe_stale_after),

@@ -54,6 +54,7 @@ fn node() -> Ev {
                 last_heartbeat_at: ago(400),
                 interval: Duration::from_secs(1),
                 boot_id: "boot-a".into(),
+                instance: "sensor-run-1".into(),
                 seq: 812,
                 seq_gaps: 0,
                 boot_changes: 0,

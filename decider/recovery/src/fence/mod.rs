@@ -142,13 +142,14 @@ pub enum FenceConfigError {
         "node {node} has no fence levels; add it to [recovery.fencing] before Vigil may act on it"
     )]
     NoLevels { node: String },
-    /// A credential could not be read.
-    #[error("node {node}, level {level}: credential")]
+    /// A credential could not be read. The cause is part of the message
+    /// (which file or variable, and what to do), not only a source: the
+    /// decider prints this error on one line at start.
+    #[error("node {node}, level {level}: credential: {cause}")]
     Secret {
         node: String,
         level: usize,
-        #[source]
-        source: SecretError,
+        cause: SecretError,
     },
     /// The HTTP client for a Redfish level could not be built.
     #[error("node {node}, level {level}: cannot build the HTTP client")]
@@ -198,10 +199,10 @@ pub fn levels_for(
     }
     let mut out = Vec::with_capacity(levels.len());
     for (i, level) in levels.iter().enumerate() {
-        let secret_err = |source| FenceConfigError::Secret {
+        let secret_err = |cause| FenceConfigError::Secret {
             node: node.into(),
             level: i,
-            source,
+            cause,
         };
         let (fencer, storage_fence): (Arc<dyn Fencer>, bool) = match level {
             LevelConfig::Redfish(c) => {
