@@ -14,6 +14,18 @@ pub fn workspace_root() -> PathBuf {
 /// the tests (`cargo xtask test` builds them first). Panics with the command
 /// to run when it is missing, because every caller is a test.
 pub fn bin(name: &str) -> PathBuf {
+    let path = target_bin(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first: `cargo build --bin {name}` (cargo xtask test does this)",
+        path.display()
+    );
+    path
+}
+
+/// Where `cargo build` puts a workspace binary in the tests' profile,
+/// whether or not it is there.
+pub fn target_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -22,11 +34,5 @@ pub fn bin(name: &str) -> PathBuf {
     } else {
         "release"
     };
-    let path = target.join(profile).join(name);
-    assert!(
-        path.exists(),
-        "{} not found; build it first: `cargo build --bin {name}` (cargo xtask test does this)",
-        path.display()
-    );
-    path
+    target.join(profile).join(name)
 }

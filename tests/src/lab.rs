@@ -284,7 +284,15 @@ impl Lab {
             .unwrap_or(DEFAULT_NODES);
         let started = Instant::now();
         // `up` prints progress on stderr; keep it for the error message only.
-        run(&script, &["up", "--nodes", &nodes.to_string()])?;
+        // The lab runs this checkout's sensor (several checkouts may share
+        // one lab; `up` swaps a running sensor for the one named here).
+        let sensor = crate::bins::target_bin("vigil-sensor");
+        let mut up = Command::new(&script);
+        up.args(["up", "--nodes", &nodes.to_string()]);
+        if sensor.exists() && std::env::var_os("VIGIL_SENSOR_BIN").is_none() {
+            up.env("VIGIL_SENSOR_BIN", &sensor);
+        }
+        run_cmd(&mut up, &format!("up --nodes {nodes}"))?;
         eprintln!("lab: up (or checked) in {:.1?}", started.elapsed());
         let info = read_info(&lab_dir())?;
         let lab = Lab {
@@ -884,17 +892,19 @@ pub fn proc_state(pid: i32) -> Option<char> {
 /// Runs the lab script; a failure says which command failed, its exit status
 /// and the end of what it printed on stderr.
 fn run(script: &Path, args: &[&str]) -> Result<Output> {
-    let out = Command::new(script)
-        .args(args)
+    run_cmd(Command::new(script).args(args), &args.join(" "))
+}
+
+fn run_cmd(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = cmd
         .output()
-        .with_context(|| format!("running {} {}", script.display(), args.join(" ")))?;
+        .with_context(|| format!("running tests/lab/lab {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!(
-            "`tests/lab/lab {}` failed ({}):\n{}",
-            args.join(" "),
+            "`tests/lab/lab {what}` failed ({}):\n{}",
             out.status,
             tail.join("\n")
         );

@@ -296,8 +296,19 @@ def cmd_up(args):
                               "`lab down` first")
         problems = is_up(cfg)
         if not problems:
-            # Converge to what was asked: `up --sensors` on a lab up without
-            # them starts them (and keeps them across power cycles).
+            # Converge to what was asked: a sensor binary named by
+            # VIGIL_SENSOR_BIN replaces the one running (several checkouts
+            # share one lab: each tests its own sensor), and `up --sensors`
+            # on a lab up without them starts them (kept across power cycles).
+            given = os.environ.get("VIGIL_SENSOR_BIN")
+            if given and str(Path(given).resolve()) != cfg.get("sensor_bin"):
+                cfg["sensor_bin"] = str(Path(given).resolve())
+                lc.write_json(lc.CONFIG_JSON, cfg)
+                for node in nodes_of(cfg):
+                    if faults._proc(node, "sensor"):
+                        power.request(node, "stop sensor")
+                        power.wait_proc(node, "sensor", running=False, deadline_s=20)
+                        start_sensor(node)
             want = [node for node in nodes_of(cfg)
                     if args.sensors and not faults._proc(node, "sensor")]
             for node in want:
