@@ -18,8 +18,8 @@ use tracing::{debug, error, info, warn};
 use vigil_proto::v1;
 use vigil_verdict::{
     counts_as_down, evaluate, Absorbed, Assessment, DeciderView, Heard, IllegalTransition, Moment,
-    NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, Policy, SensorReading,
-    SensorWitness, ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
+    NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, Policy, ProbeMode,
+    SensorReading, SensorWitness, ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -751,12 +751,8 @@ impl Engine {
                     touched.insert(node.clone());
                 }
             }
-            self.metrics.record_ping(
-                r.node.as_deref().unwrap_or(""),
-                &r.address,
-                role_label,
-                r.rtt,
-            );
+            self.metrics
+                .record_ping(r.node.as_deref().unwrap_or(""), role_label, r.rtt);
         }
         for node in touched {
             if let Some(n) = self.node(&node) {
@@ -808,11 +804,15 @@ impl Engine {
             {
                 self.announce_dead(&st, now);
             }
-            let age = match &st.evidence.sensor {
-                SensorWitness::Seen(r) => Some(now.since(r.last_heartbeat_at)),
-                SensorWitness::NeverSeen { .. } => None,
+            let (age, procfs) = match &st.evidence.sensor {
+                SensorWitness::Seen(r) => (
+                    Some(now.since(r.last_heartbeat_at)),
+                    Some(r.signals.mode == ProbeMode::Procfs),
+                ),
+                SensorWitness::NeverSeen { .. } => (None, None),
             };
             self.metrics.set_heartbeat_age(&st.name, age);
+            self.metrics.set_sensor_procfs(&st.name, procfs);
         }
         self.apply_storm_guard(&nodes, &segments, now);
         self.publish_plan(&nodes);

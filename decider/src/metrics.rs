@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +27,18 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Per node and address role (`host`, `instance`), never per address: a
+/// cloud's tenant addresses come and go, and a series per address would
+/// grow without bound and outlive the address.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PingLabels {
     pub node: String,
-    pub address: String,
     pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
 }
 
 /// Why a sensor message or stream was turned away.
@@ -81,6 +88,11 @@ pub struct Metrics {
     ping_lost: Family<PingLabels, Counter>,
     pub nova_poll_seconds: Histogram,
     pub nova_poll_errors: Counter,
+    /// 1 after a Nova poll that answered, 0 after one that failed: what an
+    /// alert on "the decider cannot see Nova" reads.
+    pub nova_reachable: Gauge,
+    /// 1 per node whose sensor runs its `/proc` fallback (no eBPF).
+    sensor_procfs: Family<NodeLabels, Gauge>,
     pub storm_guard_active: Gauge,
     /// How long one tick (every node re-judged) takes: it grows with the
     /// node count and delays every heartbeat's ack queued behind it.
@@ -146,6 +158,29 @@ impl Metrics {
             "Nova polls that failed",
             nova_poll_errors.clone(),
         );
+        let nova_reachable = Gauge::default();
+        registry.register(
+            "nova_reachable",
+            "1 if the latest Nova os-services poll answered, 0 if it failed",
+            nova_reachable.clone(),
+        );
+        let sensor_procfs = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "sensor_procfs",
+            "1 while the node's sensor runs its /proc fallback instead of eBPF (coarser signals)",
+            sensor_procfs.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the decider's version in the label",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
         let storm_guard_active = Gauge::default();
         registry.register(
             "storm_guard_active",
@@ -190,6 +225,8 @@ impl Metrics {
             ping_lost,
             nova_poll_seconds,
             nova_poll_errors,
+            nova_reachable,
+            sensor_procfs,
             storm_guard_active,
             engine_tick_seconds,
         }
@@ -228,10 +265,25 @@ impl Metrics {
         }
     }
 
-    pub fn record_ping(&self, node: &str, address: &IpAddr, role: &str, rtt: Option<Duration>) {
+    /// Whether the node's sensor runs in procfs mode (None: not heard
+    /// from, no series).
+    pub fn set_sensor_procfs(&self, node: &str, procfs: Option<bool>) {
+        let labels = NodeLabels {
+            node: node.to_string(),
+        };
+        match procfs {
+            Some(p) => {
+                self.sensor_procfs.get_or_create(&labels).set(i64::from(p));
+            }
+            None => {
+                self.sensor_procfs.remove(&labels);
+            }
+        }
+    }
+
+    pub fn record_ping(&self, node: &str, role: &str, rtt: Option<Duration>) {
         let labels = PingLabels {
             node: node.to_string(),
-            address: address.to_string(),
             role: role.to_string(),
         };
         self.ping_probes.get_or_create(&labels).inc();
@@ -269,6 +321,38 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The Prometheus text format 0.0.4, for scrapers that do not ask for
+    /// OpenMetrics (promtool, older Prometheus, most agents).
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+}
+
+/// OpenMetrics names a counter family `x` and its sample `x_total`; the
+/// 0.0.4 text format wants `x_total` in HELP and TYPE too (else "no help
+/// text"), and has no `# UNIT` or `# EOF`.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
@@ -280,16 +364,32 @@ pub async fn serve(
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
             async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.render(),
-                )
+                // Content negotiation as Prometheus does it: OpenMetrics when
+                // asked for, the 0.0.4 text format otherwise.
+                let wants_om = headers
+                    .get(axum::http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                if wants_om {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                } else {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.render_text(),
+                    )
+                }
             }
         }),
     );
@@ -304,4 +404,22 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding the metrics port {addr} (set metrics.listen or --metrics-listen)")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_names_counters_with_their_total_suffix() {
+        let m = Metrics::new();
+        m.heartbeats.inc();
+        let t = m.render_text();
+        assert!(t.contains("# HELP vigil_heartbeats_total "), "{t}");
+        assert!(t.contains("# TYPE vigil_heartbeats_total counter"), "{t}");
+        assert!(t.contains("\nvigil_heartbeats_total 1\n"), "{t}");
+        assert!(t.contains("# TYPE vigil_recovery_active gauge"), "{t}");
+        assert!(!t.contains("# EOF"), "{t}");
+        assert!(m.render().ends_with("# EOF\n"));
+    }
 }

@@ -80,6 +80,7 @@ pub async fn run(
                 metrics.nova_poll_seconds.observe(started.elapsed().as_secs_f64());
                 match &result {
                     Ok(list) => {
+                        metrics.nova_reachable.set(1);
                         let new: BTreeSet<String> = list.iter().map(|s| s.host.clone()).collect();
                         for h in new.difference(&hosts) {
                             debug!(host = %h, "new compute host in Nova; listing its instances");
@@ -89,6 +90,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         metrics.nova_poll_errors.inc();
+                        metrics.nova_reachable.set(0);
                         debug!(error = %e, "Nova poll failed");
                     }
                 }

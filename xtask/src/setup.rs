@@ -27,6 +27,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "fusepy's stalled-disk rig (FUSE-backed loop device)",
     ),
     ("fuse3", "fusermount for the stalled-disk rig"),
+    (
+        "prometheus",
+        "promtool: checks the shipped alert rules and a real /metrics scrape",
+    ),
 ];
 
 /// PyPI packages for the system python (the lab has its own venv).
