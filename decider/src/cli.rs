@@ -139,12 +139,41 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The decider's gRPC address.
+    /// The decider's gRPC address (https:// for TLS).
     #[arg(long, env = "VIGIL_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// File holding the read (or operator) token, sent as
+    /// `authorization: Bearer <token>`; needed when the decider sets
+    /// server.read_token_file.
+    #[arg(long, env = "VIGIL_CLIENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the decider's certificate (https://).
+    /// Default: the system's CA store.
+    #[arg(long, env = "VIGIL_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), when the decider requires mutual TLS.
+    #[arg(
+        long,
+        env = "VIGIL_CERT_FILE",
+        value_name = "PATH",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(
+        long,
+        env = "VIGIL_KEY_FILE",
+        value_name = "PATH",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Send --token-file's token over plain http:// to a non-loopback
+    /// address (refused otherwise).
+    #[arg(long, env = "VIGIL_ALLOW_PLAINTEXT_TOKEN")]
+    pub allow_plaintext_token: bool,
 }
 
 /// Exit codes: 0 fine, 1 runtime failure, 2 bad configuration or usage.
@@ -348,19 +377,58 @@ pub fn init_tracing(format: LogFormat, filter: &str) {
     };
 }
 
-async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| {
-            format!("{server:?} is not a URL; pass e.g. --server http://198.51.100.1:50051")
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10));
+/// The bearer token a client puts on every call, if any.
+#[derive(Clone, Default)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Auth {
+    /// `message` as a request carrying the token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        r
+    }
+}
+
+pub(crate) async fn connect(
+    c: &ClientArgs,
+) -> anyhow::Result<(OperatorClient<tonic::transport::Channel>, Auth)> {
+    let server = &c.server;
+    let auth = match &c.token_file {
+        None => Auth::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?;
+            let value = format!("Bearer {}", text.trim()).parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--token-file {}: the token is not a valid header value (one line of ASCII)",
+                    p.display()
+                )
+            })?;
+            Auth(Some(value))
+        }
+    };
+    let tls = vigil_proto::connect::ClientTls {
+        ca_file: c.ca_file.clone(),
+        cert_file: c.cert_file.clone(),
+        key_file: c.key_file.clone(),
+    };
+    let endpoint =
+        vigil_proto::connect::endpoint(server, &tls, auth.0.is_some(), c.allow_plaintext_token)
+            .with_context(|| format!("--server {server}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10));
     let channel = endpoint.connect().await.with_context(|| {
-        format!("connecting to the decider at {server} (is `vigil-decider serve` running there?)")
+        format!("connecting to the decider at {server} (is `vigil-decider serve` running there? https:// needs the decider's TLS and, for mutual TLS, --cert-file/--key-file)")
     })?;
     // Deciders before ListNodes paging sent the whole fleet in one answer,
     // beyond tonic's 4 MiB default.
-    Ok(OperatorClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok((
+        OperatorClient::new(channel).max_decoding_message_size(64 << 20),
+        auth,
+    ))
 }
 
 fn parse_verdict(s: &str) -> Result<v1::Verdict, String> {
@@ -375,17 +443,18 @@ fn parse_verdict(s: &str) -> Result<v1::Verdict, String> {
 /// page after page at the server's default page size.
 pub async fn list_all_nodes(
     client: &mut OperatorClient<tonic::transport::Channel>,
+    auth: &Auth,
     verdict: v1::Verdict,
 ) -> Result<Vec<v1::Node>, tonic::Status> {
     let mut nodes = Vec::new();
     let mut page_token = String::new();
     loop {
         let page = client
-            .list_nodes(v1::ListNodesRequest {
+            .list_nodes(auth.request(v1::ListNodesRequest {
                 page_size: 0,
                 page_token: std::mem::take(&mut page_token),
                 verdict: verdict as i32,
-            })
+            }))
             .await?
             .into_inner();
         nodes.extend(page.nodes);
@@ -397,10 +466,14 @@ pub async fn list_all_nodes(
 }
 
 async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&c.server).await?;
-    let list = list_all_nodes(&mut client, verdict.unwrap_or(v1::Verdict::Unspecified))
-        .await
-        .map_err(|s| anyhow::anyhow!("ListNodes: {}", s.message()))?;
+    let (mut client, auth) = connect(c).await?;
+    let list = list_all_nodes(
+        &mut client,
+        &auth,
+        verdict.unwrap_or(v1::Verdict::Unspecified),
+    )
+    .await
+    .map_err(|s| anyhow::anyhow!("ListNodes: {}", s.message()))?;
     if c.json {
         let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
         println!(
@@ -414,11 +487,11 @@ async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<(
 }
 
 async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&c.server).await?;
+    let (mut client, auth) = connect(c).await?;
     let n = client
-        .get_node(v1::GetNodeRequest {
+        .get_node(auth.request(v1::GetNodeRequest {
             name: name.to_string(),
-        })
+        }))
         .await
         .map_err(|s| anyhow::anyhow!("GetNode {name}: {}", s.message()))?
         .into_inner();
@@ -434,11 +507,11 @@ async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
 }
 
 async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&c.server).await?;
+    let (mut client, auth) = connect(c).await?;
     let mut stream = client
-        .watch_verdicts(v1::WatchVerdictsRequest {
+        .watch_verdicts(auth.request(v1::WatchVerdictsRequest {
             node: node.unwrap_or_default(),
-        })
+        }))
         .await
         .context("WatchVerdicts")?
         .into_inner();

@@ -52,13 +52,20 @@ pub struct ServerConfig {
     /// A stream must send its first heartbeat within this time.
     #[serde(with = "serde_duration")]
     pub first_message_timeout: Duration,
-    /// TLS for the gRPC port; with `client_ca`, sensors must present a client
-    /// certificate signed by it (mutual TLS) in addition to their token.
+    /// TLS for the gRPC port; with `client_ca`, every client (sensors and
+    /// operators) must present a certificate signed by it (mutual TLS), and
+    /// sensors their token as well.
     pub tls: Option<TlsConfig>,
     /// File holding the operator token: the operator API's write calls
     /// (`ConfirmPowerOff`) need `authorization: Bearer <token>`. Unset, write
     /// calls are refused.
     pub operator_token_file: Option<PathBuf>,
+    /// File holding the token of the operator API's read calls (nodes,
+    /// verdicts, incidents: they show process names, cgroups, instance UUIDs
+    /// and Nova's errors). Set, reads need `authorization: Bearer <token>`
+    /// with this token or the operator token; unset, anyone who reaches the
+    /// port can read.
+    pub read_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +80,7 @@ impl Default for ServerConfig {
             first_message_timeout: Duration::from_secs(10),
             tls: None,
             operator_token_file: None,
+            read_token_file: None,
         }
     }
 }
@@ -83,6 +91,11 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: a sensor's certificate must name the node it streams
+    /// for, as a DNS name in its subject alternative names or as its CN; a
+    /// stolen token then needs the node's key as well.
+    #[serde(default)]
+    pub cert_names_node: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +354,8 @@ pub struct Tokens {
     pub enrolment: Option<Secret>,
     /// Bearer token of the operator API's write calls.
     pub operator: Option<Secret>,
+    /// Bearer token of the operator API's read calls (`None`: reads are open).
+    pub read: Option<Secret>,
 }
 
 impl Config {
@@ -475,6 +490,17 @@ impl Config {
         if let Some(path) = &self.server.operator_token_file {
             tokens.operator = Some(read_secret("server.operator_token_file", path)?);
         }
+        if let Some(path) = &self.server.read_token_file {
+            tokens.read = Some(read_secret("server.read_token_file", path)?);
+        }
+        if let Some(t) = &self.server.tls {
+            if t.cert_names_node && t.client_ca.is_none() {
+                return Err(invalid(
+                    "server.tls.cert_names_node",
+                    "needs server.tls.client_ca: without client certificates there is no name to check",
+                ));
+            }
+        }
         check_tokens_distinct(self, &tokens)?;
         if let Some(r) = &self.recovery {
             r.validate()?;
@@ -547,6 +573,13 @@ fn check_tokens_distinct(cfg: &Config, tokens: &Tokens) -> Result<(), ConfigErro
             "server.operator_token_file".to_string(),
             o,
             cfg.server.operator_token_file.clone(),
+        ));
+    }
+    if let Some(r) = &tokens.read {
+        holders.push((
+            "server.read_token_file".to_string(),
+            r,
+            cfg.server.read_token_file.clone(),
         ));
     }
     for (i, (key, secret, path)) in holders.iter().enumerate() {
@@ -828,6 +861,23 @@ secret = {{ file = "/etc/vigil/hook.key" }}
         c.server.operator_token_file = Some(copy.clone());
         let e = c.validate().expect_err("operator = sensor").to_string();
         assert!(e.contains("server.operator_token_file"), "{e}");
+
+        // A compute node's token must not read every node's processes.
+        let mut c = ok.clone();
+        c.server.read_token_file = Some(copy.clone());
+        let e = c.validate().expect_err("read = sensor").to_string();
+        assert!(e.contains("server.read_token_file"), "{e}");
+
+        let mut c = ok.clone();
+        c.server.tls = Some(TlsConfig {
+            // Readable files; their content is not looked at by validate.
+            cert: t1.clone(),
+            key: t2.clone(),
+            client_ca: None,
+            cert_names_node: true,
+        });
+        let e = c.validate().expect_err("names without mTLS").to_string();
+        assert!(e.contains("server.tls.cert_names_node"), "{e}");
 
         let mut c = ok.clone();
         c.enrolment.enabled = true;

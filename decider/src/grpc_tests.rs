@@ -462,7 +462,7 @@ async fn list_nodes_pages_through_every_node_once_in_name_order() {
     assert!(!clamped.next_page_token.is_empty());
 
     // What `vigil-decider nodes` does: every page, same as one walk above.
-    let all = crate::cli::list_all_nodes(&mut op, v1::Verdict::Unspecified)
+    let all = crate::cli::list_all_nodes(&mut op, &Default::default(), v1::Verdict::Unspecified)
         .await
         .expect("every page");
     assert_eq!(names(&all), expected);

@@ -31,6 +31,9 @@ use vigil_verdict::{
 pub struct Authenticator {
     nodes: HashMap<String, Secret>,
     enrolment: Option<Secret>,
+    /// `server.tls.cert_names_node`: the client certificate must name the
+    /// node as well.
+    cert_names_node: bool,
 }
 
 /// What a presented token proves.
@@ -47,6 +50,34 @@ impl Authenticator {
         Authenticator {
             nodes: tokens.nodes.iter().cloned().collect(),
             enrolment: tokens.enrolment.clone(),
+            cert_names_node: false,
+        }
+    }
+
+    /// Binds client certificates to nodes (`server.tls.cert_names_node`).
+    pub fn with_cert_names_node(mut self, on: bool) -> Self {
+        self.cert_names_node = on;
+        self
+    }
+
+    /// With certificates bound to nodes: the stream's client certificate
+    /// (the first of the chain rustls verified) must name `node`.
+    pub fn check_cert(&self, node: &str, certs: Option<&[Vec<u8>]>) -> Result<(), Status> {
+        if !self.cert_names_node {
+            return Ok(());
+        }
+        let Some(leaf) = certs.and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated(format!(
+                "node {node}: this decider binds client certificates to nodes and the stream presented none; give the sensor --cert-file/--key-file"
+            )));
+        };
+        if crate::cert_name::names_node(leaf, node) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "node {node}: the client certificate names {:?}, not {node}; issue the node a certificate with DNS name (SAN) or CN {node}",
+                crate::cert_name::names(leaf)
+            )))
         }
     }
 
@@ -259,6 +290,11 @@ impl SensorStream for HeartbeatService {
                 humantime::format_duration(Duration::from_secs(wait.as_secs().saturating_add(1)))
             )));
         }
+        // The certificate chain rustls verified, if the client sent one; its
+        // name is checked against the node once the first heartbeat names it.
+        let certs: Option<Vec<Vec<u8>>> = req
+            .peer_certs()
+            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
         let token = bearer(&req).inspect_err(|s| {
             self.metrics.reject(RejectReason::Unauthenticated);
             auth_failed(&self.throttle, peer, None, s.message());
@@ -283,6 +319,7 @@ impl SensorStream for HeartbeatService {
             inbound: req.into_inner(),
             out_tx,
             token,
+            certs,
             peer,
             stream_id,
             auth: self.auth.clone(),
@@ -302,6 +339,7 @@ struct StreamTask {
     inbound: Streaming<v1::SensorMessage>,
     out_tx: mpsc::Sender<Result<v1::DeciderMessage, Status>>,
     token: String,
+    certs: Option<Vec<Vec<u8>>>,
     peer: Option<std::net::IpAddr>,
     stream_id: u64,
     auth: Arc<Authenticator>,
@@ -321,6 +359,7 @@ impl StreamTask {
             mut inbound,
             out_tx,
             token,
+            certs,
             peer,
             stream_id,
             auth,
@@ -358,14 +397,19 @@ impl StreamTask {
             },
         };
         let node = first.node.clone();
-        let admission = match auth.admit(&node, &token) {
+        let admitted = match auth.admit(&node, &token) {
+            Ok(a) => Ok(a),
+            Err(s) if s.code() == Code::PermissionDenied => Err((s, RejectReason::UnknownNode)),
+            Err(s) => Err((s, RejectReason::Unauthenticated)),
+        }
+        .and_then(|a| {
+            auth.check_cert(&node, certs.as_deref())
+                .map(|()| a)
+                .map_err(|s| (s, RejectReason::Certificate))
+        });
+        let admission = match admitted {
             Ok(a) => a,
-            Err(s) => {
-                let reason = if s.code() == Code::PermissionDenied {
-                    RejectReason::UnknownNode
-                } else {
-                    RejectReason::Unauthenticated
-                };
+            Err((s, reason)) => {
                 metrics.reject(reason);
                 auth_failed(&throttle, peer, Some(&node), s.message());
                 return refuse(s).await;

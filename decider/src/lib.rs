@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth_throttle;
+pub mod cert_name;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -43,3 +44,5 @@ pub mod witness;
 mod grpc_tests;
 #[cfg(test)]
 mod recovery_tests;
+#[cfg(test)]
+mod tls_tests;

@@ -49,6 +49,9 @@ pub enum RejectReason {
     Invalid,
     Unauthenticated,
     UnknownNode,
+    /// The client certificate does not name the node (or is missing) while
+    /// `server.tls.cert_names_node` is on.
+    Certificate,
     /// Refused unchecked: the peer failed authentication too often lately.
     Throttled,
 }
@@ -61,6 +64,7 @@ impl RejectReason {
             RejectReason::Invalid => "invalid",
             RejectReason::Unauthenticated => "unauthenticated",
             RejectReason::UnknownNode => "unknown_node",
+            RejectReason::Certificate => "certificate",
             RejectReason::Throttled => "throttled",
         }
     }

@@ -27,6 +27,8 @@ pub struct OperatorService {
     recovery: Option<RecoveryHandle>,
     /// Bearer token of the write calls; `None` refuses them.
     operator_token: Option<Secret>,
+    /// Bearer token of the read calls; `None` leaves reads open.
+    read_token: Option<Secret>,
 }
 
 impl OperatorService {
@@ -39,6 +41,37 @@ impl OperatorService {
             engine,
             recovery,
             operator_token,
+            read_token: None,
+        }
+    }
+
+    /// Reads need this token (or the operator token) from now on.
+    pub fn with_read_token(mut self, token: Option<Secret>) -> Self {
+        self.read_token = token;
+        self
+    }
+
+    /// Read calls need `authorization: Bearer <read or operator token>` when
+    /// a read token is configured.
+    fn authorize_read<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(read) = &self.read_token else {
+            return Ok(());
+        };
+        let given = bearer(req).ok_or_else(|| {
+            Status::unauthenticated(
+                "reads need `authorization: Bearer <token>` on this decider (server.read_token_file); pass the CLI --token-file",
+            )
+        })?;
+        let mut ok = read.expose().as_bytes().ct_eq(given.as_bytes());
+        if let Some(op) = &self.operator_token {
+            ok |= op.expose().as_bytes().ct_eq(given.as_bytes());
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "read token not accepted; check the CLI --token-file against server.read_token_file",
+            ))
         }
     }
 
@@ -49,17 +82,12 @@ impl OperatorService {
                 "write calls are disabled: this decider has no operator token (set server.operator_token_file)",
             ));
         };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "write calls need the header `authorization: Bearer <operator token>`",
-                )
-            })?;
-        if bool::from(given.trim().as_bytes().ct_eq(expected.expose().as_bytes())) {
+        let given = bearer(req).ok_or_else(|| {
+            Status::unauthenticated(
+                "write calls need the header `authorization: Bearer <operator token>`",
+            )
+        })?;
+        if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
             Ok(())
         } else {
             Err(Status::unauthenticated("operator token not accepted"))
@@ -333,6 +361,15 @@ fn change_to_proto(c: &VerdictChanged) -> v1::VerdictChange {
     }
 }
 
+/// The token of `authorization: Bearer <token>`, trimmed.
+fn bearer<T>(req: &Request<T>) -> Option<&str> {
+    req.metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::VerdictChange, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -341,6 +378,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        self.authorize_read(&req)?;
         let req = req.into_inner();
         let size = page_size(req.page_size)?;
         let verdict = verdict_filter(req.verdict)?;
@@ -362,6 +400,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::Node>, Status> {
+        self.authorize_read(&req)?;
         let name = req.into_inner().name;
         let now = self.engine.clock.now();
         let node = self
@@ -389,6 +428,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::WatchVerdictsRequest>,
     ) -> Result<Response<Self::WatchVerdictsStream>, Status> {
+        self.authorize_read(&req)?;
         let filter = req.into_inner().node;
         let rx = self.engine.changes.subscribe();
         let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
@@ -411,6 +451,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::ListIncidentsRequest>,
     ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
+        self.authorize_read(&req)?;
         let r = self.recovery()?;
         let list = if req.into_inner().open_only {
             r.journal.open_incidents().await
@@ -427,6 +468,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::GetIncidentRequest>,
     ) -> Result<Response<v1::Incident>, Status> {
+        self.authorize_read(&req)?;
         let r = self.recovery()?;
         let id = req.into_inner().id;
         let d = r

@@ -64,6 +64,19 @@ impl Server {
         let grpc_addr = grpc
             .local_addr()
             .context("reading the gRPC port's address")?;
+        let mutual_tls = cfg
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        if grpc_addr.ip().is_unspecified() && tokens.read.is_none() && !mutual_tls {
+            // Reads show process names, cgroups, instance UUIDs and Nova's
+            // errors; say so rather than serve them to every network quietly.
+            warn!(
+                listen = %grpc_addr,
+                "the operator API's reads are open to every address that reaches this port: set server.read_token_file (or server.tls.client_ca), or server.listen to the management address"
+            );
+        }
         let metrics_listener = match cfg.metrics.enabled {
             true => Some(metrics::bind(cfg.metrics.listen).await?),
             false => None,
@@ -201,7 +214,10 @@ impl Server {
             });
         }
 
-        let auth = Arc::new(Authenticator::new(&tokens));
+        let auth = Arc::new(
+            Authenticator::new(&tokens)
+                .with_cert_names_node(cfg.server.tls.as_ref().is_some_and(|t| t.cert_names_node)),
+        );
         let hb = HeartbeatService::new(
             handle.clone(),
             auth,
@@ -210,7 +226,8 @@ impl Server {
             cfg.server.max_message_bytes,
             shutdown.clone(),
         );
-        let op = OperatorService::new(handle.clone(), recovery.clone(), tokens.operator.clone());
+        let op = OperatorService::new(handle.clone(), recovery.clone(), tokens.operator.clone())
+            .with_read_token(tokens.read.clone());
         // Reflection (v1 and v1alpha, so every grpcurl version works) and the
         // standard health service: `grpcurl -plaintext HOST:PORT list` needs
         // no .proto file.
@@ -316,8 +333,8 @@ fn tls_config(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::
     let identity = Identity::from_pem(read(&t.cert, "certificate")?, read(&t.key, "private key")?);
     let mut tls = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &t.client_ca {
-        // Mutual TLS: sensors must present a certificate signed by this CA,
-        // on top of their per-node token.
+        // Mutual TLS: every client must present a certificate signed by this
+        // CA; sensors their per-node token as well.
         tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
     }
     Ok(tls)

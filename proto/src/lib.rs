@@ -4,8 +4,12 @@
 //!   heartbeat stream (sensor → decider, acks and settings back).
 //! - [`v1::operator_server`] / [`v1::operator_client`]: nodes, verdicts with
 //!   their evidence, verdict changes, incidents.
+//! - [`connect`]: how clients reach a decider (TLS, client certificates, no
+//!   token in clear text to another host).
 //! - [`FILE_DESCRIPTOR_SET`]: for tonic-reflection, so `grpcurl` works with no
 //!   `.proto` at hand.
+
+pub mod connect;
 
 pub mod v1 {
     #![allow(

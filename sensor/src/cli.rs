@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sensor: sample every interval and stream heartbeats to the decider(s).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Take one snapshot and print it (no decider needed): the first command on a sick host.
     Probe(ProbeArgs),
     /// Measure the sensor's overhead on context switches (used by `cargo xtask bench sensor`).
@@ -107,6 +107,9 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Where the boot id is read from (once, at start); a change tells the decider the
     /// node rebooted. Tests point it elsewhere to make one kernel look like many hosts.
     #[arg(
@@ -161,6 +164,51 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// How the sensor reaches an https:// decider, and whether a token may go
+/// to an http:// one.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signed the decider's certificate, for https://
+    /// deciders. Default: the system's CA store.
+    #[arg(long, env = "VIGIL_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// This node's client certificate (PEM) for mutual TLS; its DNS name (SAN)
+    /// or CN is the node name when the decider binds certificates to nodes.
+    #[arg(
+        long,
+        env = "VIGIL_CERT_FILE",
+        value_name = "PATH",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(
+        long,
+        env = "VIGIL_KEY_FILE",
+        value_name = "PATH",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+
+    /// Send the token over plain http:// to a non-loopback decider (refused
+    /// otherwise: anyone on the path could stream as this node). For trusted
+    /// networks and labs only.
+    #[arg(long, env = "VIGIL_ALLOW_PLAINTEXT_TOKEN")]
+    pub allow_plaintext_token: bool,
+}
+
+impl TlsArgs {
+    pub fn client_tls(&self) -> vigil_proto::connect::ClientTls {
+        vigil_proto::connect::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -228,6 +276,7 @@ mod tests {
             "/vigil-lab/compute1",
             "--boot-id-path",
             "state/nodes/compute1/boot_id",
+            "--allow-plaintext-token",
         ])
         .expect("parse");
         let Command::Run(run) = cli.command else {
@@ -237,5 +286,45 @@ mod tests {
         assert_eq!(run.interval, Duration::from_secs(1));
         assert_eq!(run.blocked_threshold, Duration::from_secs(5));
         assert_eq!(run.watch.cgroup.as_deref(), Some("/vigil-lab/compute1"));
+        assert!(run.tls.allow_plaintext_token);
+    }
+
+    #[test]
+    fn tls_flags_parse_and_cert_needs_key() {
+        let cli = Cli::try_parse_from([
+            "vigil-sensor",
+            "run",
+            "--decider",
+            "https://decider:50051",
+            "--ca-file",
+            "ca.pem",
+            "--cert-file",
+            "node.pem",
+            "--key-file",
+            "node.key",
+        ])
+        .expect("parse");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run");
+        };
+        let tls = run.tls.client_tls();
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(
+            tls.key_file.as_deref(),
+            Some(std::path::Path::new("node.key"))
+        );
+        assert!(!run.tls.allow_plaintext_token);
+        let half = Cli::try_parse_from([
+            "vigil-sensor",
+            "run",
+            "--decider",
+            "https://decider:50051",
+            "--cert-file",
+            "node.pem",
+        ]);
+        assert!(
+            half.is_err(),
+            "--cert-file without --key-file must be refused"
+        );
     }
 }

@@ -37,7 +37,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .max_blocking_threads(2)
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(run::run(args, shutdown_signal()))
+            rt.block_on(run::run(*args, shutdown_signal()))
                 .context("vigil-sensor run")?;
             Ok(ExitCode::SUCCESS)
         }

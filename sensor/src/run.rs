@@ -37,9 +37,14 @@ pub enum RunError {
     /// `--nova-compute-match` is not a valid regex.
     #[error("--nova-compute-match is not a valid regex")]
     Regex(#[source] regex::Error),
-    /// A `--decider` value is not a URL tonic can connect to.
-    #[error("--decider {url} is not a valid URL (expected e.g. http://host:50051)")]
-    DeciderUrl { url: String },
+    /// A `--decider` value is not a URL tonic can connect to, or its TLS
+    /// options do not fit it (or a token would go out in clear text).
+    #[error("--decider {url}")]
+    DeciderUrl {
+        url: String,
+        #[source]
+        source: vigil_proto::connect::ConnectError,
+    },
     /// The token file could not be read.
     #[error("cannot read --token-file {path}")]
     Token {
@@ -114,11 +119,6 @@ pub fn prepare_watch(
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     // Validate everything before touching the kernel.
     let (open_opts, disc_cfg) = prepare_watch(&args.watch)?;
-    for url in &args.deciders {
-        if tonic::transport::Endpoint::from_shared(url.clone()).is_err() || !url.contains("://") {
-            return Err(RunError::DeciderUrl { url: url.clone() });
-        }
-    }
     let node = args
         .node
         .clone()
@@ -136,6 +136,16 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         ),
         None => None,
     };
+    let tls = args.tls.client_tls();
+    // Checked once here, so a bad URL, an unreadable certificate or a token
+    // headed for clear text stops the sensor at start, not in a retry loop.
+    for url in &args.deciders {
+        vigil_proto::connect::endpoint(url, &tls, token.is_some(), args.tls.allow_plaintext_token)
+            .map_err(|source| RunError::DeciderUrl {
+                url: url.clone(),
+                source,
+            })?;
+    }
     let boot_id = std::fs::read_to_string(&args.boot_id_path)
         .map_err(|source| RunError::BootId {
             path: args.boot_id_path.display().to_string(),
@@ -175,6 +185,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         let cfg = LinkConfig {
             url: url.clone(),
             token: token.clone(),
+            tls: tls.clone(),
+            allow_plaintext_token: args.tls.allow_plaintext_token,
             buffer: args.buffer.max(1),
             backoff_min: args.reconnect_min,
             backoff_max: args.reconnect_max,

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{metadata::MetadataValue, transport::Endpoint, Request};
+use tonic::{metadata::MetadataValue, Request};
 use vigil_proto::v1::{self, sensor_stream_client::SensorStreamClient};
 
 use crate::{backoff::Backoff, sampler::Tunables};
@@ -31,6 +31,10 @@ pub struct LinkConfig {
     pub url: String,
     /// Sent as `authorization: Bearer <token>`; never logged.
     pub token: Option<String>,
+    /// CA and client certificate for https:// deciders.
+    pub tls: vigil_proto::connect::ClientTls,
+    /// Send the token over http:// to a non-loopback address.
+    pub allow_plaintext_token: bool,
     /// Unacknowledged heartbeats kept while the decider is away.
     pub buffer: usize,
     pub backoff_min: Duration,
@@ -51,12 +55,12 @@ pub struct LinkStats {
 /// Why a connection attempt or session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The URL is not a valid endpoint.
-    #[error("invalid decider URL {url}")]
+    /// The URL is not a valid endpoint, or its TLS setup failed.
+    #[error("decider {url}")]
     Url {
         url: String,
         #[source]
-        source: tonic::transport::Error,
+        source: vigil_proto::connect::ConnectError,
     },
     /// The token contains characters not allowed in a header.
     #[error(
@@ -216,18 +220,23 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
 ) -> Result<SessionEnd, LinkError> {
-    let endpoint = Endpoint::from_shared(cfg.url.clone())
-        .map_err(|source| LinkError::Url {
-            url: cfg.url.clone(),
-            source,
-        })?
-        .connect_timeout(cfg.connect_timeout)
-        .tcp_nodelay(true)
-        // Detects a decider that vanished without closing the connection
-        // (power loss, partition) within about ten seconds.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
+    let endpoint = vigil_proto::connect::endpoint(
+        &cfg.url,
+        &cfg.tls,
+        cfg.token.is_some(),
+        cfg.allow_plaintext_token,
+    )
+    .map_err(|source| LinkError::Url {
+        url: cfg.url.clone(),
+        source,
+    })?
+    .connect_timeout(cfg.connect_timeout)
+    .tcp_nodelay(true)
+    // Detects a decider that vanished without closing the connection
+    // (power loss, partition) within about ten seconds.
+    .http2_keep_alive_interval(Duration::from_secs(5))
+    .keep_alive_timeout(Duration::from_secs(5))
+    .keep_alive_while_idle(true);
     let channel = tokio::select! {
         c = endpoint.connect() => c.map_err(|source| LinkError::Connect { url: cfg.url.clone(), source })?,
         _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),

@@ -5,9 +5,11 @@
 //!   prerequisite fails the test rather than skipping it.
 //! - [`bins`]: paths of the workspace's binaries (built by `cargo xtask test`
 //!   before the tests run).
+//! - [`certs`]: a throwaway CA and certificates for the TLS tests.
 //! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
 
 pub mod bins;
+pub mod certs;
 pub mod decider;
 pub mod lab;
 pub mod local_net;

@@ -65,6 +65,12 @@ class Supervisor:
             # nova-compute's own interpreter (see faults.py, hang).
             VIGIL_LAB_HANG_DIR=str(self.node.hang),
             PYTHONPATH=str(lc.NODES_DIR / "hang_hook"),
+            # The lab's decider listens on plain http:// on the lab bridge, so
+            # the sensor must be told explicitly that its token may go there in
+            # clear text (it refuses otherwise). An environment variable rather
+            # than --allow-plaintext-token: sensors built before the flag
+            # existed ignore it instead of refusing the command line.
+            VIGIL_ALLOW_PLAINTEXT_TOKEN="true",
         )
         return env
 
