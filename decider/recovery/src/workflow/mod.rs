@@ -21,6 +21,8 @@ mod evacuate;
 mod fence_step;
 pub mod guards;
 pub mod nova;
+pub mod picture;
+pub mod reset_gate;
 pub mod select;
 
 /// In-memory fakes of the workflow's edges, for this crate's tests and, with
@@ -908,6 +910,9 @@ impl<'a> Run<'a> {
                 started_at: None,
                 finished_at: None,
                 reason: None,
+                refused: 0,
+                evacuate_actions: None,
+                status_after: None,
             };
             self.put(&rec).await?;
             recs.push(rec);

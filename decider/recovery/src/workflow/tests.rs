@@ -310,17 +310,44 @@ async fn crash_after_every_journal_write_then_resume_fences_and_evacuates_once()
                 .expect("restart"),
         };
         assert_eq!(
-            out.status,
-            IncidentStatus::Completed,
-            "crash after write {n}: {:?}",
-            out.reason
-        );
-        assert_eq!(
             w.fencers[0].offs(),
             1,
             "crash after write {n}: exactly one fence"
         );
+        // A crash between journaling an evacuate call and its answer leaves
+        // the call's outcome unknown (it may sit in a stalled nova-api and
+        // land later): that server is never evacuated again, it pages.
+        let unknown: Vec<&InstanceRecord> = out
+            .instances
+            .iter()
+            .filter(|r| r.state == InstanceState::Failed)
+            .collect();
+        for r in &unknown {
+            assert!(
+                r.reason
+                    .as_deref()
+                    .is_some_and(|x| x.contains("Unaccounted")),
+                "crash after write {n}: {r:?}"
+            );
+            assert_eq!(w.nova.evacuate_calls(&r.server_id), 0);
+        }
+        if unknown.is_empty() {
+            assert_eq!(
+                out.status,
+                IncidentStatus::Completed,
+                "crash after write {n}: {:?}",
+                out.reason
+            );
+        } else {
+            assert_eq!(out.status, IncidentStatus::NeedsAttention);
+            for r in &unknown {
+                assert!(out.reason.as_deref().is_some_and(|x| x.contains(&r.name)));
+            }
+        }
         for id in ["a", "b", "e"] {
+            if unknown.iter().any(|r| r.server_id == id) {
+                continue;
+            }
             assert_eq!(
                 w.nova.evacuate_calls(id),
                 1,
