@@ -6,9 +6,11 @@
 //! - [`bins`]: paths of the workspace's binaries (built by `cargo xtask test`
 //!   before the tests run).
 //! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
+//! - [`stall`]: issue 17's stalled-Nova scenario (lab test and `xtask chaos`).
 
 pub mod bins;
 pub mod decider;
 pub mod lab;
+pub mod stall;
 pub mod tier;
 pub mod wait;

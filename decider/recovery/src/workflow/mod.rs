@@ -974,5 +974,7 @@ fn report(r: &InstanceRecord) -> InstanceReport {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         reason: r.reason.clone(),
+        status: r.status_after.clone(),
+        evacuate_actions: r.evacuate_actions,
     }
 }

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use super::fence_step::ConfirmedFence;
-use super::nova::{Microversion, ResetTo, ServerStatus};
+use super::nova::{Microversion, ResetTo};
 use super::picture::NovaState;
 
 /// How long Nova's word that an evacuation failed must hold before the server
@@ -102,6 +102,7 @@ fn reset_to(expected: &str, microversion: Microversion) -> ResetTo {
 
 #[cfg(test)]
 mod tests {
+    use super::super::nova::ServerStatus;
     use super::*;
 
     #[test]

@@ -744,3 +744,73 @@ async fn guards_storm_cooldown_and_one_incident_per_node() {
         Admission::Admit
     );
 }
+
+/// Issue 17: nova-api stalls right after the first evacuate POST and applies
+/// it when it wakes up. The lost answer is not a failure: Vigil waits for
+/// Nova's picture, never sends a second evacuate or a reset, and reports one
+/// evacuate action per server.
+#[tokio::test]
+async fn a_stalled_evacuate_that_lands_later_is_never_sent_twice() {
+    let w = World::new(&[Bmc::Works]);
+    w.nova.stall_next_evacuate("a", Some(20));
+    w.nova.stall_next_evacuate("b", Some(3));
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::Completed, "{:?}", out.reason);
+    for id in ["a", "b", "e"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate call for {id}");
+        assert_eq!(
+            w.nova.evacuate_actions(id),
+            1,
+            "one evacuate action for {id}"
+        );
+        let r = out
+            .instances
+            .iter()
+            .find(|r| r.server_id == id)
+            .expect("record");
+        assert_eq!(r.state, InstanceState::Evacuated);
+        assert_eq!(r.evacuate_actions, Some(1));
+        assert_eq!(r.status_after.as_deref(), Some("ACTIVE"));
+    }
+    assert_eq!(w.nova.calls_starting("reset_state"), 0);
+}
+
+/// A lost answer that Nova never applies is not retried either: at the
+/// deadline the incident pages, naming the server.
+#[tokio::test]
+async fn a_lost_evacuate_that_never_lands_pages_instead_of_retrying() {
+    let w = World::new(&[Bmc::Works]);
+    w.nova.stall_next_evacuate("a", None);
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::NeedsAttention);
+    let reason = out.reason.clone().unwrap_or_default();
+    assert!(reason.contains("vm-a"), "{reason}");
+    assert_eq!(w.nova.evacuate_calls("a"), 1);
+    assert_eq!(w.nova.evacuate_actions("a"), 0);
+    assert_eq!(w.nova.calls_starting("reset_state"), 0);
+    assert_eq!(state_of_id(&out, "b"), InstanceState::Evacuated);
+}
+
+/// Count in Nova: an evacuate action Vigil did not send stops that server.
+#[tokio::test]
+async fn an_evacuate_vigil_did_not_send_stops_the_server_and_pages() {
+    let w = World::new(&[Bmc::Works]);
+    w.nova.foreign_evacuate_action("b");
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    assert_eq!(out.status, IncidentStatus::NeedsAttention);
+    let reason = out.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("vm-b") && reason.contains("Vigil sent 0"),
+        "{reason}"
+    );
+    assert_eq!(w.nova.evacuate_calls("b"), 0);
+    assert_eq!(w.nova.evacuate_calls("a"), 1);
+}
+
+fn state_of_id(out: &Outcome, id: &str) -> InstanceState {
+    out.instances
+        .iter()
+        .find(|r| r.server_id == id)
+        .map(|r| r.state)
+        .expect("record")
+}
