@@ -139,7 +139,8 @@ pub fn run(lab: &Lab, sc: &Scenario) -> RunResult {
             falses += 1;
         }
         let named = status == "needs-attention" && reason.contains(&s.name);
-        if !(recovered && state == "evacuated") && !named {
+        let accounted = named || (recovered && state == "evacuated");
+        if !accounted {
             unexplained += 1;
         }
         ends.push(ServerEnd {

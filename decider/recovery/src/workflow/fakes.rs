@@ -87,6 +87,9 @@ pub struct NovaState {
     pub max: Microversion,
     /// The next `n` server reads fail with a transport error.
     pub flaky_reads: u32,
+    /// Reads of this server take this long in real time (a busy Nova), so a
+    /// server polled in a loop does not race through virtual time.
+    pub slow_reads: Option<(String, Duration)>,
 }
 
 pub struct FakeNova {
@@ -143,6 +146,7 @@ impl FakeNova {
                 aggregates: Vec::new(),
                 max: Microversion::new(2, 100),
                 flaky_reads: 0,
+                slow_reads: None,
             }),
             calls,
             clock,
@@ -357,60 +361,22 @@ impl NovaActions for FakeNova {
     }
 
     fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Server, NovaCallError>> {
-        let mut st = self.state.lock().expect("nova");
-        if st.flaky_reads > 0 {
-            st.flaky_reads -= 1;
-            return ok(Err(other("GET server")));
+        let slow = self
+            .state
+            .lock()
+            .expect("nova")
+            .slow_reads
+            .clone()
+            .filter(|(s, _)| s == id);
+        let v = self.server_now(id);
+        match slow {
+            Some((_, d)) => Box::pin(async move {
+                tokio::time::sleep(d).await;
+                v
+            }),
+            None => ok(v),
         }
-        let Some(fs) = st.servers.get_mut(id) else {
-            return ok(Err(NovaCallError::NotFound {
-                what: format!("server {id}"),
-            }));
-        };
-        if let Some((req, left)) = fs.queued.take() {
-            if left > 0 {
-                fs.queued = Some((req, left - 1));
-                return ok(Err(other("GET server (nova-api stalled)")));
-            }
-            let now = self.clock.now();
-            let services = st.services.clone();
-            let healthy = healthy_hosts(&services);
-            if let Some(fs) = st.servers.get_mut(id) {
-                let _ = apply_evacuate(fs, id, &req, now, &services, &healthy);
-            }
-            return ok(Err(other("GET server (nova-api waking up)")));
-        }
-        if fs.late_revert > 0 {
-            fs.late_revert -= 1;
-            if fs.late_revert == 0 {
-                fs.server.updated = Some(format!("reverted-{}", fs.actions.len()));
-                if fs.pending.take().is_some() {
-                    // The newer evacuation expected `rebuilding`: it fails.
-                    fs.server.task_state = None;
-                    fs.server.status = ServerStatus::Error;
-                    fs.server.fault = Some("UnexpectedTaskStateError (fake)".into());
-                    if let Some(m) = fs.migrations.last_mut() {
-                        m.status = "failed".into();
-                    }
-                }
-            }
-        }
-        if let Some(p) = &mut fs.pending {
-            if p.polls_left == 0 && !fs.never_lands {
-                fs.server.host = Some(p.dest.clone());
-                fs.server.status = p.lands_as.clone();
-                fs.server.task_state = None;
-                if let Some(m) = fs.migrations.last_mut() {
-                    m.status = "done".into();
-                }
-                fs.pending = None;
-            } else {
-                p.polls_left = p.polls_left.saturating_sub(1);
-            }
-        }
-        ok(Ok(fs.server.clone()))
     }
-
     fn evacuate<'a>(
         &'a self,
         id: &'a str,
@@ -856,4 +822,61 @@ fn apply_evacuate(
         polls_left: 1,
     });
     Ok(())
+}
+
+impl FakeNova {
+    fn server_now(&self, id: &str) -> Result<Server, NovaCallError> {
+        let mut st = self.state.lock().expect("nova");
+        if st.flaky_reads > 0 {
+            st.flaky_reads -= 1;
+            return Err(other("GET server"));
+        }
+        let Some(fs) = st.servers.get_mut(id) else {
+            return Err(NovaCallError::NotFound {
+                what: format!("server {id}"),
+            });
+        };
+        if let Some((req, left)) = fs.queued.take() {
+            if left > 0 {
+                fs.queued = Some((req, left - 1));
+                return Err(other("GET server (nova-api stalled)"));
+            }
+            let now = self.clock.now();
+            let services = st.services.clone();
+            let healthy = healthy_hosts(&services);
+            if let Some(fs) = st.servers.get_mut(id) {
+                let _ = apply_evacuate(fs, id, &req, now, &services, &healthy);
+            }
+            return Err(other("GET server (nova-api waking up)"));
+        }
+        if fs.late_revert > 0 {
+            fs.late_revert -= 1;
+            if fs.late_revert == 0 {
+                fs.server.updated = Some(format!("reverted-{}", fs.actions.len()));
+                if fs.pending.take().is_some() {
+                    // The newer evacuation expected `rebuilding`: it fails.
+                    fs.server.task_state = None;
+                    fs.server.status = ServerStatus::Error;
+                    fs.server.fault = Some("UnexpectedTaskStateError (fake)".into());
+                    if let Some(m) = fs.migrations.last_mut() {
+                        m.status = "failed".into();
+                    }
+                }
+            }
+        }
+        if let Some(p) = &mut fs.pending {
+            if p.polls_left == 0 && !fs.never_lands {
+                fs.server.host = Some(p.dest.clone());
+                fs.server.status = p.lands_as.clone();
+                fs.server.task_state = None;
+                if let Some(m) = fs.migrations.last_mut() {
+                    m.status = "done".into();
+                }
+                fs.pending = None;
+            } else {
+                p.polls_left = p.polls_left.saturating_sub(1);
+            }
+        }
+        Ok(fs.server.clone())
+    }
 }

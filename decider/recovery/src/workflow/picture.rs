@@ -243,6 +243,16 @@ mod tests {
         }
     }
 
+    /// (server, migrations, actions, sent, expected, state)
+    type Case<'a> = (
+        Option<ServerFacts>,
+        Vec<&'a str>,
+        u32,
+        u32,
+        &'a ServerStatus,
+        NovaState,
+    );
+
     /// Every combination Nova 2025.1 shows during an evacuation (task states
     /// and migration statuses as the lab's Nova writes them: the API sets
     /// `rebuilding` and records the action before it creates the migration
@@ -255,14 +265,7 @@ mod tests {
         let shutoff = ServerStatus::Shutoff;
         let landed = |h: &str| Landed { host: h.into() };
         // (server, migrations, actions, sent, expected, state)
-        let cases: Vec<(
-            Option<ServerFacts>,
-            Vec<&str>,
-            u32,
-            u32,
-            &ServerStatus,
-            NovaState,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             // Deleted, whatever else.
             (None, vec![], 0, 0, &active, Gone),
             (None, vec!["pre-migrating"], 1, 1, &active, Gone),

@@ -814,3 +814,37 @@ fn state_of_id(out: &Outcome, id: &str) -> InstanceState {
         .map(|r| r.state)
         .expect("record")
 }
+
+/// A slow server does not hold evacuation slots: with two slots and `a`
+/// never landing, `b`, `e` (and the rest) start long before `a` gives up.
+#[tokio::test]
+async fn a_free_slot_is_used_at_once_behind_a_slow_server() {
+    let mut w = World::new(&[Bmc::Works]);
+    w.settings.evacuation.concurrency = 2;
+    w.settings.evacuation.verify_deadline = Duration::from_secs(60);
+    w.nova.never_lands("a");
+    // Real time per read of `a`, so its polling loop cannot run virtual time
+    // out before the others' (real) journal writes.
+    w.nova.state.lock().expect("nova").slow_reads = Some(("a".into(), Duration::from_millis(5)));
+    let (out, _) = settle(w.run(Mode::Live).await).await;
+    let rec = |id: &str| {
+        out.instances
+            .iter()
+            .find(|r| r.server_id == id)
+            .cloned()
+            .expect("record")
+    };
+    let a_done = rec("a").finished_at.expect("a finished");
+    let e_start = rec("e").started_at.expect("e started");
+    assert!(
+        e_start < a_done,
+        "e started at {e_start:?}, only after a gave up at {a_done:?}"
+    );
+    assert_eq!(rec("e").state, InstanceState::Evacuated);
+    assert_eq!(rec("a").state, InstanceState::Failed);
+    // Reports keep the selection order.
+    let ids: Vec<&str> = out.instances.iter().map(|r| r.server_id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted);
+}
