@@ -618,6 +618,8 @@ pub fn incident_to_proto(d: &IncidentDetail) -> v1::Incident {
                 _ => 0,
             },
             error: i.reason.clone().unwrap_or_default(),
+            nova_status: i.status_after.clone().unwrap_or_default(),
+            evacuate_actions: i.evacuate_actions,
         })
         .collect();
     inc.evidence_json = d.evidence.to_string();

@@ -26,7 +26,7 @@ use vigil_proto::v1::sensor_stream_client::SensorStreamClient;
 use vigil_recovery::config::RecoveryConfig;
 use vigil_recovery::fence::FenceLevel;
 use vigil_recovery::journal::sqlite::SqliteJournal;
-use vigil_recovery::journal::{IncidentStatus, Journal, StepKind, StepOutcome};
+use vigil_recovery::journal::{IncidentStatus, InstanceState, Journal, StepKind, StepOutcome};
 use vigil_recovery::notify::Notifier;
 use vigil_recovery::workflow::fakes::{
     server, Bmc, CallLog, CrashingJournal, FakeClock, FakeFencer, FakeNotifier, FakeNova,
@@ -900,21 +900,47 @@ async fn a_decider_restarted_after_any_step_completes_with_one_fence_and_one_eva
 
         let s = w.start(Mode::Live, None).await;
         let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
-        wait_verdict(&s, "compute1", "recovered", Duration::from_secs(20)).await;
+        let end = until(
+            "compute1 recovered or needs-attention",
+            Duration::from_secs(20),
+            async || {
+                let v = verdict(&s, "compute1").await;
+                (v == "recovered" || v == "needs-attention").then_some(v)
+            },
+        )
+        .await;
         assert_eq!(w.fencer.offs(), 1, "budget {budget}: {:?}", w.calls());
-        for id in ["a", "b"] {
-            assert_eq!(
-                w.nova.evacuate_calls(id),
-                1,
-                "budget {budget}: evacuations of {id}: {:?}",
-                w.calls()
-            );
-        }
         let j = SqliteJournal::open(&w.journal_path()).expect("journal");
         let list = j.list(10).await.expect("list");
         assert_eq!(list.len(), 1, "budget {budget}: one incident: {list:?}");
-        assert_eq!(list[0].status, IncidentStatus::Completed);
         let d = j.get(&list[0].id).await.expect("incident");
+        // A crash between journaling an evacuate call and its answer leaves
+        // the call's outcome unknown: that server is never evacuated again
+        // and the incident pages (issue 17); every other one moves once.
+        for r in &d.instances {
+            let calls = w.nova.evacuate_calls(&r.server_id);
+            if r.state == InstanceState::Failed {
+                assert_eq!(calls, 0, "budget {budget}: {r:?} {:?}", w.calls());
+                assert!(
+                    r.reason
+                        .as_deref()
+                        .is_some_and(|x| x.contains("Unaccounted")),
+                    "budget {budget}: {r:?}"
+                );
+            } else {
+                assert_eq!(calls, 1, "budget {budget}: {r:?} {:?}", w.calls());
+            }
+        }
+        let failed = d.instances.iter().any(|r| r.state == InstanceState::Failed);
+        assert_eq!(
+            list[0].status,
+            if failed {
+                IncidentStatus::NeedsAttention
+            } else {
+                IncidentStatus::Completed
+            },
+            "budget {budget}: verdict {end}"
+        );
         assert!(d
             .steps
             .iter()

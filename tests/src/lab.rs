@@ -85,6 +85,18 @@ pub struct FaultReport {
     pub power: String,
 }
 
+/// What `lab fault freeze|thaw SERVICE --json` reports.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StallReport {
+    pub fault: String,
+    /// The service.
+    pub node: String,
+    pub did: Vec<String>,
+    pub began_unix_ms: i64,
+    /// How long it stays frozen.
+    pub seconds: Option<f64>,
+}
+
 /// A Nova server as `cloud servers --json` / `cloud boot --json` show it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Server {
@@ -441,6 +453,24 @@ impl Lab {
         let out = run(&self.script, &["fault", kind.as_str(), node, "--json"])?;
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("parsing `lab fault {} {node} --json`", kind.as_str()))
+    }
+
+    /// `lab fault freeze SERVICE --seconds N`: SIGSTOP a control-plane
+    /// service's whole process tree (e.g. `nova-api`, `nova-conductor`); a
+    /// detached helper SIGCONTs it after `for_` even if this process dies.
+    pub fn freeze(&self, service: &str, for_: Duration) -> Result<StallReport> {
+        let secs = format!("{:.3}", for_.as_secs_f64());
+        let out = run(
+            &self.script,
+            &["fault", "freeze", service, "--seconds", &secs, "--json"],
+        )?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing `lab fault freeze {service} --json`"))
+    }
+
+    /// `lab fault thaw SERVICE`: SIGCONT it now.
+    pub fn thaw(&self, service: &str) -> Result<()> {
+        run(&self.script, &["fault", "thaw", service]).map(|_| ())
     }
 
     /// Undo every fault on these nodes and wait until their nova-compute

@@ -7,11 +7,14 @@
 //!   before the tests run).
 //! - [`certs`]: a throwaway CA and certificates for the TLS tests.
 //! - [`wait`]: wait on a condition with a deadline, never sleep-and-hope.
+//! - [`local_net`]: what this machine's socket table says (never a connect).
+//! - [`stall`]: issue 17's stalled-Nova scenario (lab test and `xtask chaos`).
 
 pub mod bins;
 pub mod certs;
 pub mod decider;
 pub mod lab;
 pub mod local_net;
+pub mod stall;
 pub mod tier;
 pub mod wait;

@@ -2,6 +2,7 @@
 //! lab, demo, benchmarks). Each subcommand lives in its own module.
 
 mod bench;
+mod chaos;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench"
+    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench, chaos"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +66,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Stalled-Nova scenarios, repeated (root, lab): `nova-api-freeze` or
+    /// `nova-conductor-freeze`, `--seconds N --servers N --repeat N`.
+    Chaos {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +95,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Lab { args } => lab::run(&args),
         Command::Demo { args } => demo::run(&args),
         Command::Bench { args } => bench::run(&args),
+        Command::Chaos { args } => chaos::run(&args),
     }
 }
 

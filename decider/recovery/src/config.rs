@@ -280,6 +280,12 @@ pub struct EvacuationPolicy {
     /// How often a moving instance is polled. Default 2 s.
     #[serde(with = "duration_text")]
     pub poll_interval: Duration,
+    /// How long a landed instance must stay as it must be (same host and
+    /// status, no task, its migration done, Nova's record unchanged) before it
+    /// counts as recovered. A queued second evacuation once showed a short
+    /// ACTIVE between two rebuilds (issue 17). Default 5 s.
+    #[serde(with = "duration_text")]
+    pub verify_settle: Duration,
     pub destination: DestinationPolicy,
     /// Microversion for servers that must come back running; capped at 2.94
     /// because from 2.95 Nova leaves evacuated servers stopped.
@@ -300,6 +306,7 @@ impl Default for EvacuationPolicy {
             max_attempts: 3,
             verify_deadline: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
+            verify_settle: Duration::from_secs(5),
             destination: DestinationPolicy::Scheduler,
             run_microversion: Microversion::LAST_RUNNING_EVACUATE,
             stopped_microversion: Microversion::STOPPED_EVACUATE,

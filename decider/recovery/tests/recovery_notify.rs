@@ -59,6 +59,8 @@ fn finished() -> Message {
         took_secs: Some(11.5),
         state: "evacuated".into(),
         reason: None,
+        status: Some("ACTIVE".into()),
+        evacuate_actions: Some(1),
     };
     Message::EvacuationFinished {
         incident: IncidentId("inc-1".into()),

@@ -148,7 +148,7 @@ pub fn incident_text(d: &IncidentDetail) -> String {
         let _ = writeln!(s, "node recovered (new boot id) at {t}");
     }
     let _ = writeln!(s, "\ninstances:");
-    s.push_str("  SERVER                                NAME                 BEFORE   FROM           TO              TRY  STATE       TOOK/REASON\n");
+    s.push_str("  SERVER                                NAME                 BEFORE   FROM           TO              TRY  NOVA      EVAC  STATE       TOOK/REASON\n");
     for r in &d.instances {
         let took = match (r.started_at, r.finished_at) {
             (Some(a), Some(b)) => format!("{:.1}s", b.since(a).as_secs_f64()),
@@ -160,13 +160,16 @@ pub fn incident_text(d: &IncidentDetail) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  {:<36}  {:<20} {:<8} {:<14} {:<14} {:>4}  {:<11} {} {}",
+            "  {:<36}  {:<20} {:<8} {:<14} {:<14} {:>4}  {:<9} {:>4}  {:<11} {} {}",
             r.server_id,
             r.name,
             r.status_before,
             r.from_host,
             r.to_host.as_deref().unwrap_or("-"),
             r.attempts,
+            r.status_after.as_deref().unwrap_or("-"),
+            r.evacuate_actions
+                .map_or_else(|| "-".to_string(), |n| n.to_string()),
             state,
             took,
             r.reason.as_deref().unwrap_or("")

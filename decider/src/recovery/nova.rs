@@ -66,6 +66,17 @@ fn call_err(what: &str, e: NovaError) -> wf::NovaCallError {
         wf::NovaCallError::NotFound {
             what: what.to_string(),
         }
+    } else if matches!(
+        e,
+        NovaError::Unreachable {
+            outcome_unknown: true,
+            ..
+        }
+    ) {
+        wf::NovaCallError::MaybeApplied {
+            what: what.to_string(),
+            source: Box::new(e),
+        }
     } else if let Some(status) = e.status() {
         wf::NovaCallError::Rejected {
             what: what.to_string(),

@@ -7,6 +7,10 @@
   fault KIND NODE [--json]  power-off power-on kill-nova-compute hang-nova-compute
                             unhang-nova-compute mgmt-link-down mgmt-link-up
                             kill-sensor isolate unisolate heal
+  fault freeze SERVICE --seconds N [--json]   SIGSTOP a control-plane service's whole
+                            process tree (nova-api, nova-conductor, nova-scheduler,
+                            placement, keystone); a detached helper SIGCONTs it after N s
+  fault thaw SERVICE [--json]                 SIGCONT it now
   boot N NODE [--json] [cloud boot options]         (delegates to `cloud boot`)
   servers [--json]                                  (delegates to `cloud servers`)
   delete-servers (--all | ID...)                    delete servers, wait until gone
@@ -46,6 +50,7 @@ from pathlib import Path
 
 import bmc
 import faults
+import stall
 import labcommon as lc
 import net
 import power
@@ -688,6 +693,20 @@ def cmd_status(args):
 
 def cmd_fault(args):
     need_root()
+    if args.kind in ("freeze", "thaw"):
+        began_unix_ms = int(time.time() * 1000)
+        if args.kind == "freeze":
+            if args.seconds is None:
+                raise lc.LabError("freeze needs --seconds N")
+            lines = stall.freeze(args.node, args.seconds)
+        else:
+            lines = stall.thaw(args.node)
+        if args.json:
+            print(stall.as_json(args.kind, args.node, lines, began_unix_ms, args.seconds))
+        else:
+            for line in lines:
+                print(line)
+        return
     node = lc.Node(args.node)
     # The fault's own moment, not the caller's: Python's start-up alone
     # takes 0.4 s or more here, which would count against the figures.
@@ -889,8 +908,9 @@ def main(argv=None):
     s.add_argument("--json", action="store_true")
     s.add_argument("--show-secrets", action="store_true")
     s = sub.add_parser("fault")
-    s.add_argument("kind", choices=faults.KINDS)
-    s.add_argument("node")
+    s.add_argument("kind", choices=faults.KINDS + ("freeze", "thaw"))
+    s.add_argument("node", help="a node, or for freeze/thaw a control-plane service")
+    s.add_argument("--seconds", type=float, default=None)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("boot")
     s.add_argument("n")

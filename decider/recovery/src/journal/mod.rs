@@ -176,6 +176,17 @@ pub struct InstanceRecord {
     pub finished_at: Option<Timestamp>,
     /// Why it failed, in Nova's words where Nova gave them.
     pub reason: Option<String>,
+    /// Evacuate calls Nova refused with an answer (4xx) or that never left:
+    /// `attempts - refused` may have reached Nova.
+    #[serde(default)]
+    pub refused: u32,
+    /// Nova's `evacuate` instance actions for it since the incident opened,
+    /// as last read from Nova (not counted here).
+    #[serde(default)]
+    pub evacuate_actions: Option<u32>,
+    /// Its status in Nova as last read (ACTIVE on the destination, ERROR, …).
+    #[serde(default)]
+    pub status_after: Option<String>,
 }
 
 /// A timeline event that is not a step (a verdict, a guard, a notification

@@ -34,6 +34,12 @@ pub struct InstanceReport {
     /// `evacuated`, `failed`, …
     pub state: String,
     pub reason: Option<String>,
+    /// Its status in Nova as last read (what really happened, not the goal).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Nova's `evacuate` actions for it since the incident opened.
+    #[serde(default)]
+    pub evacuate_actions: Option<u32>,
 }
 
 /// What recovery tells people.
@@ -218,10 +224,10 @@ impl Message {
             }
         }
         if !self.instances().is_empty() {
-            s.push_str("\ninstance                              name                 from -> to            took    state\n");
+            s.push_str("\ninstance                              name                 from -> to            took    nova      evacuations  state\n");
             for i in self.instances() {
                 s.push_str(&format!(
-                    "{:<37} {:<20} {} -> {:<12} {:>6}  {}{}\n",
+                    "{:<37} {:<20} {} -> {:<12} {:>6}  {:<9} {:>11}  {}{}\n",
                     i.server_id,
                     i.name,
                     i.from_host,
@@ -229,6 +235,9 @@ impl Message {
                     i.took_secs
                         .map(|t| format!("{t:.1}s"))
                         .unwrap_or_else(|| "-".into()),
+                    i.status.as_deref().unwrap_or("-"),
+                    i.evacuate_actions
+                        .map_or_else(|| "-".to_string(), |n| n.to_string()),
                     i.state,
                     i.reason
                         .as_deref()

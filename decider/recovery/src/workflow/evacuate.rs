@@ -1,5 +1,6 @@
-//! One instance: reconcile with Nova's live state, evacuate (again only if
-//! Nova says the last try failed), and verify it runs elsewhere.
+//! One instance: find out what Nova did from one consistent picture, evacuate
+//! only when Nova shows none started (or says the last one failed), and count
+//! it recovered only once it holds where it must be.
 
 use std::time::Duration;
 
@@ -7,90 +8,57 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::fence_step::ConfirmedFence;
-use super::nova::{EvacuateRequest, Microversion, NovaCallError, ResetTo, ServerStatus};
+use super::nova::{EvacuateRequest, NovaCallError, ServerStatus};
+use super::picture::{classify, Context, NovaState, Picture};
+use super::reset_gate::{self, ResetAsk, ResetPermit, RETRY_SETTLE};
 use super::{Run, WorkflowError};
 use crate::fence::error_chain;
-use crate::journal::{InstanceRecord, InstanceState, StepKind, StepOutcome};
+use crate::journal::{InstanceRecord, InstanceState, StepId, StepKind, StepOutcome};
 use crate::time::Timestamp;
 
-/// What Nova says about the instance right now.
-enum Live {
-    /// Deleted.
-    Gone,
-    /// Moved or moving: watch it, never evacuate it again.
-    Moving,
-    /// On the dead host, not moving; `attempts` evacuations Nova recorded since
-    /// the incident opened (all failed, or none made).
-    Stuck {
-        status: ServerStatus,
-        fault: Option<String>,
-        attempts: u32,
-    },
-}
-
-/// How a verification ended.
-enum Verified {
-    Done(Box<InstanceRecord>),
-    /// Nova says this attempt failed and the server is still on the dead
-    /// host: a retry may help.
-    Retry(String),
-}
-
-/// How long Nova's word that an evacuation failed must hold, the server's
-/// record (`updated`) unchanged, before it is evacuated again. Nova rolls a
-/// failed evacuation back in more than one write: after a failed destination
-/// claim the server shows ACTIVE with no task state at once, and the compute
-/// manager clears the task state once more about 2 s later (seen in the
-/// lab); an evacuation made in between has its task state cleared by that
-/// write and fails (UnexpectedTaskStateError), wasting an attempt. 5 s:
-/// more than twice that gap, on a busy two-CPU lab.
-const RETRY_SETTLE: Duration = Duration::from_secs(5);
-
-/// What a server is reset to before it is evacuated again. `error` claims
-/// nothing, so it is the rule. But Nova (2025.1, `_do_rebuild_instance`)
-/// applies an evacuation's target state (`stopped` from microversion 2.95)
-/// only to a server that is not in ERROR: a stopped server reset to `error`
-/// would be started on its destination (seen in the lab). So one that must
-/// land stopped, going with 2.95 or later, is reset to `active`; it is on a
-/// fenced host, and the evacuation that follows at once stops it there.
-fn reset_before_retry(expected: &str, microversion: Microversion) -> ResetTo {
-    if expected == "SHUTOFF" && microversion >= Microversion::STOPPED_EVACUATE {
-        ResetTo::Active
-    } else {
-        ResetTo::Error
-    }
-}
+/// Most reads of one picture before giving up on agreement for one round (a
+/// Nova that changes the server between every two reads is still working:
+/// the round ends, the caller waits a poll interval and asks again).
+const PICTURE_READS: u32 = 5;
 
 fn parse_status(s: &str) -> ServerStatus {
     serde_json::from_value(json!(s)).unwrap_or(ServerStatus::Other(s.to_string()))
 }
 
 impl Run<'_> {
-    /// Reads the server and its evacuations; transient read failures are
-    /// retried within the instance's deadline by the caller.
-    async fn live(&self, rec: &InstanceRecord) -> Result<Live, NovaCallError> {
+    /// One read of the server, its evacuation migrations and its evacuate
+    /// actions since the incident opened.
+    async fn read_picture(&self, id: &str) -> Result<Picture, NovaCallError> {
         let nova = &self.r.edges.nova;
-        let server = match nova.server(&rec.server_id).await {
-            Ok(s) => s,
-            Err(NovaCallError::NotFound { .. }) => return Ok(Live::Gone),
+        let server = match nova.server(id).await {
+            Ok(s) => Some(s),
+            Err(NovaCallError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        let migrations = nova.evacuation_migrations(&rec.server_id).await?;
-        let moving = migrations
-            .iter()
-            .any(|m| !m.finished() && m.created_at.is_none_or(|t| t >= self.opened_at));
-        let moved = server.host.as_deref().is_some_and(|h| h != rec.from_host);
-        if moved || moving || server.task_state.as_deref() == Some("rebuilding") {
-            return Ok(Live::Moving);
+        let migrations = nova.evacuation_migrations(id).await?;
+        let actions = nova.evacuate_action_count(id, self.opened_at).await?;
+        Ok(Picture::new(
+            server.as_ref(),
+            &migrations,
+            actions,
+            self.opened_at,
+        ))
+    }
+
+    /// Reads pictures until two consecutive ones agree. `Err` says what went
+    /// wrong with the last read (Nova unreachable, or still changing).
+    async fn consistent_picture(&self, id: &str) -> Result<Picture, String> {
+        let mut last: Option<Picture> = None;
+        for _ in 0..PICTURE_READS {
+            let p = self.read_picture(id).await.map_err(|e| error_chain(&e))?;
+            if last.as_ref() == Some(&p) {
+                return Ok(p);
+            }
+            last = Some(p);
         }
-        let attempts = nova
-            .evacuate_action_count(&rec.server_id, self.opened_at)
-            .await?;
-        Ok(Live::Stuck {
-            status: server.status,
-            fault: server.fault,
-            attempts,
-        })
+        Err(format!(
+            "Nova's picture of the server changed between every two of {PICTURE_READS} reads"
+        ))
     }
 
     /// Takes one instance to a final state, journaling each call.
@@ -123,109 +91,320 @@ impl Run<'_> {
             self.put(&rec).await?;
             return Ok(rec);
         };
-        let mut read_failures = 0u32;
+        self.count_from_journal(&mut rec).await?;
+        let expected = parse_status(&rec.expected);
+        // Everything unresolved pages at this deadline; each evacuate call
+        // starts a new one.
+        let mut deadline = self.clock().now().plus(policy.verify_deadline);
+        // The picture and since when it has held unchanged.
+        let mut held: Option<(Picture, Timestamp)> = None;
+        // The Verify step of the last evacuate call, open until it ends.
+        let mut verify: Option<StepId> = None;
+        let mut last = String::from("not read yet");
         loop {
-            let live = match self.live(&rec).await {
-                Ok(l) => l,
+            let now = self.clock().now();
+            if now >= deadline {
+                let why = format!(
+                    "Nova did not settle within {:?}; last seen: {last}. Vigil stops here \
+                     without another evacuate or reset-state: check `openstack server show` \
+                     and `openstack server event list` for it",
+                    policy.verify_deadline
+                );
+                self.close(
+                    &mut verify,
+                    StepOutcome::Failed,
+                    json!({"timeout": true, "last": last}),
+                )
+                .await?;
+                return self.fail(rec, why).await;
+            }
+            let picture = match self.consistent_picture(&rec.server_id).await {
+                Ok(p) => p,
                 Err(e) => {
-                    // Nova blinked; try again a few times before giving up on
-                    // this instance (never evacuate blind).
-                    read_failures += 1;
-                    if read_failures >= 3 {
-                        return self
-                            .fail(
-                                rec,
-                                format!("cannot read the server from nova: {}", error_chain(&e)),
-                            )
-                            .await;
-                    }
+                    // Unreachable, frozen or still writing: never act blind.
+                    last = e;
                     self.clock().sleep(policy.poll_interval).await;
                     continue;
                 }
             };
-            match live {
-                Live::Gone => {
+            let sent = rec.attempts.saturating_sub(rec.refused);
+            let state = classify(
+                &picture,
+                Context {
+                    from_host: &rec.from_host,
+                    expected: &expected,
+                    sent,
+                },
+            );
+            let now = self.clock().now();
+            let held_for = match &held {
+                Some((p, since)) if *p == picture => now.since(*since),
+                _ => {
+                    held = Some((picture.clone(), now));
+                    Duration::ZERO
+                }
+            };
+            rec.evacuate_actions = Some(picture.evacuate_actions);
+            if let Some(s) = &picture.server {
+                rec.status_after = Some(s.status.to_string());
+            }
+            last = describe(&picture, &state);
+            match state {
+                NovaState::Gone => {
+                    self.close(&mut verify, StepOutcome::Skipped, json!({"deleted": true}))
+                        .await?;
                     rec.state = InstanceState::Gone;
                     rec.finished_at = Some(self.clock().now());
                     rec.reason = Some("deleted during recovery".into());
                     self.put(&rec).await?;
                     return Ok(rec);
                 }
-                Live::Moving => {}
-                Live::Stuck {
-                    status,
-                    fault,
-                    attempts,
-                } => {
-                    // Safety rule 7: count what Nova recorded as well as what
-                    // we journaled, so a crash between the call and its record
-                    // cannot buy an extra attempt.
-                    let nova_attempts = attempts;
-                    let attempts = attempts.max(rec.attempts);
-                    if attempts >= policy.max_attempts {
-                        let why = fault
-                            .unwrap_or_else(|| format!("status {status} on {}", rec.from_host));
-                        return self
-                            .fail(
-                                rec,
-                                format!("evacuation failed after {attempts} attempt(s): {why}"),
-                            )
-                            .await;
+                NovaState::ExtraActions { nova, sent } => {
+                    self.close(
+                        &mut verify,
+                        StepOutcome::Failed,
+                        json!({"nova_actions": nova, "sent": sent}),
+                    )
+                    .await?;
+                    let why = format!(
+                        "Nova shows {nova} evacuate action(s) for it since the incident opened \
+                         but Vigil sent {sent}: someone else evacuated it, or a request was \
+                         counted wrong. Vigil stops here; check `openstack server event list`"
+                    );
+                    return self.fail(rec, why).await;
+                }
+                NovaState::InFlight | NovaState::Unaccounted { .. } | NovaState::Unsettled(_) => {}
+                NovaState::Landed { host } => {
+                    rec.to_host = Some(host.clone());
+                    if held_for >= policy.verify_settle {
+                        self.close(
+                            &mut verify,
+                            StepOutcome::Ok,
+                            json!({"host": host, "status": rec.status_after, "evacuate_actions": picture.evacuate_actions, "held_secs": held_for.as_secs_f64()}),
+                        )
+                        .await?;
+                        rec.state = InstanceState::Evacuated;
+                        rec.finished_at = Some(self.clock().now());
+                        rec.reason = None;
+                        self.put(&rec).await?;
+                        info!(to = %host, "instance recovered");
+                        return Ok(rec);
                     }
-                    if nova_attempts > 0 {
-                        // Nova recorded a failed evacuation; it can leave a task state behind
-                        // that blocks the next; reset (clears it).
-                        let to = reset_before_retry(&rec.expected, request.microversion);
-                        let s = self
-                            .begin(
-                                StepKind::ResetState,
-                                &rec.server_id,
-                                attempts,
-                                json!({"to": to}),
-                            )
+                    self.clock()
+                        .sleep(policy.poll_interval.min(policy.verify_settle))
+                        .await;
+                    continue;
+                }
+                NovaState::LandedWrong {
+                    host,
+                    status,
+                    migration,
+                } => {
+                    // It moved but is not as it must be (stopped by a 2.95
+                    // evacuation, broke on the destination): a second
+                    // evacuate is impossible and wrong; a person decides.
+                    let fault = picture.server.as_ref().and_then(|s| s.fault.clone());
+                    self.close(
+                        &mut verify,
+                        StepOutcome::Failed,
+                        json!({"host": host, "status": status, "migration": migration, "fault": fault}),
+                    )
+                    .await?;
+                    rec.to_host = Some(host.clone());
+                    let why = format!(
+                        "landed on {host} as {status} (expected {}), migration {}{}",
+                        rec.expected,
+                        migration.as_deref().unwrap_or("?"),
+                        fault.map(|f| format!(": {f}")).unwrap_or_default()
+                    );
+                    return self.fail(rec, why).await;
+                }
+                NovaState::NotStarted | NovaState::Failed { .. } => {
+                    let failed = matches!(state, NovaState::Failed { .. });
+                    if failed && held_for < RETRY_SETTLE {
+                        self.clock().sleep(policy.poll_interval).await;
+                        continue;
+                    }
+                    if rec.attempts >= policy.max_attempts {
+                        let fault = picture
+                            .server
+                            .as_ref()
+                            .and_then(|s| s.fault.clone())
+                            .unwrap_or_else(|| last.clone());
+                        self.close(&mut verify, StepOutcome::Failed, json!({"fault": fault}))
                             .await?;
-                        match self.r.edges.nova.reset_state(&rec.server_id, to).await {
-                            Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
-                            Err(e) => {
-                                self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
-                                    .await?
+                        let why = format!(
+                            "evacuation failed after {} attempt(s): {fault}",
+                            rec.attempts
+                        );
+                        return self.fail(rec, why).await;
+                    }
+                    if failed {
+                        self.close(
+                            &mut verify,
+                            StepOutcome::Failed,
+                            json!({"retry": true, "last": last}),
+                        )
+                        .await?;
+                        let ask = ResetAsk {
+                            fence,
+                            state: &state,
+                            held_for,
+                            attempts: rec.attempts,
+                            max_attempts: policy.max_attempts,
+                            expected: &rec.expected,
+                            microversion: request.microversion,
+                        };
+                        match reset_gate::permit(&ask) {
+                            Ok(p) => self.reset_call(&rec, p).await?,
+                            Err(why) => {
+                                // Unreachable by construction; if it is ever
+                                // reached, a person decides.
+                                return self.fail(rec, why).await;
                             }
                         }
                     }
-                    rec.attempts = attempts + 1;
-                    rec.state = InstanceState::Evacuating;
-                    rec.started_at = Some(self.clock().now());
-                    self.put(&rec).await?;
-                    let s = self
-                        .begin(
-                            StepKind::Evacuate,
+                    self.evacuate_once(fence, &mut rec, &request).await?;
+                    held = None;
+                    deadline = self.clock().now().plus(policy.verify_deadline);
+                    verify = Some(
+                        self.begin(
+                            StepKind::Verify,
                             &rec.server_id,
                             rec.attempts,
-                            json!({"request": request}),
+                            json!({"expect": rec.expected}),
                         )
-                        .await?;
-                    info!(attempt = rec.attempts, microversion = %request.microversion, host = ?request.host, "evacuating");
-                    match self.evacuate_call(fence, &rec.server_id, &request).await {
-                        Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
-                        Err(e) => {
-                            let e = error_chain(&e);
-                            warn!(error = %e, "evacuate refused");
-                            self.end(s, StepOutcome::Failed, json!({"error": e}))
-                                .await?;
-                            rec.reason = Some(e);
-                            self.put(&rec).await?;
-                            continue;
-                        }
-                    }
+                        .await?,
+                    );
                 }
             }
-            match self.verify(&mut rec).await? {
-                Verified::Done(r) => return Ok(*r),
-                Verified::Retry(why) => {
-                    rec.reason = Some(why);
-                    self.put(&rec).await?;
+            self.clock().sleep(policy.poll_interval).await;
+        }
+    }
+
+    /// Counts this server's evacuate calls from the journal's steps, the
+    /// record of what was really attempted: a crash between the instance
+    /// record and the step (or the call) must neither hide a call that may
+    /// have reached Nova nor invent one that never left. A step a crash cut
+    /// off is closed here as "outcome unknown".
+    async fn count_from_journal(&self, rec: &mut InstanceRecord) -> Result<(), WorkflowError> {
+        let d = self.journal().get(&self.id).await?;
+        let mut attempts = 0u32;
+        let mut refused = 0u32;
+        for st in d
+            .steps
+            .iter()
+            .filter(|st| st.kind == StepKind::Evacuate && st.target == rec.server_id)
+        {
+            attempts = attempts.saturating_add(1);
+            match st.outcome {
+                None => {
+                    self.end(
+                        st.id,
+                        StepOutcome::Failed,
+                        json!({"interrupted": true, "outcome_unknown": true}),
+                    )
+                    .await?;
                 }
+                Some(StepOutcome::Failed)
+                    if st.result.get("outcome_unknown") != Some(&json!(true)) =>
+                {
+                    refused = refused.saturating_add(1);
+                }
+                _ => {}
             }
+        }
+        if (rec.attempts, rec.refused) != (attempts, refused) {
+            rec.attempts = attempts;
+            rec.refused = refused;
+            self.put(rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Journals, then makes, one evacuate call. A refusal with an answer (or a
+    /// request that never left) is counted as refused; a lost answer is not:
+    /// Nova may still apply that request, and the next picture says whether.
+    async fn evacuate_once(
+        &self,
+        fence: &ConfirmedFence,
+        rec: &mut InstanceRecord,
+        request: &EvacuateRequest,
+    ) -> Result<(), WorkflowError> {
+        rec.attempts = rec.attempts.saturating_add(1);
+        rec.state = InstanceState::Evacuating;
+        rec.started_at = Some(self.clock().now());
+        self.put(rec).await?;
+        let s = self
+            .begin(
+                StepKind::Evacuate,
+                &rec.server_id,
+                rec.attempts,
+                json!({"request": request, "evacuate_actions_before": rec.evacuate_actions}),
+            )
+            .await?;
+        info!(attempt = rec.attempts, microversion = %request.microversion, host = ?request.host, "evacuating");
+        match self.evacuate_call(fence, &rec.server_id, request).await {
+            Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
+            Err(e @ NovaCallError::MaybeApplied { .. }) => {
+                let e = error_chain(&e);
+                warn!(error = %e, "evacuate outcome unknown; reading Nova before anything else");
+                self.end(
+                    s,
+                    StepOutcome::Failed,
+                    json!({"error": e, "outcome_unknown": true}),
+                )
+                .await?;
+                rec.reason = Some(e);
+                self.put(rec).await?;
+            }
+            Err(e) => {
+                let e = error_chain(&e);
+                warn!(error = %e, "evacuate refused");
+                self.end(s, StepOutcome::Failed, json!({"error": e}))
+                    .await?;
+                rec.refused = rec.refused.saturating_add(1);
+                rec.reason = Some(e);
+                self.put(rec).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The only place `os-resetState` is called; it needs the gate's permit.
+    async fn reset_call(
+        &self,
+        rec: &InstanceRecord,
+        permit: ResetPermit,
+    ) -> Result<(), WorkflowError> {
+        let to = permit.to();
+        let s = self
+            .begin(
+                StepKind::ResetState,
+                &rec.server_id,
+                rec.attempts,
+                json!({"to": to}),
+            )
+            .await?;
+        match self.r.edges.nova.reset_state(&rec.server_id, to).await {
+            Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await,
+            Err(e) => {
+                self.end(s, StepOutcome::Failed, json!({"error": error_chain(&e)}))
+                    .await
+            }
+        }
+    }
+
+    /// Ends the open Verify step, if any.
+    async fn close(
+        &self,
+        verify: &mut Option<StepId>,
+        outcome: StepOutcome,
+        result: serde_json::Value,
+    ) -> Result<(), WorkflowError> {
+        match verify.take() {
+            Some(s) => self.end(s, outcome, result).await,
+            None => Ok(()),
         }
     }
 
@@ -237,150 +416,6 @@ impl Run<'_> {
         request: &EvacuateRequest,
     ) -> Result<(), NovaCallError> {
         self.r.edges.nova.evacuate(id, request).await
-    }
-
-    /// Polls until the server is in its expected state on another host, Nova
-    /// says the attempt failed, or the instance's deadline passes.
-    async fn verify(&self, rec: &mut InstanceRecord) -> Result<Verified, WorkflowError> {
-        let policy = &self.r.settings.evacuation;
-        let expected = parse_status(&rec.expected);
-        let s = self
-            .begin(
-                StepKind::Verify,
-                &rec.server_id,
-                rec.attempts,
-                json!({"expect": rec.expected}),
-            )
-            .await?;
-        let deadline = self.clock().now().plus(policy.verify_deadline);
-        let mut last = String::from("not read yet");
-        // Nova's word that this attempt failed, with the server's `updated`
-        // and when it was first seen so.
-        let mut failed_seen: Option<(Option<String>, Timestamp)> = None;
-        while self.clock().now() < deadline {
-            match self.r.edges.nova.server(&rec.server_id).await {
-                Ok(server) => {
-                    let elsewhere = server.host.as_deref().is_some_and(|h| h != rec.from_host);
-                    let settled = server.task_state.is_none();
-                    if !settled || elsewhere {
-                        failed_seen = None;
-                    }
-                    last = format!(
-                        "status {} task_state {:?} host {:?}",
-                        server.status, server.task_state, server.host
-                    );
-                    if settled && elsewhere && server.status == expected {
-                        rec.state = InstanceState::Evacuated;
-                        rec.to_host = server.host.clone();
-                        rec.finished_at = Some(self.clock().now());
-                        rec.reason = None;
-                        self.put(rec).await?;
-                        self.end(
-                            s,
-                            StepOutcome::Ok,
-                            json!({"host": server.host, "status": server.status}),
-                        )
-                        .await?;
-                        info!(to = ?server.host, "instance recovered");
-                        return Ok(Verified::Done(Box::new(rec.clone())));
-                    }
-                    if settled
-                        && elsewhere
-                        && matches!(
-                            server.status,
-                            ServerStatus::Active | ServerStatus::Shutoff | ServerStatus::Error
-                        )
-                    {
-                        // It moved but is not as it must be (e.g. stopped by a
-                        // 2.95 evacuation, or broke on the destination): a
-                        // second evacuate is impossible and wrong; a person decides.
-                        self.end(s, StepOutcome::Failed, json!({"host": server.host, "status": server.status, "fault": server.fault})).await?;
-                        rec.to_host = server.host.clone();
-                        let why = format!(
-                            "landed on {} as {} (expected {}){}",
-                            server.host.as_deref().unwrap_or("?"),
-                            server.status,
-                            rec.expected,
-                            server.fault.map(|f| format!(": {f}")).unwrap_or_default()
-                        );
-                        return self
-                            .fail(rec.clone(), why)
-                            .await
-                            .map(|r| Verified::Done(Box::new(r)));
-                    }
-                    if settled && !elsewhere {
-                        // Nova says this attempt failed: the server is ERROR on
-                        // the dead host, or its newest evacuation failed and
-                        // Nova rolled it back as it was (a destination's claim
-                        // or late server-group check fails so; seen in the
-                        // lab: still ACTIVE, migration `failed`). Nothing is
-                        // moving: a retry may help.
-                        let (moving, failed) = match self
-                            .r
-                            .edges
-                            .nova
-                            .evacuation_migrations(&rec.server_id)
-                            .await
-                        {
-                            Ok(m) => (
-                                m.iter().any(|m| !m.finished()),
-                                m.last().is_some_and(|m| {
-                                    m.failed() && m.created_at.is_none_or(|t| t >= self.opened_at)
-                                }),
-                            ),
-                            Err(_) => (true, false),
-                        };
-                        let now = self.clock().now();
-                        let failed_now =
-                            !moving && (server.status == ServerStatus::Error || failed);
-                        let settled_for = match &failed_seen {
-                            Some((u, since)) if failed_now && *u == server.updated => {
-                                now.since(*since)
-                            }
-                            _ => {
-                                failed_seen = failed_now.then(|| (server.updated.clone(), now));
-                                Duration::ZERO
-                            }
-                        };
-                        if failed_now && settled_for >= RETRY_SETTLE {
-                            let why = server.fault.unwrap_or_else(|| {
-                                format!(
-                                    "{} on the dead host after evacuate, its evacuation failed",
-                                    server.status
-                                )
-                            });
-                            self.end(s, StepOutcome::Failed, json!({"retry": true, "fault": why}))
-                                .await?;
-                            return Ok(Verified::Retry(why));
-                        }
-                    }
-                }
-                Err(NovaCallError::NotFound { .. }) => {
-                    self.end(s, StepOutcome::Skipped, json!({"deleted": true}))
-                        .await?;
-                    rec.state = InstanceState::Gone;
-                    rec.finished_at = Some(self.clock().now());
-                    self.put(rec).await?;
-                    return Ok(Verified::Done(Box::new(rec.clone())));
-                }
-                Err(e) => last = error_chain(&e),
-            }
-            self.clock().sleep(policy.poll_interval).await;
-        }
-        self.end(
-            s,
-            StepOutcome::Failed,
-            json!({"timeout": true, "last": last}),
-        )
-        .await?;
-        // Maybe still moving: never evacuate again on a timeout.
-        let why = format!(
-            "not {} on another host within {:?}; last seen: {last}",
-            rec.expected, policy.verify_deadline
-        );
-        self.fail(rec.clone(), why)
-            .await
-            .map(|r| Verified::Done(Box::new(r)))
     }
 
     async fn fail(
@@ -395,4 +430,21 @@ impl Run<'_> {
         self.put(&rec).await?;
         Ok(rec)
     }
+}
+
+/// One line for the journal and the page: what Nova showed last.
+fn describe(p: &Picture, state: &NovaState) -> String {
+    let server = p.server.as_ref().map_or("deleted".to_string(), |s| {
+        format!(
+            "status {} task_state {} host {}",
+            s.status,
+            s.task_state.as_deref().unwrap_or("-"),
+            s.host.as_deref().unwrap_or("-")
+        )
+    });
+    let migration = p.migrations.last().map_or("-", |(_, m)| m.as_str());
+    format!(
+        "{server}, newest migration {migration}, {} evacuate action(s): {state:?}",
+        p.evacuate_actions
+    )
 }

@@ -72,6 +72,12 @@ struct FakeServer {
     /// compute manager clears the task state once more); an evacuation made
     /// before it has its task state cleared and fails.
     late_revert: u32,
+    /// The next evacuate's answer is lost (a stalled nova-api): the call
+    /// returns `MaybeApplied`, and Nova applies it after this many server
+    /// reads (`Some(None)`: never), reads failing meanwhile.
+    stall_next: Option<Option<u32>>,
+    /// A stalled evacuate waiting to be applied, and reads left until then.
+    queued: Option<(EvacuateRequest, u32)>,
 }
 
 pub struct NovaState {
@@ -81,6 +87,9 @@ pub struct NovaState {
     pub max: Microversion,
     /// The next `n` server reads fail with a transport error.
     pub flaky_reads: u32,
+    /// Reads of this server take this long in real time (a busy Nova), so a
+    /// server polled in a loop does not race through virtual time.
+    pub slow_reads: Option<(String, Duration)>,
 }
 
 pub struct FakeNova {
@@ -137,6 +146,7 @@ impl FakeNova {
                 aggregates: Vec::new(),
                 max: Microversion::new(2, 100),
                 flaky_reads: 0,
+                slow_reads: None,
             }),
             calls,
             clock,
@@ -155,8 +165,36 @@ impl FakeNova {
                 fail_keeps_status: false,
                 never_lands: false,
                 late_revert: 0,
+                stall_next: None,
+                queued: None,
             },
         );
+    }
+
+    /// The next evacuate of `id` stalls: no answer, applied after
+    /// `applied_after` server reads (which fail until then), or never.
+    pub fn stall_next_evacuate(&self, id: &str, applied_after: Option<u32>) {
+        if let Some(s) = self.state.lock().expect("nova").servers.get_mut(id) {
+            s.stall_next = Some(applied_after);
+        }
+    }
+
+    /// Someone else's evacuate of `id`, recorded as an action now.
+    pub fn foreign_evacuate_action(&self, id: &str) {
+        let now = self.now();
+        if let Some(s) = self.state.lock().expect("nova").servers.get_mut(id) {
+            s.actions.push(now);
+        }
+    }
+
+    /// Evacuate actions Nova holds for `id`.
+    pub fn evacuate_actions(&self, id: &str) -> usize {
+        self.state
+            .lock()
+            .expect("nova")
+            .servers
+            .get(id)
+            .map_or(0, |s| s.actions.len())
     }
 
     pub fn fail_next_evacuations(&self, id: &str, n: u32) {
@@ -323,47 +361,22 @@ impl NovaActions for FakeNova {
     }
 
     fn server<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Server, NovaCallError>> {
-        let mut st = self.state.lock().expect("nova");
-        if st.flaky_reads > 0 {
-            st.flaky_reads -= 1;
-            return ok(Err(other("GET server")));
+        let slow = self
+            .state
+            .lock()
+            .expect("nova")
+            .slow_reads
+            .clone()
+            .filter(|(s, _)| s == id);
+        let v = self.server_now(id);
+        match slow {
+            Some((_, d)) => Box::pin(async move {
+                tokio::time::sleep(d).await;
+                v
+            }),
+            None => ok(v),
         }
-        let Some(fs) = st.servers.get_mut(id) else {
-            return ok(Err(NovaCallError::NotFound {
-                what: format!("server {id}"),
-            }));
-        };
-        if fs.late_revert > 0 {
-            fs.late_revert -= 1;
-            if fs.late_revert == 0 {
-                fs.server.updated = Some(format!("reverted-{}", fs.actions.len()));
-                if fs.pending.take().is_some() {
-                    // The newer evacuation expected `rebuilding`: it fails.
-                    fs.server.task_state = None;
-                    fs.server.status = ServerStatus::Error;
-                    fs.server.fault = Some("UnexpectedTaskStateError (fake)".into());
-                    if let Some(m) = fs.migrations.last_mut() {
-                        m.status = "failed".into();
-                    }
-                }
-            }
-        }
-        if let Some(p) = &mut fs.pending {
-            if p.polls_left == 0 && !fs.never_lands {
-                fs.server.host = Some(p.dest.clone());
-                fs.server.status = p.lands_as.clone();
-                fs.server.task_state = None;
-                if let Some(m) = fs.migrations.last_mut() {
-                    m.status = "done".into();
-                }
-                fs.pending = None;
-            } else {
-                p.polls_left = p.polls_left.saturating_sub(1);
-            }
-        }
-        ok(Ok(fs.server.clone()))
     }
-
     fn evacuate<'a>(
         &'a self,
         id: &'a str,
@@ -375,87 +388,23 @@ impl NovaActions for FakeNova {
         );
         let now = self.now();
         let mut st = self.state.lock().expect("nova");
-        let healthy: Vec<String> = st
-            .services
-            .values()
-            .filter(|s| s.enabled && s.up && !s.forced_down)
-            .map(|s| s.host.clone())
-            .collect();
         let services = st.services.clone();
+        let healthy = healthy_hosts(&services);
         let Some(fs) = st.servers.get_mut(id) else {
             return ok(Err(NovaCallError::NotFound {
                 what: format!("server {id}"),
             }));
         };
-        let source = fs.server.host.clone().unwrap_or_default();
-        // Nova: the source must be down (forced_down makes it so at once).
-        if services.get(&source).is_some_and(|s| !s.forced_down) {
-            return ok(Err(NovaCallError::Rejected {
+        if let Some(after) = fs.stall_next.take() {
+            if let Some(n) = after {
+                fs.queued = Some((request.clone(), n));
+            }
+            return ok(Err(NovaCallError::MaybeApplied {
                 what: format!("evacuate {id}"),
-                status: 400,
-                message: format!("Compute service of {source} is still in use."),
+                source: "fake: timed out".into(),
             }));
         }
-        if fs.server.task_state.is_some() {
-            return ok(Err(NovaCallError::Rejected {
-                what: format!("evacuate {id}"),
-                status: 409,
-                message: "task_state is not None".into(),
-            }));
-        }
-        fs.actions.push(now);
-        let mid = format!("mig-{id}-{}", fs.migrations.len());
-        if fs.fail_next > 0 {
-            fs.fail_next -= 1;
-            let status = if fs.fail_keeps_status {
-                fs.server.fault = Some("Insufficient compute resources (fake)".into());
-                fs.server.updated = Some(format!("rolled-back-{}", fs.actions.len()));
-                fs.late_revert = 3;
-                "failed"
-            } else {
-                fs.server.status = ServerStatus::Error;
-                fs.server.fault = Some("No valid host was found (fake)".into());
-                "error"
-            };
-            fs.migrations.push(Migration {
-                id: mid,
-                status: status.into(),
-                source_compute: Some(source),
-                dest_compute: None,
-                created_at: Some(now),
-            });
-            return ok(Ok(()));
-        }
-        let dest = request
-            .host
-            .clone()
-            .or_else(|| healthy.iter().find(|h| **h != source).cloned())
-            .unwrap_or_default();
-        // As Nova: from 2.95 the target state is `stopped`, but it is not
-        // applied to a server in ERROR (it comes back running).
-        let lands_as = if (request.microversion >= Microversion::STOPPED_EVACUATE
-            && fs.server.status != ServerStatus::Error)
-            || fs.server.status == ServerStatus::Shutoff
-        {
-            ServerStatus::Shutoff
-        } else {
-            ServerStatus::Active
-        };
-        fs.server.task_state = Some("rebuilding".into());
-        fs.server.fault = None;
-        fs.migrations.push(Migration {
-            id: mid,
-            status: "pre-migrating".into(),
-            source_compute: Some(source),
-            dest_compute: Some(dest.clone()),
-            created_at: Some(now),
-        });
-        fs.pending = Some(Pending {
-            dest,
-            lands_as,
-            polls_left: 1,
-        });
-        ok(Ok(()))
+        ok(apply_evacuate(fs, id, request, now, &services, &healthy))
     }
 
     fn evacuation_migrations<'a>(
@@ -784,5 +733,150 @@ impl Journal for CrashingJournal {
         incident: &'a IncidentId,
     ) -> BoxFuture<'a, Result<IncidentDetail, JournalError>> {
         self.inner.get(incident)
+    }
+}
+
+fn healthy_hosts(services: &BTreeMap<String, ComputeService>) -> Vec<String> {
+    services
+        .values()
+        .filter(|s| s.enabled && s.up && !s.forced_down)
+        .map(|s| s.host.clone())
+        .collect()
+}
+
+/// Nova's evacuate, as the lab measured it (see the module doc).
+fn apply_evacuate(
+    fs: &mut FakeServer,
+    id: &str,
+    request: &EvacuateRequest,
+    now: Timestamp,
+    services: &BTreeMap<String, ComputeService>,
+    healthy: &[String],
+) -> Result<(), NovaCallError> {
+    let source = fs.server.host.clone().unwrap_or_default();
+    // Nova: the source must be down (forced_down makes it so at once).
+    if services.get(&source).is_some_and(|s| !s.forced_down) {
+        return Err(NovaCallError::Rejected {
+            what: format!("evacuate {id}"),
+            status: 400,
+            message: format!("Compute service of {source} is still in use."),
+        });
+    }
+    if fs.server.task_state.is_some() {
+        return Err(NovaCallError::Rejected {
+            what: format!("evacuate {id}"),
+            status: 409,
+            message: "task_state is not None".into(),
+        });
+    }
+    fs.actions.push(now);
+    let mid = format!("mig-{id}-{}", fs.migrations.len());
+    if fs.fail_next > 0 {
+        fs.fail_next -= 1;
+        let status = if fs.fail_keeps_status {
+            fs.server.fault = Some("Insufficient compute resources (fake)".into());
+            fs.server.updated = Some(format!("rolled-back-{}", fs.actions.len()));
+            fs.late_revert = 3;
+            "failed"
+        } else {
+            fs.server.status = ServerStatus::Error;
+            fs.server.fault = Some("No valid host was found (fake)".into());
+            "error"
+        };
+        fs.migrations.push(Migration {
+            id: mid,
+            status: status.into(),
+            source_compute: Some(source),
+            dest_compute: None,
+            created_at: Some(now),
+        });
+        return Ok(());
+    }
+    let dest = request
+        .host
+        .clone()
+        .or_else(|| healthy.iter().find(|h| **h != source).cloned())
+        .unwrap_or_default();
+    // As Nova: from 2.95 the target state is `stopped`, but it is not
+    // applied to a server in ERROR (it comes back running).
+    let lands_as = if (request.microversion >= Microversion::STOPPED_EVACUATE
+        && fs.server.status != ServerStatus::Error)
+        || fs.server.status == ServerStatus::Shutoff
+    {
+        ServerStatus::Shutoff
+    } else {
+        ServerStatus::Active
+    };
+    fs.server.task_state = Some("rebuilding".into());
+    fs.server.fault = None;
+    fs.migrations.push(Migration {
+        id: mid,
+        status: "pre-migrating".into(),
+        source_compute: Some(source),
+        dest_compute: Some(dest.clone()),
+        created_at: Some(now),
+    });
+    fs.pending = Some(Pending {
+        dest,
+        lands_as,
+        polls_left: 1,
+    });
+    Ok(())
+}
+
+impl FakeNova {
+    fn server_now(&self, id: &str) -> Result<Server, NovaCallError> {
+        let mut st = self.state.lock().expect("nova");
+        if st.flaky_reads > 0 {
+            st.flaky_reads -= 1;
+            return Err(other("GET server"));
+        }
+        let Some(fs) = st.servers.get_mut(id) else {
+            return Err(NovaCallError::NotFound {
+                what: format!("server {id}"),
+            });
+        };
+        if let Some((req, left)) = fs.queued.take() {
+            if left > 0 {
+                fs.queued = Some((req, left - 1));
+                return Err(other("GET server (nova-api stalled)"));
+            }
+            let now = self.clock.now();
+            let services = st.services.clone();
+            let healthy = healthy_hosts(&services);
+            if let Some(fs) = st.servers.get_mut(id) {
+                let _ = apply_evacuate(fs, id, &req, now, &services, &healthy);
+            }
+            return Err(other("GET server (nova-api waking up)"));
+        }
+        if fs.late_revert > 0 {
+            fs.late_revert -= 1;
+            if fs.late_revert == 0 {
+                fs.server.updated = Some(format!("reverted-{}", fs.actions.len()));
+                if fs.pending.take().is_some() {
+                    // The newer evacuation expected `rebuilding`: it fails.
+                    fs.server.task_state = None;
+                    fs.server.status = ServerStatus::Error;
+                    fs.server.fault = Some("UnexpectedTaskStateError (fake)".into());
+                    if let Some(m) = fs.migrations.last_mut() {
+                        m.status = "failed".into();
+                    }
+                }
+            }
+        }
+        if let Some(p) = &mut fs.pending {
+            if p.polls_left == 0 && !fs.never_lands {
+                fs.server.host = Some(p.dest.clone());
+                fs.server.status = p.lands_as.clone();
+                fs.server.task_state = None;
+                if let Some(m) = fs.migrations.last_mut() {
+                    m.status = "done".into();
+                }
+                fs.pending = None;
+            } else {
+                p.polls_left = p.polls_left.saturating_sub(1);
+            }
+        }
+        Ok(fs.server.clone())
     }
 }

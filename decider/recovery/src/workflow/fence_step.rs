@@ -25,6 +25,12 @@ impl ConfirmedFence {
     pub fn how(&self) -> &str {
         &self.how
     }
+
+    /// A proof for unit tests of the gates that take one.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        ConfirmedFence { how: "test".into() }
+    }
 }
 
 /// What the fence step ended with.

@@ -21,6 +21,8 @@ mod evacuate;
 mod fence_step;
 pub mod guards;
 pub mod nova;
+pub mod picture;
+pub mod reset_gate;
 pub mod select;
 
 /// In-memory fakes of the workflow's edges, for this crate's tests and, with
@@ -675,14 +677,18 @@ impl<'a> Run<'a> {
             .await?;
         let concurrency = self.r.settings.evacuation.concurrency.max(1);
         let fence_ref = fence.as_ref();
-        let results: Vec<InstanceRecord> = futures::stream::iter(
-            selected
-                .into_iter()
-                .map(|rec| self.handle_instance(fence_ref, rec)),
-        )
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+        // Unordered: a slot frees the moment its instance ends, so one slow
+        // server never holds the others back (`buffered` kept finished slots
+        // idle behind the first). Reports keep the selection order.
+        let mut results: Vec<(usize, InstanceRecord)> =
+            futures::stream::iter(selected.into_iter().enumerate().map(|(i, rec)| async move {
+                self.handle_instance(fence_ref, rec).await.map(|r| (i, r))
+            }))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        results.sort_by_key(|(i, _)| *i);
+        let results: Vec<InstanceRecord> = results.into_iter().map(|(_, r)| r).collect();
 
         self.journal().set_phase(&self.id, Phase::Notifying).await?;
         let failed: Vec<&InstanceRecord> = results
@@ -908,6 +914,9 @@ impl<'a> Run<'a> {
                 started_at: None,
                 finished_at: None,
                 reason: None,
+                refused: 0,
+                evacuate_actions: None,
+                status_after: None,
             };
             self.put(&rec).await?;
             recs.push(rec);
@@ -969,5 +978,7 @@ fn report(r: &InstanceRecord) -> InstanceReport {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         reason: r.reason.clone(),
+        status: r.status_after.clone(),
+        evacuate_actions: r.evacuate_actions,
     }
 }

@@ -203,6 +203,15 @@ pub enum NovaCallError {
         status: u16,
         message: String,
     },
+    /// A request that changes something may have reached Nova and its answer
+    /// was lost (timeout, connection cut, 5xx): Nova may have applied it, now
+    /// or later. Find out from Nova before anything else; never resend blind.
+    #[error("{what}: no answer from nova; the request may have been applied")]
+    MaybeApplied {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Nova could not be reached or its answer could not be read.
     #[error("{what}: nova unreachable")]
     Transport {
