@@ -606,6 +606,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Largest token file read; a token is one line of tens of bytes.
+const MAX_SECRET_FILE: u64 = 4096;
+
 /// Tokens shorter than this are refused: they could be guessed.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -615,7 +618,22 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
         path: path.to_path_buf(),
         why,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    // Bounded: a token_file naming /dev/zero or a log file must not make the
+    // decider read forever at start.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(f, MAX_SECRET_FILE + 1),
+                &mut text,
+            )
+        })
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(err(format!(
+            "more than {MAX_SECRET_FILE} bytes: a token file holds one line"
+        )));
+    }
     let token = text.trim();
     if token.len() < MIN_TOKEN_LEN {
         return Err(err(format!(
@@ -819,6 +837,15 @@ secret = {{ file = "/etc/vigil/hook.key" }}
             &vigil_recovery::journal::IncidentId("42".into()),
         );
         assert!(reason.starts_with(&Policy::default().maintenance.vigil_reason_prefix));
+    }
+
+    /// A token file that never ends (/dev/zero) is refused, not read forever.
+    #[test]
+    fn an_endless_token_file_is_refused() {
+        let e = read_secret("node[0].token_file", Path::new("/dev/zero"))
+            .expect_err("/dev/zero is no token file")
+            .to_string();
+        assert!(e.contains("4096 bytes") && e.contains("/dev/zero"), "{e}");
     }
 
     /// The three silent starts, each refused naming the key.

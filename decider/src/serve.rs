@@ -327,8 +327,23 @@ impl Server {
 
 fn tls_config(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path, what: &str| {
-        std::fs::read(p).with_context(|| format!("reading the {what} {} (server.tls)", p.display()))
+    // Bounded: a PEM file is a few KiB; a path to /dev/zero must not hang
+    // the start.
+    const MAX_PEM: u64 = 1 << 20;
+    let read = |p: &std::path::Path, what: &str| -> anyhow::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(p)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_PEM + 1), &mut bytes)
+            })
+            .with_context(|| format!("reading the {what} {} (server.tls)", p.display()))?;
+        if bytes.len() as u64 > MAX_PEM {
+            anyhow::bail!(
+                "the {what} {} (server.tls) is over {MAX_PEM} bytes: not a PEM file",
+                p.display()
+            );
+        }
+        Ok(bytes)
     };
     let identity = Identity::from_pem(read(&t.cert, "certificate")?, read(&t.key, "private key")?);
     let mut tls = ServerTlsConfig::new().identity(identity);

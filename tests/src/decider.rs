@@ -72,6 +72,24 @@ pub struct Opts {
     pub max_attempts: Option<u32>,
     /// `recovery.evacuation.verify_deadline` (default here "4m").
     pub verify_deadline: Option<String>,
+    /// Serve mutual TLS (and a read token); the test's own CLI calls and
+    /// watcher then use https:// with the operator's certificate and token.
+    pub tls: Option<TlsOpts>,
+}
+
+/// The decider's TLS files and the operator's client side.
+#[derive(Debug, Clone)]
+pub struct TlsOpts {
+    /// CA that signed every certificate here (`server.tls.client_ca`).
+    pub ca: PathBuf,
+    /// The decider's certificate, for the lab's decider address.
+    pub server: crate::certs::Issued,
+    /// The operator's client certificate (CLI, watcher).
+    pub operator: crate::certs::Issued,
+    /// `server.read_token_file`, which the CLI passes as `--token-file`.
+    pub read_token: PathBuf,
+    /// `server.tls.cert_names_node`.
+    pub cert_names_node: bool,
 }
 
 /// A `vigil-decider serve` child with its config, journal and log in a temp
@@ -111,7 +129,7 @@ pub fn config(lab: &Lab, dir: &Path, opts: &Opts) -> String {
         r#"[server]
 listen = "{listen}"
 operator_token_file = "{dir}/operator.token"
-[metrics]
+{server_tls}[metrics]
 enabled = false
 [nova]
 cloud = "{cloud}"
@@ -125,6 +143,7 @@ max_share = {share}
 "#,
         listen = info.decider.listen,
         dir = dir.display(),
+        server_tls = server_tls(opts),
         cloud = info.cloud,
         ctl = info.controller.mgmt_ip,
         report = info.controller.report_interval.unwrap_or(10),
@@ -209,6 +228,22 @@ levels = [
     c
 }
 
+/// `read_token_file` and `[server.tls]` when the test asks for TLS (right
+/// after `[server]`'s own keys).
+fn server_tls(opts: &Opts) -> String {
+    let Some(t) = &opts.tls else {
+        return String::new();
+    };
+    format!(
+        "read_token_file = \"{}\"\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncert_names_node = {}\n",
+        t.read_token.display(),
+        t.server.cert.display(),
+        t.server.key.display(),
+        t.ca.display(),
+        t.cert_names_node,
+    )
+}
+
 /// `[recovery.evacuation]` keys beyond the ones every test sets (empty by
 /// default, so the config is as before).
 fn evacuation_extra(opts: &Opts) -> String {
@@ -272,7 +307,30 @@ impl Decider {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc)
+    }
+
+    /// `--server URL` and, under TLS, the operator's CA, certificate, key and
+    /// read token: what every CLI call of this test passes.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut a = vec!["--server".to_string(), self.url()];
+        if let Some(t) = &self.opts.tls {
+            for (flag, path) in [
+                ("--ca-file", &t.ca),
+                ("--cert-file", &t.operator.cert),
+                ("--key-file", &t.operator.key),
+                ("--token-file", &t.read_token),
+            ] {
+                a.push(flag.to_string());
+                a.push(path.display().to_string());
+            }
+        }
+        a
     }
 
     pub fn config_path(&self) -> &Path {
@@ -332,7 +390,8 @@ impl Decider {
             panic!("{e}\n{}", self.log());
         }
         let mut w = Command::new(bins::bin("vigil-decider"))
-            .args(["watch", "--json", "--server", &self.url()])
+            .args(["watch", "--json"])
+            .args(self.client_args())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -402,7 +461,10 @@ impl Decider {
 
     /// `vigil-decider node NAME --json`: verdict, reasons, sensor, nova, pings.
     pub fn node(&self, name: &str) -> Result<Value, String> {
-        self.cli(&["node", name, "--json", "--server", &self.url()])
+        let mut args = vec!["node".to_string(), name.to_string(), "--json".to_string()];
+        args.extend(self.client_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli(&args)
     }
 
     /// The node's verdict and reasons now.

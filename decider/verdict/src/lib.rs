@@ -34,4 +34,6 @@ pub use time::{fmt_secs, Moment};
 pub use verdict::Verdict;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

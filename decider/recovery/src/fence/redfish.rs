@@ -163,13 +163,7 @@ impl RedfishFencer {
                 continue;
             }
             let text = resp.text().await.map_err(|e| self.unreachable(e))?;
-            // Many BMCs answer actions with an empty body (204); that is fine.
-            let value = if text.trim().is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            };
-            return Ok((status, value));
+            return Ok((status, answer::body(text)));
         }
         Err(FenceError::Refused {
             fencer: self.name(),
@@ -196,22 +190,8 @@ impl RedfishFencer {
             return Ok(p);
         }
         let coll = self.get_ok("/redfish/v1/Systems").await?;
-        let members: Vec<String> = coll
-            .get("Members")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.get("@odata.id")?.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let found = match &self.target.system_id {
-            Some(id) => members
-                .iter()
-                .find(|m| m.trim_end_matches('/').rsplit('/').next() == Some(id.as_str()))
-                .cloned(),
-            None => members.first().cloned(),
-        };
+        let members = answer::system_members(&coll);
+        let found = answer::pick_system(&members, self.target.system_id.as_deref());
         let path = found.ok_or_else(|| FenceError::BadAnswer {
             fencer: self.name(),
             action: "GET /redfish/v1/Systems".into(),
@@ -230,18 +210,11 @@ impl RedfishFencer {
         let path = self.system_path().await?;
         let sys = self.get_ok(&path).await?;
         // Redfish `PowerState`: On, Off, PoweringOn, PoweringOff, Paused.
-        let state = match sys.get("PowerState").and_then(Value::as_str) {
-            Some("Off") => PowerState::Off,
-            Some("On") => PowerState::On,
-            Some(_) => PowerState::Unknown,
-            None => {
-                return Err(FenceError::BadAnswer {
-                    fencer: self.name(),
-                    action: format!("GET {path}"),
-                    detail: "no PowerState".into(),
-                })
-            }
-        };
+        let state = answer::power_state(&sys).ok_or_else(|| FenceError::BadAnswer {
+            fencer: self.name(),
+            action: format!("GET {path}"),
+            detail: "no PowerState".into(),
+        })?;
         Ok((state, sys))
     }
 
@@ -249,16 +222,7 @@ impl RedfishFencer {
     async fn force_off(&self) -> Result<FenceAck, FenceError> {
         let (before, sys) = self.read_power().await?;
         let path = self.system_path().await?;
-        let target = sys
-            .pointer("/Actions/#ComputerSystem.Reset/target")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                format!(
-                    "{}/Actions/ComputerSystem.Reset",
-                    path.trim_end_matches('/')
-                )
-            });
+        let target = answer::reset_target(&sys, &path);
         info!(%target, power_before = %before, "redfish ForceOff");
         let (status, body) = self
             .send(
@@ -306,5 +270,118 @@ impl Fencer for RedfishFencer {
 
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
         Box::pin(async move { self.read_power().await.map(|(s, _)| s) })
+    }
+}
+
+/// What a BMC's answers mean, apart from the HTTP that carried them: pure
+/// functions over the JSON, so they are fuzzed (fuzz/fuzz_targets/redfish.rs)
+/// and unit-tested without a BMC.
+pub mod answer {
+    use super::PowerState;
+    use serde_json::Value;
+
+    /// Most systems listed from one collection; a real BMC has one or a few.
+    pub const MAX_MEMBERS: usize = 1024;
+
+    /// A body as JSON; an empty one (many BMCs answer actions with 204) is
+    /// `Null`, anything that is not JSON is kept as a string for messages.
+    pub fn body(text: String) -> Value {
+        if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        }
+    }
+
+    /// The `@odata.id` of each member of `/redfish/v1/Systems`.
+    pub fn system_members(coll: &Value) -> Vec<String> {
+        coll.get("Members")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.get("@odata.id")?.as_str().map(str::to_string))
+                    .take(MAX_MEMBERS)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The member whose last path segment is `id`, or the first one.
+    pub fn pick_system(members: &[String], id: Option<&str>) -> Option<String> {
+        match id {
+            Some(id) => members
+                .iter()
+                .find(|m| m.trim_end_matches('/').rsplit('/').next() == Some(id))
+                .cloned(),
+            None => members.first().cloned(),
+        }
+    }
+
+    /// Redfish `PowerState` (On, Off, PoweringOn, PoweringOff, Paused);
+    /// `None` when the system does not say.
+    pub fn power_state(sys: &Value) -> Option<PowerState> {
+        Some(match sys.get("PowerState")?.as_str()? {
+            "Off" => PowerState::Off,
+            "On" => PowerState::On,
+            _ => PowerState::Unknown,
+        })
+    }
+
+    /// Where ComputerSystem.Reset is posted: what the system says, or the
+    /// standard path below it.
+    pub fn reset_target(sys: &Value, path: &str) -> String {
+        sys.pointer("/Actions/#ComputerSystem.Reset/target")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/Actions/ComputerSystem.Reset",
+                    path.trim_end_matches('/')
+                )
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        #[test]
+        fn answers_are_read_as_redfish_defines_them() {
+            assert_eq!(body("  ".into()), Value::Null);
+            assert_eq!(body("<html>".into()), Value::String("<html>".into()));
+            let coll = json!({"Members": [{"@odata.id": "/redfish/v1/Systems/a/"}, {"@odata.id": "/redfish/v1/Systems/b"}, {"x": 1}]});
+            let m = system_members(&coll);
+            assert_eq!(m.len(), 2);
+            assert_eq!(
+                pick_system(&m, Some("b")).as_deref(),
+                Some("/redfish/v1/Systems/b")
+            );
+            assert_eq!(
+                pick_system(&m, Some("a")).as_deref(),
+                Some("/redfish/v1/Systems/a/")
+            );
+            assert_eq!(
+                pick_system(&m, None).as_deref(),
+                Some("/redfish/v1/Systems/a/")
+            );
+            assert_eq!(pick_system(&m, Some("c")), None);
+            assert_eq!(
+                power_state(&json!({"PowerState": "Off"})),
+                Some(PowerState::Off)
+            );
+            assert_eq!(
+                power_state(&json!({"PowerState": "PoweringOff"})),
+                Some(PowerState::Unknown)
+            );
+            assert_eq!(power_state(&json!({"PowerState": 1})), None);
+            assert_eq!(power_state(&json!([])), None);
+            assert_eq!(
+                reset_target(&json!({}), "/redfish/v1/Systems/a/"),
+                "/redfish/v1/Systems/a/Actions/ComputerSystem.Reset"
+            );
+            let many = json!({"Members": vec![json!({"@odata.id": "/x"}); MAX_MEMBERS + 5]});
+            assert_eq!(system_members(&many).len(), MAX_MEMBERS);
+        }
     }
 }

@@ -1,0 +1,456 @@
+//! Property tests of the verdict core, over evidence and event orders no
+//! table of cases lists: never `dead` while any veto holds, in one
+//! assessment or through the tracker over time; the storm guard never lets
+//! more nodes through than configured, whatever the order of events.
+
+use crate::policy::StormPolicy;
+use crate::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// Far enough from zero that every "ago" below stays positive.
+const START: u64 = 10_000;
+
+fn ms(max: u64) -> impl Strategy<Value = Duration> + Clone {
+    (0..=max).prop_map(Duration::from_millis)
+}
+
+/// A moment up to `max_ago` ms before `now`.
+fn before(now: Moment, max_ago: u64) -> impl Strategy<Value = Moment> + Clone {
+    (0..=max_ago).prop_map(move |a| now.minus(Duration::from_millis(a)))
+}
+
+fn signals() -> impl Strategy<Value = Signals> {
+    let nova = prop_oneof![
+        Just(NovaComputeProcess::Unknown),
+        Just(NovaComputeProcess::Running),
+        Just(NovaComputeProcess::Gone),
+        ms(120_000).prop_map(|b| NovaComputeProcess::Blocked { blocked_for: b }),
+    ];
+    let mode = prop_oneof![
+        Just(ProbeMode::Unknown),
+        Just(ProbeMode::Ebpf),
+        Just(ProbeMode::Procfs)
+    ];
+    let instance =
+        (0u8..4, any::<bool>(), ms(50), any::<bool>()).prop_map(|(u, alive, cpu, exited)| {
+            InstanceActivity {
+                uuid: format!("uuid-{u}"),
+                alive,
+                cpu_delta: cpu,
+                exited,
+            }
+        });
+    let blocked = (1u32..100, ms(120_000)).prop_map(|(pid, b)| BlockedTask {
+        pid,
+        comm: "task".into(),
+        blocked_for: b,
+    });
+    let stall = (0u32..3, ms(120_000)).prop_map(|(n, oldest)| DeviceStall {
+        device: "loop0".into(),
+        in_flight: n,
+        oldest,
+    });
+    (
+        mode,
+        nova,
+        vec(blocked, 0..3),
+        vec(stall, 0..2),
+        vec(instance, 0..4),
+        0u64..3,
+    )
+        .prop_map(
+            |(mode, nova_compute, blocked_tasks, device_stalls, instances, hung)| Signals {
+                mode,
+                nova_compute,
+                blocked_tasks,
+                device_stalls,
+                instances,
+                hung_task_events: hung,
+                failed_probes: vec![],
+            },
+        )
+}
+
+fn sensor(now: Moment) -> impl Strategy<Value = SensorWitness> {
+    prop_oneof![
+        before(now, 60_000).prop_map(|since| SensorWitness::NeverSeen { since }),
+        (any::<bool>(), before(now, 30_000), ms(10_000), signals()).prop_map(
+            |(connected, last, interval, signals)| {
+                SensorWitness::Seen(Box::new(SensorReading {
+                    connected,
+                    last_heartbeat_at: last,
+                    interval,
+                    boot_id: "boot".into(),
+                    instance: String::new(),
+                    seq: 1,
+                    seq_gaps: 0,
+                    boot_changes: 0,
+                    boot_changed_at: None,
+                    signals,
+                }))
+            }
+        ),
+    ]
+}
+
+fn nova(now: Moment) -> impl Strategy<Value = NovaWitness> {
+    let state = || {
+        prop_oneof![
+            Just(ServiceState::Up),
+            Just(ServiceState::Down),
+            Just(ServiceState::Unknown)
+        ]
+    };
+    let reason = || {
+        prop_oneof![
+            Just(None),
+            Just(Some("maintenance: disk swap".to_string())),
+            Just(Some("vigil: fenced".to_string())),
+        ]
+    };
+    let service = || {
+        (
+            before(now, 5_000),
+            state(),
+            any::<bool>(),
+            reason(),
+            any::<bool>(),
+            ms(60_000),
+        )
+            .prop_map(
+                |(polled_at, state, enabled, disabled_reason, forced_down, stalled)| NovaService {
+                    polled_at,
+                    state,
+                    enabled,
+                    disabled_reason,
+                    forced_down,
+                    updated_at_stalled: stalled,
+                    instances: None,
+                },
+            )
+    };
+    prop_oneof![
+        before(now, 60_000).prop_map(|since| NovaWitness::NotPolled { since }),
+        (before(now, 60_000), proptest::option::of(service())).prop_map(|(since, last_known)| {
+            NovaWitness::Unreachable {
+                since,
+                error: "connection refused".into(),
+                last_known,
+            }
+        }),
+        before(now, 5_000).prop_map(|polled_at| NovaWitness::NotListed { polled_at }),
+        service().prop_map(NovaWitness::Listed),
+    ]
+}
+
+fn ping(now: Moment, role: PingRole) -> impl Strategy<Value = PingWitness> {
+    (
+        0u8..250,
+        proptest::option::of(before(now, 20_000)),
+        proptest::option::of(before(now, 60_000)),
+        0u32..10,
+    )
+        .prop_map(move |(last_octet, probe, answer, failures)| PingWitness {
+            address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, last_octet)),
+            role: role.clone(),
+            last_probe_at: probe,
+            last_answer_at: answer,
+            last_rtt: None,
+            consecutive_failures: failures,
+        })
+}
+
+fn pings(now: Moment) -> impl Strategy<Value = Vec<PingWitness>> {
+    let one = prop_oneof![
+        ping(now, PingRole::Host),
+        ping(
+            now,
+            PingRole::Instance {
+                uuid: "uuid-1".into()
+            }
+        ),
+    ];
+    vec(one, 0..4)
+}
+
+fn decider(now: Moment) -> impl Strategy<Value = DeciderView> {
+    (
+        vec(ping(now, PingRole::Reference), 0..3),
+        1usize..10,
+        0usize..10,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(reference_pings, known, silent, nova_reachable)| DeciderView {
+                reference_pings,
+                nodes_known: known,
+                sensors_silent: silent.min(known),
+                nova_reachable,
+            },
+        )
+}
+
+/// Evidence close to a dead node (silent sensor, stalled Nova, failing
+/// pings, a decider that sees the rest of the world), still varied in every
+/// field that decides: uniform evidence is almost never `dead`.
+fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
+    let ago =
+        move |lo: u64, hi: u64| (lo..=hi).prop_map(move |a| now.minus(Duration::from_millis(a)));
+    let sensor = (any::<bool>(), ago(2_000, 30_000), ms(2_000), signals()).prop_map(
+        |(connected, last, interval, signals)| {
+            SensorWitness::Seen(Box::new(SensorReading {
+                connected,
+                last_heartbeat_at: last,
+                interval,
+                boot_id: "boot".into(),
+                instance: String::new(),
+                seq: 1,
+                seq_gaps: 0,
+                boot_changes: 0,
+                boot_changed_at: None,
+                signals,
+            }))
+        },
+    );
+    let state = prop_oneof![
+        3 => Just(ServiceState::Down),
+        1 => Just(ServiceState::Up),
+        1 => Just(ServiceState::Unknown)
+    ];
+    let nova = (
+        ago(0, 2_000),
+        state,
+        any::<bool>(),
+        any::<bool>(),
+        ms(60_000),
+    )
+        .prop_map(|(polled_at, state, enabled, forced_down, stalled)| {
+            NovaWitness::Listed(NovaService {
+                polled_at,
+                state,
+                enabled,
+                disabled_reason: None,
+                forced_down,
+                updated_at_stalled: stalled,
+                instances: None,
+            })
+        });
+    let host = (
+        0u8..250,
+        ago(0, 3_000),
+        proptest::option::of(ago(0, 30_000)),
+        1u32..6,
+    )
+        .prop_map(|(o, probe, answer, failures)| PingWitness {
+            address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, o)),
+            role: PingRole::Host,
+            last_probe_at: Some(probe),
+            last_answer_at: answer,
+            last_rtt: None,
+            consecutive_failures: failures,
+        });
+    let reference = (ago(0, 3_000), 0u32..2).prop_map(|(at, failures)| PingWitness {
+        address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        role: PingRole::Reference,
+        last_probe_at: Some(at),
+        last_answer_at: Some(at),
+        last_rtt: None,
+        consecutive_failures: failures,
+    });
+    let decider = (vec(reference, 1..3), 3usize..10, 0usize..3).prop_map(
+        |(reference_pings, known, silent)| DeciderView {
+            reference_pings,
+            nodes_known: known,
+            sensors_silent: silent,
+            nova_reachable: true,
+        },
+    );
+    (sensor, nova, vec(host, 1..3), decider).prop_map(|(sensor, nova, pings, decider)| Evidence {
+        sensor,
+        nova,
+        pings,
+        decider,
+    })
+}
+
+fn evidence(now: Moment) -> impl Strategy<Value = Evidence> {
+    let any_evidence = (sensor(now), nova(now), pings(now), decider(now)).prop_map(
+        |(sensor, nova, pings, decider)| Evidence {
+            sensor,
+            nova,
+            pings,
+            decider,
+        },
+    );
+    prop_oneof![any_evidence, near_dead(now)]
+}
+
+/// Evidence at each of several moments 0–3 s apart.
+fn timeline() -> impl Strategy<Value = Vec<(u64, Evidence)>> {
+    vec(0u64..3_000, 1..40).prop_flat_map(|steps| {
+        let mut at = START;
+        let moments: Vec<u64> = steps
+            .iter()
+            .map(|s| {
+                at += s;
+                at
+            })
+            .collect();
+        moments
+            .into_iter()
+            .map(|m| evidence(Moment::from_millis(m)).prop_map(move |e| (m, e)))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Independent of `evaluate`'s own veto list: an address that answered and
+/// has not failed enough probes since is safety rule 2 as PRODUCT.md says it.
+fn an_address_answers(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
+    ev.pings.iter().any(|p| {
+        !matches!(p.role, PingRole::Reference)
+            && p.last_answer_at.is_some()
+            && p.consecutive_failures < policy.ping.failures_for_silent
+            && p.last_probe_at
+                .is_some_and(|at| now.since(at) <= policy.ping.probe_stale_after)
+    })
+}
+
+proptest! {
+    // Timelines of up to 40 assessments each: 1,000 cases take ~10 s in a
+    // debug build.
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn never_dead_while_a_veto_holds(ev in evidence(Moment::from_millis(START))) {
+        let policy = Policy::default();
+        let now = Moment::from_millis(START);
+        let a = evaluate(&ev, &policy, now);
+        if a.verdict == Verdict::Dead {
+            prop_assert!(a.vetoes.is_empty(), "dead with vetoes {:?}", a.vetoes);
+            prop_assert!(!an_address_answers(&ev, &policy, now), "dead while an address answers: {:?}", ev.pings);
+        }
+    }
+
+    #[test]
+    fn the_tracker_never_shows_dead_while_a_veto_holds(steps in timeline()) {
+        let policy = Policy::default();
+        let mut t = NodeTracker::new(Moment::from_millis(START));
+        for (at, ev) in steps {
+            let now = Moment::from_millis(at);
+            let a = evaluate(&ev, &policy, now);
+            let vetoed = !a.vetoes.is_empty() || an_address_answers(&ev, &policy, now);
+            t.observe(a, &policy, now);
+            if vetoed {
+                prop_assert_ne!(t.verdict(), Verdict::Dead, "reasons {:?}", t.reasons());
+            }
+        }
+    }
+}
+
+/// One event the storm guard sees: (node, kind, confirmed, ms since the
+/// previous event). Kinds: 0 down, 1 up, 2 check.
+type StormEvent = (usize, u8, bool, u64);
+
+const NODES: usize = 8;
+
+fn segment(node: usize) -> String {
+    format!("rack{}", node % 2)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_storm_guard_never_lets_more_nodes_through_than_configured(
+        max_dead in 0u32..5,
+        share_pct in 5u32..=100,
+        events in vec((0..NODES, 0u8..3, any::<bool>(), 0u64..4_000), 1..200),
+    ) {
+        let policy = StormPolicy {
+            max_dead,
+            max_share: f64::from(share_pct) / 100.0,
+            window: Duration::from_secs(10),
+        };
+        let sizes: BTreeMap<String, usize> =
+            (0..2).map(|r| (format!("rack{r}"), NODES / 2)).collect();
+        let mut guard = StormGuard::new();
+        // The model: node -> (first sign of down, confirmed), kept the way
+        // safety rule 6 words it, to compare the guard's count with.
+        let mut model: BTreeMap<usize, (u64, bool)> = BTreeMap::new();
+        let mut now = START;
+        let events: Vec<StormEvent> = events;
+        for (node, kind, confirmed, dt) in events {
+            now += dt;
+            let at = Moment::from_millis(now);
+            match kind {
+                0 => {
+                    guard.note_down(&format!("n{node}"), &segment(node), confirmed, at);
+                    model.entry(node).or_insert((now, confirmed)).1 |= confirmed;
+                }
+                1 => {
+                    guard.note_up(&format!("n{node}"));
+                    if model.get(&node).is_some_and(|(_, c)| !c) {
+                        model.remove(&node);
+                    }
+                }
+                _ => {
+                    let hold = guard.check(&policy, &sizes, at);
+                    model.retain(|_, (t, _)| now - *t <= 10_000);
+                    prop_assert_eq!(guard.counted(), model.len());
+                    let held: BTreeSet<String> = hold.map(|h| h.nodes).unwrap_or_default();
+                    let through: Vec<usize> = model
+                        .keys()
+                        .copied()
+                        .filter(|n| !held.contains(&format!("n{n}")))
+                        .collect();
+                    prop_assert!(
+                        through.len() <= max_dead as usize,
+                        "{} nodes let through, max_dead {max_dead}: {through:?}",
+                        through.len()
+                    );
+                    for rack in 0..2 {
+                        let down = model.keys().filter(|n| *n % 2 == rack).count();
+                        let share = down as f64 / (NODES / 2) as f64;
+                        if share > policy.max_share {
+                            prop_assert!(
+                                through.iter().all(|n| n % 2 != rack),
+                                "rack{rack}: {down} of {} down (> {}), yet {through:?} let through",
+                                NODES / 2,
+                                policy.max_share
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The generators reach `dead` (and vetoed non-dead) often enough for the
+/// properties above to mean something.
+#[test]
+fn the_evidence_generator_reaches_dead_and_vetoes() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let policy = Policy::default();
+    let now = Moment::from_millis(START);
+    let mut runner = TestRunner::deterministic();
+    let strategy = evidence(now);
+    let (mut dead, mut vetoed) = (0, 0);
+    for _ in 0..4000 {
+        let ev = strategy.new_tree(&mut runner).expect("evidence").current();
+        let a = evaluate(&ev, &policy, now);
+        dead += usize::from(a.verdict == Verdict::Dead);
+        vetoed += usize::from(!a.vetoes.is_empty());
+    }
+    eprintln!("of 4000: {dead} dead, {vetoed} vetoed");
+    assert!(
+        dead >= 200,
+        "only {dead} of 4000 generated nodes judged dead"
+    );
+    assert!(vetoed >= 400, "only {vetoed} of 4000 vetoed");
+}
