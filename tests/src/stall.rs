@@ -72,6 +72,102 @@ pub struct Scenario {
     pub servers: usize,
     /// The node that loses power.
     pub node: String,
+    /// Where to save Nova's raw answers for each server (server, its
+    /// evacuation migrations, its instance actions) each time they change
+    /// during the run: the unit tests' recorded cases
+    /// (decider/recovery/tests/data/).
+    pub record: Option<std::path::PathBuf>,
+}
+
+/// Saves Nova's raw picture of each server whenever it changes, until
+/// stopped; at most `MAX_RECORDS` files. Runs in its own thread so a frozen
+/// nova-api only delays it.
+struct Recorder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+const MAX_RECORDS: usize = 60;
+
+impl Recorder {
+    fn start(lab: &Lab, servers: &[Server], dir: &std::path::Path, tag: &str) -> Option<Recorder> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let nova = lab.nova().ok()?;
+        std::fs::create_dir_all(dir).ok()?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let ids: Vec<(String, String)> = servers
+            .iter()
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect();
+        let dir = dir.to_path_buf();
+        let tag = tag.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut n = 0usize;
+            while !flag.load(Ordering::SeqCst) && n < MAX_RECORDS {
+                for (id, name) in &ids {
+                    let read = || -> anyhow::Result<Value> {
+                        Ok(serde_json::json!({
+                            "server": nova.get(&format!("/servers/{id}"), "2.96")?,
+                            "migrations": nova.get(
+                                &format!("/os-migrations?instance_uuid={id}&migration_type=evacuation"),
+                                "2.96")?,
+                            "instance_actions": nova.get(
+                                &format!("/servers/{id}/os-instance-actions"), "2.96")?,
+                        }))
+                    };
+                    let Ok(v) = read() else { continue };
+                    let srv = &v["server"]["server"];
+                    let key = format!(
+                        "{}|{}|{}|{}|{}",
+                        srv["status"],
+                        srv["OS-EXT-STS:task_state"],
+                        srv["OS-EXT-SRV-ATTR:host"] == ids_host(&v),
+                        v["migrations"]["migrations"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .map(|m| m["status"].to_string())
+                                .collect::<Vec<_>>()
+                                .join(","))
+                            .unwrap_or_default(),
+                        v["instance_actions"]["instanceActions"]
+                            .as_array()
+                            .map(|a| a.iter().filter(|x| x["action"] == "evacuate").count())
+                            .unwrap_or(0)
+                    );
+                    if seen.insert(key) {
+                        n += 1;
+                        let f = dir.join(format!("{tag}-{n:02}-{name}.json"));
+                        let _ =
+                            std::fs::write(f, serde_json::to_string_pretty(&v).unwrap_or_default());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            n
+        });
+        Some(Recorder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// Whether the server is back on its original host: the key only needs
+/// "moved or not", which the source host of its first migration tells.
+fn ids_host(v: &Value) -> Value {
+    v["migrations"]["migrations"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|m| m["source_compute"].clone())
+        .unwrap_or(Value::Null)
 }
 
 /// One server's end, as Nova and the incident show it.
@@ -168,6 +264,18 @@ pub fn run(lab: &Lab, sc: &Scenario) -> RunResult {
         },
     );
     d.wait_all_healthy(lab);
+    let recorder = sc.record.as_deref().and_then(|dir| {
+        let tag = format!(
+            "{}-{:?}-{}",
+            sc.fault.name(),
+            sc.at,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        );
+        Recorder::start(lab, &servers, dir, &tag)
+    });
     let cut = Instant::now();
     lab.fault(Fault::PowerOff, &sc.node).expect("power off");
     // Right after the first evacuate call: the workflow logs "evacuating"
@@ -221,6 +329,9 @@ pub fn run(lab: &Lab, sc: &Scenario) -> RunResult {
     // whatever Nova had queued has run: a queued second evacuation after
     // the incident closed is exactly what must be caught.
     drop(undo);
+    if let Some(r) = recorder {
+        eprintln!("recorded {} distinct Nova picture(s)", r.finish());
+    }
     wait::until(
         "Nova idle for the servers (no task state) after the fault",
         Duration::from_secs(180),

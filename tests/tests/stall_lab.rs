@@ -22,6 +22,7 @@ fn scenario(fault: NovaFault, at: Moment, secs: u64, servers: usize) -> Scenario
         freeze: Duration::from_secs(secs),
         servers,
         node: "compute1".into(),
+        record: None,
     }
 }
 
@@ -95,7 +96,12 @@ fn chaos_run() {
         other => panic!("VIGIL_CHAOS_FAULT {other:?} is not a scenario"),
     };
     let at = Moment::parse(&env("VIGIL_CHAOS_AT", "first-post")).expect("VIGIL_CHAOS_AT");
-    let sc = scenario(fault, at, secs, servers);
+    let mut sc = scenario(fault, at, secs, servers);
+    sc.record = Some(
+        env("VIGIL_CHAOS_RECORD", "/tmp/vigil-chaos-recordings")
+            .trim()
+            .into(),
+    );
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
     let r = stall::run(lab, &sc);
