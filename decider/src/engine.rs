@@ -300,6 +300,7 @@ impl Engine {
                 last_answer_at: None,
                 last_rtt: None,
                 consecutive_failures: 0,
+                send_error: None,
             })
             .collect();
         let engine = Engine {
@@ -710,6 +711,7 @@ impl Engine {
                     last_answer_at: None,
                     last_rtt: None,
                     consecutive_failures: 0,
+                    send_error: None,
                 }));
             }
         }
@@ -726,7 +728,6 @@ impl Engine {
         for r in results {
             if let Some(e) = &r.error {
                 debug!(address = %r.address, error = %e, "probe not sent");
-                continue;
             }
             let role_label;
             match &r.node {
@@ -751,8 +752,10 @@ impl Engine {
                     touched.insert(node.clone());
                 }
             }
-            self.metrics
-                .record_ping(r.node.as_deref().unwrap_or(""), role_label, r.rtt);
+            if r.error.is_none() {
+                self.metrics
+                    .record_ping(r.node.as_deref().unwrap_or(""), role_label, r.rtt);
+            }
         }
         for node in touched {
             if let Some(n) = self.node(&node) {
@@ -1125,6 +1128,13 @@ fn goodbye(reason: &str) -> v1::DeciderMessage {
 }
 
 fn record_probe(p: &mut PingWitness, r: &PingResult) {
+    if let Some(e) = &r.error {
+        // Shown as a failure to probe; the answer history stays as it was
+        // (a failed send is neither an answer nor a silence).
+        p.send_error = Some(e.clone());
+        return;
+    }
+    p.send_error = None;
     p.last_probe_at = Some(r.at);
     match r.rtt {
         Some(rtt) => {
@@ -1204,6 +1214,60 @@ fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: with a host firewall refusing ICMP sends (EPERM), the CLI
+    /// showed the host address answering (`host 1/1`) from its last answer
+    /// while the verdict said 0/1. A failed send is shown as a failure to
+    /// probe and never as an answer.
+    #[test]
+    fn a_failed_icmp_send_is_shown_as_not_probed_never_answering() {
+        let addr: IpAddr = "198.51.100.11".parse().expect("address");
+        let mut st = NodeState::new(
+            "compute1",
+            "rack1",
+            vec![addr],
+            true,
+            Moment::from_secs(1),
+            0,
+        );
+        let probe = |at: u64, rtt: Option<Duration>, error: Option<&str>| PingResult {
+            node: Some("compute1".into()),
+            address: addr,
+            at: Moment::from_secs(at),
+            rtt,
+            error: error.map(str::to_string),
+        };
+        record_probe(
+            &mut st.evidence.pings[0],
+            &probe(2, Some(Duration::from_micros(90)), None),
+        );
+        let shown = crate::operator_api::node_to_proto(
+            &st,
+            Moment::from_secs(2),
+            crate::operator_api::Detail::Summary,
+        );
+        assert!(shown.pings[0].answering);
+        record_probe(
+            &mut st.evidence.pings[0],
+            &probe(3, None, Some("Operation not permitted (os error 1)")),
+        );
+        let shown = crate::operator_api::node_to_proto(
+            &st,
+            Moment::from_secs(3),
+            crate::operator_api::Detail::Summary,
+        );
+        let p = &shown.pings[0];
+        assert!(!p.answering, "a failed send shown as answering: {p:?}");
+        assert!(p.probe_error.contains("not permitted"), "{p:?}");
+        let table = crate::table::nodes_table(std::slice::from_ref(&shown), 3_000);
+        assert!(
+            table.contains("host 0/1 inst 0/0 (1 not probed)"),
+            "{table}"
+        );
+        // A probe that goes out again clears it.
+        record_probe(&mut st.evidence.pings[0], &probe(4, None, None));
+        assert_eq!(st.evidence.pings[0].send_error, None);
+    }
 
     fn svc(
         updated_at: &str,

@@ -93,5 +93,6 @@ fn host_ping(address: IpAddr) -> PingWitness {
         last_answer_at: None,
         last_rtt: None,
         consecutive_failures: 0,
+        send_error: None,
     }
 }
