@@ -5,6 +5,7 @@
 
 use crate::metrics::Metrics;
 use crate::node_state::{NodeState, Nodes};
+use crate::recovery::alerts::DegradedLevel;
 use crate::recovery::driver::RecoveryInput;
 use crate::witness::{ComputeService, ServerOnHost};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -96,6 +97,9 @@ pub struct VerdictChanged {
     pub at_unix_ms: i64,
     /// True when the node is `dead` and no guard holds it: recovery may act.
     pub actionable: bool,
+    /// How bad the node is when `to` is `degraded`; a change from
+    /// `degraded` to `degraded` says it got worse.
+    pub degraded: crate::recovery::alerts::DegradedLevel,
 }
 
 /// A workflow step the engine refused.
@@ -932,7 +936,33 @@ impl Engine {
                 c.reasons
             };
             self.publish_change(st, before, c.to, reasons, now);
+        } else if st.tracker.verdict() == Verdict::Degraded {
+            self.publish_if_worse(st);
         }
+    }
+
+    /// Still `degraded` but worse than ever in this spell (e.g. nova-compute
+    /// hung, then every VM frozen): watchers and the alert task hear it as a
+    /// `degraded` → `degraded` change. Only worse: a reason's seconds
+    /// ticking is not news.
+    fn publish_if_worse(&mut self, st: &mut NodeState) {
+        let level = DegradedLevel::of(&st.evidence);
+        let peak = st.degraded_peak.unwrap_or_default();
+        if !level.exceeds(&peak) {
+            return;
+        }
+        st.degraded_peak = Some(level.max(&peak));
+        let reasons = st.tracker.reasons().to_vec();
+        info!(node = %st.name, reason = %reasons.first().cloned().unwrap_or_default(), "degraded node got worse");
+        let _ = self.changes.send(VerdictChanged {
+            node: st.name.clone(),
+            from: Verdict::Degraded,
+            to: Verdict::Degraded,
+            reasons,
+            at_unix_ms: unix_ms_now(),
+            actionable: false,
+            degraded: level,
+        });
     }
 
     /// Keeps the storm guard's count of `st` up to date (`down` from
@@ -999,6 +1029,8 @@ impl Engine {
             }
         }
         let actionable = st.tracker.actionable();
+        let degraded = DegradedLevel::of(&st.evidence);
+        st.degraded_peak = (to == Verdict::Degraded).then_some(degraded);
         let _ = self.changes.send(VerdictChanged {
             node: st.name.clone(),
             from,
@@ -1006,6 +1038,7 @@ impl Engine {
             reasons,
             at_unix_ms: st.since_unix_ms,
             actionable,
+            degraded,
         });
         if actionable {
             self.announce_dead(st, now);
@@ -1068,6 +1101,7 @@ impl Engine {
                     reasons,
                     at_unix_ms: unix_ms_now(),
                     actionable,
+                    degraded: DegradedLevel::of(&st.evidence),
                 });
                 if actionable {
                     self.announce_dead(&st, now);
