@@ -944,10 +944,11 @@ async fn raw_compute(
                         tokio::time::sleep(Duration::from_secs(30)).await;
                     }
                     Lost::Reset => {
-                        // SO_LINGER 0: close sends RST, not FIN. (Deprecated
-                        // because a non-zero linger blocks on drop; zero
-                        // does not.)
-                        #[allow(deprecated)]
+                        // SO_LINGER 0: close sends RST, not FIN.
+                        #[allow(
+                            deprecated,
+                            reason = "a non-zero linger blocks on drop; zero does not"
+                        )]
                         let _ = sock.set_linger(Some(Duration::ZERO));
                         drop(sock);
                     }
