@@ -5,6 +5,7 @@
 
 use crate::metrics::Metrics;
 use crate::node_state::{NodeState, Nodes};
+use crate::recovery::alerts::DegradedLevel;
 use crate::recovery::driver::RecoveryInput;
 use crate::witness::{ComputeService, ServerOnHost};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -96,6 +97,9 @@ pub struct VerdictChanged {
     pub at_unix_ms: i64,
     /// True when the node is `dead` and no guard holds it: recovery may act.
     pub actionable: bool,
+    /// How bad the node is when `to` is `degraded`; a change from
+    /// `degraded` to `degraded` says it got worse.
+    pub degraded: crate::recovery::alerts::DegradedLevel,
 }
 
 /// A workflow step the engine refused.
@@ -300,6 +304,7 @@ impl Engine {
                 last_answer_at: None,
                 last_rtt: None,
                 consecutive_failures: 0,
+                send_error: None,
             })
             .collect();
         let engine = Engine {
@@ -710,6 +715,7 @@ impl Engine {
                     last_answer_at: None,
                     last_rtt: None,
                     consecutive_failures: 0,
+                    send_error: None,
                 }));
             }
         }
@@ -726,7 +732,6 @@ impl Engine {
         for r in results {
             if let Some(e) = &r.error {
                 debug!(address = %r.address, error = %e, "probe not sent");
-                continue;
             }
             let role_label;
             match &r.node {
@@ -751,8 +756,10 @@ impl Engine {
                     touched.insert(node.clone());
                 }
             }
-            self.metrics
-                .record_ping(r.node.as_deref().unwrap_or(""), role_label, r.rtt);
+            if r.error.is_none() {
+                self.metrics
+                    .record_ping(r.node.as_deref().unwrap_or(""), role_label, r.rtt);
+            }
         }
         for node in touched {
             if let Some(n) = self.node(&node) {
@@ -929,7 +936,33 @@ impl Engine {
                 c.reasons
             };
             self.publish_change(st, before, c.to, reasons, now);
+        } else if st.tracker.verdict() == Verdict::Degraded {
+            self.publish_if_worse(st);
         }
+    }
+
+    /// Still `degraded` but worse than ever in this spell (e.g. nova-compute
+    /// hung, then every VM frozen): watchers and the alert task hear it as a
+    /// `degraded` → `degraded` change. Only worse: a reason's seconds
+    /// ticking is not news.
+    fn publish_if_worse(&mut self, st: &mut NodeState) {
+        let level = DegradedLevel::of(&st.evidence);
+        let peak = st.degraded_peak.unwrap_or_default();
+        if !level.exceeds(&peak) {
+            return;
+        }
+        st.degraded_peak = Some(level.max(&peak));
+        let reasons = st.tracker.reasons().to_vec();
+        info!(node = %st.name, reason = %reasons.first().cloned().unwrap_or_default(), "degraded node got worse");
+        let _ = self.changes.send(VerdictChanged {
+            node: st.name.clone(),
+            from: Verdict::Degraded,
+            to: Verdict::Degraded,
+            reasons,
+            at_unix_ms: unix_ms_now(),
+            actionable: false,
+            degraded: level,
+        });
     }
 
     /// Keeps the storm guard's count of `st` up to date (`down` from
@@ -996,6 +1029,8 @@ impl Engine {
             }
         }
         let actionable = st.tracker.actionable();
+        let degraded = DegradedLevel::of(&st.evidence);
+        st.degraded_peak = (to == Verdict::Degraded).then_some(degraded);
         let _ = self.changes.send(VerdictChanged {
             node: st.name.clone(),
             from,
@@ -1003,6 +1038,7 @@ impl Engine {
             reasons,
             at_unix_ms: st.since_unix_ms,
             actionable,
+            degraded,
         });
         if actionable {
             self.announce_dead(st, now);
@@ -1065,6 +1101,7 @@ impl Engine {
                     reasons,
                     at_unix_ms: unix_ms_now(),
                     actionable,
+                    degraded: DegradedLevel::of(&st.evidence),
                 });
                 if actionable {
                     self.announce_dead(&st, now);
@@ -1125,6 +1162,13 @@ fn goodbye(reason: &str) -> v1::DeciderMessage {
 }
 
 fn record_probe(p: &mut PingWitness, r: &PingResult) {
+    if let Some(e) = &r.error {
+        // Shown as a failure to probe; the answer history stays as it was
+        // (a failed send is neither an answer nor a silence).
+        p.send_error = Some(e.clone());
+        return;
+    }
+    p.send_error = None;
     p.last_probe_at = Some(r.at);
     match r.rtt {
         Some(rtt) => {
@@ -1204,6 +1248,60 @@ fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: with a host firewall refusing ICMP sends (EPERM), the CLI
+    /// showed the host address answering (`host 1/1`) from its last answer
+    /// while the verdict said 0/1. A failed send is shown as a failure to
+    /// probe and never as an answer.
+    #[test]
+    fn a_failed_icmp_send_is_shown_as_not_probed_never_answering() {
+        let addr: IpAddr = "198.51.100.11".parse().expect("address");
+        let mut st = NodeState::new(
+            "compute1",
+            "rack1",
+            vec![addr],
+            true,
+            Moment::from_secs(1),
+            0,
+        );
+        let probe = |at: u64, rtt: Option<Duration>, error: Option<&str>| PingResult {
+            node: Some("compute1".into()),
+            address: addr,
+            at: Moment::from_secs(at),
+            rtt,
+            error: error.map(str::to_string),
+        };
+        record_probe(
+            &mut st.evidence.pings[0],
+            &probe(2, Some(Duration::from_micros(90)), None),
+        );
+        let shown = crate::operator_api::node_to_proto(
+            &st,
+            Moment::from_secs(2),
+            crate::operator_api::Detail::Summary,
+        );
+        assert!(shown.pings[0].answering);
+        record_probe(
+            &mut st.evidence.pings[0],
+            &probe(3, None, Some("Operation not permitted (os error 1)")),
+        );
+        let shown = crate::operator_api::node_to_proto(
+            &st,
+            Moment::from_secs(3),
+            crate::operator_api::Detail::Summary,
+        );
+        let p = &shown.pings[0];
+        assert!(!p.answering, "a failed send shown as answering: {p:?}");
+        assert!(p.probe_error.contains("not permitted"), "{p:?}");
+        let table = crate::table::nodes_table(std::slice::from_ref(&shown), 3_000);
+        assert!(
+            table.contains("host 0/1 inst 0/0 (1 not probed)"),
+            "{table}"
+        );
+        // A probe that goes out again clears it.
+        record_probe(&mut st.evidence.pings[0], &probe(4, None, None));
+        assert_eq!(st.evidence.pings[0].send_error, None);
+    }
 
     fn svc(
         updated_at: &str,

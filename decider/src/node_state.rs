@@ -43,6 +43,9 @@ pub struct NodeState {
     pub updated_at_seen: Option<(Option<String>, Moment)>,
     /// Open incident, set by the recovery workflow.
     pub incident_id: Option<String>,
+    /// The worst this node has been since it turned `degraded` (None when
+    /// it is not): a worse level is published again.
+    pub degraded_peak: Option<crate::recovery::alerts::DegradedLevel>,
 }
 
 impl NodeState {
@@ -81,6 +84,7 @@ impl NodeState {
             nova_service: None,
             updated_at_seen: None,
             incident_id: None,
+            degraded_peak: None,
         }
     }
 }
@@ -93,5 +97,6 @@ fn host_ping(address: IpAddr) -> PingWitness {
         last_answer_at: None,
         last_rtt: None,
         consecutive_failures: 0,
+        send_error: None,
     }
 }

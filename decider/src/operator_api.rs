@@ -205,10 +205,13 @@ pub fn node_to_proto(st: &NodeState, now: Moment, detail: Detail) -> v1::Node {
         .map(|p| v1::PingTarget {
             address: p.address.to_string(),
             role: p.role.label(),
-            answering: p.consecutive_failures == 0 && p.last_answer_at.is_some(),
+            answering: p.consecutive_failures == 0
+                && p.last_answer_at.is_some()
+                && p.send_error.is_none(),
             rtt_ms: p.last_rtt.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             has_answered: p.last_answer_at.is_some(),
             last_answer_age_ms: p.last_answer_at.map_or(0, |t| ms(now.since(t))),
+            probe_error: p.send_error.clone().unwrap_or_default(),
         })
         .collect();
     v1::Node {

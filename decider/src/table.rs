@@ -69,11 +69,19 @@ fn pings(n: &v1::Node) -> String {
             .iter()
             .filter(|p| (p.role == "host") == host)
             .collect();
-        (all.iter().filter(|p| p.answering).count(), all.len())
+        (
+            all.iter().filter(|p| p.answering).count(),
+            all.len(),
+            all.iter().filter(|p| !p.probe_error.is_empty()).count(),
+        )
     };
-    let (ha, ht) = count(true);
-    let (ia, it) = count(false);
-    format!("host {ha}/{ht} inst {ia}/{it}")
+    let (ha, ht, he) = count(true);
+    let (ia, it, ie) = count(false);
+    let mut s = format!("host {ha}/{ht} inst {ia}/{it}");
+    if he + ie > 0 {
+        s.push_str(&format!(" ({} not probed)", he + ie));
+    }
+    s
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -257,7 +265,9 @@ pub fn node_detail(n: &v1::Node, now_ms: i64) -> String {
         let _ = writeln!(o, "  (no addresses)");
     }
     for p in &n.pings {
-        let state = if p.answering {
+        let state = if !p.probe_error.is_empty() {
+            format!("cannot probe: {}", p.probe_error)
+        } else if p.answering {
             format!("answering, {:.2} ms", p.rtt_ms)
         } else if p.has_answered {
             format!("silent, last answer {} ago", secs(p.last_answer_age_ms))
@@ -310,6 +320,7 @@ pub fn node_json(n: &v1::Node) -> Value {
         "pings": n.pings.iter().map(|p| json!({
             "address": p.address, "role": p.role, "answering": p.answering, "rtt_ms": p.rtt_ms,
             "has_answered": p.has_answered, "last_answer_age_ms": p.last_answer_age_ms,
+            "probe_error": p.probe_error,
         })).collect::<Vec<_>>(),
         "incident_id": n.incident_id,
     })

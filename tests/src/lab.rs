@@ -468,6 +468,23 @@ impl Lab {
             .with_context(|| format!("parsing `lab fault freeze {service} --json`"))
     }
 
+    /// `lab fault api-500 nova-api --seconds N`: nova-api answers 500 for
+    /// `for_` (reads refused, writes applied then answered 500); the first
+    /// use restarts nova-api with the filter that does it.
+    pub fn api_500(&self, for_: Duration) -> Result<StallReport> {
+        let secs = format!("{:.3}", for_.as_secs_f64());
+        let out = run(
+            &self.script,
+            &["fault", "api-500", "nova-api", "--seconds", &secs, "--json"],
+        )?;
+        serde_json::from_slice(&out.stdout).context("parsing `lab fault api-500 --json`")
+    }
+
+    /// `lab fault api-ok nova-api`: nova-api answers normally again.
+    pub fn api_ok(&self) -> Result<()> {
+        run(&self.script, &["fault", "api-ok", "nova-api"]).map(|_| ())
+    }
+
     /// `lab fault thaw SERVICE`: SIGCONT it now.
     pub fn thaw(&self, service: &str) -> Result<()> {
         run(&self.script, &["fault", "thaw", service]).map(|_| ())

@@ -12,15 +12,17 @@
 use std::time::Duration;
 
 use vigil_tests::lab::Lab;
-use vigil_tests::stall::{self, Scenario};
+use vigil_tests::stall::{self, Moment, NovaFault, Scenario};
 use vigil_tests::tier;
 
-fn scenario(service: &str, secs: u64, servers: usize) -> Scenario {
+fn scenario(fault: NovaFault, at: Moment, secs: u64, servers: usize) -> Scenario {
     Scenario {
-        service: service.into(),
+        fault,
+        at,
         freeze: Duration::from_secs(secs),
         servers,
         node: "compute1".into(),
+        record: None,
     }
 }
 
@@ -36,8 +38,18 @@ fn a_frozen_nova_api_or_conductor_never_gets_two_evacuations_nor_a_false_recover
     let _x = lab.exclusive();
     let started = std::time::Instant::now();
     for sc in [
-        scenario("nova-api", 35, 4),
-        scenario("nova-conductor", 35, 4),
+        scenario(
+            NovaFault::Freeze("nova-api".into()),
+            Moment::FirstPost,
+            35,
+            4,
+        ),
+        scenario(
+            NovaFault::Freeze("nova-conductor".into()),
+            Moment::FirstPost,
+            35,
+            4,
+        ),
     ] {
         let t = std::time::Instant::now();
         let r = stall::run(lab, &sc);
@@ -57,8 +69,9 @@ fn a_frozen_nova_api_or_conductor_never_gets_two_evacuations_nor_a_false_recover
 }
 
 /// One run of a chaos scenario for `cargo xtask chaos` (ignored in CI): the
-/// scenario comes from VIGIL_CHAOS_SERVICE / _SECONDS / _SERVERS; prints one
-/// `CHAOS-RESULT {json}` line.
+/// scenario comes from VIGIL_CHAOS_FAULT (nova-api-freeze,
+/// nova-conductor-freeze, nova-api-500, db-stop) / _AT (first-post, midway,
+/// verify) / _SECONDS / _SERVERS; prints one `CHAOS-RESULT {json}` line.
 #[test]
 #[ignore = "run by `cargo xtask chaos`"]
 fn chaos_run() {
@@ -75,7 +88,20 @@ fn chaos_run() {
     let servers: usize = env("VIGIL_CHAOS_SERVERS", "6")
         .parse()
         .expect("VIGIL_CHAOS_SERVERS");
-    let sc = scenario(&env("VIGIL_CHAOS_SERVICE", "nova-api"), secs, servers);
+    let fault = match env("VIGIL_CHAOS_FAULT", "nova-api-freeze").as_str() {
+        "nova-api-freeze" => NovaFault::Freeze("nova-api".into()),
+        "nova-conductor-freeze" => NovaFault::Freeze("nova-conductor".into()),
+        "db-stop" => NovaFault::Freeze("mariadb".into()),
+        "nova-api-500" => NovaFault::Api500,
+        other => panic!("VIGIL_CHAOS_FAULT {other:?} is not a scenario"),
+    };
+    let at = Moment::parse(&env("VIGIL_CHAOS_AT", "first-post")).expect("VIGIL_CHAOS_AT");
+    let mut sc = scenario(fault, at, secs, servers);
+    sc.record = Some(
+        env("VIGIL_CHAOS_RECORD", "/tmp/vigil-chaos-recordings")
+            .trim()
+            .into(),
+    );
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
     let r = stall::run(lab, &sc);

@@ -1,5 +1,5 @@
-//! `cargo xtask chaos SCENARIO [--seconds N] [--servers N] [--repeat N]`:
-//! issue 17's stalled-Nova scenario, repeated, with per-run results and a
+//! `cargo xtask chaos --fault F [--at M] [--seconds N] [--servers N] [--repeat N]`:
+//! issue 17's stalled-Nova scenarios, repeated, with per-run results and a
 //! summary (servers, evacuate actions per server, false reports).
 //!
 //! Each run is one `stall_lab::chaos_run` test under `flock
@@ -14,41 +14,61 @@ use serde_json::Value;
 
 use crate::{cmd, ebpf};
 
-const USAGE: &str = "usage: cargo xtask chaos nova-api-freeze|nova-conductor-freeze \
-                     [--seconds N (35)] [--servers N (6)] [--repeat N (1)]";
+const USAGE: &str = "usage: cargo xtask chaos \
+                     --fault nova-api-freeze|nova-conductor-freeze|nova-api-500|db-stop \
+                     [--at first-post|midway|verify (first-post)] [--seconds N (35)] \
+                     [--servers N (6)] [--repeat N (1)]";
+
+const FAULTS: [&str; 4] = [
+    "nova-api-freeze",
+    "nova-conductor-freeze",
+    "nova-api-500",
+    "db-stop",
+];
+const MOMENTS: [&str; 3] = ["first-post", "midway", "verify"];
 
 struct Args {
-    service: &'static str,
+    fault: String,
+    at: String,
     seconds: u64,
     servers: usize,
     repeat: usize,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let service = match args.first().map(String::as_str) {
-        Some("nova-api-freeze") => "nova-api",
-        Some("nova-conductor-freeze") => "nova-conductor",
-        Some("-h" | "--help") | None => bail!("{USAGE}"),
-        Some(other) => bail!("unknown scenario {other:?}\n{USAGE}"),
-    };
     let mut a = Args {
-        service,
+        fault: String::new(),
+        at: "first-post".into(),
         seconds: 35,
         servers: 6,
         repeat: 1,
     };
-    let mut it = args.iter().skip(1);
+    let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            bail!("{USAGE}");
+        }
+        // The first form of the command named the scenario alone.
+        if FAULTS.contains(&flag.as_str()) && a.fault.is_empty() {
+            a.fault = flag.clone();
+            continue;
+        }
         let value = it
             .next()
             .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = || format!("{flag} {value:?} is not a number\n{USAGE}");
         match flag.as_str() {
+            "--fault" if FAULTS.contains(&value.as_str()) => a.fault = value.clone(),
+            "--at" if MOMENTS.contains(&value.as_str()) => a.at = value.clone(),
+            "--fault" | "--at" => bail!("{flag} {value:?} is not one of the choices\n{USAGE}"),
             "--seconds" => a.seconds = value.parse().with_context(bad)?,
             "--servers" => a.servers = value.parse().with_context(bad)?,
             "--repeat" => a.repeat = value.parse().with_context(bad)?,
             _ => bail!("unknown option {flag}\n{USAGE}"),
         }
+    }
+    if a.fault.is_empty() {
+        bail!("--fault is needed\n{USAGE}");
     }
     if !(1..=600).contains(&a.seconds) || !(1..=30).contains(&a.servers) || a.repeat == 0 {
         bail!("--seconds 1..600, --servers 1..30, --repeat ≥ 1\n{USAGE}");
@@ -81,8 +101,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut broken = 0usize;
     for i in 1..=a.repeat {
         println!(
-            "==> run {i}/{}: {} frozen {} s, {} servers",
-            a.repeat, a.service, a.seconds, a.servers
+            "==> run {i}/{}: {} for {} s at {}, {} servers",
+            a.repeat, a.fault, a.seconds, a.at, a.servers
         );
         let out = Command::new("flock")
             .args([
@@ -103,7 +123,8 @@ pub fn run(args: &[String]) -> Result<()> {
             ])
             .args(["--nocapture", "--test-threads", "1"])
             .env("VIGIL_REQUIRE_ROOT", "1")
-            .env("VIGIL_CHAOS_SERVICE", a.service)
+            .env("VIGIL_CHAOS_FAULT", &a.fault)
+            .env("VIGIL_CHAOS_AT", &a.at)
             .env("VIGIL_CHAOS_SECONDS", a.seconds.to_string())
             .env("VIGIL_CHAOS_SERVERS", a.servers.to_string())
             .output()
@@ -132,7 +153,11 @@ pub fn run(args: &[String]) -> Result<()> {
 
 fn print_run(i: usize, v: &Value) {
     println!(
-        "    run {i}: incident {} after {:.0} s; double evacuations {}, false reports {}, unexplained {}",
+        "    run {i}: fault at {} with {} landed, incident open then: {}; \
+         incident {} after {:.0} s; double evacuations {}, false reports {}, unexplained {}",
+        v["at"].as_str().unwrap_or("?"),
+        v["landed_at_fault"],
+        v["open_at_fault"],
         v["incident_status"].as_str().unwrap_or("?"),
         v["took_secs"].as_f64().unwrap_or(0.0),
         v["double_evacuations"],
@@ -170,11 +195,12 @@ fn summary(a: &Args, results: &[Value], broken: usize) -> Result<()> {
     }
     let servers: usize = per_server.values().sum();
     println!(
-        "\nSUMMARY {} frozen {} s, {} run(s) ({} without a result): {servers} servers; \
+        "\nSUMMARY {} for {} s at {}, {} run(s) ({} without a result): {servers} servers; \
          evacuate actions per server {:?}; incidents {:?}; double evacuations {}, \
          false reports {}, unexplained {}",
-        a.service,
+        a.fault,
         a.seconds,
+        a.at,
         results.len(),
         broken,
         per_server,

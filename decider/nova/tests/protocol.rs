@@ -876,3 +876,137 @@ async fn service_update_not_confirmed_is_unreachable() -> R {
     }
     Ok(())
 }
+
+/// How the raw compute endpoint below treats the evacuate POST.
+#[derive(Clone, Copy)]
+enum Lost {
+    /// Reads the request, never answers (nova-api SIGSTOPped after accept).
+    Silent,
+    /// Reads the request, then resets the connection.
+    Reset,
+    /// Reads the request, answers 500 (applied or not: nobody knows).
+    Http500,
+}
+
+/// A compute endpoint on a bare TCP listener: the version document for
+/// GETs, the `lost` behaviour for POSTs, counting the POSTs it received.
+async fn raw_compute(
+    lost: Lost,
+) -> std::io::Result<(String, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v2.1", listener.local_addr()?);
+    let posts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let posts = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head and (small) body of one request; bounded.
+                while buf.len() < 65536 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                if buf.starts_with(b"GET") {
+                    let body = json!({"version": {"id": "v2.1", "status": "CURRENT",
+                        "version": "2.96", "min_version": "2.1"}})
+                    .to_string();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    return;
+                }
+                posts.fetch_add(1, Ordering::SeqCst);
+                match lost {
+                    Lost::Silent => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    Lost::Reset => {
+                        // SO_LINGER 0: close sends RST, not FIN.
+                        #[allow(
+                            deprecated,
+                            reason = "a non-zero linger blocks on drop; zero does not"
+                        )]
+                        let _ = sock.set_linger(Some(Duration::ZERO));
+                        drop(sock);
+                    }
+                    Lost::Http500 => {
+                        let body = r#"{"computeFault": {"code": 500, "message": "lost"}}"#;
+                        let reply = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = sock.write_all(reply.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok((url, posts))
+}
+
+#[tokio::test]
+async fn a_lost_evacuate_answer_may_have_been_applied_and_is_sent_once() -> R {
+    for (lost, name, cause_has) in [
+        (Lost::Silent, "no answer", "timed out"),
+        (Lost::Reset, "connection reset", ""),
+        (Lost::Http500, "HTTP 500", "HTTP 500"),
+    ] {
+        let keystone = cloud("2.96", 1).await;
+        let (compute, posts) = raw_compute(lost).await?;
+        let mut c = cfg(&keystone.uri());
+        c.compute_endpoint_override = Some(compute.clone());
+        let client = NovaClient::connect(c, fast()).await?;
+        let e = client
+            .evacuate("srv-1", &EvacuateRequest::default(), Microversion::V2_94)
+            .await;
+        match e {
+            Err(
+                ref err @ NovaError::Unreachable {
+                    outcome_unknown,
+                    attempts,
+                    ref cause,
+                    ..
+                },
+            ) => {
+                assert!(outcome_unknown, "{name}: {err}");
+                assert_eq!(attempts, 1, "{name}: {err}");
+                assert!(cause.contains(cause_has), "{name}: {cause}");
+                assert!(
+                    err.to_string().contains("may have been applied"),
+                    "{name}: {err}"
+                );
+            }
+            other => panic!("{name}: expected Unreachable, got {other:?}"),
+        }
+        assert_eq!(
+            posts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{name}: the evacuate POST must reach {compute} exactly once"
+        );
+    }
+    Ok(())
+}

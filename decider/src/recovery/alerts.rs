@@ -11,7 +11,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_recovery::notify::{Dispatcher, Message};
-use vigil_verdict::Verdict;
+use vigil_verdict::{Evidence, NovaComputeProcess, SensorWitness, Verdict};
 
 use crate::engine::VerdictChanged;
 
@@ -24,6 +24,62 @@ pub const REALERT_AFTER: Duration = Duration::from_secs(30 * 60);
 /// sensor connects (seen in the lab), and a mail per restart would teach
 /// people to ignore these.
 pub const ALERT_AFTER: Duration = Duration::from_secs(15);
+
+/// How bad a degraded node is, from its sensor's signals: what a person
+/// reading the first alert would want to hear about again when it grows
+/// (nova-compute hung → also every VM frozen).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DegradedLevel {
+    /// 0 running or unknown, 1 blocked, 2 gone.
+    pub nova_compute: u8,
+    /// Running instances that got no CPU time since the previous heartbeat.
+    pub frozen_instances: usize,
+    /// Tasks blocked in D state.
+    pub blocked_tasks: usize,
+    /// Block devices with a stalled request.
+    pub stalled_devices: usize,
+}
+
+impl DegradedLevel {
+    pub fn of(ev: &Evidence) -> DegradedLevel {
+        let SensorWitness::Seen(r) = &ev.sensor else {
+            return DegradedLevel::default();
+        };
+        let s = &r.signals;
+        DegradedLevel {
+            nova_compute: match s.nova_compute {
+                NovaComputeProcess::Blocked { .. } => 1,
+                NovaComputeProcess::Gone => 2,
+                _ => 0,
+            },
+            frozen_instances: s
+                .instances
+                .iter()
+                .filter(|i| i.alive && !i.exited && i.cpu_delta.is_zero())
+                .count(),
+            blocked_tasks: s.blocked_tasks.len(),
+            stalled_devices: s.device_stalls.len(),
+        }
+    }
+
+    /// Worse than `other` in some respect (not merely different).
+    pub fn exceeds(&self, other: &DegradedLevel) -> bool {
+        self.nova_compute > other.nova_compute
+            || self.frozen_instances > other.frozen_instances
+            || self.blocked_tasks > other.blocked_tasks
+            || self.stalled_devices > other.stalled_devices
+    }
+
+    /// The worse of the two in each respect.
+    pub fn max(&self, other: &DegradedLevel) -> DegradedLevel {
+        DegradedLevel {
+            nova_compute: self.nova_compute.max(other.nova_compute),
+            frozen_instances: self.frozen_instances.max(other.frozen_instances),
+            blocked_tasks: self.blocked_tasks.max(other.blocked_tasks),
+            stalled_devices: self.stalled_devices.max(other.stalled_devices),
+        }
+    }
+}
 
 /// Sends a `node-degraded` notification when a node has stayed `degraded`
 /// for [`ALERT_AFTER`], until `shutdown`.
@@ -61,12 +117,12 @@ pub async fn degraded_alerts(
 }
 
 /// Which nodes are waiting out [`ALERT_AFTER`], and when each was last
-/// alerted about.
+/// alerted about and how bad it was then.
 #[derive(Default)]
 struct Alerts {
-    /// Node → when its alert is due, and the reasons it turned degraded with.
-    pending: HashMap<String, (Instant, Vec<String>)>,
-    last: HashMap<String, Instant>,
+    /// Node → when its alert is due, the reasons and level to alert with.
+    pending: HashMap<String, (Instant, Vec<String>, DegradedLevel)>,
+    last: HashMap<String, (Instant, DegradedLevel)>,
 }
 
 impl Alerts {
@@ -74,36 +130,52 @@ impl Alerts {
         if c.to != Verdict::Degraded {
             self.pending.remove(&c.node);
         } else if c.from != Verdict::Degraded {
-            self.pending
-                .insert(c.node.clone(), (now + ALERT_AFTER, c.reasons.clone()));
+            self.pending.insert(
+                c.node.clone(),
+                (now + ALERT_AFTER, c.reasons.clone(), c.degraded),
+            );
+        } else if let Some(p) = self.pending.get_mut(&c.node) {
+            // Worse while waiting: the alert says the worse.
+            p.1.clone_from(&c.reasons);
+            p.2 = p.2.max(&c.degraded);
+        } else if self
+            .last
+            .get(&c.node)
+            .is_some_and(|(_, alerted)| c.degraded.exceeds(alerted))
+        {
+            // Worse than what was alerted: tell again, after the same
+            // ALERT_AFTER so a flicker does not mail.
+            self.pending.insert(
+                c.node.clone(),
+                (now + ALERT_AFTER, c.reasons.clone(), c.degraded),
+            );
         }
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.pending.values().map(|(at, _)| *at).min()
+        self.pending.values().map(|(at, _, _)| *at).min()
     }
 
-    /// The alerts due at `now`, once per node per [`REALERT_AFTER`].
+    /// The alerts due at `now`: once per node per [`REALERT_AFTER`], unless
+    /// the node got worse than when it was last alerted about.
     fn due(&mut self, now: Instant) -> Vec<Message> {
         let ready: Vec<String> = self
             .pending
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, (at, _, _))| *at <= now)
             .map(|(n, _)| n.clone())
             .collect();
         let mut out = Vec::new();
         for node in ready {
-            let Some((_, reasons)) = self.pending.remove(&node) else {
+            let Some((_, reasons, level)) = self.pending.remove(&node) else {
                 continue;
             };
-            if self
-                .last
-                .get(&node)
-                .is_some_and(|t| now.duration_since(*t) < REALERT_AFTER)
-            {
+            if self.last.get(&node).is_some_and(|(t, alerted)| {
+                now.duration_since(*t) < REALERT_AFTER && !level.exceeds(alerted)
+            }) {
                 continue;
             }
-            self.last.insert(node.clone(), now);
+            self.last.insert(node.clone(), (now, level));
             out.push(Message::NodeDegraded { node, reasons });
         }
         out
@@ -122,7 +194,46 @@ mod tests {
             reasons: vec!["nova-compute blocked 9 s in D state; 2/2 instances progressing".into()],
             at_unix_ms: 0,
             actionable: false,
+            degraded: DegradedLevel {
+                nova_compute: 1,
+                ..DegradedLevel::default()
+            },
         }
+    }
+
+    /// Issue 17: nova-compute hung (alerted), then every VM froze too; that
+    /// was muted for 30 minutes. Worse alerts again; the same or better
+    /// does not.
+    #[test]
+    fn a_node_that_gets_worse_alerts_again() {
+        let mut a = Alerts::default();
+        let t0 = Instant::now();
+        a.on_change(&change("compute1", Verdict::Healthy, Verdict::Degraded), t0);
+        assert_eq!(a.due(t0 + ALERT_AFTER).len(), 1);
+        let worse = |at: Instant, frozen: usize, a: &mut Alerts| {
+            let mut c = change("compute1", Verdict::Degraded, Verdict::Degraded);
+            c.degraded.frozen_instances = frozen;
+            c.reasons = vec![format!(
+                "nova-compute blocked 60 s in D state; {}/2 instances progressing",
+                2 - frozen
+            )];
+            a.on_change(&c, at);
+        };
+        // The same level again (a reason's seconds changed): nothing.
+        let t1 = t0 + Duration::from_secs(60);
+        worse(t1, 0, &mut a);
+        assert!(a.due(t1 + ALERT_AFTER).is_empty());
+        // Every VM frozen: alerted again, saying so.
+        let t2 = t0 + Duration::from_secs(120);
+        worse(t2, 2, &mut a);
+        let m = a.due(t2 + ALERT_AFTER);
+        assert_eq!(m.len(), 1, "a worse node must alert again");
+        assert!(m[0].subject().contains("0/2"), "{}", m[0].subject());
+        // Not worse than that: muted again.
+        let t3 = t0 + Duration::from_secs(300);
+        worse(t3, 1, &mut a);
+        worse(t3, 2, &mut a);
+        assert!(a.due(t3 + ALERT_AFTER).is_empty());
     }
 
     #[test]

@@ -536,6 +536,10 @@ enum AddressState {
 }
 
 fn address_state(p: &PingWitness, policy: &Policy, now: Moment) -> AddressState {
+    if p.send_error.is_some() {
+        // Not sent is not silence, and an old answer is no answer now.
+        return AddressState::Unknown;
+    }
     let fresh = p
         .last_probe_at
         .is_some_and(|at| now.since(at) <= policy.ping.probe_stale_after);

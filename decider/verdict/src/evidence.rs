@@ -263,6 +263,10 @@ pub struct PingWitness {
     pub last_rtt: Option<Duration>,
     /// Probes in a row that got no answer, up to the latest.
     pub consecutive_failures: u32,
+    /// The latest probe could not be sent (EPERM from a host firewall, no
+    /// route): nothing is known about the address, which is neither
+    /// answering nor silent until a probe goes out again.
+    pub send_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,7 @@ fn node() -> Ev {
         last_answer_at: Some(ago(300)),
         last_rtt: Some(Duration::from_micros(80)),
         consecutive_failures: 0,
+        send_error: None,
     };
     let mut pings = vec![answering("198.51.100.11", PingRole::Host)];
     for i in 1..=3 {
@@ -175,6 +176,14 @@ impl Ev {
             .iter_mut()
             .filter(|p| p.role == PingRole::Host)
             .for_each(Self::silence);
+        self
+    }
+    /// Every probe's send fails now (EPERM from a host firewall); the
+    /// answers before that stay on record.
+    fn pings_send_failed(mut self) -> Self {
+        for p in self.0.pings.iter_mut() {
+            p.send_error = Some("Operation not permitted (os error 1)".into());
+        }
         self
     }
     fn instance_pings_silent(mut self) -> Self {
@@ -326,6 +335,7 @@ mod matrix {
     #[test] fn stale_probes_never_confirm() { check(node().sensor_silent(20).nova_stalled(20).pings_stale(), Suspect, &["waiting for pings"]); }
     #[test] fn no_management_address() { check(node().power_loss().no_host_address(), Suspect, &["waiting for pings (no management address to probe; configure one"]); }
     #[test] fn stalled_block_device() { check(node().device_stall("loop3", 45), Degraded, &["block device loop3: oldest request in flight 45 s (4 in flight)"]); }
+    #[test] fn a_failed_icmp_send_is_no_answer() { check(node().sensor_silent(30).nova_stalled(30).pings_send_failed(), Suspect, &["waiting for pings", "0/1 host address(es) answer, 0/3 instance"]); }
     #[test] fn procfs_fallback_is_said() { check(node().procfs(), Healthy, &["up", "/proc fallback mode"]); }
     #[test] fn vms_not_progressing_are_reported() { check(node().instances(0, 3), Healthy, &["up", "0/3 instances progressing"]); }
     #[test] fn sensor_never_connected_and_node_dead() { check(node().sensor_never_seen().power_loss_without_sensor(), Dead, &["all required witnesses say dead", "no heartbeat since watching began 60 s ago"]); }

@@ -10,7 +10,10 @@
   fault freeze SERVICE --seconds N [--json]   SIGSTOP a control-plane service's whole
                             process tree (nova-api, nova-conductor, nova-scheduler,
                             placement, keystone); a detached helper SIGCONTs it after N s
-  fault thaw SERVICE [--json]                 SIGCONT it now
+  fault thaw SERVICE [--json]                 SIGCONT it now (SERVICE may also be mariadb)
+  fault api-500 nova-api --seconds N [--json] nova-api answers 500 for N s: reads refused,
+                            writes applied then answered 500 (first use restarts nova-api)
+  fault api-ok nova-api [--json]              end it now
   boot N NODE [--json] [cloud boot options]         (delegates to `cloud boot`)
   servers [--json]                                  (delegates to `cloud servers`)
   delete-servers (--all | ID...)                    delete servers, wait until gone
@@ -48,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+import apifault
 import bmc
 import faults
 import stall
@@ -693,6 +697,20 @@ def cmd_status(args):
 
 def cmd_fault(args):
     need_root()
+    if args.kind in ("api-500", "api-ok"):
+        began_unix_ms = int(time.time() * 1000)
+        if args.kind == "api-500":
+            if args.seconds is None:
+                raise lc.LabError("api-500 needs --seconds N")
+            lines = apifault.start(args.node, args.seconds)
+        else:
+            lines = apifault.stop(args.node)
+        if args.json:
+            print(apifault.as_json(args.kind, args.node, lines, began_unix_ms, args.seconds))
+        else:
+            for line in lines:
+                print(line)
+        return
     if args.kind in ("freeze", "thaw"):
         began_unix_ms = int(time.time() * 1000)
         if args.kind == "freeze":
@@ -908,8 +926,8 @@ def main(argv=None):
     s.add_argument("--json", action="store_true")
     s.add_argument("--show-secrets", action="store_true")
     s = sub.add_parser("fault")
-    s.add_argument("kind", choices=faults.KINDS + ("freeze", "thaw"))
-    s.add_argument("node", help="a node, or for freeze/thaw a control-plane service")
+    s.add_argument("kind", choices=faults.KINDS + ("freeze", "thaw", "api-500", "api-ok"))
+    s.add_argument("node", help="a node, or for freeze/thaw/api-500/api-ok a control-plane service")
     s.add_argument("--seconds", type=float, default=None)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("boot")
