@@ -36,6 +36,7 @@ pub mod ping_sweep;
 pub mod recovery;
 pub mod serve;
 pub mod shutdown;
+pub mod systemd;
 pub mod table;
 pub mod witness;
 
