@@ -23,6 +23,7 @@
 pub mod auth_throttle;
 pub mod cli;
 pub mod config;
+pub mod docs;
 pub mod engine;
 pub mod heartbeat_server;
 pub mod loadgen;

@@ -32,6 +32,13 @@ pub enum Command {
     /// Measure the sensor's overhead on context switches (used by `cargo xtask bench sensor`).
     #[command(hide = true)]
     BenchSwitch(crate::bench::BenchArgs),
+    /// Write man pages and shell completions (for the package build).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// What to watch and how (shared by `run` and `probe`).

@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod ebpf;
 mod lab;
+mod package;
 mod setup;
 mod test;
 
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench"
+    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench, package"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +61,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The Debian packages of both binaries (cargo-deb; release build), with
+    /// their systemd units, example config, man pages and completions.
+    Package(package::PackageArgs),
     /// Benchmarks that print figures: `sensor`, `decider`, `recovery`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -88,6 +92,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Lab { args } => lab::run(&args),
         Command::Demo { args } => demo::run(&args),
         Command::Bench { args } => bench::run(&args),
+        Command::Package(args) => package::run(&args),
     }
 }
 
