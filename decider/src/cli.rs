@@ -79,6 +79,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write man pages and shell completions (for the package build).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +209,10 @@ pub fn main() -> i32 {
         Command::Incident { id, journal, json } => report(rt.block_on(async {
             crate::recovery::commands::incident_command(&journal.path()?, &id, json).await
         })),
+        Command::GenerateDocs { out } => report(crate::docs::write(
+            <Cli as clap::CommandFactory>::command(),
+            &out,
+        )),
     }
 }
 

@@ -389,6 +389,9 @@ impl Engine {
     ) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Fed here, after each completed tick, so that systemd sees exactly
+        // whether verdicts are still being made (see `crate::systemd`).
+        let mut watchdog = crate::systemd::Watchdog::from_env();
         tokio::pin!(shutdown);
         loop {
             let ev = tokio::select! {
@@ -397,7 +400,11 @@ impl Engine {
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
                 _ = tick.tick() => Event::Tick,
             };
+            let ticked = matches!(ev, Event::Tick);
             self.handle(ev);
+            if ticked {
+                watchdog.tick(std::time::Instant::now());
+            }
         }
         for (node, s) in self.streams.drain() {
             debug!(node = %node, "closing sensor stream at shutdown");

@@ -24,6 +24,7 @@ pub mod auth_throttle;
 pub mod cert_name;
 pub mod cli;
 pub mod config;
+pub mod docs;
 pub mod engine;
 pub mod heartbeat_server;
 pub mod loadgen;
@@ -37,6 +38,7 @@ pub mod ping_sweep;
 pub mod recovery;
 pub mod serve;
 pub mod shutdown;
+pub mod systemd;
 pub mod table;
 pub mod witness;
 

@@ -277,6 +277,7 @@ impl Server {
             });
         }
         info!(grpc = %grpc_addr, metrics = ?metrics_addr, nodes = cfg.nodes.len(), "decider serving");
+        crate::systemd::ready();
         Ok(Server {
             grpc_addr,
             metrics_addr,
@@ -309,6 +310,7 @@ impl Server {
     /// Tells every task to stop and waits for them within the grace period.
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        crate::systemd::stopping();
         self.trigger.trigger();
         let drained = tokio::time::timeout(GRACE, async {
             while let Some(r) = self.tasks.join_next().await {

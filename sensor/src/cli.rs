@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
     long_about = "Vigil's compute-node sensor. eBPF probes on scheduler and block tracepoints watch for tasks stuck in \
 uninterruptible sleep, stalled block devices, qemu processes that stop getting CPU or exit, and a hung or vanished \
 nova-compute; a heartbeat with all of it goes to one or more Vigil deciders every interval. If eBPF cannot load it \
-says so and runs a /proc fallback that reports itself as such. Needs root (or CAP_BPF+CAP_PERFMON+CAP_IPC_LOCK)."
+says so and runs a /proc fallback that reports itself as such. Needs root, or CAP_BPF+CAP_PERFMON+CAP_IPC_LOCK and CAP_DAC_READ_SEARCH (tracefs) as its systemd unit gives it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,6 +32,13 @@ pub enum Command {
     /// Measure the sensor's overhead on context switches (used by `cargo xtask bench sensor`).
     #[command(hide = true)]
     BenchSwitch(crate::bench::BenchArgs),
+    /// Write man pages and shell completions (for the package build).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// What to watch and how (shared by `run` and `probe`).

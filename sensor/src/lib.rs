@@ -30,6 +30,7 @@ pub mod cli;
 pub mod clock;
 pub mod device_scope;
 pub mod discovery;
+pub mod docs;
 pub mod dstate;
 pub mod embedded;
 pub mod fallback;

@@ -54,6 +54,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::GenerateDocs { out } => {
+            vigil_sensor::docs::write(<Cli as clap::CommandFactory>::command(), &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::BenchSwitch(args) => {
             vigil_sensor::bench::run(&args).context("vigil-sensor bench-switch")?;
             Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod ebpf;
 mod lab;
+mod package;
 mod setup;
 mod test;
 
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench, chaos"
+    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench, chaos, package"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +62,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The Debian packages of both binaries (cargo-deb; release build), with
+    /// their systemd units, example config, man pages and completions.
+    Package(package::PackageArgs),
     /// Benchmarks that print figures: `sensor`, `decider`, `recovery`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -96,6 +100,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Demo { args } => demo::run(&args),
         Command::Bench { args } => bench::run(&args),
         Command::Chaos { args } => chaos::run(&args),
+        Command::Package(args) => package::run(&args),
     }
 }
 

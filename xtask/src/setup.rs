@@ -60,6 +60,10 @@ const PIP_PACKAGES: &[(&str, &str, &str)] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb builds the .deb packages (`cargo xtask package`); pinned so the
+/// packages' layout does not change under us.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 struct Plan {
     missing: Vec<String>,
     installed: Vec<String>,
@@ -74,6 +78,7 @@ pub fn run(check_only: bool) -> Result<()> {
     apt(&mut plan, check_only)?;
     rust(&mut plan, check_only)?;
     bpf_linker(&mut plan, check_only)?;
+    cargo_deb(&mut plan, check_only)?;
     pip(&mut plan, check_only)?;
     lab(&mut plan, check_only)?;
     let took = start.elapsed().as_secs_f64();
@@ -260,6 +265,32 @@ fn bpf_linker(plan: &mut Plan, check_only: bool) -> Result<()> {
     )
     .context("building bpf-linker against Debian's llvm-22-dev failed")?;
     plan.installed.push("bpf-linker".into());
+    Ok(())
+}
+
+fn cargo_deb(plan: &mut Plan, check_only: bool) -> Result<()> {
+    let have = cmd::output(Command::new("cargo").args(["deb", "--version"]));
+    if let Some(v) = have.filter(|v| v.contains(CARGO_DEB_VERSION)) {
+        println!("ok   {}", v.trim());
+        return Ok(());
+    }
+    if check_only {
+        println!("need cargo-deb {CARGO_DEB_VERSION} (cargo xtask package)");
+        plan.missing.push("cargo-deb".into());
+        return Ok(());
+    }
+    cmd::step(
+        &format!("cargo install cargo-deb {CARGO_DEB_VERSION} (about 3 minutes cold)"),
+        Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]),
+    )
+    .context("installing cargo-deb failed; `cargo xtask package` needs it")?;
+    plan.installed.push("cargo-deb".into());
     Ok(())
 }
 
