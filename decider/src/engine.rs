@@ -431,6 +431,7 @@ impl Engine {
                 self.metrics
                     .engine_tick_seconds
                     .observe(started.elapsed().as_secs_f64());
+                self.metrics.health.engine_ticked();
             }
             Event::Workflow {
                 node,
