@@ -16,7 +16,7 @@ use vigil_proto::v1::operator_client::OperatorClient;
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil-decider",
-    version,
+    version = env!("VIGIL_BUILD_VERSION"),
     about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence"
 )]
 pub struct Cli {
@@ -334,18 +334,7 @@ fn preflight(
 }
 
 pub fn init_tracing(format: LogFormat, filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("vigil-decider: log filter {filter:?} is not valid ({e}); using \"info\"");
-        EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    crate::logging::init(format, filter);
 }
 
 async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {

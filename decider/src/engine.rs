@@ -476,7 +476,7 @@ impl Engine {
     ) {
         if enrol && self.node(&node).is_none() {
             let management: Vec<IpAddr> = peer.into_iter().collect();
-            info!(node = %node, management = ?management, "node enrolled");
+            info!(node = %node, management = %crate::logging::list(&management), "node enrolled");
             let st = NodeState::new(
                 &node,
                 &self.enrol_segment,
@@ -1032,7 +1032,7 @@ impl Engine {
         if active != self.storm_active {
             match &hold {
                 Some(h) => {
-                    error!(nodes = ?h.nodes, reason = %h.reason, "storm guard engaged: no node will be acted on; page a human")
+                    error!(nodes = %crate::logging::list(&h.nodes), count = h.nodes.len(), reason = %h.reason, "storm guard engaged: no node will be acted on; page a human")
                 }
                 None => info!("storm guard released"),
             }

@@ -30,6 +30,7 @@ pub mod health;
 pub mod health_probe;
 pub mod heartbeat_server;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod node_state;
 pub mod nova_adapter;

@@ -175,12 +175,12 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
-            "Always 1; the decider's version in the label",
+            "Always 1; the decider's version (crate version and git describe) in the label",
             build_info.clone(),
         );
         build_info
             .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: env!("VIGIL_BUILD_VERSION").to_string(),
             })
             .set(1);
         let storm_guard_active = Gauge::default();

@@ -129,7 +129,7 @@ impl Server {
                     journal: parts.journal.clone(),
                 };
                 info!(
-                    mode = ?parts.mode,
+                    dry_run = parts.mode == vigil_recovery::workflow::Mode::DryRun,
                     fenced_nodes = parts.levels.len(),
                     journal = %parts.config.journal.path.display(),
                     "recovery on: actionable dead verdicts start incidents"
@@ -291,7 +291,7 @@ impl Server {
                     .context("serving gRPC")
             });
         }
-        info!(grpc = %grpc_addr, metrics = ?metrics_addr, nodes = cfg.nodes.len(), "decider serving");
+        info!(grpc = %grpc_addr, metrics = %crate::logging::or_unknown(metrics_addr), nodes = cfg.nodes.len(), "decider serving");
         Ok(Server {
             grpc_addr,
             metrics_addr,
@@ -334,7 +334,7 @@ impl Server {
         })
         .await;
         if drained.is_err() {
-            warn!(grace = ?GRACE, "tasks still running after the grace period; aborting them");
+            warn!(grace = %humantime::format_duration(GRACE), "tasks still running after the grace period; aborting them");
             self.tasks.abort_all();
         }
     }

@@ -204,7 +204,7 @@ impl Run<'_> {
                             json!({"request": request}),
                         )
                         .await?;
-                    info!(attempt = rec.attempts, microversion = %request.microversion, host = ?request.host, "evacuating");
+                    info!(attempt = rec.attempts, microversion = %request.microversion, host = request.host.as_deref().unwrap_or("(scheduler picks)"), "evacuating");
                     match self.evacuate_call(fence, &rec.server_id, &request).await {
                         Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
                         Err(e) => {
@@ -281,7 +281,10 @@ impl Run<'_> {
                             json!({"host": server.host, "status": server.status}),
                         )
                         .await?;
-                        info!(to = ?server.host, "instance recovered");
+                        info!(
+                            to = server.host.as_deref().unwrap_or("unknown"),
+                            "instance recovered"
+                        );
                         return Ok(Verified::Done(Box::new(rec.clone())));
                     }
                     if settled
