@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth_throttle;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;
