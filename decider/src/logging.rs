@@ -38,7 +38,14 @@ pub fn init(format: LogFormat, filter: &str) {
             )
             .try_init(),
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(j) => registry.with(j).try_init(),
+            // Fields as themselves (`journalctl NODE=compute1
+            // REQUEST_ID=req-…`), not under journald's default `F_` prefix.
+            Ok(j) => registry
+                .with(
+                    j.with_field_prefix(None)
+                        .with_syslog_identifier("vigil-decider".to_string()),
+                )
+                .try_init(),
             Err(e) => {
                 eprintln!(
                     "vigil-decider: cannot reach journald ({e}); logging text to stderr instead (use --log-format text outside systemd)"

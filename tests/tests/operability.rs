@@ -205,3 +205,36 @@ fn json_logs_are_one_object_per_line_with_real_fields() {
         fields(l);
     }
 }
+
+/// `--log-format journald`: with a journal, the sensor's start line is in
+/// it with its fields as themselves; without one (this lab machine runs no
+/// journald), the sensor says so and logs text instead of nothing.
+#[test]
+fn journald_format_writes_fields_or_says_why_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = std::path::Path::new("/run/systemd/journal/socket").exists();
+    let mut s = sensor(dir.path(), "journald");
+    if !journal {
+        s.until("cannot reach journald");
+        s.until("sensor running");
+        return;
+    }
+    let found = vigil_tests::wait::until(
+        "the sensor's start in the journal",
+        DEADLINE,
+        Duration::from_millis(200),
+        || {
+            let o = Command::new("journalctl")
+                .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=vigil-sensor", "NODE=opnode"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["MESSAGE"] == "sensor running")
+                .ok_or(text)
+        },
+    );
+    let (entry, _) = found.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entry["DECIDERS"], "1", "{entry}");
+}
