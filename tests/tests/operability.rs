@@ -225,7 +225,13 @@ fn journald_format_writes_fields_or_says_why_not() {
         Duration::from_millis(200),
         || {
             let o = Command::new("journalctl")
-                .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=vigil-sensor", "NODE=opnode"])
+                .args([
+                    "-o",
+                    "json",
+                    "--no-pager",
+                    "SYSLOG_IDENTIFIER=vigil-sensor",
+                    "NODE=opnode",
+                ])
                 .output()
                 .map_err(|e| e.to_string())?;
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
