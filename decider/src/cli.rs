@@ -16,7 +16,7 @@ use vigil_proto::v1::operator_client::OperatorClient;
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil-decider",
-    version,
+    version = env!("VIGIL_BUILD_VERSION"),
     about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence"
 )]
 pub struct Cli {
@@ -134,7 +134,10 @@ pub struct ServeArgs {
     /// tracing filter, e.g. `info,vigil_decider=debug` (overrides log.filter).
     #[arg(long, env = "VIGIL_LOG")]
     pub log: Option<String>,
-    /// Validate the config (and read the token files), print a summary, exit.
+    /// Check everything `serve` needs without changing anything, then
+    /// exit: the config, every token and credential file, a Keystone token
+    /// and Nova's os-services, every BMC's power state. Exits 0 when all
+    /// pass, 2 for a bad config, 1 when Keystone, Nova or a BMC fails.
     #[arg(long)]
     pub check: bool,
     /// Run every new incident as a dry run: the whole workflow runs and
@@ -273,6 +276,10 @@ async fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
+    if let Err(e) = crate::check::nodes_configured(&cfg) {
+        eprintln!("vigil-decider: {e}");
+        return 2;
+    }
     let vars = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -284,6 +291,14 @@ async fn serve(args: ServeArgs) -> i32 {
         }
     };
     if args.check {
+        let live = crate::check::live(&cfg, nova.as_ref()).await;
+        for line in &live.lines {
+            println!("{line}");
+        }
+        if !live.ok {
+            eprintln!("vigil-decider: check failed (see the FAILED lines above)");
+            return 1;
+        }
         println!(
             "config ok: {} node(s), gRPC {}, metrics {}, Nova {}, pings {}, enrolment {}, recovery {}",
             cfg.nodes.len(),
@@ -374,18 +389,7 @@ fn preflight(
 }
 
 pub fn init_tracing(format: LogFormat, filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("vigil-decider: log filter {filter:?} is not valid ({e}); using \"info\"");
-        EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    crate::logging::init(format, filter);
 }
 
 /// The bearer token a client puts on every call, if any.

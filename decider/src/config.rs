@@ -252,6 +252,8 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+    /// Native journald fields (over its socket), for a systemd unit.
+    Journald,
 }
 
 #[derive(Debug, Clone, Deserialize)]

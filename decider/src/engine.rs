@@ -443,6 +443,7 @@ impl Engine {
                 self.metrics
                     .engine_tick_seconds
                     .observe(started.elapsed().as_secs_f64());
+                self.metrics.health.engine_ticked();
             }
             Event::Workflow {
                 node,
@@ -487,7 +488,7 @@ impl Engine {
     ) {
         if enrol && self.node(&node).is_none() {
             let management: Vec<IpAddr> = peer.into_iter().collect();
-            info!(node = %node, management = ?management, "node enrolled");
+            info!(node = %node, management = %crate::logging::list(&management), "node enrolled");
             let st = NodeState::new(
                 &node,
                 &self.enrol_segment,
@@ -1074,7 +1075,7 @@ impl Engine {
         if active != self.storm_active {
             match &hold {
                 Some(h) => {
-                    error!(nodes = ?h.nodes, reason = %h.reason, "storm guard engaged: no node will be acted on; page a human")
+                    error!(nodes = %crate::logging::list(&h.nodes), count = h.nodes.len(), reason = %h.reason, "storm guard engaged: no node will be acted on; page a human")
                 }
                 None => info!("storm guard released"),
             }

@@ -172,7 +172,7 @@ async fn summarise_failures(throttle: Arc<AuthThrottle>, shutdown: Shutdown) {
         }
         for s in throttle.sweep(std::time::Instant::now()) {
             warn!(
-                peer = ?s.peer,
+                peer = %crate::logging::or_unknown(s.peer),
                 failures = s.failures,
                 refused = s.refused,
                 window = %humantime::format_duration(crate::auth_throttle::WINDOW),
@@ -191,9 +191,9 @@ fn auth_failed(
     why: &str,
 ) {
     if throttle.failed(peer, std::time::Instant::now()) == Failure::Log {
-        warn!(peer = ?peer, node = node.unwrap_or("?"), error = %why, "sensor stream rejected (further failures from this address are summarised)");
+        warn!(peer = %crate::logging::or_unknown(peer), node = node.unwrap_or("?"), error = %why, "sensor stream rejected (further failures from this address are summarised)");
     } else {
-        debug!(peer = ?peer, error = %why, "sensor stream rejected");
+        debug!(peer = %crate::logging::or_unknown(peer), error = %why, "sensor stream rejected");
     }
 }
 
@@ -428,7 +428,7 @@ impl StreamTask {
         if events.send(open).await.is_err() {
             return refuse(Status::unavailable("decider is shutting down")).await;
         }
-        info!(node = %node, stream = stream_id, peer = ?peer, "sensor stream open");
+        info!(node = %node, stream = stream_id, peer = %crate::logging::or_unknown(peer), "sensor stream open");
         let clock = engine.clock;
         let send_hb = move |hb: v1::Heartbeat| Event::Heartbeat {
             node: hb.node.clone(),

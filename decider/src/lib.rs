@@ -14,7 +14,9 @@
 //! - [`recovery`]: the recovery workflow driven by actionable `dead`
 //!   verdicts (fence, force down, evacuate, verify, notify; journaled), and
 //!   the `fence-check` / `incidents` / `incident` commands.
-//! - [`metrics`]: Prometheus `/metrics`.
+//! - [`metrics`]: Prometheus `/metrics`, `/healthz`, `/readyz`;
+//!   [`health`] is what the last two (and gRPC health) read, and
+//!   [`health_probe`] the slow probes behind them.
 //! - [`serve`]: wiring and shutdown; [`cli`] and [`table`]: the command line.
 //! - [`loadgen`]: the benchmark's simulated sensors.
 
@@ -22,12 +24,16 @@
 
 pub mod auth_throttle;
 pub mod cert_name;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod docs;
 pub mod engine;
+pub mod health;
+pub mod health_probe;
 pub mod heartbeat_server;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod node_state;
 pub mod nova_adapter;
@@ -44,6 +50,8 @@ pub mod witness;
 
 #[cfg(test)]
 mod grpc_tests;
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub recovery_runs: Family<StatusLabels, Counter>,
     pub recovery_active: Gauge,
     pub recovery_refused: Counter,
+    /// Liveness and readiness, served beside the metrics.
+    pub health: Arc<crate::health::Health>,
 }
 
 impl Default for Metrics {
@@ -177,12 +179,12 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
-            "Always 1; the decider's version in the label",
+            "Always 1; the decider's version (crate version and git describe) in the label",
             build_info.clone(),
         );
         build_info
             .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: env!("VIGIL_BUILD_VERSION").to_string(),
             })
             .set(1);
         let storm_guard_active = Gauge::default();
@@ -216,6 +218,7 @@ impl Metrics {
             recovery_refused.clone(),
         );
         Metrics {
+            health: Arc::default(),
             recovery_runs,
             recovery_active,
             recovery_refused,
@@ -366,40 +369,68 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move |headers: axum::http::HeaderMap| {
-            let m = metrics.clone();
-            async move {
-                // Content negotiation as Prometheus does it: OpenMetrics when
-                // asked for, the 0.0.4 text format otherwise.
-                let wants_om = headers
-                    .get(axum::http::header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("application/openmetrics-text"));
-                if wants_om {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                } else {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        m.render_text(),
-                    )
+    let (live, ready) = (metrics.health.clone(), metrics.health.clone());
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || async move { health_answer(live.liveness()) }),
+        )
+        .route(
+            "/readyz",
+            get(move || async move { health_answer(ready.readiness()) }),
+        )
+        .route(
+            "/metrics",
+            get(move |headers: axum::http::HeaderMap| {
+                let m = metrics.clone();
+                async move {
+                    // Content negotiation as Prometheus does it: OpenMetrics when
+                    // asked for, the 0.0.4 text format otherwise.
+                    let wants_om = headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("application/openmetrics-text"));
+                    if wants_om {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            m.render(),
+                        )
+                    } else {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            m.render_text(),
+                        )
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// 200 when every check passes, 503 otherwise (what load balancers and
+/// Kubernetes probes read); the JSON body names every check and why it
+/// fails.
+fn health_answer(report: crate::health::Report) -> impl axum::response::IntoResponse {
+    let code = if report.ok() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_string(&report)
+        .unwrap_or_else(|e| format!("{{\"status\":\"failing\",\"error\":\"encoding: {e}\"}}"));
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }
 
 /// Binds the metrics port, saying which address failed.

@@ -125,7 +125,7 @@ impl NovaWitnessClient {
                 }
                 Err(_) if !h.failing => {
                     h.failing = true;
-                    warn!(after = ?HOST_IPS_TIMEOUT, "no answer listing Nova's hypervisors (host_ip); retrying later");
+                    warn!(after = %humantime::format_duration(HOST_IPS_TIMEOUT), "no answer listing Nova's hypervisors (host_ip); retrying later");
                 }
                 _ => {}
             }

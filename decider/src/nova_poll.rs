@@ -90,6 +90,7 @@ pub async fn run(
                 match &result {
                     Ok(list) => {
                         metrics.nova_reachable.set(1);
+                        metrics.health.nova_polled(Ok(()));
                         let new: BTreeSet<String> = list.iter().map(|s| s.host.clone()).collect();
                         for h in new.difference(&hosts) {
                             debug!(host = %h, "new compute host in Nova; listing its instances");
@@ -100,6 +101,7 @@ pub async fn run(
                     Err(e) => {
                         metrics.nova_poll_errors.inc();
                         metrics.nova_reachable.set(0);
+                        metrics.health.nova_polled(Err(e.clone()));
                         debug!(error = %e, "Nova poll failed");
                     }
                 }

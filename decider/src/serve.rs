@@ -142,7 +142,7 @@ impl Server {
                     journal: parts.journal.clone(),
                 };
                 info!(
-                    mode = ?parts.mode,
+                    dry_run = parts.mode == vigil_recovery::workflow::Mode::DryRun,
                     fenced_nodes = parts.levels.len(),
                     journal = %parts.config.journal.path.display(),
                     "recovery on: actionable dead verdicts start incidents"
@@ -160,6 +160,19 @@ impl Server {
                     tasks.spawn(async move {
                         crate::recovery::alerts::degraded_alerts(changes, dispatcher, s.wait())
                             .await;
+                        Ok(())
+                    });
+                }
+                {
+                    let fencing = (!parts.levels.is_empty()).then(|| parts.config.fencing.clone());
+                    metrics.health.expect_recovery(fencing.is_some());
+                    let (h, path, s) = (
+                        metrics.health.clone(),
+                        parts.config.journal.path.clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.spawn(async move {
+                        crate::health_probe::run(h, path, fencing, s.wait()).await;
                         Ok(())
                     });
                 }
@@ -185,6 +198,7 @@ impl Server {
         };
         match (&witnesses.nova, cfg.nova.enabled) {
             (Some(nova), true) => {
+                metrics.health.expect_nova();
                 let (nova, ncfg, clock, m, ev, s) =
                     (nova.clone(), cfg.nova.clone(), handle.clock, metrics.clone(), handle.events.clone(), shutdown.clone());
                 tasks.spawn(async move {
@@ -241,13 +255,31 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("building the gRPC reflection service (v1alpha)")?;
+        // NOT_SERVING until readiness passes (Nova answered, the journal
+        // writable, BMCs answering), as `/readyz` says.
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<vigil_proto::v1::operator_server::OperatorServer<OperatorService>>()
-            .await;
-        health_reporter
-            .set_serving::<vigil_proto::v1::sensor_stream_server::SensorStreamServer<HeartbeatService>>()
-            .await;
+        {
+            use tonic::server::NamedService;
+            let services = vec![
+                vigil_proto::v1::operator_server::OperatorServer::<OperatorService>::NAME
+                    .to_string(),
+                vigil_proto::v1::sensor_stream_server::SensorStreamServer::<HeartbeatService>::NAME
+                    .to_string(),
+            ];
+            for name in &services {
+                health_reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let (h, s) = (metrics.health.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::health_probe::mirror_grpc(h, health_reporter, services, s.wait()).await;
+                Ok(())
+            });
+        }
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)));
@@ -276,7 +308,7 @@ impl Server {
                     .context("serving gRPC")
             });
         }
-        info!(grpc = %grpc_addr, metrics = ?metrics_addr, nodes = cfg.nodes.len(), "decider serving");
+        info!(grpc = %grpc_addr, metrics = %crate::logging::or_unknown(metrics_addr), nodes = cfg.nodes.len(), "decider serving");
         crate::systemd::ready();
         Ok(Server {
             grpc_addr,
@@ -321,7 +353,7 @@ impl Server {
         })
         .await;
         if drained.is_err() {
-            warn!(grace = ?GRACE, "tasks still running after the grace period; aborting them");
+            warn!(grace = %humantime::format_duration(GRACE), "tasks still running after the grace period; aborting them");
             self.tasks.abort_all();
         }
     }

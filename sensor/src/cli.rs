@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil-sensor",
-    version,
+    version = env!("VIGIL_BUILD_VERSION"),
     about = "Vigil's compute-node sensor: tells the decider, every second, whether this host and its VMs are really alive",
     long_about = "Vigil's compute-node sensor. eBPF probes on scheduler and block tracepoints watch for tasks stuck in \
 uninterruptible sleep, stalled block devices, qemu processes that stop getting CPU or exit, and a hung or vanished \
@@ -21,6 +21,17 @@ pub struct Cli {
     /// Log filter (tracing-subscriber EnvFilter syntax), logs go to stderr only.
     #[arg(long, env = "VIGIL_LOG", default_value = "info", global = true)]
     pub log: String,
+
+    /// How logs are written: `text` (colours only on a terminal), `json`
+    /// (one object per line) or `journald` (native fields, under systemd).
+    #[arg(
+        long,
+        env = "VIGIL_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

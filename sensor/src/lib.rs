@@ -36,6 +36,7 @@ pub mod embedded;
 pub mod fallback;
 pub mod instances;
 pub mod loader;
+pub mod logging;
 pub mod memlock;
 pub mod nova_compute;
 pub mod offsets;

@@ -11,13 +11,9 @@ use vigil_sensor::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Logs go to stderr only: the sensor does no file I/O of its own.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr (or journald) only: the sensor does no file I/O
+    // of its own.
+    vigil_sensor::logging::init(cli.log_format, &cli.log);
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {

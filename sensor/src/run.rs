@@ -238,7 +238,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     } else if let Err(e) = memlock::lock_all() {
         tracing::warn!(error = %e, "mlockall failed; the sensor may stall on page-ins if disks hang (needs CAP_IPC_LOCK)");
     }
-    tracing::info!(%node, ?mode, deciders = args.deciders.len(), "sensor running");
+    tracing::info!(%node, mode = mode.as_str(), deciders = args.deciders.len(), "sensor running");
 
     shutdown.await;
     tracing::info!("shutting down");

@@ -18,6 +18,16 @@ pub enum Mode {
     Procfs,
 }
 
+impl Mode {
+    /// As heartbeats and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Procfs => "procfs",
+        }
+    }
+}
+
 /// Something the probe saw happen (rather than a state it samples).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeEvent {

@@ -154,7 +154,7 @@ fn decider_grpcurl_list_describe_get_node_and_health() {
 
     let o = grpcurl(&["-plaintext", &d.addr, "grpc.health.v1.Health/Check"]);
     assert!(
-        o.status.success() && text(&o).contains("SERVING"),
+        o.status.success() && text(&o).contains("\"SERVING\""),
         "{}",
         text(&o)
     );

@@ -70,6 +70,82 @@ fn webhook_kinds(lab: &Lab, incident: &str) -> Vec<String> {
     kinds
 }
 
+/// `serve --check` on the running decider's config (it binds nothing):
+/// a real Keystone token, Nova's os-services, every BMC's power; then with
+/// a wrong password Keystone refuses and the check fails naming it.
+fn serve_check_asks_keystone_nova_and_every_bmc(lab: &Lab, d: &Decider) {
+    let check = |clouds: &std::path::Path| {
+        let o = std::process::Command::new(vigil_tests::bins::bin("vigil-decider"))
+            .args(["serve", "--check", "--config"])
+            .arg(d.config_path())
+            .env("OS_CLIENT_CONFIG_FILE", clouds)
+            .output()
+            .expect("run serve --check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let started = std::time::Instant::now();
+    let (code, out) = check(&lab.info().clouds_yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("keystone: ok"), "{out}");
+    assert!(out.contains("nova: ok"), "{out}");
+    for node in lab.node_names() {
+        assert!(
+            out.contains(&format!("bmc {node} level 0"))
+                && out.contains(&format!("bmc {node} level 1")),
+            "every BMC level of {node} read: {out}"
+        );
+    }
+    assert!(!out.contains("FAILED"), "{out}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrong = dir.path().join("clouds.yaml");
+    let yaml = std::fs::read_to_string(&lab.info().clouds_yaml).expect("clouds.yaml");
+    let yaml: String = yaml
+        .lines()
+        .map(|l| match l.split_once("password:") {
+            Some((indent, _)) => format!("{indent}password: not-the-password\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&wrong, yaml).expect("write clouds.yaml");
+    let (code, out) = check(&wrong);
+    assert_eq!(code, Some(1), "a refused token fails the check: {out}");
+    assert!(out.contains("keystone: FAILED"), "{out}");
+    eprintln!(
+        "FIGURES serve --check, both runs: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Each evacuate call's `X-OpenStack-Request-Id`, as the decider logged it,
+/// is in nova-api's log: an operator can follow the action into Nova.
+fn evacuations_can_be_followed_into_nova_api_log(lab: &Lab, d: &Decider, servers: usize) {
+    let log = d.full_log();
+    let ids: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("nova call") && l.contains("evacuate"))
+        .filter_map(|l| {
+            let at = l.find("request_id=")? + "request_id=".len();
+            l.get(at..)?.get(..40)
+        })
+        .collect();
+    assert!(
+        ids.len() >= servers && ids.iter().all(|i| i.starts_with("req-")),
+        "one logged request id per evacuate call: {ids:?}"
+    );
+    let api = std::fs::read_to_string(lab.info().logs.join("nova-api.log")).expect("nova-api.log");
+    for id in ids {
+        assert!(
+            api.lines().any(|l| l.contains(id) && l.contains("/action")),
+            "nova-api.log has no request {id} (X-OpenStack-Request-Id not sent, or not logged by Nova)"
+        );
+    }
+}
+
 #[test]
 fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     if !tier::root(
@@ -92,6 +168,7 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     let rows = rows.as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 2 * lab.node_names().len(), "{rows:?}");
     assert!(rows.iter().all(|r| r["result"]["Ok"] == "on"), "{rows:?}");
+    serve_check_asks_keystone_nova_and_every_bmc(lab, &d);
 
     let cut = lab
         .fault(Fault::PowerOff, NODE)
@@ -150,6 +227,7 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
 
     // Every server ACTIVE elsewhere, one evacuate action each.
     assert_evacuated_once(lab, &servers, NODE);
+    evacuations_can_be_followed_into_nova_api_log(lab, &d, servers.len());
     let instances = inc["incident"]["instances"]
         .as_array()
         .cloned()

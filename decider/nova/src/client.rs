@@ -205,6 +205,16 @@ struct Req {
     idempotent: bool,
     /// Overrides the client's request timeout.
     timeout: Option<Duration>,
+    /// `req-<uuid>`, sent as `X-OpenStack-Request-Id`: Nova logs it as the
+    /// global request id beside its own, so an operator can grep one Vigil
+    /// call in nova-api's log. Every attempt of one call sends the same.
+    request_id: String,
+}
+
+/// A new `req-<uuid>` in the form oslo.middleware accepts as a global
+/// request id (anything else is ignored by Nova).
+fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
 }
 
 impl Req {
@@ -219,6 +229,7 @@ impl Req {
             body: None,
             idempotent: true,
             timeout: None,
+            request_id: new_request_id(),
         }
     }
 
@@ -377,6 +388,7 @@ impl NovaClient {
             // Issuing a token has no side effect worth guarding.
             idempotent: true,
             timeout: None,
+            request_id: new_request_id(),
         };
         let reply = self.exchange(&req, None).await?;
         if reply.status != StatusCode::CREATED && !reply.status.is_success() {
@@ -407,7 +419,7 @@ impl NovaClient {
             None => compute_endpoint(&token.catalog, cfg.interface, cfg.region_name.as_deref())?,
         };
         tracing::info!(
-            user = ?token.user_id, project = ?token.project_id, expires_at = %token.expires_at,
+            user = token.user_id.as_deref().unwrap_or(""), project = token.project_id.as_deref().unwrap_or(""), expires_at = %token.expires_at,
             compute = %endpoint, took_ms = started.elapsed().as_millis() as u64,
             "authenticated to keystone"
         );
@@ -436,7 +448,8 @@ impl NovaClient {
                 .inner
                 .http
                 .request(req.method.clone(), &url)
-                .header(ACCEPT, "application/json");
+                .header(ACCEPT, "application/json")
+                .header("X-OpenStack-Request-Id", &req.request_id);
             if let Some(s) = session {
                 let mut token = HeaderValue::from_str(s.token.value.expose()).map_err(|_| {
                     NovaError::Decode {
@@ -482,7 +495,7 @@ impl NovaClient {
                     // safe to retry. Anything later may have reached Nova.
                     let never_sent = e.is_connect();
                     let cause = describe(&e);
-                    tracing::debug!(op = req.op, %url, attempt, took_ms = took, %cause, "request failed");
+                    tracing::debug!(op = req.op, %url, attempt, took_ms = took, %cause, request_id = %req.request_id, "request failed");
                     if (never_sent || req.idempotent) && attempt < attempts {
                         tokio::time::sleep(policy.backoff(attempt)).await;
                         continue;
@@ -496,7 +509,14 @@ impl NovaClient {
                     });
                 }
                 Ok((status, headers, body)) => {
-                    tracing::debug!(op = req.op, method = %req.method, %url, status = status.as_u16(), took_ms = took, mv = ?req.mv, "request");
+                    let mv = req.mv.map(|m| m.to_string()).unwrap_or_default();
+                    if req.method == Method::GET || session.is_none() {
+                        tracing::debug!(op = req.op, method = %req.method, %url, status = status.as_u16(), took_ms = took, %mv, request_id = %req.request_id, "request");
+                    } else {
+                        // Every call that changes something, with the id
+                        // nova-api logs it under.
+                        tracing::info!(op = req.op, target = req.target.as_deref().unwrap_or(""), method = %req.method, %url, status = status.as_u16(), took_ms = took, %mv, request_id = %req.request_id, "nova call");
+                    }
                     if status.is_server_error() {
                         let cause = format!("HTTP {}: {}", status.as_u16(), error_message(&body));
                         if req.idempotent && attempt < attempts {
@@ -1225,6 +1245,7 @@ fn clone_req(r: &Req) -> Req {
         body: r.body.clone(),
         idempotent: r.idempotent,
         timeout: r.timeout,
+        request_id: r.request_id.clone(),
     }
 }
 

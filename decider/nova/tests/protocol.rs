@@ -1008,5 +1008,46 @@ async fn a_lost_evacuate_answer_may_have_been_applied_and_is_sent_once() -> R {
             "{name}: the evacuate POST must reach {compute} exactly once"
         );
     }
+
+/// Every call carries one `X-OpenStack-Request-Id` (`req-<uuid>`, what
+/// Nova accepts as a global request id and logs), the same on each retry
+/// of that call and a new one for the next call.
+#[tokio::test]
+async fn each_call_sends_its_own_request_id_on_every_attempt() -> R {
+    let s = cloud("2.96", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/v2.1/os-services"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&s)
+        .await;
+    let c = NovaClient::connect(cfg(&s.uri()), fast()).await?;
+    for _ in 0..2 {
+        assert!(c.list_compute_services().await.is_err());
+    }
+    let ids: Vec<String> = s
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/v2.1/os-services")
+        .map(|r| {
+            r.headers
+                .get("x-openstack-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 6, "3 attempts per call: {ids:?}");
+    for id in &ids {
+        let uuid = id.strip_prefix("req-").unwrap_or("");
+        assert!(
+            uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+            "not req-<uuid>: {id}"
+        );
+    }
+    assert!(ids[..3].iter().all(|i| *i == ids[0]), "{ids:?}");
+    assert!(ids[3..].iter().all(|i| *i == ids[3]), "{ids:?}");
+    assert_ne!(ids[0], ids[3], "a new call, a new id");
     Ok(())
 }

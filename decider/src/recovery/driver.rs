@@ -234,7 +234,7 @@ impl Driver {
             }
         }
         if !self.running.is_empty() {
-            warn!(nodes = ?self.running, "stopping with recovery runs in progress; they resume at the next start");
+            warn!(nodes = %crate::logging::list(&self.running), count = self.running.len(), "stopping with recovery runs in progress; they resume at the next start");
         }
     }
 
@@ -508,7 +508,7 @@ impl Driver {
         let confirmed_meanwhile = self.resume_after_run.remove(&node);
         match end.result {
             Ok(o) => {
-                info!(node = %node, incident = %o.incident, status = ?o.status, reason = ?o.reason, instances = o.instances.len(), "recovery run ended");
+                info!(node = %node, incident = %o.incident, status = %crate::logging::kebab(&o.status), reason = o.reason.as_deref().unwrap_or(""), instances = o.instances.len(), "recovery run ended");
                 // A node that came back before its evacuation finished is
                 // handed back to the evidence now that the incident is closed.
                 if o.status == IncidentStatus::Completed {
@@ -701,7 +701,7 @@ impl Driver {
                     self.pending_resume.insert(node, s);
                 }
                 Some(v) => {
-                    info!(node = %node, incident = %s.id, phase = ?s.phase, status = ?s.status, "resuming open incident");
+                    info!(node = %node, incident = %s.id, phase = %crate::logging::kebab(&s.phase), status = %crate::logging::kebab(&s.status), "resuming open incident");
                     if !s.dry_run {
                         let reason = match s.status {
                             IncidentStatus::NeedsAttention => format!(

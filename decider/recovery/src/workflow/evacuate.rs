@@ -343,7 +343,7 @@ impl Run<'_> {
                 json!({"request": request, "evacuate_actions_before": rec.evacuate_actions}),
             )
             .await?;
-        info!(attempt = rec.attempts, microversion = %request.microversion, host = ?request.host, "evacuating");
+        info!(attempt = rec.attempts, microversion = %request.microversion, host = request.host.as_deref().unwrap_or("(scheduler picks)"), "evacuating");
         match self.evacuate_call(fence, &rec.server_id, request).await {
             Ok(()) => self.end(s, StepOutcome::Ok, json!(null)).await?,
             Err(e @ NovaCallError::MaybeApplied { .. }) => {

@@ -1,0 +1,118 @@
+//! `serve --check`'s live half: after the config, token and credential
+//! files are read (`cli::preflight`), ask what `serve` will depend on,
+//! changing nothing: a Keystone token and Nova's `os-services` (the role
+//! the decider needs), and every BMC's power state.
+
+use crate::config::Config;
+use std::fmt::Write as _;
+
+/// One line per check for the operator, and whether all passed.
+pub struct Outcome {
+    pub lines: Vec<String>,
+    pub ok: bool,
+}
+
+/// Refuses a config that watches nothing: no `[[node]]` and no enrolment.
+pub fn nodes_configured(cfg: &Config) -> Result<(), String> {
+    if cfg.nodes.is_empty() && !cfg.enrolment.enabled {
+        return Err(
+            "no [[node]] is configured and enrolment is off: the decider would watch nothing; add a [[node]] block per compute node (name, token_file, management_addresses) or turn [enrolment] on"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// Asks Keystone, Nova and the BMCs; never a write, never a power action.
+pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcome {
+    let mut lines = Vec::new();
+    let mut ok = true;
+    if let Some(nova) = nova {
+        let auth_url = nova.config().identity_v3_url();
+        match nova.auth_info().await {
+            Ok(a) => {
+                lines.push(format!(
+                    "keystone: ok, token for user {} in project {} (roles {}) from {auth_url}; compute endpoint {}",
+                    a.user_id.as_deref().unwrap_or("?"),
+                    a.project_name.as_deref().or(a.project_id.as_deref()).unwrap_or("?"),
+                    a.roles.join(","),
+                    a.compute_endpoint
+                ));
+                match nova.list_compute_services().await {
+                    Ok(services) => {
+                        let mut line = format!(
+                            "nova: ok, os-services lists {} nova-compute service(s)",
+                            services.len()
+                        );
+                        let missing: Vec<&str> = cfg
+                            .nodes
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .filter(|n| !services.iter().any(|s| s.host == *n))
+                            .collect();
+                        if !missing.is_empty() {
+                            let _ = write!(
+                                line,
+                                "; warning: no nova-compute for configured node(s) {} (a [[node]] name must be Nova's host name)",
+                                missing.join(",")
+                            );
+                        }
+                        lines.push(line);
+                    }
+                    Err(e) => {
+                        ok = false;
+                        lines.push(format!(
+                            "nova: FAILED listing os-services: {e} (the decider's user needs the admin role, or a policy allowing os-services)"
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                ok = false;
+                lines.push(format!(
+                    "keystone: FAILED getting a token from {auth_url}: {e}"
+                ));
+            }
+        }
+    } else {
+        lines.push("nova: off (nova.enabled = false), not checked".to_string());
+    }
+    if let Some(r) = &cfg.recovery {
+        let rows =
+            vigil_recovery::fence::fence_check(&r.fencing, &vigil_recovery::secret::ProcessEnv)
+                .await;
+        if rows.is_empty() {
+            lines.push("bmc: none configured ([recovery.fencing] names no node)".to_string());
+        }
+        for row in rows {
+            match &row.result {
+                Ok(p) => lines.push(format!(
+                    "bmc {} level {} ({}): ok, power {p}",
+                    row.node, row.level, row.fencer
+                )),
+                Err(e) => {
+                    ok = false;
+                    lines.push(format!(
+                        "bmc {} level {} ({}): FAILED reading power: {e}",
+                        row.node, row.level, row.fencer
+                    ));
+                }
+            }
+        }
+    }
+    Outcome { lines, ok }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_with_no_node_and_no_enrolment_is_refused() {
+        let mut cfg = Config::default();
+        let e = nodes_configured(&cfg).expect_err("watches nothing");
+        assert!(e.contains("[[node]]"), "{e}");
+        cfg.enrolment.enabled = true;
+        assert!(nodes_configured(&cfg).is_ok(), "nodes may enrol");
+    }
+}
