@@ -418,6 +418,9 @@ impl Default for JournalConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
     pub webhook: Option<WebhookConfig>,
+    /// More webhook receivers (`[[recovery.notify.webhooks]]`), each with
+    /// its own key; every message goes to `webhook` and to each of these.
+    pub webhooks: Vec<WebhookConfig>,
     pub email: Option<EmailConfig>,
     /// Delivery attempts per message and notifier. Default 6 (about a minute
     /// of backoff): long enough to ride out a receiver restart.
@@ -432,6 +435,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
             webhook: None,
+            webhooks: Vec::new(),
             email: None,
             attempts: 6,
             initial_backoff: Duration::from_secs(1),
@@ -626,9 +630,16 @@ mod tests {
             [notify.webhook]
             url = "http://127.0.0.1:8099/hook"
             secret = { env = "HOOK_KEY" }
+            [[notify.webhooks]]
+            url = "https://chat.example/hook"
+            secret = { file = "/etc/vigil/chat.key" }
+            [[notify.webhooks]]
+            url = "https://tickets.example/hook"
+            secret = { file = "/etc/vigil/tickets.key" }
         "#;
         let c: RecoveryConfig = toml::from_str(text).expect("parses");
         c.validate().expect("valid");
+        assert_eq!(c.notify.webhooks.len(), 2);
         assert_eq!(c.fencing.nodes["compute1"].levels.len(), 5);
         assert!(matches!(
             &c.fencing.nodes["compute1"].levels[4],
