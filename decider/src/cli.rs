@@ -17,7 +17,8 @@ use vigil_proto::v1::operator_client::OperatorClient;
 #[command(
     name = "vigil-decider",
     version,
-    about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence"
+    about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence",
+    after_help = crate::cli_exit::HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -60,6 +61,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tell the decider a node is off (you checked: cords pulled, BMC dead),
+    /// so its recovery, stopped in needs-attention, goes on. Needs the
+    /// operator token.
+    ConfirmPowerOff(crate::cli_confirm::ConfirmArgs),
     /// The newest incidents from the recovery journal.
     Incidents {
         #[command(flatten)]
@@ -147,7 +152,7 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-/// Exit codes: 0 fine, 1 runtime failure, 2 bad configuration or usage.
+/// Exit codes: see `cli_exit` (and `--help`).
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -163,6 +168,7 @@ pub fn main() -> i32 {
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
         Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
+        Command::ConfirmPowerOff(a) => rt.block_on(crate::cli_confirm::run(&a)),
         Command::Incidents {
             journal,
             limit,
@@ -207,7 +213,7 @@ fn report(r: anyhow::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("vigil-decider: {e:#}");
-            1
+            crate::cli_exit::code_for(&e)
         }
     }
 }
@@ -348,10 +354,14 @@ pub fn init_tracing(format: LogFormat, filter: &str) {
     };
 }
 
-async fn connect(server: &str) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
+pub(crate) async fn connect(
+    server: &str,
+) -> anyhow::Result<OperatorClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| {
-            format!("{server:?} is not a URL; pass e.g. --server http://198.51.100.1:50051")
+        .map_err(|_| {
+            crate::cli_exit::Usage(format!(
+                "{server:?} is not a URL; pass e.g. --server http://198.51.100.1:50051"
+            ))
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10));
@@ -400,7 +410,7 @@ async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<(
     let mut client = connect(&c.server).await?;
     let list = list_all_nodes(&mut client, verdict.unwrap_or(v1::Verdict::Unspecified))
         .await
-        .map_err(|s| anyhow::anyhow!("ListNodes: {}", s.message()))?;
+        .map_err(crate::cli_exit::rpc("ListNodes"))?;
     if c.json {
         let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
         println!(
@@ -420,7 +430,7 @@ async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
             name: name.to_string(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("GetNode {name}: {}", s.message()))?
+        .map_err(crate::cli_exit::rpc(format!("GetNode {name}")))?
         .into_inner();
     if c.json {
         println!(

@@ -22,6 +22,8 @@
 
 pub mod auth_throttle;
 pub mod cli;
+pub mod cli_confirm;
+pub mod cli_exit;
 pub mod config;
 pub mod engine;
 pub mod heartbeat_server;
