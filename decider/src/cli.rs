@@ -65,6 +65,9 @@ pub enum Command {
     /// so its recovery, stopped in needs-attention, goes on. Needs the
     /// operator token.
     ConfirmPowerOff(crate::cli_confirm::ConfirmArgs),
+    /// Write a config skeleton from Nova: one [[node]] per nova-compute
+    /// service with its hypervisor's host_ip (stdout, or --output).
+    Init(crate::cli_init::InitArgs),
     /// The newest incidents from the recovery journal.
     Incidents {
         #[command(flatten)]
@@ -169,6 +172,7 @@ pub fn main() -> i32 {
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
         Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
         Command::ConfirmPowerOff(a) => rt.block_on(crate::cli_confirm::run(&a)),
+        Command::Init(a) => rt.block_on(crate::cli_init::run(&a)),
         Command::Incidents {
             journal,
             limit,
