@@ -1,7 +1,8 @@
 //! The command line: `serve` runs the decider; `nodes`, `node` and `watch`
 //! ask a running decider over gRPC and print for people (tables) or tools
-//! (`--json`).
+//! (`--format json|yaml`).
 
+use crate::cli_format::{Format, FormatArgs};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::serve::{Server, Witnesses};
 use anyhow::Context;
@@ -58,8 +59,8 @@ pub enum Command {
         /// The TOML config file (its [recovery.fencing]).
         #[arg(long, env = "VIGIL_CONFIG")]
         config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
     /// Tell the decider a node is off (you checked: cords pulled, BMC dead),
     /// so its recovery, stopped in needs-attention, goes on. Needs the
@@ -75,8 +76,8 @@ pub enum Command {
         /// How many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
     /// One incident: timeline with timestamps, every action and its outcome,
     /// instance outcomes, the evidence at decision time.
@@ -84,8 +85,8 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         journal: JournalArgs,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
 }
 
@@ -150,9 +151,8 @@ pub struct ClientArgs {
     /// The decider's gRPC address.
     #[arg(long, env = "VIGIL_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 /// Exit codes: see `cli_exit` (and `--help`).
@@ -170,23 +170,28 @@ pub fn main() -> i32 {
         Command::Nodes { verdict, client } => report(rt.block_on(nodes(verdict, &client))),
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
-        Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
+        Command::FenceCheck { config, output } => rt.block_on(fence_check(&config, output.get())),
         Command::ConfirmPowerOff(a) => rt.block_on(crate::cli_confirm::run(&a)),
         Command::Init(a) => rt.block_on(crate::cli_init::run(&a)),
         Command::Incidents {
             journal,
             limit,
-            json,
+            output,
         } => report(rt.block_on(async {
-            crate::recovery::commands::incidents_command(&journal.path()?, limit, json).await
+            crate::recovery::commands::incidents_command(&journal.path()?, limit, output.get())
+                .await
         })),
-        Command::Incident { id, journal, json } => report(rt.block_on(async {
-            crate::recovery::commands::incident_command(&journal.path()?, &id, json).await
+        Command::Incident {
+            id,
+            journal,
+            output,
+        } => report(rt.block_on(async {
+            crate::recovery::commands::incident_command(&journal.path()?, &id, output.get()).await
         })),
     }
 }
 
-async fn fence_check(config: &std::path::Path, json: bool) -> i32 {
+async fn fence_check(config: &std::path::Path, format: Format) -> i32 {
     init_tracing(LogFormat::Text, "warn");
     let cfg = match Config::load(Some(config)) {
         Ok(c) => c,
@@ -202,7 +207,7 @@ async fn fence_check(config: &std::path::Path, json: bool) -> i32 {
         );
         return 2;
     };
-    match crate::recovery::commands::fence_check_command(&r, json).await {
+    match crate::recovery::commands::fence_check_command(&r, format).await {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
@@ -415,16 +420,10 @@ async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<(
     let list = list_all_nodes(&mut client, verdict.unwrap_or(v1::Verdict::Unspecified))
         .await
         .map_err(crate::cli_exit::rpc("ListNodes"))?;
-    if c.json {
-        let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("encoding JSON")?
-        );
-    } else {
-        print!("{}", crate::table::nodes_table(&list, now_ms()));
-    }
-    Ok(())
+    let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
+    c.output
+        .get()
+        .print(&v, || crate::table::nodes_table(&list, now_ms()))
 }
 
 async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
@@ -436,15 +435,9 @@ async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
         .await
         .map_err(crate::cli_exit::rpc(format!("GetNode {name}")))?
         .into_inner();
-    if c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&crate::table::node_json(&n)).context("encoding JSON")?
-        );
-    } else {
-        print!("{}", crate::table::node_detail(&n, now_ms()));
-    }
-    Ok(())
+    c.output.get().print(&crate::table::node_json(&n), || {
+        crate::table::node_detail(&n, now_ms())
+    })
 }
 
 async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
@@ -457,11 +450,13 @@ async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
         .context("WatchVerdicts")?
         .into_inner();
     while let Some(ch) = stream.message().await.context("reading verdict changes")? {
-        if c.json {
-            println!("{}", crate::table::change_json(&ch));
-        } else {
-            println!("{}", crate::table::change_line(&ch));
-        }
+        let item = c
+            .output
+            .get()
+            .render_item(&crate::table::change_json(&ch), || {
+                crate::table::change_line(&ch)
+            })?;
+        print!("{item}");
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use tonic::metadata::MetadataValue;
 use vigil_proto::v1;
@@ -65,18 +64,13 @@ pub async fn confirm_power_off(a: &ConfirmArgs) -> anyhow::Result<String> {
 pub async fn run(a: &ConfirmArgs) -> i32 {
     match confirm_power_off(a).await {
         Ok(id) => {
-            let printed = if a.client.json {
-                serde_json::to_string(&serde_json::json!({"node": a.node, "incident": id}))
-                    .context("encoding JSON")
-            } else {
-                Ok(format!(
-                    "{}: power-off confirmed; incident {id} goes on",
-                    a.node
-                ))
-            };
+            let v = serde_json::json!({"node": a.node, "incident": id});
+            let printed = a.client.output.get().render(&v, || {
+                format!("{}: power-off confirmed; incident {id} goes on\n", a.node)
+            });
             match printed {
                 Ok(s) => {
-                    println!("{s}");
+                    print!("{s}");
                     crate::cli_exit::OK
                 }
                 Err(e) => {

@@ -24,6 +24,7 @@ pub mod auth_throttle;
 pub mod cli;
 pub mod cli_confirm;
 pub mod cli_exit;
+pub mod cli_format;
 pub mod cli_init;
 pub mod config;
 pub mod engine;
