@@ -311,7 +311,9 @@ impl FenceAgentFencer {
             program: t.agent.display().to_string(),
             source,
         })?;
-        // The agent's own children may outlive it (a stuck ipmitool).
+        // The agent's own children may outlive it (a stuck ipmitool). While
+        // any of them lives, the kernel keeps the group id from being reused;
+        // with none left this is ESRCH.
         if let Some(pgid) = pgid {
             kill_group(pgid);
         }
