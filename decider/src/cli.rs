@@ -1,7 +1,8 @@
 //! The command line: `serve` runs the decider; `nodes`, `node` and `watch`
 //! ask a running decider over gRPC and print for people (tables) or tools
-//! (`--json`).
+//! (`--format json|yaml`).
 
+use crate::cli_format::{Format, FormatArgs};
 use crate::config::{Config, LogFormat, Overrides};
 use crate::serve::{Server, Witnesses};
 use anyhow::Context;
@@ -17,7 +18,8 @@ use vigil_proto::v1::operator_client::OperatorClient;
 #[command(
     name = "vigil-decider",
     version = env!("VIGIL_BUILD_VERSION"),
-    about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence"
+    about = "Vigil's decider: judges compute nodes from sensor, Nova and ping evidence",
+    after_help = crate::cli_exit::HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -57,9 +59,16 @@ pub enum Command {
         /// The TOML config file (its [recovery.fencing]).
         #[arg(long, env = "VIGIL_CONFIG")]
         config: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
+    /// Tell the decider a node is off (you checked: cords pulled, BMC dead),
+    /// so its recovery, stopped in needs-attention, goes on. Needs the
+    /// operator token.
+    ConfirmPowerOff(crate::cli_confirm::ConfirmArgs),
+    /// Write a config skeleton from Nova: one [[node]] per nova-compute
+    /// service with its hypervisor's host_ip (stdout, or --output).
+    Init(crate::cli_init::InitArgs),
     /// The newest incidents from the recovery journal.
     Incidents {
         #[command(flatten)]
@@ -67,8 +76,8 @@ pub enum Command {
         /// How many, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
     /// One incident: timeline with timestamps, every action and its outcome,
     /// instance outcomes, the evidence at decision time.
@@ -76,8 +85,8 @@ pub enum Command {
         id: String,
         #[command(flatten)]
         journal: JournalArgs,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: FormatArgs,
     },
     /// Write man pages and shell completions (for the package build).
     #[command(hide = true)]
@@ -152,9 +161,8 @@ pub struct ClientArgs {
     /// The decider's gRPC address (https:// for TLS).
     #[arg(long, env = "VIGIL_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: FormatArgs,
     /// File holding the read (or operator) token, sent as
     /// `authorization: Bearer <token>`; needed when the decider sets
     /// server.read_token_file.
@@ -186,7 +194,7 @@ pub struct ClientArgs {
     pub allow_plaintext_token: bool,
 }
 
-/// Exit codes: 0 fine, 1 runtime failure, 2 bad configuration or usage.
+/// Exit codes: see `cli_exit` (and `--help`).
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
@@ -201,16 +209,23 @@ pub fn main() -> i32 {
         Command::Nodes { verdict, client } => report(rt.block_on(nodes(verdict, &client))),
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
-        Command::FenceCheck { config, json } => rt.block_on(fence_check(&config, json)),
+        Command::FenceCheck { config, output } => rt.block_on(fence_check(&config, output.get())),
+        Command::ConfirmPowerOff(a) => rt.block_on(crate::cli_confirm::run(&a)),
+        Command::Init(a) => rt.block_on(crate::cli_init::run(&a)),
         Command::Incidents {
             journal,
             limit,
-            json,
+            output,
         } => report(rt.block_on(async {
-            crate::recovery::commands::incidents_command(&journal.path()?, limit, json).await
+            crate::recovery::commands::incidents_command(&journal.path()?, limit, output.get())
+                .await
         })),
-        Command::Incident { id, journal, json } => report(rt.block_on(async {
-            crate::recovery::commands::incident_command(&journal.path()?, &id, json).await
+        Command::Incident {
+            id,
+            journal,
+            output,
+        } => report(rt.block_on(async {
+            crate::recovery::commands::incident_command(&journal.path()?, &id, output.get()).await
         })),
         Command::GenerateDocs { out } => report(crate::docs::write(
             <Cli as clap::CommandFactory>::command(),
@@ -219,7 +234,7 @@ pub fn main() -> i32 {
     }
 }
 
-async fn fence_check(config: &std::path::Path, json: bool) -> i32 {
+async fn fence_check(config: &std::path::Path, format: Format) -> i32 {
     init_tracing(LogFormat::Text, "warn");
     let cfg = match Config::load(Some(config)) {
         Ok(c) => c,
@@ -235,7 +250,7 @@ async fn fence_check(config: &std::path::Path, json: bool) -> i32 {
         );
         return 2;
     };
-    match crate::recovery::commands::fence_check_command(&r, json).await {
+    match crate::recovery::commands::fence_check_command(&r, format).await {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
@@ -250,7 +265,7 @@ fn report(r: anyhow::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("vigil-decider: {e:#}");
-            1
+            crate::cli_exit::code_for(&e)
         }
     }
 }
@@ -432,7 +447,7 @@ pub(crate) async fn connect(
     };
     let endpoint =
         vigil_proto::connect::endpoint(server, &tls, auth.0.is_some(), c.allow_plaintext_token)
-            .with_context(|| format!("--server {server}"))?
+            .map_err(|e| crate::cli_exit::Usage(format!("--server {server}: {e:#}")))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10));
     let channel = endpoint.connect().await.with_context(|| {
@@ -488,17 +503,11 @@ async fn nodes(verdict: Option<v1::Verdict>, c: &ClientArgs) -> anyhow::Result<(
         verdict.unwrap_or(v1::Verdict::Unspecified),
     )
     .await
-    .map_err(|s| anyhow::anyhow!("ListNodes: {}", s.message()))?;
-    if c.json {
-        let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("encoding JSON")?
-        );
-    } else {
-        print!("{}", crate::table::nodes_table(&list, now_ms()));
-    }
-    Ok(())
+    .map_err(crate::cli_exit::rpc("ListNodes"))?;
+    let v: Vec<_> = list.iter().map(crate::table::node_json).collect();
+    c.output
+        .get()
+        .print(&v, || crate::table::nodes_table(&list, now_ms()))
 }
 
 async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
@@ -508,17 +517,11 @@ async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
             name: name.to_string(),
         }))
         .await
-        .map_err(|s| anyhow::anyhow!("GetNode {name}: {}", s.message()))?
+        .map_err(crate::cli_exit::rpc(format!("GetNode {name}")))?
         .into_inner();
-    if c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&crate::table::node_json(&n)).context("encoding JSON")?
-        );
-    } else {
-        print!("{}", crate::table::node_detail(&n, now_ms()));
-    }
-    Ok(())
+    c.output.get().print(&crate::table::node_json(&n), || {
+        crate::table::node_detail(&n, now_ms())
+    })
 }
 
 async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
@@ -531,11 +534,13 @@ async fn watch(node: Option<String>, c: &ClientArgs) -> anyhow::Result<()> {
         .context("WatchVerdicts")?
         .into_inner();
     while let Some(ch) = stream.message().await.context("reading verdict changes")? {
-        if c.json {
-            println!("{}", crate::table::change_json(&ch));
-        } else {
-            println!("{}", crate::table::change_line(&ch));
-        }
+        let item = c
+            .output
+            .get()
+            .render_item(&crate::table::change_json(&ch), || {
+                crate::table::change_line(&ch)
+            })?;
+        print!("{item}");
     }
     Ok(())
 }

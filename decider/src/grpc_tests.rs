@@ -623,3 +623,109 @@ async fn a_sensor_restarted_on_the_same_boot_is_heard_at_once() {
     drop(tx);
     s.shutdown().await;
 }
+
+/// A message as a sensor one release newer encodes it: the fields this
+/// decider knows, plus ones it does not (proto3 keeps them on the wire).
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerSensorMessage {
+    /// Wire-identical to `SensorMessage.heartbeat` (an embedded message).
+    #[prost(bytes = "vec", optional, tag = "1")]
+    heartbeat: Option<Vec<u8>>,
+    /// A message kind added after this release.
+    #[prost(bytes = "vec", optional, tag = "9")]
+    newer_kind: Option<Vec<u8>>,
+}
+
+/// The compatibility rule (README "Upgrades"): a sensor one release older or
+/// newer than the decider keeps working. Older: it lacks the newest field
+/// (`sensor_instance`, added in 0.2). Newer: it sends fields and a message
+/// kind this decider does not know. Both are acked and judged healthy.
+#[tokio::test]
+async fn sensors_one_release_older_or_newer_keep_working() {
+    use prost::Message as _;
+    let (s, _dir) = start(false).await;
+
+    // Older: a 0.1 heartbeat, no sensor_instance.
+    let mut old = hb("compute1", "boot-a", 1);
+    if let Some(v1::sensor_message::Kind::Heartbeat(h)) = old.kind.as_mut() {
+        h.sensor_version = "0.1.0".into();
+        assert!(h.sensor_instance.is_empty());
+    }
+    let (tx, mut inbound) = open(&s, Some(TOKEN1), old)
+        .await
+        .expect("old sensor accepted");
+    assert_eq!(next_ack(&mut inbound).await, 1);
+    drop(tx);
+    drop(inbound);
+
+    // Newer: unknown fields 15 (text) and 16 (varint) in the heartbeat, and
+    // a message of an unknown kind between two heartbeats.
+    let newer_hb = |seq: u64| {
+        let Some(v1::sensor_message::Kind::Heartbeat(mut h)) = hb("compute1", "boot-a", seq).kind
+        else {
+            unreachable!("hb builds a heartbeat")
+        };
+        h.sensor_version = "9.9.0".into();
+        h.sensor_instance = "run-newer".into();
+        let mut bytes = h.encode_to_vec();
+        bytes.extend_from_slice(&[(15 << 3) | 2, 3, b'n', b'e', b'w', 0x80, 0x01, 42]);
+        NewerSensorMessage {
+            heartbeat: Some(bytes),
+            newer_kind: None,
+        }
+    };
+    let unknown_kind = NewerSensorMessage {
+        heartbeat: None,
+        newer_kind: Some(vec![(1 << 3) | 2, 2, b'h', b'i']),
+    };
+    let channel = Channel::from_shared(url(&s))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for m in [newer_hb(1), unknown_kind, newer_hb(2)] {
+        tx.send(m).await.expect("queue");
+    }
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    let v: MetadataValue<_> = format!("Bearer {TOKEN1}").parse().expect("metadata");
+    req.metadata_mut().insert("authorization", v);
+    let codec = tonic_prost::ProstCodec::<NewerSensorMessage, v1::DeciderMessage>::default();
+    let mut answers = grpc
+        .streaming(
+            req,
+            tonic::codegen::http::uri::PathAndQuery::from_static("/vigil.v1.SensorStream/Stream"),
+            codec,
+        )
+        .await
+        .expect("newer sensor accepted")
+        .into_inner();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("an answer within 5 s")
+            .expect("the stream stays open past the unknown kind")
+            .expect("stream open");
+        if let Some(v1::decider_message::Kind::Ack(a)) = m.kind {
+            if a.seq == 2 {
+                break;
+            }
+        }
+    }
+    let n = operator(&s)
+        .await
+        .get_node(v1::GetNodeRequest {
+            name: "compute1".into(),
+        })
+        .await
+        .expect("GetNode")
+        .into_inner();
+    assert_eq!(n.verdict, v1::Verdict::Healthy as i32, "{:?}", n.reasons);
+    let sensor = n.sensor.expect("sensor witness");
+    assert_eq!(sensor.seq, 2);
+    assert_eq!(sensor.latest.expect("latest").sensor_version, "9.9.0");
+    drop(tx);
+    s.shutdown().await;
+}

@@ -462,6 +462,13 @@ impl StreamTask {
                     m = inbound.message() => m,
                 };
                 match next {
+                    // A kind this decider does not know (a newer sensor's):
+                    // skipped, so sensors can add message kinds without
+                    // breaking deciders one release older. The first message
+                    // is always a heartbeat (it names the node).
+                    Ok(Some(m)) if m.kind.is_none() => {
+                        debug!("skipping a sensor message of a kind this decider does not know");
+                    }
                     Ok(Some(m)) => match check_heartbeat(&metrics, m) {
                         Ok(hb) if hb.node != node => {
                             metrics.reject(RejectReason::Invalid);

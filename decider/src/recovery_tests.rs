@@ -620,12 +620,54 @@ async fn a_bmc_that_fails_stops_in_needs_attention_until_an_operator_confirms() 
         .await
         .expect_err("no incident on compute2");
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let ok = op
-        .confirm_power_off(with_token(req, OPERATOR))
+    // The same through `vigil-decider confirm-power-off`, exit code by case.
+    let server = format!("http://{}", s.grpc_addr);
+    let good = w.dir.path().join("operator.token");
+    let wrong = w.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "wrong-token-0123456789").expect("token");
+    let cli = |node: &str, token: &std::path::Path, server: &str| {
+        let argv = [
+            "vigil-decider",
+            "confirm-power-off",
+            node,
+            "--operator",
+            "alice",
+            "--reason",
+            "pulled the power cords",
+            "--token-file",
+            &token.display().to_string(),
+            "--server",
+            server,
+        ]
+        .map(str::to_string);
+        match <crate::cli::Cli as clap::Parser>::try_parse_from(argv).expect("parses") {
+            crate::cli::Cli {
+                command: crate::cli::Command::ConfirmPowerOff(a),
+            } => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    };
+    use crate::cli_confirm::run;
+    use crate::cli_exit as exit;
+    assert_eq!(run(&cli("nope", &good, &server)).await, exit::NOT_FOUND);
+    assert_eq!(run(&cli("compute1", &wrong, &server)).await, exit::REFUSED);
+    assert_eq!(
+        run(&cli("compute2", &good, &server)).await,
+        exit::NOTHING_TO_DO
+    );
+    let missing = w.dir.path().join("no-such.token");
+    assert_eq!(run(&cli("compute1", &missing, &server)).await, exit::USAGE);
+    assert_eq!(
+        run(&cli("compute1", &good, "http://127.0.0.1:1")).await,
+        exit::UNREACHABLE
+    );
+    let confirmed = crate::cli_confirm::confirm_power_off(&cli("compute1", &good, &server))
         .await
-        .expect("confirmed")
-        .into_inner();
-    assert_eq!(ok.incident_id, list[0].id);
+        .expect("confirmed through the CLI");
+    assert_eq!(confirmed, list[0].id);
+    let ok = v1::ConfirmPowerOffResponse {
+        incident_id: confirmed,
+    };
 
     wait_verdict(&s, "compute1", "recovered", Duration::from_secs(15)).await;
     for id in ["a", "b"] {

@@ -242,3 +242,57 @@ fn decider_judges_lab_nodes_with_real_nova_and_pings() {
     eprintln!("management link down → address silent in {took:.1?}");
     lab.heal(&[target.as_str(), other.as_str()]).expect("heal");
 }
+
+/// `vigil-decider init --from-nova` against the lab's real Nova: one
+/// `[[node]]` per compute service with the hypervisor's host_ip, and an
+/// existing output file is never overwritten (usage error, exit 2).
+#[test]
+fn decider_init_from_nova_writes_every_lab_node() {
+    let test = "decider_init_from_nova_writes_every_lab_node";
+    if !tier::root(test, "the lab runs Nova") {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let info = lab.info();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("decider.toml");
+    let started = std::time::Instant::now();
+    let init = || {
+        Command::new(bins::bin("vigil-decider"))
+            .args(["init", "--from-nova", "--cloud", &info.cloud, "--output"])
+            .arg(&out)
+            .args(["--token-dir", "/etc/vigil/tokens"])
+            .env("OS_CLIENT_CONFIG_FILE", &info.clouds_yaml)
+            .output()
+            .expect("run vigil-decider init")
+    };
+    let first = init();
+    assert!(
+        first.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = std::fs::read_to_string(&out).expect("skeleton written");
+    let blocks: Vec<&str> = text.split("[[node]]").skip(1).collect();
+    for n in &info.nodes {
+        let block = blocks
+            .iter()
+            .find(|b| b.contains(&format!("name = \"{}\"\n", n.name)))
+            .unwrap_or_else(|| panic!("no [[node]] for {}:\n{text}", n.name));
+        assert!(
+            block.contains(&format!("management_addresses = [\"{}\"]", n.mgmt_ip)),
+            "{} without its host_ip {}:\n{block}",
+            n.name,
+            n.mgmt_ip
+        );
+        assert!(block.contains(&format!("/etc/vigil/tokens/{}.token", n.name)));
+    }
+    assert!(
+        text.contains(&format!("cloud = \"{}\"", info.cloud)),
+        "{text}"
+    );
+    let again = init();
+    assert_eq!(again.status.code(), Some(2), "an existing file is kept");
+    assert_eq!(std::fs::read_to_string(&out).expect("still there"), text);
+    eprintln!("{test}: took {:?}", started.elapsed());
+}

@@ -28,6 +28,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("fuse3", "fusermount for the stalled-disk rig"),
     (
+        "fence-agents",
+        "fence_redfish and fence_ipmilan for the fence_agent level tests",
+    ),
+    (
         "prometheus",
         "promtool: checks the shipped alert rules and a real /metrics scrape",
     ),

@@ -90,6 +90,10 @@ pub enum LevelConfig {
     Redfish(RedfishConfig),
     Ipmi(IpmiConfig),
     Command(CommandConfig),
+    /// A ClusterLabs fence agent (`kind = "fence_agent"`; `"fence-agent"` is
+    /// accepted too, the name Pacemaker users know).
+    #[serde(alias = "fence-agent")]
+    FenceAgent(FenceAgentConfig),
 }
 
 impl LevelConfig {
@@ -98,6 +102,7 @@ impl LevelConfig {
             LevelConfig::Redfish(c) => c.deadline,
             LevelConfig::Ipmi(c) => c.deadline,
             LevelConfig::Command(c) => c.deadline,
+            LevelConfig::FenceAgent(c) => c.deadline,
         }
     }
 }
@@ -200,6 +205,48 @@ pub struct CommandConfig {
 fn default_command_deadline() -> Duration {
     // Scripts may talk to a PDU or a storage cluster; give them two minutes.
     Duration::from_secs(120)
+}
+
+/// A ClusterLabs fence agent (Debian `fence-agents`: `fence_redfish`,
+/// `fence_ipmilan`, `fence_ilo*`, `fence_idrac`, …) run with the fence-agents
+/// stdin protocol: `key=value` lines, `action=off|status`. Power is read back
+/// with `action=status` (exit 0 and `Status: ON`, exit 2 and `Status: OFF`;
+/// anything else is an error, never "off").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceAgentConfig {
+    /// The agent: a name (looked up in /usr/sbin, /sbin, then PATH) or a path.
+    pub agent: PathBuf,
+    /// `ip=`: the device's address (`{node}` and `{bmc}` are filled in).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `ipport=`, when the device is not on the agent's default port.
+    #[serde(default)]
+    pub ipport: Option<u16>,
+    /// `username=`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `password=`, written to the agent's stdin only: never on a command
+    /// line, in a log line or in the journal.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
+    /// Any other agent parameter (`ssl_insecure = "1"`, `lanplus = "1"`,
+    /// `systems_uri = "/redfish/v1/Systems/{node}"`, `password_script`, …),
+    /// as listed by `fence_X -o metadata`. The keys above, `action`, and the
+    /// debug/verbose keys (they would print the password) are refused.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default = "default_level_deadline", with = "duration_text")]
+    pub deadline: Duration,
+    /// One agent run (`off` or `status`). Default 40 s: an agent's `off`
+    /// waits for the device to report off itself (`power_timeout`, 20 s by
+    /// default) after logging in; the child is killed after it.
+    #[serde(default = "default_agent_timeout", with = "duration_text")]
+    pub action_timeout: Duration,
+}
+
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(40)
 }
 
 /// What happens to SHUTOFF servers on a dead node.
@@ -378,6 +425,9 @@ impl Default for JournalConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
     pub webhook: Option<WebhookConfig>,
+    /// More webhook receivers (`[[recovery.notify.webhooks]]`), each with
+    /// its own key; every message goes to `webhook` and to each of these.
+    pub webhooks: Vec<WebhookConfig>,
     pub email: Option<EmailConfig>,
     /// Delivery attempts per message and notifier. Default 6 (about a minute
     /// of backoff): long enough to ride out a receiver restart.
@@ -392,6 +442,7 @@ impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
             webhook: None,
+            webhooks: Vec::new(),
             email: None,
             attempts: 6,
             initial_backoff: Duration::from_secs(1),
@@ -575,6 +626,8 @@ mod tests {
               { kind = "redfish", url = "http://{bmc}:8001", system_id = "{node}", username = "admin", password = { file = "/etc/vigil/bmc" }, deadline = "30s" },
               { kind = "ipmi", host = "{bmc}", port = 9001, username = "admin", password = { env = "BMC_PW" } },
               { kind = "command", program = "/usr/local/bin/fence", args = ["{node}"], storage_fence = true },
+              { kind = "fence_agent", agent = "fence_ipmilan", ip = "{bmc}", username = "admin", password = { file = "/etc/vigil/bmc" }, options = { lanplus = "1" } },
+              { kind = "fence-agent", agent = "/usr/sbin/fence_redfish", ip = "{bmc}", ipport = 8000, username = "admin", password = { env = "BMC_PW" }, action_timeout = "20s" },
             ]
             [evacuation]
             destination = "spread"
@@ -584,10 +637,21 @@ mod tests {
             [notify.webhook]
             url = "http://127.0.0.1:8099/hook"
             secret = { env = "HOOK_KEY" }
+            [[notify.webhooks]]
+            url = "https://chat.example/hook"
+            secret = { file = "/etc/vigil/chat.key" }
+            [[notify.webhooks]]
+            url = "https://tickets.example/hook"
+            secret = { file = "/etc/vigil/tickets.key" }
         "#;
         let c: RecoveryConfig = toml::from_str(text).expect("parses");
         c.validate().expect("valid");
-        assert_eq!(c.fencing.nodes["compute1"].levels.len(), 3);
+        assert_eq!(c.notify.webhooks.len(), 2);
+        assert_eq!(c.fencing.nodes["compute1"].levels.len(), 5);
+        assert!(matches!(
+            &c.fencing.nodes["compute1"].levels[4],
+            LevelConfig::FenceAgent(a) if a.ipport == Some(8000) && a.action_timeout == Duration::from_secs(20)
+        ));
         assert_eq!(
             c.fencing.nodes["compute1"].levels[0].deadline(),
             Duration::from_secs(30)

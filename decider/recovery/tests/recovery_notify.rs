@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use vigil_recovery::config::SmtpSecurity;
+use vigil_recovery::config::{NotifyConfig, SmtpSecurity, WebhookConfig};
 use vigil_recovery::journal::IncidentId;
 use vigil_recovery::notify::email::{EmailNotifier, EmailTarget};
-use vigil_recovery::notify::webhook::{verify, WebhookNotifier};
-use vigil_recovery::notify::{Dispatcher, InstanceReport, Message, Notifier, RetryPolicy};
-use vigil_recovery::secret::Secret;
+use vigil_recovery::notify::webhook::{verify, verify_delivery, WebhookNotifier, SCHEMA_VERSION};
+use vigil_recovery::notify::{
+    notifiers_from_config, Dispatcher, InstanceReport, Message, Notifier, RetryPolicy,
+};
+use vigil_recovery::secret::{Secret, SecretSource};
 use vigil_recovery::time::SystemClock;
 
 fn free_port() -> u16 {
@@ -72,17 +74,24 @@ fn finished() -> Message {
 const RECEIVER: &str = r#"
 import http.server, json, sys
 out = sys.argv[2]
+refuse = [int(sys.argv[3]) if len(sys.argv) > 3 else 0]
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers['Content-Length']))
         with open(out, 'a') as f:
             f.write(json.dumps({"sig": self.headers.get('X-Vigil-Signature'), "event": self.headers.get('X-Vigil-Event'), "body": body.decode()}) + "\n")
-        self.send_response(204); self.end_headers()
+        if refuse[0] > 0:
+            refuse[0] -= 1
+            self.send_response(503)
+        else:
+            self.send_response(204)
+        self.end_headers()
     def log_message(self, *a): pass
 http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 "#;
 
-fn receiver(port: u16, out: &Path) -> Proc {
+/// A receiver that answers 503 to its first `refuse` requests.
+fn receiver(port: u16, out: &Path, refuse: u32) -> Proc {
     Proc(
         Command::new("python3")
             .args([
@@ -90,6 +99,7 @@ fn receiver(port: u16, out: &Path) -> Proc {
                 RECEIVER,
                 &port.to_string(),
                 &out.display().to_string(),
+                &refuse.to_string(),
             ])
             .spawn()
             .expect("start webhook receiver"),
@@ -126,7 +136,8 @@ async fn recovery_webhook_is_signed_and_retried_until_the_receiver_is_up() {
     // Sent while nobody listens: the dispatcher keeps trying in the background.
     let handles = d.dispatch(finished());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _rx = receiver(port, &out);
+    // It refuses the first request it sees, so one retry reaches it twice.
+    let _rx = receiver(port, &out, 1);
     let delivery = tokio::time::timeout(Duration::from_secs(30), async {
         handles
             .into_iter()
@@ -138,9 +149,13 @@ async fn recovery_webhook_is_signed_and_retried_until_the_receiver_is_up() {
     .await
     .expect("delivered in time");
     assert!(delivery.delivered && delivery.attempts > 1, "{delivery:?}");
-    let line = std::fs::read_to_string(&out).expect("receiver log");
-    let rec: serde_json::Value =
-        serde_json::from_str(line.lines().next().expect("one request")).expect("json");
+    let log = std::fs::read_to_string(&out).expect("receiver log");
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(recs.len(), 2, "one refused, one accepted: {log}");
+    let rec = &recs[1];
     let body = rec["body"].as_str().expect("body");
     assert!(
         verify(
@@ -159,6 +174,90 @@ async fn recovery_webhook_is_signed_and_retried_until_the_receiver_is_up() {
     let msg: serde_json::Value = serde_json::from_str(body).expect("message json");
     assert_eq!(msg["type"], "evacuation-finished");
     assert_eq!(msg["instances"][0]["to_host"], json!("compute2"));
+    // The retry is the same delivery, signed again with its own send time,
+    // and what a receiver checks passes.
+    let first: serde_json::Value =
+        serde_json::from_str(recs[0]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(first["delivery_id"], msg["delivery_id"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let h = verify_delivery(
+        &key,
+        body.as_bytes(),
+        rec["sig"].as_str().expect("signature header"),
+        i64::try_from(now).expect("now"),
+        Duration::from_secs(300),
+    )
+    .expect("a receiver accepts it");
+    assert_eq!(h.schema_version, SCHEMA_VERSION);
+    assert!(!h.delivery_id.is_empty());
+}
+
+/// `webhook` plus `[[webhooks]]`: every receiver gets each message, signed
+/// with its own key.
+#[tokio::test]
+async fn recovery_webhooks_several_receivers_each_with_its_key() {
+    if !python_has("http.server", "recovery_webhooks") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = NotifyConfig::default();
+    let mut receivers = Vec::new();
+    let mut env = BTreeMap::new();
+    for i in 0..3 {
+        let port = free_port();
+        let out = dir.path().join(format!("hook{i}.jsonl"));
+        receivers.push((receiver(port, &out, 0), out));
+        env.insert(format!("HOOK_KEY_{i}"), format!("key-{i}"));
+        let w = WebhookConfig {
+            url: format!("http://127.0.0.1:{port}/vigil"),
+            secret: SecretSource::Env(format!("HOOK_KEY_{i}")),
+            timeout: Duration::from_secs(5),
+        };
+        if i == 0 {
+            cfg.webhook = Some(w);
+        } else {
+            cfg.webhooks.push(w);
+        }
+    }
+    let notifiers = notifiers_from_config(&cfg, &env).expect("notifiers");
+    assert_eq!(notifiers.len(), 3);
+    let d = Dispatcher::new(
+        notifiers,
+        RetryPolicy {
+            attempts: 50,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(200),
+        },
+        Arc::new(SystemClock),
+        None,
+    );
+    for h in d.dispatch(finished()) {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("delivered in time")
+            .expect("task");
+        assert!(delivery.delivered, "{delivery:?}");
+    }
+    for (i, (_rx, out)) in receivers.iter().enumerate() {
+        let log = std::fs::read_to_string(out).expect("receiver log");
+        let rec: serde_json::Value =
+            serde_json::from_str(log.lines().last().expect("a request")).expect("json");
+        let sig = rec["sig"].as_str().expect("signature");
+        let body = rec["body"].as_str().expect("body");
+        assert!(
+            verify(&Secret::new(format!("key-{i}")), body.as_bytes(), sig),
+            "receiver {i}"
+        );
+        let other = (i + 1) % 3;
+        assert!(!verify(
+            &Secret::new(format!("key-{other}")),
+            body.as_bytes(),
+            sig
+        ));
+    }
 }
 
 #[tokio::test]

@@ -2,14 +2,17 @@
 //! `sushy-tools`, fake systems driver): ForceOff through
 //! `ComputerSystem.Reset`, then `PowerState` read back. The fake driver
 //! applies power changes 1–11 s later, like real hardware, so the read-back
-//! must poll.
+//! must poll. The same emulator behind TLS drives Debian's real
+//! `fence_redfish` (fence-agents) through the `fence_agent` level kind.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use vigil_recovery::config::{FencingConfig, LevelConfig, NodeFencing, RedfishAuth, RedfishConfig};
+use vigil_recovery::config::{
+    FenceAgentConfig, FencingConfig, LevelConfig, NodeFencing, RedfishAuth, RedfishConfig,
+};
 use vigil_recovery::fence::{fence_check, levels_for, PowerState};
 use vigil_recovery::secret::SecretSource;
 
@@ -39,7 +42,9 @@ impl Drop for Sushy {
     }
 }
 
-fn start_sushy() -> Sushy {
+/// fence_redfish only speaks https: `tls` gives the emulator a fresh
+/// self-signed certificate.
+fn start_sushy(tls: bool) -> Sushy {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -58,7 +63,31 @@ fn start_sushy() -> Sushy {
         ),
     )
     .expect("config");
+    let mut tls_args = Vec::new();
+    if tls {
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(made.success(), "openssl made no certificate");
+        tls_args = vec![
+            "--ssl-certificate".to_string(),
+            cert.display().to_string(),
+            "--ssl-key".to_string(),
+            key.display().to_string(),
+        ];
+    }
     let child = Command::new("sushy-emulator")
+        .args(&tls_args)
         .args([
             "--fake",
             "--config",
@@ -115,7 +144,7 @@ async fn recovery_redfish_force_off_is_read_back_off() {
     if !have_sushy("recovery_redfish_force_off_is_read_back_off") {
         return;
     }
-    let sushy = start_sushy();
+    let sushy = start_sushy(false);
     let env = BTreeMap::from([(
         "BMC_PASSWORD".to_string(),
         "unused-by-the-emulator".to_string(),
@@ -153,4 +182,86 @@ async fn recovery_redfish_force_off_is_read_back_off() {
     )
     .expect("levels");
     assert!(levels[0].fencer.power_status().await.is_err());
+}
+
+fn agent_config(port: u16, systems_uri: Option<&str>) -> FencingConfig {
+    let mut options = BTreeMap::from([("ssl_insecure".to_string(), "1".to_string())]);
+    if let Some(u) = systems_uri {
+        options.insert("systems_uri".into(), u.into());
+    }
+    FencingConfig {
+        nodes: BTreeMap::from([(
+            "compute1".to_string(),
+            NodeFencing {
+                bmc: Some("127.0.0.1".into()),
+                levels: vec![LevelConfig::FenceAgent(FenceAgentConfig {
+                    agent: "fence_redfish".into(),
+                    ip: Some("{bmc}".into()),
+                    ipport: Some(port),
+                    username: Some("admin".into()),
+                    password: Some(SecretSource::Env("BMC_PASSWORD".into())),
+                    options,
+                    deadline: Duration::from_secs(60),
+                    action_timeout: Duration::from_secs(40),
+                })],
+            },
+        )]),
+        ..FencingConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn recovery_fence_agent_redfish_off_is_read_back_off() {
+    let test = "recovery_fence_agent_redfish_off_is_read_back_off";
+    if !have_sushy(test) {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/fence_redfish").is_file() {
+        let msg = format!("{test}: needs fence_redfish (apt-get install fence-agents)");
+        assert!(!vigil_tests::tier::strict(), "{msg}");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let sushy = start_sushy(true);
+    let env = BTreeMap::from([("BMC_PASSWORD".to_string(), "agent-pw-4711".to_string())]);
+    let cfg = agent_config(sushy.port, None);
+    let levels = levels_for(&cfg, "compute1", &env).expect("levels");
+    let fencer = levels[0].fencer.clone();
+    assert!(
+        fencer.describe().contains("fence_redfish"),
+        "{}",
+        fencer.describe()
+    );
+    assert_eq!(fencer.power_status().await.expect("status"), PowerState::On);
+    let rows = fence_check(&cfg, &env).await;
+    assert_eq!(rows[0].result, Ok(PowerState::On), "{rows:?}");
+
+    // The agent waits for the emulator to report off (it applies ForceOff
+    // 1–11 s later), then the read-back through `action=status` says so.
+    let ack = fencer.power_off().await.expect("fence_redfish off");
+    assert_eq!(ack.power, Some(PowerState::Off), "{ack:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match fencer.power_status().await {
+            Ok(PowerState::Off) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "not read back off within 20 s: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A system that does not exist: the agent fails, and that is never "off";
+    // the password is not in the error.
+    let bad = agent_config(sushy.port, Some("/redfish/v1/Systems/no-such-system"));
+    let rows = fence_check(&bad, &env).await;
+    let err = rows[0]
+        .result
+        .clone()
+        .expect_err("unknown system must fail");
+    assert!(!err.contains("agent-pw-4711"), "{err}");
+    eprintln!("{test}: {err}");
+    eprintln!("{test}: took {:?}", started.elapsed());
 }

@@ -11,18 +11,13 @@ use vigil_recovery::journal::sqlite::SqliteJournal;
 use vigil_recovery::journal::{IncidentDetail, IncidentId, IncidentSummary, Journal};
 use vigil_recovery::secret::ProcessEnv;
 
+use crate::cli_format::Format;
+
 /// `vigil-decider fence-check`: reads every configured BMC's power state
 /// (never a power action). Returns the rows and whether all answered.
-pub async fn fence_check_command(cfg: &RecoveryConfig, json: bool) -> anyhow::Result<bool> {
+pub async fn fence_check_command(cfg: &RecoveryConfig, format: Format) -> anyhow::Result<bool> {
     let rows = fence_check(&cfg.fencing, &ProcessEnv).await;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).context("encoding fence-check rows")?
-        );
-    } else {
-        print!("{}", fence_check_table(&rows));
-    }
+    format.print(&rows, || fence_check_table(&rows))?;
     Ok(!rows.is_empty() && rows.iter().all(|r| r.result.is_ok()))
 }
 
@@ -53,20 +48,12 @@ fn open_journal(path: &Path) -> anyhow::Result<SqliteJournal> {
 }
 
 /// `vigil-decider incidents [--json]`: the newest incidents.
-pub async fn incidents_command(journal: &Path, limit: usize, json: bool) -> anyhow::Result<()> {
+pub async fn incidents_command(journal: &Path, limit: usize, format: Format) -> anyhow::Result<()> {
     let list = open_journal(journal)?
         .list(limit)
         .await
         .context("listing incidents")?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).context("encoding incidents")?
-        );
-    } else {
-        print!("{}", incidents_table(&list));
-    }
-    Ok(())
+    format.print(&list, || incidents_table(&list))
 }
 
 pub fn incidents_table(list: &[IncidentSummary]) -> String {
@@ -104,21 +91,13 @@ pub fn incidents_table(list: &[IncidentSummary]) -> String {
 
 /// `vigil-decider incident ID [--json]`: one incident with its timeline,
 /// instances and the evidence at decision time.
-pub async fn incident_command(journal: &Path, id: &str, json: bool) -> anyhow::Result<()> {
+pub async fn incident_command(journal: &Path, id: &str, format: Format) -> anyhow::Result<()> {
     let d = open_journal(journal)?
         .get(&IncidentId(id.to_string()))
         .await
         .with_context(|| format!("reading incident {id}"))?;
-    if json {
-        let v = serde_json::json!({"incident": d, "timeline": d.timeline()});
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("encoding incident")?
-        );
-    } else {
-        print!("{}", incident_text(&d));
-    }
-    Ok(())
+    let v = serde_json::json!({"incident": d, "timeline": d.timeline()});
+    format.print(&v, || incident_text(&d))
 }
 
 pub fn incident_text(d: &IncidentDetail) -> String {

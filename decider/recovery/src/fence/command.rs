@@ -81,7 +81,7 @@ const BUSY_WAIT: Duration = Duration::from_secs(2);
 /// still open for writing (the child holds the descriptor until its exec).
 /// A fence must not fail for a window that short; any other error, or a file
 /// still busy after the wait, is returned as it is.
-async fn spawn_when_not_busy<T>(
+pub(super) async fn spawn_when_not_busy<T>(
     mut spawn: impl FnMut() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
     let deadline = tokio::time::Instant::now() + BUSY_WAIT;

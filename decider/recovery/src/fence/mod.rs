@@ -5,9 +5,10 @@
 //! has an ordered list of [`FenceLevel`]s (e.g. Redfish, then IPMI, then an
 //! operator's script); the workflow tries them in order, each within its
 //! deadline, until one is confirmed. Implementations: [`redfish`], [`ipmi`],
-//! [`command`].
+//! [`command`], [`fence_agent`] (any ClusterLabs fence agent).
 
 pub mod command;
+pub mod fence_agent;
 pub mod ipmi;
 pub mod redfish;
 
@@ -151,6 +152,14 @@ pub enum FenceConfigError {
         level: usize,
         cause: SecretError,
     },
+    /// A fence-agent level is unusable as configured.
+    #[error("node {node}, level {level}: {source}")]
+    Agent {
+        node: String,
+        level: usize,
+        #[source]
+        source: fence_agent::AgentConfigError,
+    },
     /// The HTTP client for a Redfish level could not be built.
     #[error("node {node}, level {level}: cannot build the HTTP client")]
     Http {
@@ -245,6 +254,9 @@ pub fn levels_for(
                 });
                 (Arc::new(f), c.storage_fence)
             }
+            LevelConfig::FenceAgent(c) => {
+                (Arc::new(fence_agent_level(c, node, bmc, i, env)?), false)
+            }
         };
         out.push(FenceLevel {
             fencer,
@@ -253,6 +265,68 @@ pub fn levels_for(
         });
     }
     Ok(out)
+}
+
+/// Builds a fence-agent level: the agent found, the options checked, the
+/// password read, so a bad level is refused at start and by `fence-check`.
+fn fence_agent_level(
+    c: &crate::config::FenceAgentConfig,
+    node: &str,
+    bmc: Option<&str>,
+    level: usize,
+    env: &dyn SecretEnv,
+) -> Result<fence_agent::FenceAgentFencer, FenceConfigError> {
+    let agent_err = |source| FenceConfigError::Agent {
+        node: node.into(),
+        level,
+        source,
+    };
+    let agent =
+        fence_agent::resolve_agent(&c.agent, env.var("PATH").as_deref()).map_err(agent_err)?;
+    fence_agent::check_options(&c.options).map_err(agent_err)?;
+    let ip = c.ip.as_deref().map(|s| fill(s, node, bmc));
+    let mut options = Vec::new();
+    if let Some(ip) = &ip {
+        options.push(("ip".to_string(), ip.clone()));
+    }
+    if let Some(port) = c.ipport {
+        options.push(("ipport".to_string(), port.to_string()));
+    }
+    if let Some(u) = &c.username {
+        options.push(("username".to_string(), u.clone()));
+    }
+    for (k, v) in &c.options {
+        options.push((k.clone(), fill(v, node, bmc)));
+    }
+    // Filled values come from the config and the node name: check again.
+    for (k, v) in &options {
+        if v.contains(['\n', '\r']) {
+            return Err(agent_err(fence_agent::AgentConfigError::BadValue {
+                key: k.clone(),
+            }));
+        }
+    }
+    let password = match &c.password {
+        Some(p) => Some(p.load(env).map_err(|cause| FenceConfigError::Secret {
+            node: node.into(),
+            level,
+            cause,
+        })?),
+        None => None,
+    };
+    let address = ip.map(|ip| match c.ipport {
+        Some(p) => format!("{ip}:{p}"),
+        None => ip,
+    });
+    Ok(fence_agent::FenceAgentFencer::new(
+        fence_agent::AgentTarget {
+            agent,
+            options,
+            password,
+            timeout: c.action_timeout,
+            address,
+        },
+    ))
 }
 
 /// One row of `vigil-decider fence-check`.

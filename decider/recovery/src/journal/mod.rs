@@ -321,6 +321,9 @@ pub enum JournalError {
     /// No such incident.
     #[error("no incident {0}")]
     NotFound(IncidentId),
+    /// The journal was written by a newer release (a downgrade).
+    #[error("journal schema version {found} is newer than this release's {supported}: it was written by a newer vigil-decider; run that release again, or restore the journal backup taken before the upgrade")]
+    NewerSchema { found: u32, supported: u32 },
 }
 
 /// The store behind the journal. Every write is durable when its future

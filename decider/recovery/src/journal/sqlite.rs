@@ -21,7 +21,18 @@ pub struct SqliteJournal {
     conn: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `MIGRATIONS[v]` takes a journal from version `v` to `v + 1`. Each runs in
+/// one transaction with its version bump, so a crash mid-upgrade leaves the
+/// file at the old version, to be migrated again on the next start. Only
+/// ever append: a released step is never edited.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];
+
+/// Version 1: the first schema (a new file, or one from before versioning
+/// was read: those already had these tables, hence IF NOT EXISTS).
+const V1: &str = "
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     node TEXT NOT NULL,
@@ -66,8 +77,50 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_incident ON events(incident, id);
-PRAGMA user_version = 1;
 ";
+
+/// Version 2: `incidents` (newest first) and a node's last incident no
+/// longer scan the whole table, which grows by one row per incident forever.
+const V2: &str = "
+CREATE INDEX IF NOT EXISTS incidents_by_opened_at ON incidents(opened_at);
+CREATE INDEX IF NOT EXISTS incidents_by_node ON incidents(node, opened_at);
+";
+
+/// Brings the journal to [`SCHEMA_VERSION`], one step at a time; refuses a
+/// journal written by a newer release (its rows may mean something this
+/// build does not know, and writing them could lose that).
+fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    loop {
+        // IMMEDIATE: a second process opening the same file (the CLI) waits
+        // for this step instead of running it twice.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(store_err("begin schema migration"))?;
+        let found: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(store_err("read schema version"))?;
+        let found = u32::try_from(found).map_err(|_| JournalError::Corrupt {
+            what: "schema version".into(),
+            detail: format!("PRAGMA user_version is {found}"),
+        })?;
+        if found > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let Some(step) = MIGRATIONS.get(found as usize) else {
+            return Ok(());
+        };
+        tx.execute_batch(step).map_err(store_err(&format!(
+            "migrate schema {found} -> {}",
+            found + 1
+        )))?;
+        tx.pragma_update(None, "user_version", found + 1)
+            .map_err(store_err("write schema version"))?;
+        tx.commit().map_err(store_err("commit schema migration"))?;
+    }
+}
 
 fn store_err(what: &str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
     move |e| JournalError::Store {
@@ -177,8 +230,8 @@ impl SqliteJournal {
             .map_err(store_err("enable foreign keys"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(store_err("set busy timeout"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(store_err("create schema"))?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         Ok(SqliteJournal {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -551,6 +604,82 @@ mod tests {
             evidence: json!({"why": "test"}),
             boot_id: Some("b1".into()),
         }
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .expect("open")
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version")
+    }
+
+    #[tokio::test]
+    async fn a_version_1_journal_is_migrated_and_keeps_its_incidents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.sqlite");
+        // What releases before versioning was read left on disk.
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(V1).expect("v1 schema");
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO incidents (id, node, status, phase, dry_run, opened_at, evidence)
+                 VALUES ('i-old', 'compute1', 'open', 'fencing', 0, 1000, '{}');",
+            )
+            .expect("v1 row");
+        }
+        let j = SqliteJournal::open(&path).expect("migrates");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        let open = j.open_incidents().await.expect("read");
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!(open[0].node, "compute1");
+        let indexes: i64 = j
+            .conn
+            .lock()
+            .expect("lock")
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('incidents_by_opened_at', 'incidents_by_node')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 2);
+        drop(j);
+        // Opening again is a no-op.
+        SqliteJournal::open(&path).expect("reopens");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_new_journal_gets_the_current_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.sqlite");
+        SqliteJournal::open(&path).expect("open");
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_journal_from_a_newer_release_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.sqlite");
+        SqliteJournal::open(&path).expect("open");
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", 99)
+            .expect("set");
+        let e = SqliteJournal::open(&path)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(
+            matches!(e, JournalError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("99") && text.contains(&SCHEMA_VERSION.to_string()),
+            "{text}"
+        );
+        assert_eq!(user_version(&path), 99);
     }
 
     #[tokio::test]

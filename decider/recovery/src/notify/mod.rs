@@ -272,6 +272,16 @@ pub enum NotifyError {
 pub trait Notifier: Send + Sync {
     fn name(&self) -> String;
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), NotifyError>>;
+    /// One attempt of a delivery: `delivery_id` is the same on every retry
+    /// of one message, so a receiver can drop duplicates (the webhook sends
+    /// it; other channels have no use for it).
+    fn send_delivery<'a>(
+        &'a self,
+        message: &'a Message,
+        _delivery_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), NotifyError>> {
+        self.send(message)
+    }
 }
 
 /// How hard to try.
@@ -320,6 +330,7 @@ impl Dispatcher {
     /// let tests (and shutdown) wait for the deliveries.
     pub fn dispatch(&self, message: Message) -> Vec<JoinHandle<Delivery>> {
         let message = Arc::new(message);
+        let delivery_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         self.notifiers
             .iter()
             .map(|n| {
@@ -328,8 +339,10 @@ impl Dispatcher {
                 let retry = self.retry;
                 let clock = self.clock.clone();
                 let journal = self.journal.clone();
+                let delivery_id = delivery_id.clone();
                 tokio::spawn(async move {
-                    let d = deliver(n.as_ref(), &message, retry, clock.as_ref()).await;
+                    let d =
+                        deliver(n.as_ref(), &message, &delivery_id, retry, clock.as_ref()).await;
                     if let (Some(j), Some(incident)) = (journal, message.incident()) {
                         let event = Event {
                             at: clock.now(),
@@ -362,13 +375,14 @@ impl Dispatcher {
 async fn deliver(
     n: &dyn Notifier,
     message: &Message,
+    delivery_id: &str,
     retry: RetryPolicy,
     clock: &dyn Clock,
 ) -> Delivery {
     let mut backoff = retry.initial_backoff;
     let mut last_error = None;
     for attempt in 1..=retry.attempts {
-        match n.send(message).await {
+        match n.send_delivery(message, delivery_id).await {
             Ok(()) => {
                 info!(notifier = %n.name(), kind = message.kind(), attempt, "notification delivered");
                 return Delivery {
@@ -432,7 +446,7 @@ pub fn notifiers_from_config(
     env: &dyn crate::secret::SecretEnv,
 ) -> Result<Vec<Arc<dyn Notifier>>, NotifyConfigError> {
     let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
-    if let Some(w) = &cfg.webhook {
+    for w in cfg.webhook.iter().chain(&cfg.webhooks) {
         let key = w
             .secret
             .load(env)
