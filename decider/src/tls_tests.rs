@@ -189,7 +189,10 @@ async fn sensors_and_operators_over_mutual_tls() {
     // Reads: the CLI's connection, with and without the read token.
     let args = |token: Option<PathBuf>, client: Option<&Issued>| ClientArgs {
         server: url.clone(),
-        json: true,
+        output: crate::cli_format::FormatArgs {
+            format: crate::cli_format::Format::Json,
+            json: false,
+        },
         token_file: token,
         ca_file: Some(lab.pki.ca_file()),
         cert_file: client.map(|c| c.cert.clone()),

@@ -1008,6 +1008,8 @@ async fn a_lost_evacuate_answer_may_have_been_applied_and_is_sent_once() -> R {
             "{name}: the evacuate POST must reach {compute} exactly once"
         );
     }
+    Ok(())
+}
 
 /// Every call carries one `X-OpenStack-Request-Id` (`req-<uuid>`, what
 /// Nova accepts as a global request id and logs), the same on each retry

@@ -161,6 +161,7 @@ fn ping(now: Moment, role: PingRole) -> impl Strategy<Value = PingWitness> {
             last_answer_at: answer,
             last_rtt: None,
             consecutive_failures: failures,
+            send_error: None,
         })
 }
 
@@ -252,6 +253,7 @@ fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
             last_answer_at: answer,
             last_rtt: None,
             consecutive_failures: failures,
+            send_error: None,
         });
     let reference = (ago(0, 3_000), 0u32..2).prop_map(|(at, failures)| PingWitness {
         address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
@@ -260,6 +262,7 @@ fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
         last_answer_at: Some(at),
         last_rtt: None,
         consecutive_failures: failures,
+        send_error: None,
     });
     let decider = (vec(reference, 1..3), 3usize..10, 0usize..3).prop_map(
         |(reference_pings, known, silent)| DeciderView {
