@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench"
+    about = "Vigil's project tasks: setup, build-ebpf, test, fuzz, lab, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +61,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz what Vigil reads from outside (heartbeats, the decider config,
+    /// clouds.yaml, Nova's and Redfish's JSON): each target for
+    /// `--seconds N` (default 60) from the seeds in fuzz/seeds.
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks that print figures: `sensor`, `decider`, `recovery`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -87,6 +95,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Lab { args } => lab::run(&args),
         Command::Demo { args } => demo::run(&args),
+        Command::Fuzz { args } => fuzz::run(&args),
         Command::Bench { args } => bench::run(&args),
     }
 }
