@@ -6,6 +6,7 @@ mod chaos;
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod lab;
 mod package;
 mod setup;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Vigil's project tasks: setup, build-ebpf, test, lab, demo, bench, chaos, package"
+    about = "Vigil's project tasks: setup, build-ebpf, test, fuzz, lab, demo, bench, chaos, package"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +66,13 @@ enum Command {
     /// The Debian packages of both binaries (cargo-deb; release build), with
     /// their systemd units, example config, man pages and completions.
     Package(package::PackageArgs),
+    /// Fuzz what Vigil reads from outside (heartbeats, the decider config,
+    /// clouds.yaml, Nova's and Redfish's JSON): each target for
+    /// `--seconds N` (default 60) from the seeds in fuzz/seeds.
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks that print figures: `sensor`, `decider`, `recovery`.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -98,6 +106,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Lab { args } => lab::run(&args),
         Command::Demo { args } => demo::run(&args),
+        Command::Fuzz { args } => fuzz::run(&args),
         Command::Bench { args } => bench::run(&args),
         Command::Chaos { args } => chaos::run(&args),
         Command::Package(args) => package::run(&args),

@@ -63,6 +63,8 @@ const PIP_PACKAGES: &[(&str, &str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz runs the fuzz targets (`cargo xtask fuzz`, and `test` in CI).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// cargo-deb builds the .deb packages (`cargo xtask package`); pinned so the
 /// packages' layout does not change under us.
@@ -83,6 +85,7 @@ pub fn run(check_only: bool) -> Result<()> {
     rust(&mut plan, check_only)?;
     bpf_linker(&mut plan, check_only)?;
     cargo_deb(&mut plan, check_only)?;
+    cargo_fuzz(&mut plan, check_only)?;
     pip(&mut plan, check_only)?;
     lab(&mut plan, check_only)?;
     let took = start.elapsed().as_secs_f64();
@@ -236,6 +239,31 @@ fn bpf_linker_ok() -> bool {
                     .is_some_and(|f| f.iter().any(|x| x == "llvm-22"))
         })
     }) && cmd::succeeds(Command::new("bpf-linker").arg("--version"))
+}
+
+fn cargo_fuzz(plan: &mut Plan, check_only: bool) -> Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        println!("ok   cargo-fuzz (fuzz targets)");
+        return Ok(());
+    }
+    if check_only {
+        println!("need cargo-fuzz {CARGO_FUZZ_VERSION} (fuzz targets)");
+        plan.missing.push("cargo-fuzz".into());
+        return Ok(());
+    }
+    cmd::step(
+        &format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION} --locked (about two minutes cold)"),
+        Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]),
+    )
+    .context("installing cargo-fuzz from crates.io failed")?;
+    plan.installed.push("cargo-fuzz".into());
+    Ok(())
 }
 
 fn bpf_linker(plan: &mut Plan, check_only: bool) -> Result<()> {

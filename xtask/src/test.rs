@@ -5,13 +5,19 @@
 //!   drive the lab (real Nova, BMC emulators). As root they all run and none
 //!   may skip (`VIGIL_REQUIRE_ROOT=1`); as non-root they report SKIPPED, except
 //!   under `CI=true`, where a missing prerequisite fails the run.
+//! - fuzz, between the two: every cargo fuzz target for `FUZZ_SECONDS` each
+//!   (`cargo xtask fuzz`); without cargo-fuzz it is skipped, except in CI.
 
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, ebpf, setup};
+use crate::{cmd, ebpf, fuzz, setup};
+
+/// Seconds each fuzz target runs in `cargo xtask test` (`VIGIL_FUZZ_SECONDS`
+/// overrides): five targets, ~2 min with the build cached.
+const FUZZ_SECONDS: u64 = 20;
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -69,6 +75,22 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     let unit_took = t.elapsed();
 
+    // Fuzzing, bounded: each target a short while from its seeds (CI must
+    // stay under an hour; `cargo xtask fuzz --seconds 600` digs deeper).
+    let t = Instant::now();
+    let seconds: u64 = std::env::var("VIGIL_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(FUZZ_SECONDS);
+    let fuzz_result = if !cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) && !ci()
+    {
+        println!("warning: cargo-fuzz is missing (`cargo xtask setup` installs it); fuzz targets skipped");
+        Ok(())
+    } else {
+        fuzz::fuzz(fuzz::TARGETS, std::time::Duration::from_secs(seconds), true)
+    };
+    let fuzz_took = t.elapsed();
+
     let t = Instant::now();
     let mut e2e = Command::new("cargo");
     // One test at a time: the end-to-end tests share one lab and inject faults
@@ -84,17 +106,23 @@ pub fn run(args: &[String]) -> Result<()> {
         &mut e2e,
     );
     let e2e_took = t.elapsed();
-    match (unit_result, e2e_result) {
-        (Ok(()), Ok(())) => {}
-        (Err(e), Ok(())) => bail!("unit tier failed (root tier passed): {e:#}"),
-        (Ok(()), Err(e)) => bail!("root tier failed (unit tier passed): {e:#}"),
-        (Err(u), Err(e)) => bail!("both tiers failed: unit: {u:#}; root: {e:#}"),
+    let failed: Vec<String> = [
+        ("unit tier", unit_result),
+        ("fuzz", fuzz_result),
+        ("root tier", e2e_result),
+    ]
+    .into_iter()
+    .filter_map(|(what, r)| r.err().map(|e| format!("{what}: {e:#}")))
+    .collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
     }
 
     println!(
-        "all tests passed: build {:.0}s, unit {:.0}s, end-to-end {:.0}s, total {:.0}s",
+        "all tests passed: build {:.0}s, unit {:.0}s, fuzz {:.0}s, end-to-end {:.0}s, total {:.0}s",
         build_took.as_secs_f64(),
         unit_took.as_secs_f64(),
+        fuzz_took.as_secs_f64(),
         e2e_took.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );

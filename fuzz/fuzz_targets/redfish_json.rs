@@ -1,0 +1,18 @@
+//! What a Redfish BMC answers, read the way the fencer reads it: the body,
+//! the systems collection, the system's PowerState and its Reset target.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vigil_recovery::fence::redfish::answer;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let v = answer::body(text);
+    let members = answer::system_members(&v);
+    for id in [Some("compute1"), Some(""), None] {
+        if let Some(path) = answer::pick_system(&members, id) {
+            let _ = answer::reset_target(&v, &path);
+        }
+    }
+    let _ = answer::power_state(&v);
+});
