@@ -91,6 +91,11 @@ pub fn run(args: &PackageArgs) -> Result<()> {
             // Content checks only: compressing a debug binary hard takes
             // over a minute for nothing.
             deb.arg("--fast");
+        } else {
+            // The release profile keeps debug info (benchmarks, perf): ship
+            // it stripped, the symbols in a NAME-dbgsym .ddeb beside it, as
+            // Debian does.
+            deb.arg("--dbgsym");
         }
         cmd::step(&format!("cargo deb -p {krate} ({profile})"), &mut deb)?;
         let made = newest_deb(&out, bin)?
