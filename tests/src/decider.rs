@@ -100,6 +100,8 @@ pub struct Decider {
     config: PathBuf,
     /// `198.51.100.1:50051`
     pub grpc: String,
+    /// `/metrics`, `/healthz`, `/readyz`: a free loopback port.
+    pub metrics: String,
     opts: Opts,
     /// Verdict changes of every node as `vigil-decider watch --json` prints them.
     changes: Arc<Mutex<Vec<Value>>>,
@@ -291,11 +293,23 @@ impl Decider {
         std::fs::write(dir.path().join("operator.token"), OPERATOR_TOKEN).expect("token");
         std::fs::write(dir.path().join("webhook.key"), WEBHOOK_KEY).expect("key");
         let path = dir.path().join("decider.toml");
-        std::fs::write(&path, config(lab, dir.path(), &opts)).expect("config");
+        // The metrics port on loopback (the lab's address has one decider
+        // port; a loopback one chosen now cannot clash with another lab).
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+            .expect("a free loopback port");
+        let cfg = config(lab, dir.path(), &opts).replacen(
+            "[metrics]\nenabled = false\n",
+            &format!("[metrics]\nlisten = \"{metrics}\"\n"),
+            1,
+        );
+        std::fs::write(&path, cfg).expect("config");
         let mut d = Decider {
             child: None,
             config: path,
             grpc: lab.info().decider.listen.clone(),
+            metrics,
             opts,
             changes: Arc::new(Mutex::new(Vec::new())),
             watcher: None,
@@ -304,6 +318,44 @@ impl Decider {
         };
         d.spawn(lab);
         d
+    }
+
+    /// `GET /readyz`: (HTTP status, its JSON body), or why not.
+    pub fn readyz(&self) -> Result<(u16, Value), String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics)
+            .map_err(|e| format!("connecting to {}: {e}", self.metrics))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+        let code = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no status line: {raw:?}"))?;
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let json = serde_json::from_str(body).map_err(|e| format!("{e}: {body:?}"))?;
+        Ok((code, json))
+    }
+
+    /// Waits until `/readyz` answers `code` with a body `ok` accepts;
+    /// returns the body.
+    pub fn wait_readyz(&self, code: u16, ok: impl Fn(&Value) -> bool) -> Value {
+        wait::until(
+            &format!("/readyz answering {code}"),
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || match self.readyz() {
+                Ok((c, body)) if c == code && ok(&body) => Ok(body),
+                Ok((c, body)) => Err(format!("{c} {body}")),
+                Err(e) => Err(e),
+            },
+        )
+        .map(|(body, _)| body)
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
     pub fn url(&self) -> String {

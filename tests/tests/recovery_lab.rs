@@ -169,6 +169,20 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     assert_eq!(rows.len(), 2 * lab.node_names().len(), "{rows:?}");
     assert!(rows.iter().all(|r| r["result"]["Ok"] == "on"), "{rows:?}");
     serve_check_asks_keystone_nova_and_every_bmc(lab, &d);
+    // Ready: real Nova answers, the journal writable, every BMC answers;
+    // gRPC health agrees.
+    let ready = d.wait_readyz(200, |_| true);
+    for check in ["engine", "nova", "journal", "bmcs"] {
+        assert!(
+            ready["checks"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == check && c["ok"] == true)),
+            "{check} not checked or failing: {ready}"
+        );
+    }
+    let o = vigil_tests::decider::grpcurl(&["-plaintext", &d.grpc, "grpc.health.v1.Health/Check"]);
+    let health = String::from_utf8_lossy(&o.stdout);
+    assert!(health.contains("\"SERVING\""), "{health}");
 
     let cut = lab
         .fault(Fault::PowerOff, NODE)
@@ -414,6 +428,18 @@ fn an_unreachable_bmc_needs_attention_and_evacuates_nothing_until_an_operator_co
         broken.len() == 2 && broken.iter().all(|r| r["node"] == NODE),
         "{rows}"
     );
+    // Not ready, naming the BMCs and the node: an unreachable BMC is a
+    // fence that would fail.
+    let bmcs_fail_naming_node = |body: &Value| {
+        body["checks"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["name"] == "bmcs"
+                    && c["ok"] == false
+                    && c["detail"].as_str().unwrap_or("").contains(NODE)
+            })
+        })
+    };
+    d.wait_readyz(503, bmcs_fail_naming_node);
     let cut = now_ms();
     lab.fault(Fault::PowerOff, NODE).expect("power off");
     d.wait_verdict(
