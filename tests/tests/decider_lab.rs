@@ -296,3 +296,79 @@ fn decider_init_from_nova_writes_every_lab_node() {
     assert_eq!(std::fs::read_to_string(&out).expect("still there"), text);
     eprintln!("{test}: took {:?}", started.elapsed());
 }
+
+/// `vigil-decider fence-check` with `fence_agent` levels: Debian's real
+/// fence_ipmilan reads every lab node's power through the lab's IPMI BMCs
+/// (status only; no node is powered off), from a config the real binary
+/// parses, with the password only in the lab's password file.
+#[test]
+fn decider_fence_check_runs_fence_ipmilan_against_the_lab_bmcs() {
+    let test = "decider_fence_check_runs_fence_ipmilan_against_the_lab_bmcs";
+    if !tier::root(test, "the lab runs the IPMI BMCs") {
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/fence_ipmilan").is_file() {
+        let msg = format!("{test}: needs fence_ipmilan (apt-get install fence-agents)");
+        assert!(!tier::strict(), "{msg}");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _exclusive = lab.exclusive();
+    let info = lab.info();
+    let names = lab.node_names();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    lab.heal(&refs).expect("every node powered on");
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = String::from("[nova]\nenabled = false\n");
+    for n in &info.nodes {
+        cfg.push_str(&format!(
+            "[[node]]\nname = \"{}\"\ntoken_file = \"{}\"\n",
+            n.name,
+            n.sensor_token_path.display()
+        ));
+    }
+    for n in &info.nodes {
+        cfg.push_str(&format!(
+            "[recovery.fencing.nodes.{}]\nlevels = [{{ kind = \"fence_agent\", agent = \"fence_ipmilan\", ip = \"{}\", ipport = {}, username = \"{}\", password = {{ file = \"{}\" }}, options = {{ lanplus = \"1\", cipher = \"{}\" }} }}]\n",
+            n.name,
+            n.ipmi.host,
+            n.ipmi.port,
+            info.bmc.username,
+            info.bmc.password_file.display(),
+            n.ipmi.cipher_suite,
+        ));
+    }
+    let path = dir.path().join("decider.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let out = Command::new(bins::bin("vigil-decider"))
+        .args(["fence-check", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run vigil-decider fence-check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fence-check failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_str(&stdout).expect("fence-check JSON");
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), info.nodes.len(), "{stdout}");
+    for r in rows {
+        assert_eq!(r["result"], serde_json::json!({"Ok": "on"}), "{r}");
+        assert!(
+            r["fencer"]
+                .as_str()
+                .is_some_and(|f| f.contains("fence_ipmilan")),
+            "{r}"
+        );
+    }
+    let password = std::fs::read_to_string(&info.bmc.password_file).expect("password");
+    assert!(
+        !stdout.contains(password.trim()),
+        "the password never shows"
+    );
+    eprintln!("{test}: took {:?}", started.elapsed());
+}

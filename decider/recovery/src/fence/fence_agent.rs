@@ -313,7 +313,8 @@ impl FenceAgentFencer {
         })?;
         // The agent's own children may outlive it (a stuck ipmitool). While
         // any of them lives, the kernel keeps the group id from being reused;
-        // with none left this is ESRCH.
+        // with none left it is ESRCH, unless a new process took that pid and
+        // made itself a group leader in these microseconds.
         if let Some(pgid) = pgid {
             kill_group(pgid);
         }
