@@ -293,6 +293,14 @@ struct RawFlavor {
     extra_specs: BTreeMap<String, String>,
 }
 
+impl Server {
+    /// A server from Nova's JSON (the object under `server` in `GET
+    /// /servers/{id}`), as the client parses it: recorded answers in tests.
+    pub fn from_json(v: serde_json::Value) -> Result<Server, serde_json::Error> {
+        serde_json::from_value::<RawServer>(v).map(Server::from)
+    }
+}
+
 impl From<RawServer> for Server {
     fn from(r: RawServer) -> Self {
         let status = serde_json::from_value(serde_json::Value::String(r.status.clone()))

@@ -149,6 +149,29 @@ fn server(s: vigil_nova::Server) -> wf::Server {
     }
 }
 
+fn migration(m: vigil_nova::Migration) -> wf::Migration {
+    wf::Migration {
+        id: m.uuid.or(m.id).unwrap_or_default(),
+        status: m.status.unwrap_or_default(),
+        source_compute: m.source_compute,
+        dest_compute: m.dest_compute,
+        created_at: timestamp(m.created_at.as_deref()),
+    }
+}
+
+/// `evacuate` actions started at or after `since`. An action without a
+/// readable start time counts: over-counting only costs a retry,
+/// under-counting could evacuate twice.
+fn evacuate_actions_since(actions: &[vigil_nova::InstanceAction], since: Timestamp) -> u32 {
+    let n = actions
+        .iter()
+        .filter(|a| {
+            a.action == "evacuate" && timestamp(a.start_time.as_deref()).is_none_or(|t| t >= since)
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 fn timestamp(s: Option<&str>) -> Option<Timestamp> {
     vigil_nova::types::parse_nova_time(s?).map(Timestamp::from_system)
 }
@@ -297,16 +320,7 @@ impl<N: vigil_nova::NovaActions + 'static> wf::NovaActions for NovaEdge<N> {
                 .list_migrations(&MigrationQuery::evacuations_of(id))
                 .await
                 .map_err(|e| call_err("evacuation migrations", e))?;
-            let mut out: Vec<wf::Migration> = v
-                .into_iter()
-                .map(|m| wf::Migration {
-                    id: m.uuid.or(m.id).unwrap_or_default(),
-                    status: m.status.unwrap_or_default(),
-                    source_compute: m.source_compute,
-                    dest_compute: m.dest_compute,
-                    created_at: timestamp(m.created_at.as_deref()),
-                })
-                .collect();
+            let mut out: Vec<wf::Migration> = v.into_iter().map(migration).collect();
             out.sort_by_key(|m| m.created_at);
             Ok(out)
         })
@@ -323,16 +337,7 @@ impl<N: vigil_nova::NovaActions + 'static> wf::NovaActions for NovaEdge<N> {
                 .list_instance_actions(id)
                 .await
                 .map_err(|e| call_err("instance actions", e))?;
-            // An action without a readable start time counts: over-counting
-            // only costs a retry, under-counting could evacuate twice.
-            let n = v
-                .iter()
-                .filter(|a| {
-                    a.action == "evacuate"
-                        && timestamp(a.start_time.as_deref()).is_none_or(|t| t >= since)
-                })
-                .count();
-            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            Ok(evacuate_actions_since(&v, since))
         })
     }
 
@@ -544,5 +549,81 @@ impl wf::NovaActions for LazyNova {
                 .add_host_to_aggregate(aggregate, host)
                 .await
         })
+    }
+}
+
+/// Nova's real answers, recorded in the lab mid-evacuation by `cargo xtask
+/// chaos` (decider/recovery/tests/data/), through this adapter's parsing
+/// into `Picture::new` and `classify`: what Vigil makes of what Nova really
+/// shows, not of pictures written by hand.
+#[cfg(test)]
+mod recorded {
+    use super::*;
+    use vigil_recovery::workflow::picture::{classify, Context, NovaState, Picture};
+
+    fn state_name(s: &NovaState) -> &'static str {
+        match s {
+            NovaState::Gone => "Gone",
+            NovaState::ExtraActions { .. } => "ExtraActions",
+            NovaState::NotStarted => "NotStarted",
+            NovaState::InFlight => "InFlight",
+            NovaState::Unaccounted { .. } => "Unaccounted",
+            NovaState::Failed { .. } => "Failed",
+            NovaState::Landed { .. } => "Landed",
+            NovaState::LandedWrong { .. } => "LandedWrong",
+            NovaState::Unsettled(_) => "Unsettled",
+        }
+    }
+
+    #[test]
+    fn recorded_nova_answers_classify_as_expected() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recovery/tests/data");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no recorded cases in {}", dir.display());
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &files {
+            let text =
+                std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let name = f.display();
+            let server = vigil_nova::Server::from_json(v["server"]["server"].clone())
+                .unwrap_or_else(|e| panic!("{name}: server: {e}"));
+            let migrations: Vec<vigil_nova::Migration> =
+                serde_json::from_value(v["migrations"]["migrations"].clone())
+                    .unwrap_or_else(|e| panic!("{name}: migrations: {e}"));
+            let actions: Vec<vigil_nova::InstanceAction> =
+                serde_json::from_value(v["instance_actions"]["instanceActions"].clone())
+                    .unwrap_or_else(|e| panic!("{name}: actions: {e}"));
+            let cx = &v["context"];
+            let opened_at = Timestamp(cx["opened_at_unix_ms"].as_i64().unwrap_or(0));
+            let sent = u32::try_from(cx["sent"].as_u64().unwrap_or(0)).unwrap_or(u32::MAX);
+            let from_host = cx["from_host"].as_str().unwrap_or("");
+            let ws = super::server(server);
+            let ms: Vec<wf::Migration> = migrations.into_iter().map(migration).collect();
+            let p = Picture::new(
+                Some(&ws),
+                &ms,
+                evacuate_actions_since(&actions, opened_at),
+                opened_at,
+            );
+            let got = classify(
+                &p,
+                Context {
+                    from_host,
+                    expected: &wf::ServerStatus::Active,
+                    sent,
+                },
+            );
+            let want = cx["expect"].as_str().unwrap_or("");
+            assert_eq!(state_name(&got), want, "{name}: {p:?} → {got:?}");
+            seen.insert(want.to_string());
+        }
+        eprintln!("{} recorded case(s), states {seen:?}", files.len());
     }
 }
