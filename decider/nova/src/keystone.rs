@@ -119,6 +119,10 @@ struct Named {
     name: Option<String>,
 }
 
+/// The longest Vigil trusts one token, whatever Keystone says (its own
+/// default is 1 h; 24 h is generous for any deployment).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// A token and what came with it.
 #[derive(Clone)]
 pub(crate) struct Token {
@@ -151,7 +155,14 @@ impl Token {
             .and_then(crate::types::parse_nova_time)
             // Without issued_at, fall back to our wall clock.
             .unwrap_or_else(SystemTime::now);
-        let lifetime = expires.duration_since(issued).unwrap_or(Duration::ZERO);
+        // Keystone says how long the token lives; Vigil decides how long it
+        // trusts it: never past MAX_TOKEN_LIFETIME (a token "valid for a
+        // century" is renewed like any other), and no arithmetic on the
+        // outside value can overflow the clock.
+        let lifetime = expires
+            .duration_since(issued)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_TOKEN_LIFETIME);
         Ok(Token {
             value,
             valid_until: requested_at + lifetime,
@@ -308,5 +319,22 @@ mod tests {
         assert!(!t.fresh(now + Duration::from_secs(3400), Duration::from_secs(300)));
         assert_eq!(t.roles, vec!["admin".to_owned()]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_keystone_says_lives_for_ever_is_trusted_for_a_day_at_most() {
+        let body = br#"{"token":{"expires_at":"9999-12-31T23:59:59.000000Z","issued_at":"1970-01-01T00:00:00.000000Z"}}"#;
+        let now = Instant::now();
+        let t = Token::parse(Secret::new("t"), body, now).expect("parses");
+        assert_eq!(t.lifetime, MAX_TOKEN_LIFETIME);
+        assert!(t.valid_until <= now + MAX_TOKEN_LIFETIME);
+        let body = br#"{"token":{"expires_at":"2026-01-01T01:00:00Z","issued_at":"2026-01-01T00:00:00Z"}}"#;
+        let t = Token::parse(Secret::new("t"), body, now).expect("parses");
+        assert_eq!(t.lifetime, Duration::from_secs(3600));
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod config;
+pub mod decode;
 pub mod error;
 pub mod evacuate;
 pub mod keystone;
