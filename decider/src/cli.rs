@@ -429,13 +429,16 @@ pub(crate) async fn connect(
     let auth = match &c.token_file {
         None => Auth::default(),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading --token-file {}", p.display()))?;
+            // A token file that cannot be read or used is the caller's
+            // mistake (exit 2), not the decider's.
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                crate::cli_exit::Usage(format!("cannot read --token-file {}: {e}", p.display()))
+            })?;
             let value = format!("Bearer {}", text.trim()).parse().map_err(|_| {
-                anyhow::anyhow!(
+                crate::cli_exit::Usage(format!(
                     "--token-file {}: the token is not a valid header value (one line of ASCII)",
                     p.display()
-                )
+                ))
             })?;
             Auth(Some(value))
         }
