@@ -54,6 +54,16 @@ async fn grpc_status(server: &Server, service: &str) -> ServingStatus {
 /// Polls until `want` holds for readiness over HTTP and gRPC, or panics
 /// with the last answers.
 async fn wait_ready(server: &Server, want: bool) -> serde_json::Value {
+    wait_ready_until(server, want, |_| true).await
+}
+
+/// As `wait_ready`, until `body` also satisfies `also` (a check's detail
+/// that only a completed poll writes: "not polled yet" comes first).
+async fn wait_ready_until(
+    server: &Server,
+    want: bool,
+    also: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let metrics = server.metrics_addr.expect("metrics on");
     let want_grpc = if want {
         ServingStatus::Serving
@@ -65,7 +75,7 @@ async fn wait_ready(server: &Server, want: bool) -> serde_json::Value {
         let (code, body) = get(metrics, "/readyz").await;
         let overall = grpc_status(server, "").await;
         let operator = grpc_status(server, "vigil.v1.Operator").await;
-        if (code == 200) == want && overall == want_grpc && operator == want_grpc {
+        if (code == 200) == want && overall == want_grpc && operator == want_grpc && also(&body) {
             return body;
         }
         assert!(
@@ -113,7 +123,16 @@ async fn nova_unreachable_is_not_ready_over_http_and_grpc_but_alive() {
     let tokens = cfg.validate().expect("valid");
     let server = Server::start(cfg, tokens, witnesses).await.expect("starts");
 
-    let body = wait_ready(&server, false).await;
+    // Not ready at once ("not polled yet"); the reason that matters comes
+    // once polls have failed.
+    let nova_check = |b: &serde_json::Value| {
+        b["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "nova"))
+            .and_then(|c| c["detail"].as_str())
+            .is_some_and(|d| d.contains("none of the last"))
+    };
+    let body = wait_ready_until(&server, false, nova_check).await;
     let nova = body["checks"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == "nova"))
