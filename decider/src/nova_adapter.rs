@@ -189,34 +189,4 @@ impl NovaSource for NovaWitnessClient {
         }
         .boxed()
     }
-
-    fn changed_servers<'a>(
-        &'a self,
-        since: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<crate::witness::ChangedServer>, WitnessError>> {
-        async move {
-            let list = self
-                .client
-                .list_servers(&vigil_nova::ServerQuery {
-                    extra: vec![("changes-since".into(), since.to_string())],
-                    ..vigil_nova::ServerQuery::default()
-                })
-                .await
-                .map_err(|e| WitnessError::Failed {
-                    what: format!("listing servers changed since {since}"),
-                    source: Box::new(e),
-                })?;
-            Ok(list
-                .into_iter()
-                .filter_map(|s| {
-                    Some(crate::witness::ChangedServer {
-                        host: s.host?,
-                        updated: s.updated.unwrap_or_default(),
-                        id: s.id,
-                    })
-                })
-                .collect())
-        }
-        .boxed()
-    }
 }
