@@ -697,30 +697,22 @@ def cmd_status(args):
 
 def cmd_fault(args):
     need_root()
-    if args.kind in ("api-500", "api-ok"):
+    # Control-plane faults: NODE names a service; (start, stop, module).
+    service_faults = {"api-500": (apifault.start, None, apifault),
+                      "api-ok": (None, apifault.stop, apifault),
+                      "freeze": (stall.freeze, None, stall),
+                      "thaw": (None, stall.thaw, stall)}
+    if args.kind in service_faults:
+        start, stop, mod = service_faults[args.kind]
         began_unix_ms = int(time.time() * 1000)
-        if args.kind == "api-500":
+        if start is not None:
             if args.seconds is None:
-                raise lc.LabError("api-500 needs --seconds N")
-            lines = apifault.start(args.node, args.seconds)
+                raise lc.LabError(f"{args.kind} needs --seconds N")
+            lines = start(args.node, args.seconds)
         else:
-            lines = apifault.stop(args.node)
+            lines = stop(args.node)
         if args.json:
-            print(apifault.as_json(args.kind, args.node, lines, began_unix_ms, args.seconds))
-        else:
-            for line in lines:
-                print(line)
-        return
-    if args.kind in ("freeze", "thaw"):
-        began_unix_ms = int(time.time() * 1000)
-        if args.kind == "freeze":
-            if args.seconds is None:
-                raise lc.LabError("freeze needs --seconds N")
-            lines = stall.freeze(args.node, args.seconds)
-        else:
-            lines = stall.thaw(args.node)
-        if args.json:
-            print(stall.as_json(args.kind, args.node, lines, began_unix_ms, args.seconds))
+            print(mod.as_json(args.kind, args.node, lines, began_unix_ms, args.seconds))
         else:
             for line in lines:
                 print(line)
