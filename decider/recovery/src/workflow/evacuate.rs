@@ -240,10 +240,13 @@ impl Run<'_> {
                         return self.fail(rec, why).await;
                     }
                     if failed {
+                        // Nova's own fault message is what an operator
+                        // searches nova-compute's log for.
+                        let fault = picture.server.as_ref().and_then(|s| s.fault.clone());
                         self.close(
                             &mut verify,
                             StepOutcome::Failed,
-                            json!({"retry": true, "last": last}),
+                            json!({"retry": true, "last": last, "fault": fault}),
                         )
                         .await?;
                         let ask = ResetAsk {

@@ -500,6 +500,25 @@ async fn a_failed_evacuation_is_reset_and_retried_then_gives_up_when_bounded() {
             .map(|i| i.attempts),
         Some(2)
     );
+    // The failed attempt's verify step carries Nova's own fault message:
+    // what an operator searches nova-compute's log for.
+    let d = w.detail(&out).await;
+    let failed: Vec<_> = d
+        .steps
+        .iter()
+        .filter(|s| {
+            s.kind == StepKind::Verify && s.target == "a" && s.outcome == Some(StepOutcome::Failed)
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let result = &failed[0].result;
+    assert_eq!(result["retry"], true, "{result}");
+    assert!(
+        result["fault"]
+            .as_str()
+            .is_some_and(|f| f.contains("(fake)")),
+        "Nova's fault in the failed verify: {result}"
+    );
 
     let w = World::new(&[Bmc::Works]);
     w.nova.fail_next_evacuations("b", 10);
