@@ -35,6 +35,18 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool: checks the shipped alert rules and a real /metrics scrape",
     ),
+    (
+        "protobuf-compiler",
+        "protoc: etcd-client compiles etcd's protobufs at build time",
+    ),
+    (
+        "etcd-server",
+        "etcd 3.4: the HA deciders' leases and journal, for real",
+    ),
+    (
+        "etcd-client",
+        "etcdctl: the HA tests read etcd as an operator",
+    ),
 ];
 
 /// PyPI packages for the system python (the lab has its own venv).

@@ -119,8 +119,6 @@ impl RecoveryHandle {
 struct RunEnd {
     node: String,
     result: Result<Outcome, WorkflowError>,
-    /// Set when the engine refused the fence (the node no longer dead).
-    vetoed: Option<String>,
 }
 
 enum RunKind {
@@ -537,15 +535,21 @@ impl Driver {
                     );
                 }
             }
-            Err(e) => match end.vetoed {
-                Some(why) => self.fence_vetoed(&node, &why).await,
-                None => {
-                    error!(node = %node, error = %format!("{e:#}"), retry_in = ?JOURNAL_RETRY, "recovery stopped: cannot journal; it resumes from the journal");
-                    self.handled.remove(&node);
-                    self.retry_at
-                        .insert(node, tokio::time::Instant::now() + JOURNAL_RETRY);
-                }
-            },
+            Err(WorkflowError::Journal(JournalError::FenceRefused { why })) => {
+                self.fence_vetoed(&node, &why).await
+            }
+            Err(WorkflowError::Journal(JournalError::NotLeader { why })) => {
+                // Deposed mid-run: the new leader resumes the incident from
+                // the journal; this decider acts on nothing more.
+                warn!(node = %node, reason = %why, "recovery run stopped: this decider is no longer the leader");
+                self.handled.remove(&node);
+            }
+            Err(e) => {
+                error!(node = %node, error = %format!("{e:#}"), retry_in = ?JOURNAL_RETRY, "recovery stopped: cannot journal; it resumes from the journal");
+                self.handled.remove(&node);
+                self.retry_at
+                    .insert(node, tokio::time::Instant::now() + JOURNAL_RETRY);
+            }
         }
     }
 
@@ -732,7 +736,7 @@ impl Driver {
             RunKind::Start { mode, .. } => *mode == Mode::DryRun,
             RunKind::Resume { dry_run, .. } => *dry_run,
         };
-        let (reporter, vetoed) = Reporter::new(
+        let reporter = Reporter::new(
             self.parts.journal.clone(),
             &node,
             dry_run,
@@ -764,12 +768,7 @@ impl Driver {
                 RunKind::Start { trigger, mode } => recovery.start(&levels, trigger, mode).await,
                 RunKind::Resume { id, .. } => recovery.resume(&levels, &id).await,
             };
-            let vetoed = vetoed.lock().unwrap_or_else(PoisonError::into_inner).take();
-            RunEnd {
-                node,
-                result,
-                vetoed,
-            }
+            RunEnd { node, result }
         });
     }
 }

@@ -5,17 +5,18 @@
 //! where the workflow records each phase anyway, so reporting from here keeps
 //! the verdict and the journal in step without a second hook in the workflow.
 //!
-//! One guard lives here too: the engine must still accept `fencing` (the node
-//! still judged dead, or an operator confirmed it off) when the workflow
-//! reaches the fence. If it does not, the phase write fails and the workflow
-//! stops before any power-off (safety rules 2-4: evidence that arrived after
-//! the decision still vetoes the fence).
+//! The fence permit lives here too: the engine must still accept `fencing`
+//! (the node still judged dead, or an operator confirmed it off) when the
+//! workflow reaches the fence. If it does not, the phase write fails with
+//! `JournalError::FenceRefused` and the workflow stops before any power-off
+//! (safety rules 2-4: evidence that arrived after the decision still vetoes
+//! the fence); the driver reads that error and pages.
 
 use crate::engine::{Event, WorkflowError as EngineError};
 use crate::node_state::Nodes;
 use futures::future::BoxFuture;
 use serde_json::Value;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use vigil_recovery::journal::{
@@ -101,28 +102,16 @@ pub struct Reporter {
     /// Dry runs change no verdict: nothing was fenced or moved.
     dry_run: bool,
     engine: EngineLink,
-    /// Why the engine refused `fencing`, when it did.
-    vetoed: Arc<Mutex<Option<String>>>,
 }
 
 impl Reporter {
-    pub fn new(
-        inner: Arc<dyn Journal>,
-        node: &str,
-        dry_run: bool,
-        engine: EngineLink,
-    ) -> (Reporter, Arc<Mutex<Option<String>>>) {
-        let vetoed = Arc::new(Mutex::new(None));
-        (
-            Reporter {
-                inner,
-                node: node.to_string(),
-                dry_run,
-                engine,
-                vetoed: vetoed.clone(),
-            },
-            vetoed,
-        )
+    pub fn new(inner: Arc<dyn Journal>, node: &str, dry_run: bool, engine: EngineLink) -> Reporter {
+        Reporter {
+            inner,
+            node: node.to_string(),
+            dry_run,
+            engine,
+        }
     }
 
     async fn tell(&self, step: WorkflowStep, reason: String) {
@@ -194,11 +183,7 @@ impl Journal for Reporter {
                     .await
                 {
                     warn!(node = %self.node, incident = %incident, reason = %why, "fence vetoed: the decider no longer judges the node dead");
-                    *self.vetoed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
-                    return Err(JournalError::Store {
-                        what: format!("fencing {} refused by the decider", self.node),
-                        source: why.into(),
-                    });
+                    return Err(JournalError::FenceRefused { why });
                 }
             }
             self.inner.set_phase(incident, phase).await?;

@@ -3,8 +3,9 @@
 //! (safety rule 7). It is what a restarted decider resumes from and what
 //! operators read as the downtime record.
 //!
-//! [`Journal`] is the store's interface, so an etcd-backed one can follow for
-//! several deciders; [`sqlite::SqliteJournal`] is the embedded default.
+//! [`Journal`] is the store's interface: [`sqlite::SqliteJournal`] is the
+//! embedded default for one decider; `vigil-cluster`'s etcd journal holds it
+//! for several, every write conditioned on the writer's leadership term.
 //! Timestamps come from the caller's clock: the journal reads no clock.
 
 pub mod sqlite;
@@ -321,6 +322,16 @@ pub enum JournalError {
     /// No such incident.
     #[error("no incident {0}")]
     NotFound(IncidentId),
+    /// The fence permit was refused: evidence that arrived after the
+    /// decision says the node is not dead (safety rules 2-4). Raised where
+    /// the workflow records `Phase::Fencing`, before any power-off.
+    #[error("fence refused: {why}")]
+    FenceRefused { why: String },
+    /// This decider no longer holds the term the write was conditioned on
+    /// (HA): another decider leads, or leadership could not be confirmed in
+    /// time. The workflow stops at once; the leader resumes it.
+    #[error("journal: not the leader ({why}); this decider acts on nothing until it leads again")]
+    NotLeader { why: String },
     /// The journal was written by a newer release (a downgrade).
     #[error("journal schema version {found} is newer than this release's {supported}: it was written by a newer vigil-decider; run that release again, or restore the journal backup taken before the upgrade")]
     NewerSchema { found: u32, supported: u32 },
