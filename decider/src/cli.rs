@@ -40,9 +40,16 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Everything about one node.
+    /// Everything about one node (with `[cluster]`, also how each decider
+    /// sees it).
     Node {
         name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Decider HA: who leads, since when, the term, and each decider's view
+    /// of every node.
+    Cluster {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -108,12 +115,17 @@ pub struct JournalArgs {
 }
 
 impl JournalArgs {
-    /// The journal to read; it must exist (reading never creates one).
-    fn path(&self) -> anyhow::Result<PathBuf> {
+    /// The journal to read: etcd when the config has `[cluster]`, else the
+    /// file, which must exist (reading never creates one).
+    fn path(&self) -> anyhow::Result<crate::recovery::commands::JournalAt> {
+        use crate::recovery::commands::JournalAt;
         let path = match &self.journal {
             Some(p) => p.clone(),
             None => {
                 let cfg = Config::load(self.config.as_deref())?;
+                if let Some(c) = cfg.cluster {
+                    return Ok(JournalAt::Cluster(c));
+                }
                 cfg.recovery.unwrap_or_default().journal.path
             }
         };
@@ -123,7 +135,7 @@ impl JournalArgs {
                 path.display()
             );
         }
-        Ok(path)
+        Ok(JournalAt::File(path))
     }
 }
 
@@ -208,6 +220,7 @@ pub fn main() -> i32 {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::Nodes { verdict, client } => report(rt.block_on(nodes(verdict, &client))),
         Command::Node { name, client } => report(rt.block_on(node(&name, &client))),
+        Command::Cluster { client } => report(rt.block_on(cluster(&client))),
         Command::Watch { node, client } => report(rt.block_on(watch(node, &client))),
         Command::FenceCheck { config, output } => rt.block_on(fence_check(&config, output.get())),
         Command::ConfirmPowerOff(a) => rt.block_on(crate::cli_confirm::run(&a)),
@@ -352,6 +365,15 @@ async fn serve(args: ServeArgs) -> i32 {
             }
         }
     }
+    if let Some(c) = &cfg.cluster {
+        match crate::cluster::ClusterParts::connect(c).await {
+            Ok(p) => witnesses.cluster = Some(p),
+            Err(e) => {
+                eprintln!("vigil-decider: [cluster]: {e}");
+                return 2;
+            }
+        }
+    }
     if let Some(r) = &cfg.recovery {
         let connect = crate::recovery::setup::nova_connect(&cfg.nova);
         match crate::recovery::RecoveryParts::from_config(
@@ -361,6 +383,7 @@ async fn serve(args: ServeArgs) -> i32 {
             &vigil_recovery::secret::ProcessEnv,
             connect,
             witnesses.prober.clone(),
+            witnesses.cluster.clone(),
         ) {
             Ok(p) => witnesses.recovery = Some(p),
             Err(e) => {
@@ -522,8 +545,35 @@ async fn node(name: &str, c: &ClientArgs) -> anyhow::Result<()> {
         .await
         .map_err(crate::cli_exit::rpc(format!("GetNode {name}")))?
         .into_inner();
-    c.output.get().print(&crate::table::node_json(&n), || {
-        crate::table::node_detail(&n, now_ms())
+    // Each decider's view: shown when the decider is one of several.
+    let cluster = client
+        .get_cluster(auth.request(v1::GetClusterRequest {}))
+        .await
+        .map(|r| r.into_inner())
+        .ok()
+        .filter(|c| c.enabled);
+    let mut json = crate::table::node_json(&n);
+    if let (Some(c), Some(obj)) = (&cluster, json.as_object_mut()) {
+        obj.insert("views".into(), crate::table::node_views_json(c, name));
+    }
+    c.output.get().print(&json, || {
+        let mut t = crate::table::node_detail(&n, now_ms());
+        if let Some(c) = &cluster {
+            t.push_str(&crate::table::node_views_text(c, name, now_ms()));
+        }
+        t
+    })
+}
+
+async fn cluster(c: &ClientArgs) -> anyhow::Result<()> {
+    let (mut client, auth) = connect(c).await?;
+    let cl = client
+        .get_cluster(auth.request(v1::GetClusterRequest {}))
+        .await
+        .map_err(crate::cli_exit::rpc("GetCluster".to_string()))?
+        .into_inner();
+    c.output.get().print(&crate::table::cluster_json(&cl), || {
+        crate::table::cluster_text(&cl, now_ms())
     })
 }
 

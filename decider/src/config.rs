@@ -39,6 +39,10 @@ pub struct Config {
     /// the decider judges and never acts (no fence, no Nova change).
     #[serde(default)]
     pub recovery: Option<vigil_recovery::config::RecoveryConfig>,
+    /// `[cluster]`: several deciders on etcd, one leader acts; the journal
+    /// lives in etcd. Absent: this decider is the only one (SQLite journal).
+    #[serde(default)]
+    pub cluster: Option<vigil_cluster::ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +406,12 @@ impl Config {
     /// tokens. Runs before any socket is bound.
     pub fn validate(&self) -> Result<Tokens, ConfigError> {
         self.policy.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|e| ConfigError::Invalid {
+                key: format!("cluster.{}", e.key),
+                problem: e.problem,
+            })?;
+        }
         let invalid = |key: &str, problem: &str| ConfigError::Invalid {
             key: key.to_string(),
             problem: problem.to_string(),

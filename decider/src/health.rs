@@ -37,6 +37,8 @@ pub struct Health {
     nova: Mutex<Option<VecDeque<Result<(), String>>>>,
     journal: Mutex<Option<Option<Probed>>>,
     bmcs: Mutex<Option<Option<Probed>>>,
+    /// `[cluster]`: a leader known (this decider or another).
+    cluster: Mutex<Option<Option<Probed>>>,
 }
 
 impl Default for Health {
@@ -47,6 +49,7 @@ impl Default for Health {
             nova: Mutex::new(None),
             journal: Mutex::new(None),
             bmcs: Mutex::new(None),
+            cluster: Mutex::new(None),
         }
     }
 }
@@ -125,6 +128,16 @@ impl Health {
         *lock(&self.bmcs) = Some(Some(probed(result)));
     }
 
+    /// Readiness waits on a known leader from now on (`[cluster]`).
+    pub fn expect_cluster(&self) {
+        lock(&self.cluster).get_or_insert(None);
+    }
+
+    /// Who leads, as last seen (`Err`: nobody known, and why).
+    pub fn cluster_seen(&self, result: Result<String, String>) {
+        *lock(&self.cluster) = Some(Some(probed(result)));
+    }
+
     fn engine_check(&self) -> Check {
         let last = self.last_tick.load(Ordering::Relaxed);
         let (ok, detail) = match last.checked_sub(1) {
@@ -188,6 +201,7 @@ impl Health {
         for (name, slot, what) in [
             ("journal", &self.journal, "the journal's directory"),
             ("bmcs", &self.bmcs, "the BMCs"),
+            ("leader", &self.cluster, "the cluster's leader"),
         ] {
             if let Some(state) = lock(slot).as_ref() {
                 checks.push(match state {

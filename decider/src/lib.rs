@@ -30,6 +30,7 @@ pub mod cli_confirm;
 pub mod cli_exit;
 pub mod cli_format;
 pub mod cli_init;
+pub mod cluster;
 pub mod config;
 pub mod docs;
 pub mod engine;

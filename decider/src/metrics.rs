@@ -95,6 +95,10 @@ pub struct Metrics {
     /// 1 after a Nova poll that answered, 0 after one that failed: what an
     /// alert on "the decider cannot see Nova" reads.
     pub nova_reachable: Gauge,
+    /// `[cluster]`: 1 while this decider leads (and may act), else 0.
+    pub cluster_leader: Gauge,
+    /// `[cluster]`: the current leader's term (0: unknown).
+    pub cluster_term: Gauge,
     /// 1 per node whose sensor runs its `/proc` fallback (no eBPF).
     sensor_procfs: Family<NodeLabels, Gauge>,
     pub storm_guard_active: Gauge,
@@ -170,6 +174,18 @@ impl Metrics {
             "1 if the latest Nova os-services poll answered, 0 if it failed",
             nova_reachable.clone(),
         );
+        let cluster_leader = Gauge::default();
+        registry.register(
+            "cluster_leader",
+            "1 while this decider leads the cluster and may act, 0 otherwise ([cluster] only)",
+            cluster_leader.clone(),
+        );
+        let cluster_term = Gauge::default();
+        registry.register(
+            "cluster_term",
+            "The current leader's term as this decider knows it; 0 when no leader is known ([cluster] only)",
+            cluster_term.clone(),
+        );
         let sensor_procfs = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "sensor_procfs",
@@ -233,6 +249,8 @@ impl Metrics {
             nova_poll_seconds,
             nova_poll_errors,
             nova_reachable,
+            cluster_leader,
+            cluster_term,
             sensor_procfs,
             storm_guard_active,
             engine_tick_seconds,

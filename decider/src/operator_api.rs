@@ -25,6 +25,8 @@ use vigil_verdict::{Moment, NovaWitness, SensorWitness, ServiceState, Verdict};
 pub struct OperatorService {
     engine: EngineHandle,
     recovery: Option<RecoveryHandle>,
+    /// `[cluster]`: leadership and views.
+    cluster: Option<crate::cluster::ClusterParts>,
     /// Bearer token of the write calls; `None` refuses them.
     operator_token: Option<Secret>,
     /// Bearer token of the read calls; `None` leaves reads open.
@@ -42,7 +44,13 @@ impl OperatorService {
             recovery,
             operator_token,
             read_token: None,
+            cluster: None,
         }
+    }
+
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::ClusterParts>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Reads need this token (or the operator token) from now on.
@@ -467,6 +475,57 @@ impl Operator for OperatorService {
         }))
     }
 
+    async fn get_cluster(
+        &self,
+        req: Request<v1::GetClusterRequest>,
+    ) -> Result<Response<v1::Cluster>, Status> {
+        self.authorize_read(&req)?;
+        let Some(c) = &self.cluster else {
+            return Ok(Response::new(v1::Cluster::default()));
+        };
+        let s = c.leadership.status();
+        // The views are a convenience for operators: unreadable (etcd down)
+        // they are left out and `detail` says so.
+        let (views, view_error) = match c.views.all_fresh().await {
+            Ok(v) => (v, None),
+            Err(e) => (vec![], Some(e.to_string())),
+        };
+        let mut detail = s.detail.clone();
+        if let Some(e) = view_error {
+            detail = [detail, format!("views unreadable: {e}")]
+                .into_iter()
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+        Ok(Response::new(v1::Cluster {
+            enabled: true,
+            me: s.me,
+            role: text(&s.role),
+            leader: s.leader.unwrap_or_default(),
+            term: s.term,
+            since_unix_ms: s.since_unix_ms,
+            detail,
+            views: views
+                .into_iter()
+                .map(|v| v1::DeciderView {
+                    decider: v.decider,
+                    at_unix_ms: v.at_unix_ms,
+                    nodes: v
+                        .nodes
+                        .into_iter()
+                        .map(|(node, n)| v1::NodeSighting {
+                            node,
+                            verdict: n.verdict,
+                            sensor_fresh: n.sensor_fresh,
+                            ping_answers: n.ping_answers,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_incident(
         &self,
         req: Request<v1::GetIncidentRequest>,
@@ -516,6 +575,7 @@ impl Operator for OperatorService {
             )),
             Err(ConfirmError::Journal(e)) => Err(journal_status(e)),
             Err(e @ ConfirmError::Stopped) => Err(Status::unavailable(e.to_string())),
+            Err(e @ ConfirmError::NotLeader(_)) => Err(Status::failed_precondition(e.to_string())),
         }
     }
 }

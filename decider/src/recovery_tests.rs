@@ -229,11 +229,13 @@ impl World {
             reference_addresses: vec![],
             probe_timeout: Duration::from_secs(1),
             nova_timeout: Duration::from_secs(5),
+            cluster: None,
         };
         let witnesses = Witnesses {
             nova: Some(self.mirror.clone()),
             prober: None,
             recovery: Some(parts),
+            cluster: None,
         };
         Server::start(cfg, tokens, witnesses)
             .await
@@ -787,6 +789,7 @@ async fn a_storm_refusal_acts_on_nothing_and_pages_once() {
             reference_addresses: vec![],
             probe_timeout: Duration::from_secs(1),
             nova_timeout: Duration::from_secs(5),
+            cluster: None,
         };
         Server::start(
             cfg,
@@ -795,6 +798,7 @@ async fn a_storm_refusal_acts_on_nothing_and_pages_once() {
                 nova: Some(w.mirror.clone()),
                 prober: None,
                 recovery: Some(parts),
+                cluster: None,
             },
         )
         .await

@@ -29,6 +29,8 @@ pub struct Witnesses {
     /// The recovery workflow's parts; `None`: the decider judges and never
     /// acts.
     pub recovery: Option<RecoveryParts>,
+    /// `[cluster]`: leadership, views; `None`: the only decider.
+    pub cluster: Option<crate::cluster::ClusterParts>,
 }
 
 /// A running decider.
@@ -196,6 +198,25 @@ impl Server {
                 None
             }
         };
+        if let Some(c) = witnesses.cluster.clone() {
+            metrics.health.expect_cluster();
+            let s = shutdown.clone();
+            let l = c.leadership.clone();
+            tasks.spawn(async move {
+                l.run(s.wait()).await;
+                Ok(())
+            });
+            let (nodes, h, m, s) = (
+                handle.nodes.clone(),
+                metrics.health.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                crate::cluster::run_views(c, nodes, h, m, s.wait()).await;
+                Ok(())
+            });
+        }
         match (&witnesses.nova, cfg.nova.enabled) {
             (Some(nova), true) => {
                 metrics.health.expect_nova();
@@ -241,7 +262,8 @@ impl Server {
             shutdown.clone(),
         );
         let op = OperatorService::new(handle.clone(), recovery.clone(), tokens.operator.clone())
-            .with_read_token(tokens.read.clone());
+            .with_read_token(tokens.read.clone())
+            .with_cluster(witnesses.cluster.clone());
         // Reflection (v1 and v1alpha, so every grpcurl version works) and the
         // standard health service: `grpcurl -plaintext HOST:PORT list` needs
         // no .proto file.

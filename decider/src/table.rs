@@ -340,6 +340,125 @@ pub fn change_line(c: &v1::VerdictChange) -> String {
     )
 }
 
+/// `vigil-decider cluster --format json`.
+pub fn cluster_json(c: &v1::Cluster) -> Value {
+    json!({
+        "enabled": c.enabled,
+        "me": c.me,
+        "role": c.role,
+        "leader": c.leader,
+        "term": c.term,
+        "since_unix_ms": c.since_unix_ms,
+        "detail": c.detail,
+        "views": c.views.iter().map(|v| json!({
+            "decider": v.decider,
+            "at_unix_ms": v.at_unix_ms,
+            "nodes": v.nodes.iter().map(|n| json!({
+                "node": n.node,
+                "verdict": n.verdict,
+                "sensor_fresh": n.sensor_fresh,
+                "ping_answers": n.ping_answers,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn sighting(n: &v1::NodeSighting) -> String {
+    let mut seen = vec![];
+    if n.sensor_fresh {
+        seen.push("sensor fresh");
+    }
+    if n.ping_answers {
+        seen.push("answers ping");
+    }
+    if seen.is_empty() {
+        seen.push("no sign of life");
+    }
+    format!("{} ({})", n.verdict, seen.join(", "))
+}
+
+/// `vigil-decider cluster`.
+pub fn cluster_text(c: &v1::Cluster, now_ms: i64) -> String {
+    if !c.enabled {
+        return "this decider runs alone (no [cluster] in its config)\n".into();
+    }
+    let mut s = String::new();
+    if c.leader.is_empty() {
+        s.push_str(&format!("leader:  none known ({})\n", c.detail));
+    } else {
+        s.push_str(&format!(
+            "leader:  {} (term {}, since {} ago)\n",
+            c.leader,
+            c.term,
+            age_ms(now_ms.saturating_sub(c.since_unix_ms))
+        ));
+    }
+    s.push_str(&format!("this:    {} ({})\n", c.me, c.role));
+    if !c.detail.is_empty() && !c.leader.is_empty() {
+        s.push_str(&format!("detail:  {}\n", c.detail));
+    }
+    for v in &c.views {
+        s.push_str(&format!(
+            "view of {} ({} ago):\n",
+            v.decider,
+            age_ms(now_ms.saturating_sub(v.at_unix_ms))
+        ));
+        for n in &v.nodes {
+            s.push_str(&format!("  {:<16} {}\n", n.node, sighting(n)));
+        }
+    }
+    s
+}
+
+/// Each decider's sighting of one node, for `node NAME --format json`.
+pub fn node_views_json(c: &v1::Cluster, node: &str) -> Value {
+    Value::Object(
+        c.views
+            .iter()
+            .filter_map(|v| {
+                let n = v.nodes.iter().find(|n| n.node == node)?;
+                Some((
+                    v.decider.clone(),
+                    json!({"verdict": n.verdict, "sensor_fresh": n.sensor_fresh, "ping_answers": n.ping_answers, "at_unix_ms": v.at_unix_ms}),
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// Each decider's sighting of one node, for `node NAME`.
+pub fn node_views_text(c: &v1::Cluster, node: &str, now_ms: i64) -> String {
+    let mut s = format!(
+        "Seen by each decider (leader {}, term {}):\n",
+        if c.leader.is_empty() {
+            "none known"
+        } else {
+            &c.leader
+        },
+        c.term
+    );
+    for v in &c.views {
+        if let Some(n) = v.nodes.iter().find(|n| n.node == node) {
+            s.push_str(&format!(
+                "  {:<12} {} ({} ago)\n",
+                v.decider,
+                sighting(n),
+                age_ms(now_ms.saturating_sub(v.at_unix_ms))
+            ));
+        }
+    }
+    s
+}
+
+fn age_ms(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0);
+    if ms < 10_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

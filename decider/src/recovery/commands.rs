@@ -2,7 +2,6 @@
 //! Tables for people, `--json` for scripts; output goes to stdout.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::Context;
 use vigil_recovery::config::RecoveryConfig;
@@ -43,13 +42,36 @@ pub fn fence_check_table(rows: &[FenceCheckRow]) -> String {
     s
 }
 
-fn open_journal(path: &Path) -> anyhow::Result<SqliteJournal> {
-    SqliteJournal::open(path).with_context(|| format!("opening the journal at {}", path.display()))
+/// Where the incidents commands read: the SQLite file, or (`[cluster]`)
+/// etcd, which needs no leadership to read.
+pub enum JournalAt {
+    File(std::path::PathBuf),
+    Cluster(vigil_cluster::ClusterConfig),
+}
+
+async fn open_journal(at: &JournalAt) -> anyhow::Result<std::sync::Arc<dyn Journal>> {
+    Ok(match at {
+        JournalAt::File(path) => std::sync::Arc::new(
+            SqliteJournal::open(path)
+                .with_context(|| format!("opening the journal at {}", path.display()))?,
+        ),
+        JournalAt::Cluster(c) => {
+            let parts = crate::cluster::ClusterParts::connect(c)
+                .await
+                .context("connecting to etcd ([cluster] endpoints)")?;
+            parts.journal()
+        }
+    })
 }
 
 /// `vigil-decider incidents [--json]`: the newest incidents.
-pub async fn incidents_command(journal: &Path, limit: usize, format: Format) -> anyhow::Result<()> {
-    let list = open_journal(journal)?
+pub async fn incidents_command(
+    journal: &JournalAt,
+    limit: usize,
+    format: Format,
+) -> anyhow::Result<()> {
+    let list = open_journal(journal)
+        .await?
         .list(limit)
         .await
         .context("listing incidents")?;
@@ -91,8 +113,9 @@ pub fn incidents_table(list: &[IncidentSummary]) -> String {
 
 /// `vigil-decider incident ID [--json]`: one incident with its timeline,
 /// instances and the evidence at decision time.
-pub async fn incident_command(journal: &Path, id: &str, format: Format) -> anyhow::Result<()> {
-    let d = open_journal(journal)?
+pub async fn incident_command(journal: &JournalAt, id: &str, format: Format) -> anyhow::Result<()> {
+    let d = open_journal(journal)
+        .await?
         .get(&IncidentId(id.to_string()))
         .await
         .with_context(|| format!("reading incident {id}"))?;

@@ -83,6 +83,9 @@ pub enum ConfirmError {
     Journal(#[from] JournalError),
     #[error("the recovery driver has stopped")]
     Stopped,
+    /// `[cluster]`: only the leader continues incidents.
+    #[error("this decider does not lead ({0}): send ConfirmPowerOff to the leader (`vigil-decider cluster` shows it)")]
+    NotLeader(String),
 }
 
 /// What others hold to reach recovery: its inputs and its journal (read-only
@@ -152,6 +155,9 @@ pub struct Driver {
     resume_after_run: HashSet<String>,
     /// Runs stopped by a journal failure, resumed at the given time.
     retry_at: HashMap<String, tokio::time::Instant>,
+    /// `[cluster]`: the term this decider leads in, once it has resumed
+    /// the journal for it.
+    term: Option<i64>,
 }
 
 impl Driver {
@@ -186,6 +192,7 @@ impl Driver {
             refusals: HashMap::new(),
             resume_after_run: HashSet::new(),
             retry_at: HashMap::new(),
+            term: None,
         }
     }
 
@@ -209,13 +216,30 @@ impl Driver {
                 }
             });
         }
-        self.resume_open().await;
+        // The only decider resumes at once; one of several when it leads.
+        let mut leadership = self
+            .parts
+            .cluster
+            .as_ref()
+            .map(|c| c.leadership.subscribe());
+        if leadership.is_none() {
+            self.resume_open().await;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Ok(()) = async { match leadership.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                } } => {
+                    let status = leadership.as_ref().map(|rx| rx.borrow().clone());
+                    if let Some(s) = status {
+                        self.on_leadership(s).await;
+                    }
+                }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(end) => self.on_run_end(end).await,
                     Err(e) => {
@@ -236,7 +260,67 @@ impl Driver {
         }
     }
 
+    /// `[cluster]`: a new term of this decider's resumes every open
+    /// incident, as a restarted decider does; a lost one stops every run at
+    /// once (their next journal write would be refused anyway).
+    async fn on_leadership(&mut self, s: vigil_cluster::Status) {
+        let leads = s.role == vigil_cluster::Role::Leader;
+        match (leads, self.term) {
+            (true, Some(t)) if t == s.term => {}
+            (true, _) => {
+                info!(
+                    term = s.term,
+                    "leading: resuming the journal's open incidents"
+                );
+                self.stop_all();
+                self.term = Some(s.term);
+                self.resume_open().await;
+            }
+            (false, Some(t)) => {
+                warn!(term = t, leader = s.leader.as_deref().unwrap_or("none known"), "no longer leading: every recovery run stops here; the leader resumes them from the journal");
+                self.stop_all();
+                self.term = None;
+            }
+            (false, None) => {}
+        }
+    }
+
+    fn stop_all(&mut self) {
+        self.tasks.abort_all();
+        self.running.clear();
+        self.handled.clear();
+        self.pending_resume.clear();
+        self.retry_at.clear();
+        self.resume_after_run.clear();
+        self.metrics.recovery_active.set(0);
+    }
+
+    /// Whether this decider may start or continue anything now: always
+    /// alone; with `[cluster]`, only with a valid leadership permit.
+    fn may_act(&self) -> Result<(), String> {
+        match &self.parts.cluster {
+            None => Ok(()),
+            Some(c) => c.leadership.permit().map(drop).map_err(|e| e.to_string()),
+        }
+    }
+
     async fn on_input(&mut self, input: RecoveryInput) {
+        let acting = matches!(
+            input,
+            RecoveryInput::Dead { .. }
+                | RecoveryInput::Held { .. }
+                | RecoveryInput::Booted { .. }
+                | RecoveryInput::ConfirmOff { .. }
+        );
+        if acting {
+            if let Err(why) = self.may_act() {
+                // Followers judge and serve; the leader acts.
+                if let RecoveryInput::ConfirmOff { reply, .. } = input {
+                    let _ = reply.send(Err(ConfirmError::NotLeader(why)));
+                }
+                return;
+            }
+        }
         match input {
             RecoveryInput::Dead {
                 node,
@@ -292,6 +376,13 @@ impl Driver {
                     dry_run: s.dry_run,
                 },
             );
+            return;
+        }
+        if let Some(why) = self.seen_alive_elsewhere(&node).await {
+            if self.refusals.get(&node) != Some(&why) {
+                warn!(node = %node, reason = %why, "not acting on a dead verdict another decider does not share");
+                self.refusals.insert(node.clone(), why);
+            }
             return;
         }
         let journal = self.parts.journal.clone();
@@ -367,6 +458,17 @@ impl Driver {
             Err(e) => {
                 error!(node = %node, error = %e, "cannot read the journal; not acting on a dead node without it")
             }
+        }
+    }
+
+    /// `[cluster]`: why another live decider still sees `node` alive, if
+    /// one does. A view that cannot be read is treated as a veto: acting
+    /// needs etcd anyway.
+    async fn seen_alive_elsewhere(&self, node: &str) -> Option<String> {
+        let c = self.parts.cluster.as_ref()?;
+        match c.views.alive_elsewhere(node).await {
+            Ok(v) => v,
+            Err(e) => Some(format!("the other deciders' views cannot be read: {e}")),
         }
     }
 
@@ -618,6 +720,9 @@ impl Driver {
     /// over. One that stopped before its incident was opened has nothing to
     /// resume: the node's next dead announcement starts afresh.
     async fn retry_due(&mut self) {
+        if self.may_act().is_err() {
+            return;
+        }
         let now = tokio::time::Instant::now();
         let due: Vec<String> = self
             .retry_at
@@ -741,7 +846,8 @@ impl Driver {
             &node,
             dry_run,
             self.engine.clone(),
-        );
+        )
+        .with_views(self.parts.cluster.as_ref().map(|c| c.views.clone()));
         let nova: Arc<dyn NovaActions> = self.parts.nova.clone();
         let edges = Edges {
             nova: nova.clone(),

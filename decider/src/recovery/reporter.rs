@@ -102,6 +102,8 @@ pub struct Reporter {
     /// Dry runs change no verdict: nothing was fenced or moved.
     dry_run: bool,
     engine: EngineLink,
+    /// `[cluster]`: the other deciders' views, read at the fence.
+    views: Option<Arc<vigil_cluster::views::Views>>,
 }
 
 impl Reporter {
@@ -111,7 +113,14 @@ impl Reporter {
             node: node.to_string(),
             dry_run,
             engine,
+            views: None,
         }
+    }
+
+    /// The fence permit also asks the other deciders (`[cluster]`).
+    pub fn with_views(mut self, views: Option<Arc<vigil_cluster::views::Views>>) -> Reporter {
+        self.views = views;
+        self
     }
 
     async fn tell(&self, step: WorkflowStep, reason: String) {
@@ -184,6 +193,23 @@ impl Journal for Reporter {
                 {
                     warn!(node = %self.node, incident = %incident, reason = %why, "fence vetoed: the decider no longer judges the node dead");
                     return Err(JournalError::FenceRefused { why });
+                }
+                if let Some(v) = &self.views {
+                    // Three vantage points: a node another live decider
+                    // still sees alive is not powered off.
+                    match v.alive_elsewhere(&self.node).await {
+                        Ok(None) => {}
+                        Ok(Some(why)) => {
+                            warn!(node = %self.node, incident = %incident, reason = %why, "fence vetoed by another decider's view");
+                            return Err(JournalError::FenceRefused { why });
+                        }
+                        Err(e) => {
+                            return Err(JournalError::Store {
+                                what: "reading the other deciders' views before the fence".into(),
+                                source: Box::new(e),
+                            })
+                        }
+                    }
                 }
             }
             self.inner.set_phase(incident, phase).await?;

@@ -41,6 +41,9 @@ pub struct RecoveryParts {
     pub probe_timeout: Duration,
     /// The self-check's Nova call is abandoned after this.
     pub nova_timeout: Duration,
+    /// `[cluster]`: only the leader acts, the journal is in etcd, and the
+    /// other deciders' views can veto a fence.
+    pub cluster: Option<crate::cluster::ClusterParts>,
 }
 
 /// `[recovery]` that cannot be turned into working parts.
@@ -71,6 +74,7 @@ impl RecoveryParts {
         env: &dyn SecretEnv,
         connect: NovaConnect,
         prober: Option<Arc<dyn Prober>>,
+        cluster: Option<crate::cluster::ClusterParts>,
     ) -> Result<RecoveryParts, SetupError> {
         let (levels, notifiers) = fencers_and_notifiers(recovery, env)?;
         for n in &cfg.nodes {
@@ -81,14 +85,20 @@ impl RecoveryParts {
         if notifiers.is_empty() {
             warn!("no notifier configured ([recovery.notify] webhook or email): nobody is paged when recovery needs a person");
         }
-        let path = &recovery.journal.path;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SetupError::JournalDir {
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        let journal: Arc<dyn Journal> = Arc::new(SqliteJournal::open(path)?);
+        let journal: Arc<dyn Journal> = match &cluster {
+            // Every write conditioned on this decider's term.
+            Some(c) => c.journal(),
+            None => {
+                let path = &recovery.journal.path;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| SetupError::JournalDir {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
+                Arc::new(SqliteJournal::open(path)?)
+            }
+        };
         Ok(RecoveryParts {
             config: with_policy_storm_guard(recovery, &cfg.policy.storm),
             mode: if dry_run || recovery.dry_run {
@@ -109,6 +119,7 @@ impl RecoveryParts {
             },
             probe_timeout: cfg.ping.timeout,
             nova_timeout: cfg.nova.request_timeout,
+            cluster,
         })
     }
 }
