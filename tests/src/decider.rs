@@ -75,6 +75,22 @@ pub struct Opts {
     /// Serve mutual TLS (and a read token); the test's own CLI calls and
     /// watcher then use https:// with the operator's certificate and token.
     pub tls: Option<TlsOpts>,
+    /// One of several deciders (`[cluster]`), run inside a lab controller.
+    pub ha: Option<HaOpts>,
+}
+
+/// A decider of a cluster, in lab controller `controller`.
+#[derive(Debug, Clone)]
+pub struct HaOpts {
+    /// `ctlN`: the decider runs in its netns and cgroup (`lab controller
+    /// exec`), so a controller fault takes it down with its etcd member.
+    pub controller: String,
+    /// The controller's management address: the decider listens there.
+    pub ip: String,
+    /// `cluster.endpoints`.
+    pub etcd_endpoints: Vec<String>,
+    /// `cluster.lease_ttl` in seconds.
+    pub lease_ttl_secs: u64,
 }
 
 /// The decider's TLS files and the operator's client side.
@@ -143,7 +159,10 @@ report_interval = "{report}s"
 [policy.storm]
 max_share = {share}
 "#,
-        listen = info.decider.listen,
+        listen = match &opts.ha {
+            Some(h) => format!("{}:50051", h.ip),
+            None => info.decider.listen.clone(),
+        },
         dir = dir.display(),
         server_tls = server_tls(opts),
         cloud = info.cloud,
@@ -159,6 +178,18 @@ max_share = {share}
             n.name,
             n.sensor_token_path.display(),
             n.mgmt_ip
+        ));
+    }
+    if let Some(h) = &opts.ha {
+        c.push_str(&format!(
+            "[cluster]\nname = \"{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
+            h.controller,
+            h.etcd_endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            h.lease_ttl_secs
         ));
     }
     if opts.no_recovery {
@@ -281,13 +312,16 @@ impl Decider {
     pub fn start(lab: &Lab, opts: Opts) -> Decider {
         // The lab has one decider address; never start a second decider
         // beside someone else's (it would fail to bind, or worse, both act).
-        if let Err(e) = wait::until(
-            "no other vigil-decider serve",
-            Duration::from_secs(120),
-            Duration::from_secs(2),
-            || other_decider_running().map_or(Ok(()), Err),
-        ) {
-            panic!("{e}");
+        // (Several deciders of one cluster are the point of `ha`.)
+        if opts.ha.is_none() {
+            if let Err(e) = wait::until(
+                "no other vigil-decider serve",
+                Duration::from_secs(120),
+                Duration::from_secs(2),
+                || other_decider_running().map_or(Ok(()), Err),
+            ) {
+                panic!("{e}");
+            }
         }
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("operator.token"), OPERATOR_TOKEN).expect("token");
@@ -299,6 +333,16 @@ impl Decider {
             .and_then(|l| l.local_addr())
             .map(|a| a.to_string())
             .expect("a free loopback port");
+        // In a controller's netns: its own address (every port is free in a
+        // fresh namespace), reachable from here over the lab bridge.
+        let metrics = match &opts.ha {
+            Some(h) => format!("{}:9180", h.ip),
+            None => metrics,
+        };
+        let grpc = match &opts.ha {
+            Some(h) => format!("{}:50051", h.ip),
+            None => lab.info().decider.listen.clone(),
+        };
         let cfg = config(lab, dir.path(), &opts).replacen(
             "[metrics]\nenabled = false\n",
             &format!("[metrics]\nlisten = \"{metrics}\"\n"),
@@ -308,7 +352,7 @@ impl Decider {
         let mut d = Decider {
             child: None,
             config: path,
-            grpc: lab.info().decider.listen.clone(),
+            grpc,
             metrics,
             opts,
             changes: Arc::new(Mutex::new(Vec::new())),
@@ -402,7 +446,14 @@ impl Decider {
     /// Starts `serve` and a verdict watcher (every node) once the port answers.
     pub fn spawn(&mut self, lab: &Lab) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut cmd = Command::new(bins::bin("vigil-decider"));
+        let mut cmd = match &self.opts.ha {
+            Some(h) => {
+                let mut c = lab.controller_command(&h.controller);
+                c.arg(bins::bin("vigil-decider"));
+                c
+            }
+            None => Command::new(bins::bin("vigil-decider")),
+        };
         cmd.args(["serve", "--config"]).arg(&self.config);
         if self.opts.dry_run {
             cmd.arg("--dry-run");
@@ -461,6 +512,30 @@ impl Decider {
             let _ = old.kill();
             let _ = old.wait();
         }
+    }
+
+    /// The decider's process id (inside a controller too: `lab controller
+    /// exec` execs it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen VM, a long GC pause.
+    pub fn freeze(&self, stop: bool) {
+        if let Some(pid) = self.pid() {
+            let sig = if stop { "-STOP" } else { "-CONT" };
+            let ok = Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill {sig} {pid}");
+        }
+    }
+
+    /// `vigil-decider cluster --format json` against this decider.
+    pub fn cluster(&self) -> Result<Value, String> {
+        self.cli(&["cluster", "--format", "json"])
     }
 
     /// SIGKILL: no shutdown, no drain (what a crashed decider leaves).
@@ -527,6 +602,12 @@ impl Decider {
 
     /// Every incident in the journal, newest first (empty before the first).
     pub fn incidents(&self) -> Result<Vec<Value>, String> {
+        if self.opts.ha.is_some() {
+            // The journal is in etcd: `--config` names the cluster.
+            let c = self.config.to_string_lossy().into_owned();
+            let v = self.cli(&["incidents", "--json", "--config", &c])?;
+            return Ok(v.as_array().cloned().unwrap_or_default());
+        }
         if !self.journal().exists() {
             return Ok(Vec::new());
         }
@@ -545,6 +626,10 @@ impl Decider {
     }
 
     pub fn incident(&self, id: &str) -> Result<Value, String> {
+        if self.opts.ha.is_some() {
+            let c = self.config.to_string_lossy().into_owned();
+            return self.cli(&["incident", id, "--json", "--config", &c]);
+        }
         let j = self.journal();
         self.cli(&["incident", id, "--json", "--journal", &j.to_string_lossy()])
     }

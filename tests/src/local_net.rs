@@ -22,8 +22,18 @@ pub struct Listener {
 /// TCP sockets in LISTEN state that would take a connection to `addr` on
 /// this machine: bound to that address or to the wildcard, on its port.
 pub fn listeners(addr: SocketAddr) -> io::Result<Vec<Listener>> {
+    listeners_under("/proc/net", addr)
+}
+
+/// The same, in the network namespace of `dir` (`/proc/PID/net` reads the
+/// namespace process PID lives in: a decider in a lab controller's netns).
+fn listeners_under(dir: &str, addr: SocketAddr) -> io::Result<Vec<Listener>> {
     let mut out = Vec::new();
-    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+    for (path, v6) in [
+        (format!("{dir}/tcp"), false),
+        (format!("{dir}/tcp6"), true),
+    ] {
+        let path = path.as_str();
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             // No IPv6 in this kernel: nothing listens there.
@@ -41,7 +51,9 @@ pub fn listeners(addr: SocketAddr) -> io::Result<Vec<Listener>> {
 
 /// Whether process `pid` holds one of the sockets listening for `addr`.
 pub fn pid_listens(pid: u32, addr: SocketAddr) -> bool {
-    let Ok(ls) = listeners(addr) else {
+    // Its own namespace's table: the host's does not list a socket bound
+    // inside a netns.
+    let Ok(ls) = listeners_under(&format!("/proc/{pid}/net"), addr) else {
         return false;
     };
     let inodes: BTreeSet<u64> = ls.iter().map(|l| l.inode).collect();
