@@ -1114,7 +1114,39 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_base64;
+    use super::{decode_base64, ControllersReport, FaultReport};
+
+    #[test]
+    fn controllers_report_parses_the_labs_answer() {
+        // `lab controllers up --count 1 --json`, as the lab printed it.
+        let text = r#"{"controllers": [{"cgroup": "/vigil-lab/ctl1",
+            "cgroup_path": "/sys/fs/cgroup/unified/vigil-lab/ctl1",
+            "decider_url": "http://198.51.100.201:50051",
+            "etcd": {"detail": "healthy", "pid": 25223, "state": "healthy"},
+            "etcd_client_url": "http://198.51.100.201:2379",
+            "etcd_data_dir": "/var/lib/vigil-lab/state/controllers/ctl1/etcd",
+            "etcd_log": "/var/lib/vigil-lab/logs/etcd-ctl1.log",
+            "etcd_peer_url": "http://198.51.100.201:2380", "faults": [],
+            "host_if": "vlab-c1", "index": 1, "ip": "198.51.100.201", "name": "ctl1",
+            "netns": "vlab-ctl1", "power": "on", "processes": 1}],
+            "did": ["etcd: 1 member(s) healthy (0.9s)"],
+            "etcd_endpoints": ["http://198.51.100.201:2379"], "seconds": 1.19,
+            "sensor_deciders": ["http://198.51.100.1:50051", "http://198.51.100.201:50051"]}"#;
+        let report: ControllersReport = serde_json::from_str(text).expect("parses");
+        let c = &report.controllers[0];
+        assert_eq!(c.controller.etcd_url, "http://198.51.100.201:2379");
+        assert_eq!(c.controller.decider_url, "http://198.51.100.201:50051");
+        assert_eq!(c.etcd.state, "healthy");
+        assert_eq!(c.etcd.pid, Some(25223));
+        // `lab fault power-off ctl1 --json`
+        let text = r#"{"fault": "power-off", "node": "ctl1", "did": ["ctl1: power lost"],
+            "began_unix_ms": 1796614207346, "seconds": 0.055, "boot_id": null,
+            "power": "off", "etcd": {"pid": null, "state": "stopped", "detail": "not running"},
+            "faults": ["power-off"]}"#;
+        let fault: FaultReport = serde_json::from_str(text).expect("parses");
+        assert_eq!(fault.power, "off");
+        assert_eq!(fault.etcd.expect("etcd").state, "stopped");
+    }
 
     #[test]
     fn base64_round_trips_python_output() {
