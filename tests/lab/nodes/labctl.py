@@ -20,7 +20,7 @@
                                                     (delegates to `cloud delete-servers`)
   pid NAME                  the pid of a lab process if it runs (exit 1 if not):
                             a control-plane service (nova-api, keystone, ...), a
-                            daemon (receivers, computeN-ipmi, redfish-bmcs) or
+                            daemon (receivers, computeN-ipmi, redfish-bmcs, ctlN-etcd) or
                             NODE/PROC (compute1/nova-compute, compute1/sensor,
                             compute1/supervisor); run/*.pid hold "PID STARTTIME",
                             so `kill $(cat run/x.pid)` would misfire: use this
