@@ -27,11 +27,18 @@ use crate::bins::workspace_root;
 pub const DEFAULT_NODES: u32 = 3;
 
 /// The faults of `tests/lab/lab fault KIND NODE` (tests/lab/CONTRACT.md).
+///
+/// On a controller (`ctlN`, see [`Lab::controllers_up`]) only `PowerOff`,
+/// `PowerOn`, `Partition`, `Unpartition`, `EtcdStop`, `EtcdStart` and `Heal`
+/// apply; `Partition`..`EtcdStart` apply to controllers only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Power loss: every process of the node killed at once, links down.
+    /// On a controller: everything in its cgroup (etcd, a decider a test
+    /// started there) killed at once, its `mgmt0` down.
     PowerOff,
-    /// Power on through the node's IPMI BMC (new boot id).
+    /// Power on through the node's IPMI BMC (new boot id). On a controller:
+    /// `mgmt0` up, its etcd member restarted on its data (and healthy).
     PowerOn,
     /// SIGKILL to nova-compute; it stays dead until `Heal`.
     KillNovaCompute,
@@ -48,7 +55,17 @@ pub enum Fault {
     Isolate,
     Unisolate,
     /// Undo every fault on the node: powered on, links up, nova-compute running.
+    /// On a controller: not partitioned, powered on, etcd running and healthy.
     Heal,
+    /// Controller only: traffic between it and the other controllers
+    /// (198.51.100.201-205) dropped both ways; Nova, the computes and the
+    /// BMCs stay reachable.
+    Partition,
+    Unpartition,
+    /// Controller only: its etcd member stopped (SIGTERM); nothing else.
+    EtcdStop,
+    /// Controller only: its etcd member started again (and healthy).
+    EtcdStart,
 }
 
 impl Fault {
@@ -65,6 +82,10 @@ impl Fault {
             Fault::Isolate => "isolate",
             Fault::Unisolate => "unisolate",
             Fault::Heal => "heal",
+            Fault::Partition => "partition",
+            Fault::Unpartition => "unpartition",
+            Fault::EtcdStop => "etcd-stop",
+            Fault::EtcdStart => "etcd-start",
         }
     }
 }
@@ -81,8 +102,12 @@ pub struct FaultReport {
     /// from, rather than when the caller started the lab's command.
     pub began_unix_ms: i64,
     pub seconds: f64,
+    /// None for a controller.
     pub boot_id: Option<String>,
     pub power: String,
+    /// A controller's etcd member after the fault (None for a node).
+    #[serde(default)]
+    pub etcd: Option<EtcdMember>,
 }
 
 /// What `lab fault freeze|thaw SERVICE --json` reports.
@@ -121,16 +146,25 @@ pub struct LabInfo {
     pub cloud: String,
     pub clouds_yaml: PathBuf,
     pub openrc: PathBuf,
-    pub controller: Controller,
+    /// The control plane on 198.51.100.1.
+    pub controller: ControlPlane,
     pub decider: DeciderInfo,
     pub bmc: BmcCredentials,
     pub receivers: Receivers,
     pub nodes: Vec<NodeInfo>,
+    /// The controllers `lab controllers up` made when lab.json was written
+    /// (empty without; [`Lab::controllers_up`] returns the current ones).
+    #[serde(default)]
+    pub controllers: Vec<Controller>,
+    /// Their etcd client URLs (`http://198.51.100.20N:2379`).
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
     pub logs: PathBuf,
 }
 
+/// The control plane (Keystone, Nova, ...) on the host, 198.51.100.1.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Controller {
+pub struct ControlPlane {
     pub mgmt_ip: String,
     pub inst_ip: String,
     /// keystone, nova, placement, glance, neutron_standin, rabbitmq.
@@ -140,6 +174,71 @@ pub struct Controller {
     pub flavor_id: Option<String>,
     pub report_interval: Option<u64>,
     pub service_down_time: Option<u64>,
+}
+
+/// A lab controller `ctlN` (`lab controllers up`, CONTRACT.md "Controllers"):
+/// netns `vlab-ctlN` at 198.51.100.(200+N) on the management bridge, cgroup
+/// `/vigil-lab/ctlN`, one etcd member `ctlN` of the controllers' cluster. A
+/// test runs its decider there with [`Lab::controller_command`], listening
+/// on `decider_url`'s address: every lab sensor streams to it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Controller {
+    /// `ctlN`
+    pub name: String,
+    pub index: u32,
+    /// `vlab-ctlN`
+    pub netns: String,
+    /// `198.51.100.(200+N)`
+    pub ip: String,
+    /// `http://198.51.100.(200+N):2379`
+    #[serde(rename = "etcd_client_url")]
+    pub etcd_url: String,
+    /// `http://198.51.100.(200+N):2380`
+    pub etcd_peer_url: String,
+    /// `http://198.51.100.(200+N):50051`: where its decider should listen.
+    pub decider_url: String,
+    /// cgroup v2 path relative to the hierarchy root (`/vigil-lab/ctlN`).
+    pub cgroup: String,
+    pub cgroup_path: PathBuf,
+    pub etcd_data_dir: PathBuf,
+    pub etcd_log: PathBuf,
+}
+
+/// A controller as `lab status --json` / `lab controllers up --json` show it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ControllerStatus {
+    #[serde(flatten)]
+    pub controller: Controller,
+    /// "on" or "off" (`Fault::PowerOff`).
+    pub power: String,
+    /// Processes in its cgroup.
+    pub processes: usize,
+    /// "power-off", "partitioned", "etcd-stopped".
+    #[serde(default)]
+    pub faults: Vec<String>,
+    pub etcd: EtcdMember,
+}
+
+/// A controller's etcd member.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EtcdMember {
+    pub pid: Option<i32>,
+    /// "healthy" (`etcdctl endpoint health` at its client URL from the
+    /// host), "unhealthy" (runs, no quorum or unreachable) or "stopped".
+    pub state: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// What `lab controllers up|down --json` answers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ControllersReport {
+    pub controllers: Vec<ControllerStatus>,
+    pub etcd_endpoints: Vec<String>,
+    /// Every lab sensor's `--decider` list now (198.51.100.1's first).
+    pub sensor_deciders: Vec<String>,
+    pub did: Vec<String>,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +322,9 @@ pub struct Status {
     pub errors: Vec<String>,
     /// `cloud status --json` as is.
     pub control_plane: Option<serde_json::Value>,
+    /// The controllers, if `lab controllers up` made some.
+    #[serde(default)]
+    pub controllers: Vec<ControllerStatus>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -541,6 +643,57 @@ impl Lab {
 
     pub fn sensor_stop(&self, node: &str) -> Result<()> {
         run(&self.script, &["sensor", "stop", node]).map(|_| ())
+    }
+
+    /// `lab controllers up --count N`: controllers ctl1..ctlN, each with
+    /// its etcd member, all healthy (a lab with another count is refused:
+    /// [`Lab::controllers_down`] first); faults left on them are healed.
+    /// Every running lab sensor is restarted (its node keeps its power) with
+    /// one more `--decider` per controller. Idempotent.
+    pub fn controllers_up(&self, count: u32) -> std::result::Result<Vec<Controller>, String> {
+        Ok(self
+            .controllers_report(&["up", "--count", &count.to_string()])?
+            .controllers
+            .into_iter()
+            .map(|c| c.controller)
+            .collect())
+    }
+
+    /// `lab controllers down`: every controller's processes (a decider a
+    /// test started there too), etcd data, netns and veth gone; the sensors
+    /// back to the one decider URL. `lab down` does it as well.
+    pub fn controllers_down(&self) -> std::result::Result<(), String> {
+        self.controllers_report(&["down"]).map(|_| ())
+    }
+
+    /// `lab controllers ACTION ... --json`.
+    pub fn controllers_report(
+        &self,
+        args: &[&str],
+    ) -> std::result::Result<ControllersReport, String> {
+        let mut all = vec!["controllers"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = run(&self.script, &all).map_err(|e| format!("{e:#}"))?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("parsing `lab {}`: {e}", all.join(" ")))
+    }
+
+    /// The controllers and their etcd members as `lab status` sees them now.
+    pub fn controllers_status(&self) -> Result<Vec<ControllerStatus>> {
+        Ok(self.status()?.controllers)
+    }
+
+    /// `tests/lab/lab controller exec NAME --`: append the program and its
+    /// arguments, then spawn: it runs in the controller's netns and cgroup
+    /// with this command's pid (the lab execs it), so
+    /// [`std::process::Child::id`] is the program's pid, and it dies with
+    /// the controller ([`Fault::PowerOff`]). stdin/stdout/stderr pass
+    /// through; no other descriptor does.
+    pub fn controller_command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(&self.script);
+        cmd.args(["controller", "exec", name, "--"]);
+        cmd
     }
 
     /// Re-enable and un-force-down every nova-compute service (after an
@@ -961,7 +1114,39 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_base64;
+    use super::{decode_base64, ControllersReport, FaultReport};
+
+    #[test]
+    fn controllers_report_parses_the_labs_answer() {
+        // `lab controllers up --count 1 --json`, as the lab printed it.
+        let text = r#"{"controllers": [{"cgroup": "/vigil-lab/ctl1",
+            "cgroup_path": "/sys/fs/cgroup/unified/vigil-lab/ctl1",
+            "decider_url": "http://198.51.100.201:50051",
+            "etcd": {"detail": "healthy", "pid": 25223, "state": "healthy"},
+            "etcd_client_url": "http://198.51.100.201:2379",
+            "etcd_data_dir": "/var/lib/vigil-lab/state/controllers/ctl1/etcd",
+            "etcd_log": "/var/lib/vigil-lab/logs/etcd-ctl1.log",
+            "etcd_peer_url": "http://198.51.100.201:2380", "faults": [],
+            "host_if": "vlab-c1", "index": 1, "ip": "198.51.100.201", "name": "ctl1",
+            "netns": "vlab-ctl1", "power": "on", "processes": 1}],
+            "did": ["etcd: 1 member(s) healthy (0.9s)"],
+            "etcd_endpoints": ["http://198.51.100.201:2379"], "seconds": 1.19,
+            "sensor_deciders": ["http://198.51.100.1:50051", "http://198.51.100.201:50051"]}"#;
+        let report: ControllersReport = serde_json::from_str(text).expect("parses");
+        let c = &report.controllers[0];
+        assert_eq!(c.controller.etcd_url, "http://198.51.100.201:2379");
+        assert_eq!(c.controller.decider_url, "http://198.51.100.201:50051");
+        assert_eq!(c.etcd.state, "healthy");
+        assert_eq!(c.etcd.pid, Some(25223));
+        // `lab fault power-off ctl1 --json`
+        let text = r#"{"fault": "power-off", "node": "ctl1", "did": ["ctl1: power lost"],
+            "began_unix_ms": 1796614207346, "seconds": 0.055, "boot_id": null,
+            "power": "off", "etcd": {"pid": null, "state": "stopped", "detail": "not running"},
+            "faults": ["power-off"]}"#;
+        let fault: FaultReport = serde_json::from_str(text).expect("parses");
+        assert_eq!(fault.power, "off");
+        assert_eq!(fault.etcd.expect("etcd").state, "stopped");
+    }
 
     #[test]
     fn base64_round_trips_python_output() {

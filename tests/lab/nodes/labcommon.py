@@ -130,6 +130,72 @@ class Node:
         return self.faults / kind
 
 
+# --- controllers (CONTRACT.md "Controllers") ---------------------------------
+
+# `lab controllers up [--count N]`: N "controller machines" ctl1..ctlN, each a
+# netns on vlab-mgmt with an etcd member, where tests run deciders (issue 14).
+CONTROLLERS_JSON = STATE / "controllers.json"
+MAX_CONTROLLERS = 5
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+DECIDER_PORT = 50051
+# Every address a controller can have (198.51.100.201-205): what `partition`
+# cuts a controller off from.
+CONTROLLER_RANGE = f"198.51.100.201-198.51.100.{200 + MAX_CONTROLLERS}"
+
+
+def controller_name(i):
+    return f"ctl{i}"
+
+
+def controller_index(name):
+    m = re.fullmatch(r"ctl([1-9][0-9]*)", name)
+    if not m or int(m.group(1)) > MAX_CONTROLLERS:
+        raise LabError(f"{name!r} is not a lab controller name (ctl1 .. ctl{MAX_CONTROLLERS})")
+    return int(m.group(1))
+
+
+def is_controller_name(name):
+    return re.fullmatch(r"ctl[0-9]+", name or "") is not None
+
+
+class Controller:
+    """The names of one lab controller (no state of its own)."""
+
+    def __init__(self, name):
+        self.index = controller_index(name)
+        self.name = name
+        self.netns = f"vlab-{name}"
+        self.host_if = f"vlab-c{self.index}"
+        self.ip = f"198.51.100.{200 + self.index}"
+        self.cgroup_rel = f"/vigil-lab/{name}"
+        self.cgroup = CGROUP_PARENT / name
+        self.state = STATE / "controllers" / name
+        self.etcd_dir = self.state / "etcd"
+        self.etcd_log = LOGS / f"etcd-{name}.log"
+        # Its record: run/nodes/daemons/ctlN-etcd.json ({pid, starttime}), as
+        # every daemon of the node half (`lab pid ctlN-etcd`).
+        self.etcd_daemon = f"{name}-etcd"
+        self.etcd_client_url = f"http://{self.ip}:{ETCD_CLIENT_PORT}"
+        self.etcd_peer_url = f"http://{self.ip}:{ETCD_PEER_PORT}"
+        self.decider_url = f"http://{self.ip}:{DECIDER_PORT}"
+        self.faults = self.state / "faults"
+
+    def fault_flag(self, kind):
+        return self.faults / kind
+
+
+def controllers_wanted():
+    """The controllers `lab controllers up` made (count 0: none)."""
+    doc = read_json(CONTROLLERS_JSON, {}) or {}
+    return [Controller(controller_name(i)) for i in range(1, int(doc.get("count") or 0) + 1)]
+
+
+def sensor_decider_urls():
+    """Every decider a lab sensor streams to: the host's, then one per controller."""
+    return [DECIDER_URL] + [c.decider_url for c in controllers_wanted()]
+
+
 # --- small helpers ---------------------------------------------------------
 
 def log(msg):

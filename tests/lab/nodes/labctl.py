@@ -20,7 +20,7 @@
                                                     (delegates to `cloud delete-servers`)
   pid NAME                  the pid of a lab process if it runs (exit 1 if not):
                             a control-plane service (nova-api, keystone, ...), a
-                            daemon (receivers, computeN-ipmi, redfish-bmcs) or
+                            daemon (receivers, computeN-ipmi, redfish-bmcs, ctlN-etcd) or
                             NODE/PROC (compute1/nova-compute, compute1/sensor,
                             compute1/supervisor); run/*.pid hold "PID STARTTIME",
                             so `kill $(cat run/x.pid)` would misfire: use this
@@ -32,6 +32,14 @@
   token                     print an admin Keystone token (`cloud token`)
   net up|down               only the host bridges (tests/lab/nodes/net does the same)
   info                      print state/lab.json
+  controllers up [--count N] [--json]   N (default 3) controllers ctl1..ctlN: netns
+                            vlab-ctlN at 198.51.100.(200+N), cgroup vigil-lab/ctlN, an etcd
+                            member each (one cluster); sensors also stream to each
+                            controller's decider URL (CONTRACT.md "Controllers")
+  controllers down [--json] all of it stopped and removed; sensors back to one decider
+  controller exec ctlN -- CMD ARGS...   run CMD in that controller (netns + cgroup); execs,
+                            so CMD keeps this pid; stdin/stdout/stderr pass through
+  fault KIND ctlN [--json]  power-off power-on partition unpartition etcd-stop etcd-start heal
   fail-spawn UUID [COUNT] [--as spawn|claim] [--json]   the next COUNT (default 1;
                             0 clears) spawns of that server fail in the lab virt driver,
                             on any node: its next evacuation fails on the destination,
@@ -53,6 +61,7 @@ from pathlib import Path
 
 import apifault
 import bmc
+import controllers
 import faults
 import stall
 import labcommon as lc
@@ -114,7 +123,9 @@ def known_nodes():
 
 # Debian packages the node half needs (the cloud installs its own).
 APT = {"ipmi_sim": "openipmi", "ipmitool": "ipmitool", "nft": "nftables", "losetup": "mount",
-       "ip": "iproute2", "ping": "iputils-ping"}
+       "ip": "iproute2", "ping": "iputils-ping",
+       # `lab controllers up`: one etcd member per controller.
+       "etcd": "etcd-server", "etcdctl": "etcd-client"}
 
 
 def ensure_packages():
@@ -238,6 +249,10 @@ def lab_info(cfg, up_seconds=None):
                         "log": str(lc.RECEIVERS_DIR / "webhook.jsonl")},
         },
         "nodes": nodes,
+        # `lab controllers up` (CONTRACT.md "Controllers"); empty without.
+        "controllers": [controllers.info(c) for c in lc.controllers_wanted()],
+        "etcd_endpoints": [c.etcd_client_url for c in lc.controllers_wanted()],
+        "sensor_deciders": lc.sensor_decider_urls(),
         "logs": str(lc.LOGS),
     }
 
@@ -490,6 +505,8 @@ def cmd_down(args, keep=("venv", "cache")):
         if time.monotonic() - t > 1:
             step(f"down: {what} took {time.monotonic() - t:.1f}s")
 
+    if controllers.known():
+        attempt("controllers", controllers.down)
     nodes = known_nodes()
     for node in nodes:
         if node.cgroup.exists() or power.is_on(node):
@@ -641,6 +658,7 @@ def gather_status(show_secrets=False):
         with contextlib.suppress(OSError, ValueError, IndexError):
             rss += int(Path(f"/proc/{p}/smaps_rollup").read_text().split("Rss:")[1].split()[0])
     out["node_half_rss_mib"] = round(rss / 1024, 1)
+    out["controllers"] = controllers.statuses()
     if show_secrets and lc.BMC_PASSWORD.exists():
         out["bmc_password"] = lc.read_text(lc.BMC_PASSWORD)
     out["up"] = bool(cfg) and lc.LAB_JSON.exists() and bool(out["nodes"]) and all(
@@ -653,7 +671,7 @@ def cmd_status(args):
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True))
         return
-    if not st["configured"] and not st["nodes"]:
+    if not st["configured"] and not st["nodes"] and not st["controllers"]:
         print(f"no lab in {lc.LAB_DIR} (`lab up` makes one)")
         return
     cp = st["control_plane"] or {}
@@ -682,6 +700,13 @@ def cmd_status(args):
             str(nd["pids"].get("nova-compute", "-"))[:9],
             str(nd["pids"].get("sensor", "-" if not nd["sensor_wanted"] else "wanted"))[:7],
             nd["qemu"], svc, ",".join(nd["faults"]) or "-"))
+    if st["controllers"]:
+        print("\n%-6s %-15s %-5s %-6s %-9s %-8s %s" % ("CTL", "IP", "POWER", "PROCS", "ETCD",
+                                                      "ETCD PID", "FAULTS"))
+        for c in st["controllers"]:
+            print("%-6s %-15s %-5s %-6s %-9s %-8s %s" % (
+                c["name"], c["ip"], c["power"], c["processes"], c["etcd"]["state"],
+                c["etcd"]["pid"] or "-", ",".join(c["faults"]) or "-"))
     if st["servers"]:
         print("\n%-36s %-26s %-8s %-9s %s" % ("SERVER", "NAME", "STATUS", "HOST", "ADDRESSES"))
         for s in st["servers"]:
@@ -717,6 +742,12 @@ def cmd_fault(args):
             for line in lines:
                 print(line)
         return
+    if lc.is_controller_name(args.node):
+        cmd_controller_fault(args)
+        return
+    if args.kind in CONTROLLER_ONLY_FAULTS:
+        raise lc.LabError(f"{args.kind} is a controller fault: `lab fault {args.kind} ctlN` "
+                          f"(not {args.node!r})")
     node = lc.Node(args.node)
     # The fault's own moment, not the caller's: Python's start-up alone
     # takes 0.4 s or more here, which would count against the figures.
@@ -732,6 +763,120 @@ def cmd_fault(args):
     else:
         for line in lines:
             print(line)
+
+
+CONTROLLER_ONLY_FAULTS = ("partition", "unpartition", "etcd-stop", "etcd-start")
+
+
+def cmd_controller_fault(args):
+    ctl = lc.Controller(args.node)
+    if args.kind not in controllers.KINDS:
+        raise lc.LabError(f"{args.kind} is not a controller fault; on {ctl.name}: "
+                          f"{', '.join(controllers.KINDS)}")
+    began_unix_ms = int(time.time() * 1000)
+    t = time.monotonic()
+    lines = controllers.run_fault(args.kind, ctl)
+    took = time.monotonic() - t
+    if args.json:
+        st = controllers.status(ctl)
+        # The shape of a node's fault report (boot_id: none), plus the etcd member.
+        print(json.dumps({"fault": args.kind, "node": ctl.name, "did": lines,
+                          "began_unix_ms": began_unix_ms, "seconds": round(took, 3),
+                          "boot_id": None, "power": st["power"], "etcd": st["etcd"],
+                          "faults": st["faults"]}))
+    else:
+        for line in lines:
+            print(line)
+
+
+# --- controllers ---------------------------------------------------------------
+
+def sensor_deciders_of(pid):
+    argv = lc.proc_cmdline(pid)
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--decider"]
+
+
+def resync_sensors(strict):
+    """Restart every running lab sensor whose --decider list is not
+    lc.sensor_decider_urls() (the supervisor builds the list at start; the
+    node keeps its power). Returns what it did. strict: a sensor that comes
+    back without the list (a supervisor from an older checkout) fails it."""
+    want = lc.sensor_decider_urls()
+    done, stale = [], []
+    cfg = lc.lab_config()
+    for node in nodes_of(cfg) if cfg else []:
+        rec = faults._proc(node, "sensor")
+        if not rec or sensor_deciders_of(rec["pid"]) == want:
+            continue
+        power.request(node, "stop sensor")
+        power.wait_proc(node, "sensor", running=False, deadline_s=20)
+        with contextlib.redirect_stdout(sys.stderr):
+            start_sensor(node)
+        new = faults._proc(node, "sensor") or {}
+        got = sensor_deciders_of(new.get("pid")) if new.get("pid") else []
+        if got != want:
+            sup = power.supervisor(node) or {}
+            where = " ".join(lc.proc_cmdline(sup.get("pid"))[1:2]) if sup.get("pid") else "?"
+            stale.append(f"{node.name} (its supervisor {where} started the sensor with "
+                         f"--decider {got}, not {want}: it predates `lab controllers`; "
+                         "`lab down` and `lab up` from this checkout)")
+        else:
+            done.append(f"{node.name}: sensor restarted (pid {new['pid']}) with "
+                        f"{len(want)} --decider")
+    if stale and strict:
+        raise lc.LabError("sensors without every decider: " + "; ".join(stale))
+    return done + [f"warning: {s}" for s in stale]
+
+
+def controllers_answer(did, seconds):
+    return {"controllers": [controllers.status(c) for c in lc.controllers_wanted()],
+            "etcd_endpoints": [c.etcd_client_url for c in lc.controllers_wanted()],
+            "sensor_deciders": lc.sensor_decider_urls(),
+            "did": did, "seconds": round(seconds, 2)}
+
+
+def cmd_controllers(args):
+    need_root()
+    t = time.monotonic()
+    if args.action == "up":
+        ensure_packages()
+        for line in net.net_up():
+            step(f"net: {line}")
+        did = controllers.up(args.count or len(lc.controllers_wanted()) or 3, step)
+        for line in did:
+            step(line)
+        did += resync_sensors(strict=True)
+    else:
+        did = controllers.down()
+        did += resync_sensors(strict=False)
+    refresh_lab_json()
+    took = time.monotonic() - t
+    if args.json:
+        print(json.dumps(controllers_answer(did, took), indent=1, sort_keys=True))
+        return
+    for line in did:
+        print(line)
+    if args.action == "up":
+        print(f"controllers up in {took:.1f}s: "
+              + ", ".join(f"{c.name} {c.ip}" for c in lc.controllers_wanted())
+              + "; etcd endpoints " + ",".join(c.etcd_client_url for c in lc.controllers_wanted()))
+    else:
+        print(f"controllers down in {took:.1f}s")
+
+
+def cmd_controller_exec(argv):
+    """`lab controller exec ctlN -- CMD ARGS...` (parsed by hand: everything
+    after `--` is CMD's)."""
+    usage = "usage: lab controller exec ctlN -- CMD ARGS..."
+    if len(argv) < 2 or argv[0] != "exec":
+        raise lc.LabError(usage)
+    name, rest = argv[1], argv[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if not rest:
+        raise lc.LabError(usage)
+    need_root()
+    controllers.exec_in(lc.Controller(name), rest)
 
 
 def cmd_sensor(args):
@@ -918,8 +1063,11 @@ def main(argv=None):
     s.add_argument("--json", action="store_true")
     s.add_argument("--show-secrets", action="store_true")
     s = sub.add_parser("fault")
-    s.add_argument("kind", choices=faults.KINDS + ("freeze", "thaw", "api-500", "api-ok"))
-    s.add_argument("node", help="a node, or for freeze/thaw/api-500/api-ok a control-plane service")
+    s.add_argument("kind", choices=faults.KINDS + ("freeze", "thaw", "api-500", "api-ok")
+                   + CONTROLLER_ONLY_FAULTS)
+    s.add_argument("node", help="a node, a controller (ctlN: power-off, power-on, partition, "
+                   "unpartition, etcd-stop, etcd-start, heal), or for freeze/thaw/api-500/"
+                   "api-ok a control-plane service")
     s.add_argument("--seconds", type=float, default=None)
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("boot")
@@ -941,11 +1089,25 @@ def main(argv=None):
     sub.add_parser("token")
     s = sub.add_parser("net")
     s.add_argument("action", choices=("up", "down"))
+    s = sub.add_parser("controllers")
+    s.add_argument("action", choices=("up", "down"))
+    # Default: as many as there are, else 3.
+    s.add_argument("--count", type=int, default=None)
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("controller", help="controller exec ctlN -- CMD ARGS...")
+    s.add_argument("words", nargs=argparse.REMAINDER)
     s = sub.add_parser("fail-spawn")
     s.add_argument("uuid")
     s.add_argument("count", nargs="?", type=int, default=1)
     s.add_argument("--as", dest="mode", choices=("spawn", "claim"), default="spawn")
     s.add_argument("--json", action="store_true")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["controller"]:
+        try:
+            cmd_controller_exec(argv[1:])
+        except (lc.LabError, OSError) as e:
+            print(f"lab controller: FAILED: {e}", file=sys.stderr)
+            return 1
     args, rest = ap.parse_known_args(argv)
     if rest and args.cmd not in ("boot", "delete-servers"):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -974,6 +1136,7 @@ def main(argv=None):
         else:
             {"down": cmd_down, "purge": cmd_purge, "status": cmd_status, "fault": cmd_fault,
              "sensor": cmd_sensor, "info": cmd_info, "net": cmd_net,
+             "controllers": cmd_controllers,
              "fail-spawn": cmd_fail_spawn}[args.cmd](args)
     except lc.LabError as e:
         print(f"lab {args.cmd}: FAILED: {e}", file=sys.stderr)

@@ -116,8 +116,12 @@ class Supervisor:
                 self.save()
                 return
             n = self.node
-            # Exactly the command line of CONTRACT.md ("Node").
-            self.spawn(what, [binary, "run", "--node", n.name, "--decider", lc.DECIDER_URL,
+            # Exactly the command line of CONTRACT.md ("Node"): one --decider
+            # for the host's decider, one more per lab controller when
+            # `lab controllers up` made some (read at each start: `controllers
+            # up|down` restart the sensors to change the list).
+            deciders = [a for url in lc.sensor_decider_urls() for a in ("--decider", url)]
+            self.spawn(what, [binary, "run", "--node", n.name, *deciders,
                               "--token-file", str(n.token_path), "--cgroup", n.cgroup_rel,
                               "--boot-id-path", str(n.boot_id_path)])
 
