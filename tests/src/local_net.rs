@@ -29,10 +29,7 @@ pub fn listeners(addr: SocketAddr) -> io::Result<Vec<Listener>> {
 /// namespace process PID lives in: a decider in a lab controller's netns).
 fn listeners_under(dir: &str, addr: SocketAddr) -> io::Result<Vec<Listener>> {
     let mut out = Vec::new();
-    for (path, v6) in [
-        (format!("{dir}/tcp"), false),
-        (format!("{dir}/tcp6"), true),
-    ] {
+    for (path, v6) in [(format!("{dir}/tcp"), false), (format!("{dir}/tcp6"), true)] {
         let path = path.as_str();
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,

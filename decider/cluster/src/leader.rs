@@ -346,6 +346,27 @@ impl Leadership {
         if kv.lease() == lease {
             let since = holder.map(|h| h.since_unix_ms).unwrap_or(0);
             self.lead(term, since, valid_until);
+        } else if holder.as_ref().is_some_and(|h| h.name == self.cfg.name) {
+            // Our own earlier term, on a lease this process no longer
+            // holds (it lost etcd, or it is a restart of this decider): it
+            // acts under no permit, so the key is released at once rather
+            // than a TTL later. Guarded: only that exact key version.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key,
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(key, None)]);
+            etcd.call(
+                "releasing this decider's earlier term",
+                |mut c| async move { c.txn(txn).await },
+            )
+            .await?;
+            info!(
+                term,
+                "released this decider's earlier term; campaigning again"
+            );
         } else {
             let was = self
                 .held

@@ -787,6 +787,30 @@ impl Driver {
                 self.handled.insert(node);
             }
         }
+        if let (Some(c), Some(term)) = (&self.parts.cluster, self.term) {
+            // Which decider carried each incident on, in its own timeline.
+            let me = c.leadership.name().to_string();
+            for s in &open {
+                let r = self
+                    .parts
+                    .journal
+                    .record_event(
+                        &s.id,
+                        JournalEvent {
+                            at: self.parts.clock.now(),
+                            kind: "leader-resumed".into(),
+                            message: format!(
+                                "decider {me} leads (term {term}) and resumes this incident"
+                            ),
+                            detail: json!({"decider": me, "term": term}),
+                        },
+                    )
+                    .await;
+                if let Err(e) = r {
+                    warn!(incident = %s.id, error = %e, "cannot journal the takeover");
+                }
+            }
+        }
         for s in open {
             let node = s.node.clone();
             if self.engine.verdict(&node).is_none() {

@@ -1,0 +1,323 @@
+//! Decider HA end to end (root, the lab): three controllers, each with an
+//! etcd member and a `vigil-decider serve` in its own network namespace and
+//! cgroup (`lab controllers up`); the lab's sensors stream to all three.
+//!
+//! One incident carries three faults of the deciders themselves: compute1
+//! loses power; once the leader has begun evacuating, it is SIGKILLed; the
+//! decider that takes over is frozen (SIGSTOP) for longer than its lease as
+//! soon as it leads, and thawed after the third has taken over. What must
+//! hold whatever the timing: exactly one incident, one power-off, exactly one
+//! evacuate action per server in Nova, every server ACTIVE elsewhere, the
+//! incident completed, each takeover in the incident's timeline with a
+//! higher term, and the thawed decider acting on nothing (its log says it
+//! lost leadership; the BMC sees no power call after the fence).
+//!
+//! Then the quorum: with two of three etcd members stopped no decider leads
+//! and `/readyz` says why; with them back, one leads again.
+
+use std::time::Duration;
+use vigil_tests::decider::{
+    assert_evacuated_once, now_ms, prepare, redfish_log_mark, redfish_resets_since, steps, Decider,
+    HaOpts, Opts,
+};
+use vigil_tests::lab::{Controller, Fault, Lab};
+use vigil_tests::{tier, wait};
+
+const NODE: &str = "compute1";
+const TTL: u64 = 3;
+
+/// `lab controllers down` when the test ends (also on failure), so the
+/// other tests meet the lab with one decider address.
+struct Down<'a>(&'a Lab);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.controllers_down() {
+            eprintln!("lab controllers down failed: {e}");
+        }
+    }
+}
+
+fn start(lab: &Lab, ctls: &[Controller]) -> Vec<Decider> {
+    let endpoints: Vec<String> = ctls.iter().map(|c| c.etcd_url.clone()).collect();
+    ctls.iter()
+        .map(|c| {
+            Decider::start(
+                lab,
+                Opts {
+                    ha: Some(HaOpts {
+                        controller: c.name.clone(),
+                        ip: c.ip.clone(),
+                        etcd_endpoints: endpoints.clone(),
+                        lease_ttl_secs: TTL,
+                    }),
+                    ..Opts::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// (leader name, term) as decider `d` reports it, when it knows one.
+fn leader_of(d: &Decider) -> Result<(String, i64), String> {
+    let c = d.cluster()?;
+    let leader = c["leader"].as_str().unwrap_or("").to_string();
+    if leader.is_empty() {
+        return Err(format!("no leader known: {}", c["detail"]));
+    }
+    Ok((leader, c["term"].as_i64().unwrap_or(0)))
+}
+
+/// Waits until every decider in `live` names the same leader, other than
+/// `not` and with a term above `above`; returns its index and term.
+fn agreed_leader(
+    ds: &[Decider],
+    names: &[String],
+    live: &[usize],
+    above: i64,
+    not: &[usize],
+    limit: Duration,
+) -> (usize, i64) {
+    wait::until(
+        "one leader all live deciders agree on",
+        limit,
+        Duration::from_millis(100),
+        || {
+            let mut seen = None;
+            for &i in live {
+                let (l, t) = leader_of(&ds[i])?;
+                match &seen {
+                    None => seen = Some((l, t)),
+                    Some(s) if *s == (l.clone(), t) => {}
+                    Some(s) => {
+                        return Err(format!("{} says {l} (term {t}), another {s:?}", names[i]))
+                    }
+                }
+            }
+            let (l, t) = seen.ok_or("no live decider")?;
+            let idx = names
+                .iter()
+                .position(|n| *n == l)
+                .ok_or(format!("unknown leader {l}"))?;
+            if t <= above || not.contains(&idx) {
+                return Err(format!("still {l} (term {t})"));
+            }
+            Ok((idx, t))
+        },
+    )
+    .map(|(v, _)| v)
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
+    if !tier::root(
+        "three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing",
+        "the lab runs controllers, Nova, BMCs and nodes in network namespaces",
+    ) {
+        return;
+    }
+    let lab = Lab::shared().expect("lab up");
+    let _x = lab.exclusive();
+    let (_restore, servers) = prepare(lab, NODE, 3);
+    let t0 = std::time::Instant::now();
+    let ctls = lab.controllers_up(3).expect("lab controllers up");
+    let _down = Down(lab);
+    eprintln!("FIGURES controllers up in {:.1?}", t0.elapsed());
+    let names: Vec<String> = ctls.iter().map(|c| c.name.clone()).collect();
+    let mut ds = start(lab, &ctls);
+    for d in &ds {
+        d.wait_all_healthy(lab);
+    }
+    let (first, term1) = agreed_leader(&ds, &names, &[0, 1, 2], 0, &[], Duration::from_secs(30));
+    eprintln!("{} leads (term {term1})", names[first]);
+
+    // Every decider sees compute1 from its own controller, and shows all three.
+    let follower = (first + 1) % 3;
+    let (views, _) = wait::until(
+        "three views of compute1",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let n = ds[follower].node(NODE)?;
+            let v = n["views"].as_object().cloned().unwrap_or_default();
+            if v.len() == 3 && v.values().all(|s| s["sensor_fresh"] == true) {
+                Ok(v)
+            } else {
+                Err(format!("views {v:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", ds[follower].log()));
+    assert!(names.iter().all(|n| views.contains_key(n)), "{views:?}");
+
+    let cut = now_ms();
+    let bmc_mark = redfish_log_mark(lab);
+    lab.fault(Fault::PowerOff, NODE)
+        .expect("power off compute1");
+
+    // The leader begins evacuating; then it is killed.
+    let (id, _) = wait::until(
+        "the leader's first evacuate call",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || {
+            let l = ds[first].incidents()?;
+            let id = l
+                .first()
+                .and_then(|i| i["id"].as_str())
+                .ok_or("no incident yet")?
+                .to_string();
+            let inc = ds[first].incident(&id)?;
+            if steps(&inc, "evacuate").count() > 0 {
+                Ok(id)
+            } else {
+                Err(format!("phase {}", inc["incident"]["summary"]["phase"]))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", ds[first].log()));
+    if let Some(dead) = ds[first].became(NODE, "dead") {
+        eprintln!(
+            "FIGURES power loss → dead {:.1} s",
+            (dead - cut) as f64 / 1000.0
+        );
+    }
+    ds[first].kill9();
+    let killed = std::time::Instant::now();
+    let live: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let (second, term2) = agreed_leader(
+        &ds,
+        &names,
+        &live,
+        term1,
+        &[first],
+        Duration::from_secs(TTL * 3),
+    );
+    eprintln!(
+        "FIGURES leader SIGKILLed → {} leads (term {term2}) after {:.1?} (lease_ttl {TTL} s)",
+        names[second],
+        killed.elapsed()
+    );
+
+    // The new leader freezes as soon as it leads, for longer than its lease.
+    ds[second].freeze(true);
+    let frozen = std::time::Instant::now();
+    let third = live
+        .iter()
+        .copied()
+        .find(|i| *i != second)
+        .expect("a third");
+    let (now_leads, term3) = agreed_leader(
+        &ds,
+        &names,
+        &[third],
+        term2,
+        &[first, second],
+        Duration::from_secs(TTL * 3),
+    );
+    assert_eq!(now_leads, third);
+    eprintln!(
+        "FIGURES leader frozen → {} leads (term {term3}) after {:.1?}",
+        names[third],
+        frozen.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    ds[second].freeze(false);
+    let thawed_at = now_ms();
+
+    ds[third].wait_verdict(
+        NODE,
+        "recovered",
+        &["needs-attention"],
+        Duration::from_secs(300),
+    );
+    let inc = ds[third].incident(&id).expect("incident");
+    assert_eq!(inc["incident"]["summary"]["status"], "completed", "{inc}");
+    assert_eq!(
+        ds[third].incidents().expect("incidents").len(),
+        1,
+        "one incident"
+    );
+    assert_eq!(steps(&inc, "power_off").count(), 1, "one power-off: {inc}");
+    assert_evacuated_once(lab, &servers, NODE);
+    let resets = redfish_resets_since(lab, NODE, bmc_mark);
+    assert_eq!(resets.len(), 1, "one power call at the BMC: {resets:?}");
+
+    // The takeovers, in the incident's own timeline, in term order; the
+    // frozen decider may have resumed before it froze, never after the third.
+    let takeovers: Vec<(String, i64, i64)> = inc["incident"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["kind"] == "leader-resumed")
+        .map(|e| {
+            (
+                e["detail"]["decider"].as_str().unwrap_or("").to_string(),
+                e["detail"]["term"].as_i64().unwrap_or(0),
+                e["at"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        takeovers
+            .iter()
+            .any(|(d, t, _)| *d == names[third] && *t == term3),
+        "{} resumed the incident in term {term3}: {takeovers:?}",
+        names[third]
+    );
+    assert!(
+        takeovers.windows(2).all(|w| w[0].1 < w[1].1),
+        "terms only grow: {takeovers:?}"
+    );
+    // Nothing in the journal was written in a term that had ended: every
+    // event after the thaw belongs to the third decider's term (the journal
+    // refuses the thawed one's writes; this checks it did).
+    let log = ds[second].full_log();
+    assert!(
+        log.contains("leadership lost") || log.contains("no longer leading"),
+        "the thawed decider noticed it lost its term:\n{}",
+        ds[second].log()
+    );
+    for e in inc["incident"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if e["at"].as_i64().unwrap_or(0) > thawed_at && e["kind"] == "leader-resumed" {
+            assert_eq!(e["detail"]["decider"], names[third].as_str(), "{e}");
+        }
+    }
+
+    // No quorum, no leader: two of three etcd members stopped.
+    let others: Vec<&Controller> = ctls.iter().filter(|c| c.name != names[third]).collect();
+    for c in &others {
+        lab.fault(Fault::EtcdStop, &c.name).expect("etcd stop");
+    }
+    let (gone, _) = wait::until(
+        "no decider leads without an etcd quorum",
+        Duration::from_secs(TTL * 4),
+        Duration::from_millis(200),
+        || match ds[third].readyz() {
+            Ok((503, body)) if body.to_string().contains("no leader known") => Ok(body),
+            Ok(r) => Err(format!("readyz {r:?}")),
+            Err(e) => Err(e),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", ds[third].log()));
+    eprintln!("without quorum: {gone}");
+    for c in &others {
+        lab.fault(Fault::EtcdStart, &c.name).expect("etcd start");
+    }
+    ds[second].kill9();
+    let (_, term4) = agreed_leader(
+        &ds,
+        &names,
+        &[third],
+        term3,
+        &[first, second],
+        Duration::from_secs(30),
+    );
+    assert!(term4 > term3);
+}
