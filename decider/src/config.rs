@@ -695,6 +695,42 @@ report_interval = "10s"
     }
 
     #[test]
+    fn the_example_cluster_section_parses_and_its_mistakes_are_named() {
+        // The example's commented [cluster], uncommented, is valid.
+        let example = include_str!("../decider.example.toml");
+        let start = example.find("# [cluster]").expect("example has [cluster]");
+        let section: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let c = Config::parse(&section, Path::new("d.toml")).expect("parses");
+        let cl = c.cluster.as_ref().expect("cluster");
+        assert_eq!((cl.name.as_str(), cl.endpoints.len()), ("ctl1", 3));
+        assert_eq!(cl.lease_ttl, Duration::from_secs(5));
+        c.validate().expect("valid");
+        for (bad, key) in [
+            ("lease_ttl = \"1s\"", "cluster.lease_ttl"),
+            ("step_down_margin = \"4s\"", "cluster.step_down_margin"),
+        ] {
+            let text = format!(
+                "[cluster]\nname = \"ctl1\"\nendpoints = [\"http://10.0.0.1:2379\"]\n{bad}\n"
+            );
+            let e = Config::parse(&text, Path::new("d.toml"))
+                .expect("parses")
+                .validate()
+                .expect_err("refused");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = Config::parse(
+            "[cluster]\nname = \"a\"\nendpoint = []\n",
+            Path::new("d.toml"),
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("endpoint"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse(
             "[server]\nlisten_addr = \"0.0.0.0:1\"\n",
