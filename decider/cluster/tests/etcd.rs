@@ -1,8 +1,7 @@
 //! Leadership and the etcd journal against a real etcd (Debian's 3.4,
 //! installed by `cargo xtask setup`), one throwaway member per test.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,75 +18,9 @@ use vigil_recovery::time::Timestamp;
 use vigil_recovery::workflow::fakes::*;
 use vigil_recovery::workflow::{Edges, Mode, Recovery, ServerStatus, Settings, Trigger};
 
-struct EtcdProc {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for EtcdProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Starts a one-member etcd; panics (the test needs it) with how to get one.
-fn etcd() -> EtcdProc {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let child = Command::new("etcd")
-        .args([
-            "--name",
-            "t",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster",
-            &format!("t=http://127.0.0.1:{peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd not installed: run `cargo xtask setup` (Debian etcd-server)");
-    let p = EtcdProc {
-        child,
-        url: url.clone(),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = Command::new("etcdctl")
-            .args(["--endpoints", &url, "endpoint", "health"])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "etcd on {url} not healthy in 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+#[path = "support/etcd_member.rs"]
+mod etcd_member;
+use etcd_member::etcd;
 
 fn cfg(name: &str, url: &str) -> ClusterConfig {
     ClusterConfig {
