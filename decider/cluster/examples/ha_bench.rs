@@ -3,6 +3,7 @@
 //!   incident (real workflow, fake Nova and BMC) in the same run;
 //! - leader lost (task killed, no resignation) → the new leader's first
 //!   journal write accepted, over several rounds, against the lease TTL.
+//!
 //! Figures, not pass/fail.
 
 #[path = "../tests/support/etcd_member.rs"]
