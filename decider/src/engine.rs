@@ -3,16 +3,16 @@
 //! trigger of a verdict change is visible in one place. The loop owns the
 //! evidence and the verdict machines; the operator API only reads them.
 
+use crate::degraded::DegradedLevel;
 use crate::metrics::Metrics;
 use crate::node_state::{NodeState, Nodes};
-use crate::recovery::alerts::DegradedLevel;
-use crate::recovery::driver::RecoveryInput;
+use crate::recovery::inputs::RecoveryInput;
 use crate::witness::{ComputeService, ServerOnHost};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, error, info, warn};
@@ -42,12 +42,7 @@ impl Clock {
 }
 
 /// Wall-clock Unix milliseconds, for operator-facing timestamps only.
-pub fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::node_state::unix_ms_now;
 
 /// A heartbeat in the decider's terms (converted from the wire at the edge).
 #[derive(Debug, Clone)]
@@ -99,7 +94,7 @@ pub struct VerdictChanged {
     pub actionable: bool,
     /// How bad the node is when `to` is `degraded`; a change from
     /// `degraded` to `degraded` says it got worse.
-    pub degraded: crate::recovery::alerts::DegradedLevel,
+    pub degraded: crate::degraded::DegradedLevel,
 }
 
 /// A workflow step the engine refused.
@@ -902,7 +897,7 @@ impl Engine {
         let boot_id = sensor_boot_id(st);
         let _ = tx.send(RecoveryInput::Dead {
             node: st.name.clone(),
-            evidence: crate::recovery::evidence_snapshot(st, now),
+            evidence: crate::node_proto::evidence_snapshot(st, now),
             boot_id,
         });
     }
@@ -1006,7 +1001,7 @@ impl Engine {
         let boot_id = sensor_boot_id(st);
         let _ = tx.send(RecoveryInput::Held {
             node: st.name.clone(),
-            evidence: crate::recovery::evidence_snapshot(st, now),
+            evidence: crate::node_proto::evidence_snapshot(st, now),
             boot_id,
             reason,
         });
@@ -1283,20 +1278,20 @@ mod tests {
             &mut st.evidence.pings[0],
             &probe(2, Some(Duration::from_micros(90)), None),
         );
-        let shown = crate::operator_api::node_to_proto(
+        let shown = crate::node_proto::node_to_proto(
             &st,
             Moment::from_secs(2),
-            crate::operator_api::Detail::Summary,
+            crate::node_proto::Detail::Summary,
         );
         assert!(shown.pings[0].answering);
         record_probe(
             &mut st.evidence.pings[0],
             &probe(3, None, Some("Operation not permitted (os error 1)")),
         );
-        let shown = crate::operator_api::node_to_proto(
+        let shown = crate::node_proto::node_to_proto(
             &st,
             Moment::from_secs(3),
-            crate::operator_api::Detail::Summary,
+            crate::node_proto::Detail::Summary,
         );
         let p = &shown.pings[0];
         assert!(!p.answering, "a failed send shown as answering: {p:?}");

@@ -45,7 +45,7 @@ pub struct NodeState {
     pub incident_id: Option<String>,
     /// The worst this node has been since it turned `degraded` (None when
     /// it is not): a worse level is published again.
-    pub degraded_peak: Option<crate::recovery::alerts::DegradedLevel>,
+    pub degraded_peak: Option<crate::degraded::DegradedLevel>,
 }
 
 impl NodeState {
@@ -99,4 +99,12 @@ fn host_ping(address: IpAddr) -> PingWitness {
         consecutive_failures: 0,
         send_error: None,
     }
+}
+
+/// Wall-clock now in Unix milliseconds, for operators' timestamps only.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -18,6 +18,7 @@
 //! fence, and retries runs that stopped because the journal failed.
 
 use crate::metrics::{Metrics, StatusLabels};
+pub use crate::recovery::inputs::{ConfirmError, RecoveryInput};
 use crate::recovery::reporter::{EngineLink, Reporter};
 use crate::recovery::self_check::DeciderSelfCheck;
 use crate::recovery::setup::RecoveryParts;
@@ -26,7 +27,6 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
-use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -40,53 +40,6 @@ use vigil_recovery::workflow::{
     WorkflowError,
 };
 use vigil_verdict::{Verdict, WorkflowStep};
-
-/// What the engine and the operator API tell the driver.
-#[derive(Debug)]
-pub enum RecoveryInput {
-    /// The node is `dead` and no guard holds it; re-sent while it stays so.
-    Dead {
-        node: String,
-        /// The evidence at decision time, as operators read it.
-        evidence: Value,
-        boot_id: Option<String>,
-    },
-    /// The node is `dead` but the engine's storm guard holds it (safety
-    /// rule 6): recorded as a refused incident and paged once per episode.
-    Held {
-        node: String,
-        evidence: Value,
-        boot_id: Option<String>,
-        reason: String,
-    },
-    /// The node's verdict says it is alive (healthy, degraded, maintenance).
-    Alive { node: String },
-    /// A heartbeat with a boot id not seen before (or the first one since
-    /// this decider started).
-    Booted { node: String, boot_id: String },
-    /// An operator confirms the node is powered off (safety rule 1's explicit
-    /// confirmation).
-    ConfirmOff {
-        node: String,
-        who: String,
-        note: String,
-        reply: oneshot::Sender<Result<IncidentId, ConfirmError>>,
-    },
-}
-
-/// Why an operator's confirmation was not taken.
-#[derive(Debug, Error)]
-pub enum ConfirmError {
-    #[error("node {0} has no open incident; ConfirmPowerOff continues an incident that could not confirm its fence (ListIncidents shows them)")]
-    NoOpenIncident(String),
-    #[error("{0}")]
-    Journal(#[from] JournalError),
-    #[error("the recovery driver has stopped")]
-    Stopped,
-    /// `[cluster]`: only the leader continues incidents.
-    #[error("this decider does not lead ({0}): send ConfirmPowerOff to the leader (`vigil-decider cluster` shows it)")]
-    NotLeader(String),
-}
 
 /// What others hold to reach recovery: its inputs and its journal (read-only
 /// use: incidents for the operator API).

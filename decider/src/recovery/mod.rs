@@ -21,38 +21,11 @@
 pub mod alerts;
 pub mod commands;
 pub mod driver;
+pub mod inputs;
 pub mod nova;
 pub mod reporter;
 pub mod self_check;
 pub mod setup;
 
-use crate::node_state::NodeState;
-use crate::operator_api::{node_to_proto, Detail};
-use serde_json::{json, Value};
-use vigil_verdict::Moment;
-
 pub use driver::{RecoveryHandle, RecoveryInput};
 pub use setup::RecoveryParts;
-
-/// The evidence a `dead` verdict stood on, as operators read it: the node as
-/// `vigil-decider node NAME --json` shows it (verdict, reasons, every
-/// witness's latest reading with its age, the latest heartbeat verbatim) plus
-/// each witness's opinion. Stored with the incident at decision time.
-pub fn evidence_snapshot(st: &NodeState, now: Moment) -> Value {
-    let mut v = crate::table::node_json(&node_to_proto(st, now, Detail::Full));
-    if let (Some(a), Some(obj)) = (st.tracker.latest(), v.as_object_mut()) {
-        obj.insert(
-            "opinions".into(),
-            json!({
-                "sensor": format!("{:?}", a.opinions.sensor).to_lowercase(),
-                "nova": format!("{:?}", a.opinions.nova).to_lowercase(),
-                "ping": format!("{:?}", a.opinions.ping).to_lowercase(),
-            }),
-        );
-        obj.insert(
-            "decided_at_unix_ms".into(),
-            json!(crate::engine::unix_ms_now()),
-        );
-    }
-    v
-}
