@@ -2,17 +2,21 @@
 //! etcd member and a `vigil-decider serve` in its own network namespace and
 //! cgroup (`lab controllers up`); the lab's sensors stream to all three.
 //!
-//! One incident carries three faults of the deciders themselves: compute1
-//! loses power; once the leader has begun evacuating, it is SIGKILLed; the
-//! decider that takes over is frozen (SIGSTOP) for longer than its lease as
-//! soon as it leads, and thawed after the third has taken over. What must
-//! hold whatever the timing: exactly one incident, one power-off, exactly one
-//! evacuate action per server in Nova, every server ACTIVE elsewhere, the
-//! incident completed, each takeover in the incident's timeline with a
-//! higher term, and the thawed decider acting on nothing (its log says it
-//! lost leadership; the BMC sees no power call after the fence).
+//! First the partition: the leader's controller cut off from the other two
+//! (it still reaches Nova and the BMCs) loses its term and says so
+//! (`/readyz`), and another leads. Then one incident carries three faults
+//! of the deciders themselves: compute1 loses power; once the leader has
+//! begun evacuating, its whole controller loses power (decider and etcd
+//! member, no resignation); the decider that takes over is frozen (SIGSTOP)
+//! for longer than its lease as soon as it leads, and thawed after the third
+//! has taken over. What must hold whatever the timing: exactly one
+//! incident, one power-off, exactly one evacuate action per server in Nova,
+//! every server ACTIVE elsewhere, the incident completed, each takeover in
+//! the incident's timeline with a higher term, and the thawed decider
+//! acting on nothing (its log says it lost leadership; the BMC sees one
+//! power call in all).
 //!
-//! Then the quorum: with two of three etcd members stopped no decider leads
+//! Last the quorum: with two of three etcd members down no decider leads
 //! and `/readyz` says why; with them back, one leads again.
 
 use std::time::Duration;
@@ -151,6 +155,47 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
     .unwrap_or_else(|e| panic!("{e}\n{}", ds[follower].log()));
     assert!(names.iter().all(|n| views.contains_key(n)), "{views:?}");
 
+    // Partition: the leader's controller loses the other two (etcd's
+    // majority and the other deciders), keeps Nova and the BMCs.
+    lab.fault(Fault::Partition, &names[first])
+        .expect("partition");
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let (first, term1) = {
+        let (l, t) = agreed_leader(
+            &ds,
+            &names,
+            &others,
+            term1,
+            &[first],
+            Duration::from_secs(TTL * 4),
+        );
+        wait::until(
+            "the partitioned decider knows it does not lead",
+            Duration::from_secs(TTL * 4),
+            Duration::from_millis(200),
+            || match ds[first].readyz() {
+                Ok((503, body)) if body.to_string().contains("no leader known") => Ok(()),
+                r => Err(format!("readyz {r:?}")),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", ds[first].log()));
+        lab.fault(Fault::Unpartition, &names[first])
+            .expect("unpartition");
+        agreed_leader(
+            &ds,
+            &names,
+            &[0, 1, 2],
+            0,
+            &[],
+            Duration::from_secs(TTL * 4),
+        );
+        eprintln!(
+            "partitioned {} lost its term; {} leads (term {t})",
+            names[first], names[l]
+        );
+        (l, t)
+    };
+
     let cut = now_ms();
     let bmc_mark = redfish_log_mark(lab);
     lab.fault(Fault::PowerOff, NODE)
@@ -183,6 +228,9 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
             (dead - cut) as f64 / 1000.0
         );
     }
+    // The leader's whole controller loses power: decider and etcd member.
+    lab.fault(Fault::PowerOff, &names[first])
+        .expect("power off the leader's controller");
     ds[first].kill9();
     let killed = std::time::Instant::now();
     let live: Vec<usize> = (0..3).filter(|i| *i != first).collect();
@@ -195,7 +243,7 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
         Duration::from_secs(TTL * 3),
     );
     eprintln!(
-        "FIGURES leader SIGKILLed → {} leads (term {term2}) after {:.1?} (lease_ttl {TTL} s)",
+        "FIGURES leader's controller powered off → {} leads (term {term2}) after {:.1?} (lease_ttl {TTL} s)",
         names[second],
         killed.elapsed()
     );
@@ -290,11 +338,10 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
         }
     }
 
-    // No quorum, no leader: two of three etcd members stopped.
-    let others: Vec<&Controller> = ctls.iter().filter(|c| c.name != names[third]).collect();
-    for c in &others {
-        lab.fault(Fault::EtcdStop, &c.name).expect("etcd stop");
-    }
+    // No quorum, no leader: the powered-off controller's member and one
+    // more down.
+    lab.fault(Fault::EtcdStop, &names[second])
+        .expect("etcd stop");
     let (gone, _) = wait::until(
         "no decider leads without an etcd quorum",
         Duration::from_secs(TTL * 4),
@@ -307,9 +354,8 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", ds[third].log()));
     eprintln!("without quorum: {gone}");
-    for c in &others {
-        lab.fault(Fault::EtcdStart, &c.name).expect("etcd start");
-    }
+    lab.fault(Fault::EtcdStart, &names[second])
+        .expect("etcd start");
     ds[second].kill9();
     let (_, term4) = agreed_leader(
         &ds,
