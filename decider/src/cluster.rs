@@ -13,6 +13,7 @@ use tracing::warn;
 use vigil_cluster::views::{NodeView, View, Views};
 use vigil_cluster::{ClusterConfig, Etcd, EtcdError, EtcdJournal, Leadership, Role};
 use vigil_recovery::journal::Journal;
+use vigil_recovery::notify::{Dispatcher, Message};
 use vigil_verdict::Opinion;
 
 /// Everything `[cluster]` gives the decider.
@@ -44,6 +45,10 @@ impl ClusterParts {
 /// refreshed).
 const VIEW_EVERY: Duration = Duration::from_secs(1);
 
+/// No leader for 3 × lease_ttl (at least this) pages: a takeover takes one
+/// TTL; three mean etcd itself is gone.
+const PAGE_AFTER_AT_LEAST: Duration = Duration::from_secs(10);
+
 /// This decider's view, from its own evidence.
 pub fn view_of(nodes: &Nodes) -> View {
     let nodes = nodes.read().unwrap_or_else(PoisonError::into_inner).clone();
@@ -74,18 +79,44 @@ pub async fn run_views(
     nodes: Nodes,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    pager: Option<Dispatcher>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let mut every = tokio::time::interval(VIEW_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let page_after = (parts.leadership.config().lease_ttl * 3).max(PAGE_AFTER_AT_LEAST);
+    // Since when no leader is known, and whether that episode was paged.
+    let mut no_leader: Option<(tokio::time::Instant, bool)> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = every.tick() => {}
         }
         let s = parts.leadership.status();
+        match (s.role, no_leader.as_mut()) {
+            (Role::NoQuorum, None) => no_leader = Some((tokio::time::Instant::now(), false)),
+            (Role::NoQuorum, Some((since, paged))) => {
+                if !*paged && since.elapsed() >= page_after {
+                    *paged = true;
+                    warn!(after = ?page_after, reason = %s.detail, "no decider leads: paging");
+                    if let Some(p) = &pager {
+                        p.dispatch(Message::NoLeader {
+                            decider: s.me.clone(),
+                            detail: format!(
+                                "decider {} has known no leader for {} s: {}",
+                                s.me,
+                                since.elapsed().as_secs(),
+                                s.detail
+                            ),
+                        });
+                    }
+                }
+            }
+            (_, Some(_)) => no_leader = None,
+            (_, None) => {}
+        }
         metrics
             .cluster_leader
             .set(i64::from(s.role == Role::Leader));

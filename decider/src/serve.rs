@@ -212,8 +212,17 @@ impl Server {
                 metrics.clone(),
                 shutdown.clone(),
             );
+            // "No leader" pages the receivers recovery pages.
+            let pager = witnesses.recovery.as_ref().map(|parts| {
+                vigil_recovery::notify::Dispatcher::new(
+                    parts.notifiers.clone(),
+                    vigil_recovery::notify::RetryPolicy::from_config(&parts.config.notify),
+                    parts.clock.clone(),
+                    None,
+                )
+            });
             tasks.spawn(async move {
-                crate::cluster::run_views(c, nodes, h, m, s.wait()).await;
+                crate::cluster::run_views(c, nodes, h, m, pager, s.wait()).await;
                 Ok(())
             });
         }

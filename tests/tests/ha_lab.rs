@@ -16,8 +16,8 @@
 //! acting on nothing (its log says it lost leadership; the BMC sees one
 //! power call in all).
 //!
-//! Last the quorum: with two of three etcd members down no decider leads
-//! and `/readyz` says why; with them back, one leads again.
+//! Last the quorum: with two of three etcd members down no decider leads,
+//! `/readyz` says why and a page goes out; with them back, one leads again.
 
 use std::time::Duration;
 use vigil_tests::decider::{
@@ -354,6 +354,20 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", ds[third].log()));
     eprintln!("without quorum: {gone}");
+    // And someone is paged: nothing would be recovered now.
+    wait::until(
+        "a no-leader page at the webhook",
+        Duration::from_secs(40),
+        Duration::from_millis(500),
+        || {
+            if no_leader_pages() > pages_before {
+                Ok(())
+            } else {
+                Err("no page yet".to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", ds[third].log()));
     lab.fault(Fault::EtcdStart, &names[second])
         .expect("etcd start");
     ds[second].kill9();

@@ -76,6 +76,14 @@ pub enum Message {
     /// case): Vigil will not fence it, so a person should look. No incident:
     /// nothing was done.
     NodeDegraded { node: String, reasons: Vec<String> },
+    /// Decider HA: this decider has known no leader for a while (etcd
+    /// unreachable or without quorum), so no decider acts: a page.
+    NoLeader {
+        /// The decider that sees no leader (its `cluster.name`).
+        decider: String,
+        /// How long, and why.
+        detail: String,
+    },
 }
 
 impl Message {
@@ -86,6 +94,7 @@ impl Message {
             Message::EvacuationFinished { .. } => "evacuation-finished",
             Message::NeedsAttention { .. } => "needs-attention",
             Message::NodeDegraded { .. } => "node-degraded",
+            Message::NoLeader { .. } => "no-leader",
         }
     }
 
@@ -97,7 +106,7 @@ impl Message {
             | Message::NodeFenced { incident, .. }
             | Message::EvacuationFinished { incident, .. }
             | Message::NeedsAttention { incident, .. } => Some(incident),
-            Message::NodeDegraded { .. } => None,
+            Message::NodeDegraded { .. } | Message::NoLeader { .. } => None,
         }
     }
 
@@ -108,12 +117,17 @@ impl Message {
             | Message::EvacuationFinished { node, .. }
             | Message::NeedsAttention { node, .. }
             | Message::NodeDegraded { node, .. } => node,
+            // About no node: the decider that pages.
+            Message::NoLeader { decider, .. } => decider,
         }
     }
 
     /// A page wakes a person.
     pub fn is_page(&self) -> bool {
-        matches!(self, Message::NeedsAttention { .. })
+        matches!(
+            self,
+            Message::NeedsAttention { .. } | Message::NoLeader { .. }
+        )
     }
 
     pub fn instances(&self) -> &[InstanceReport] {
@@ -190,6 +204,9 @@ impl Message {
                 "[vigil] {node} degraded (not fenced): {}",
                 reasons.first().map_or("see the node", String::as_str)
             ),
+            Message::NoLeader { decider, .. } => {
+                format!("[vigil] PAGE: no decider leads (seen by {decider}): nothing is recovered")
+            }
         }
     }
 
@@ -211,6 +228,11 @@ impl Message {
                 "\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n"
             )),
             Message::EvacuationFinished { .. } => {}
+            Message::NoLeader { detail, .. } => s.push_str(&format!(
+                "\n{detail}\nWhile no decider leads, the deciders judge and serve but none fences or \
+                 evacuates: a node that dies now stays dead. Check etcd \
+                 (`etcdctl endpoint health --cluster`) and `vigil-decider cluster`.\n"
+            )),
             Message::NodeDegraded { reasons, .. } => {
                 s.push_str("\nwhy:\n");
                 for r in reasons {
