@@ -340,6 +340,14 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
 
     // No quorum, no leader: the powered-off controller's member and one
     // more down.
+    let no_leader_pages = || {
+        lab.webhook_requests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.header("X-Vigil-Event") == Some("no-leader"))
+            .count()
+    };
+    let pages_before = no_leader_pages();
     lab.fault(Fault::EtcdStop, &names[second])
         .expect("etcd stop");
     let (gone, _) = wait::until(
