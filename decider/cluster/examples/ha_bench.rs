@@ -8,20 +8,18 @@
 
 #[path = "../tests/support/etcd_member.rs"]
 mod etcd_member;
+#[path = "../tests/support/world.rs"]
+mod world;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vigil_cluster::{ClusterConfig, Etcd, EtcdJournal, Leadership};
-use vigil_recovery::config::RecoveryConfig;
-use vigil_recovery::fence::FenceLevel;
 use vigil_recovery::journal::sqlite::SqliteJournal;
 use vigil_recovery::journal::{IncidentStatus, Journal, NewIncident};
-use vigil_recovery::notify::{Dispatcher, RetryPolicy};
 use vigil_recovery::time::Timestamp;
-use vigil_recovery::workflow::fakes::*;
-use vigil_recovery::workflow::{Edges, Mode, Recovery, ServerStatus, Settings, Trigger};
+use vigil_recovery::workflow::{Mode, Trigger};
 
 fn cfg(name: &str, url: &str, ttl: u64) -> ClusterConfig {
     ClusterConfig {
@@ -37,37 +35,9 @@ fn cfg(name: &str, url: &str, ttl: u64) -> ClusterConfig {
 
 /// One incident of `servers` servers through the workflow; (steps, time).
 async fn incident(journal: Arc<dyn Journal>, servers: usize) -> (usize, Duration) {
-    let clock = FakeClock::new();
-    let calls: CallLog = Arc::new(Mutex::new(Vec::new()));
-    let nova = FakeNova::new(&["c1", "c2", "c3"], clock.clone(), calls.clone());
-    for i in 0..servers {
-        nova.add_server(server(&format!("s{i}"), "c1", ServerStatus::Active));
-    }
-    let levels = vec![FenceLevel {
-        fencer: FakeFencer::new("bmc", Bmc::Works, calls),
-        deadline: Duration::from_secs(30),
-        storage_fence: false,
-    }];
-    let notify = Dispatcher::new(
-        vec![FakeNotifier::new(0)],
-        RetryPolicy {
-            attempts: 1,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(1),
-        },
-        clock.clone(),
-        None,
-    );
-    let r = Recovery::new(
-        Edges {
-            nova,
-            journal: journal.clone(),
-            notify,
-            clock,
-            self_check: Arc::new(FakeSelfCheck(Ok(()))),
-        },
-        Settings::from(&RecoveryConfig::default()),
-    );
+    let w = world::World::new(servers);
+    let levels = w.levels();
+    let r = w.recovery(journal.clone());
     let t0 = Instant::now();
     let out = r
         .start(
