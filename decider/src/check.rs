@@ -100,7 +100,46 @@ pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcom
             }
         }
     }
+    if let Some(c) = &cfg.cluster {
+        match cluster_line(c).await {
+            Ok(l) => lines.push(l),
+            Err(e) => {
+                ok = false;
+                lines.push(format!("etcd: FAILED: {e}"));
+            }
+        }
+    }
     Outcome { lines, ok }
+}
+
+/// `[cluster]`: etcd answers (a read of the leader key, which needs a
+/// quorum) and who leads now.
+async fn cluster_line(c: &vigil_cluster::ClusterConfig) -> Result<String, String> {
+    let etcd = vigil_cluster::Etcd::connect(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = c.leader_key();
+    let r = etcd
+        .call(format!("reading {key}"), |mut cl| async move {
+            cl.get(key, None).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let leader = r
+        .kvs()
+        .first()
+        .map(|kv| {
+            let who = serde_json::from_slice::<vigil_cluster::leader::LeaderRecord>(kv.value())
+                .map(|l| l.name)
+                .unwrap_or_else(|_| "(unreadable record)".into());
+            format!("{who} leads (term {})", kv.create_revision())
+        })
+        .unwrap_or_else(|| "nobody leads yet".into());
+    Ok(format!(
+        "etcd: ok, {} endpoint(s) answer with a quorum; {leader}; this decider is {:?}",
+        c.endpoints.len(),
+        c.name
+    ))
 }
 
 #[cfg(test)]

@@ -136,6 +136,22 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
     let (first, term1) = agreed_leader(&ds, &names, &[0, 1, 2], 0, &[], Duration::from_secs(30));
     eprintln!("{} leads (term {term1})", names[first]);
 
+    // `serve --check` reads etcd with a quorum and names the leader.
+    let o = std::process::Command::new(vigil_tests::bins::bin("vigil-decider"))
+        .args(["serve", "--check", "--config"])
+        .arg(ds[0].config_path())
+        .env("OS_CLIENT_CONFIG_FILE", &lab.info().clouds_yaml)
+        .output()
+        .expect("serve --check");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success()
+            && out.contains("etcd: ok")
+            && out.contains(&format!("{} leads", names[first])),
+        "serve --check: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // Every decider sees compute1 from its own controller, and shows all three.
     let follower = (first + 1) % 3;
     let (views, _) = wait::until(
