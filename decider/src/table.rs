@@ -506,4 +506,39 @@ mod tests {
             assert!(t.contains(want), "missing {want:?} in\n{t}");
         }
     }
+
+    #[test]
+    fn the_cluster_says_who_leads_since_when_and_each_view() {
+        let c = v1::Cluster {
+            enabled: true,
+            me: "ctl2".into(),
+            role: "follower".into(),
+            leader: "ctl1".into(),
+            term: 42,
+            since_unix_ms: 1_000,
+            detail: String::new(),
+            views: vec![v1::DeciderView {
+                decider: "ctl3".into(),
+                at_unix_ms: 60_500,
+                nodes: vec![v1::NodeSighting {
+                    node: "compute1".into(),
+                    verdict: "dead".into(),
+                    sensor_fresh: false,
+                    ping_answers: false,
+                }],
+            }],
+        };
+        let t = cluster_text(&c, 61_000);
+        assert!(t.contains("leader:  ctl1 (term 42, since 1m ago)"), "{t}");
+        assert!(t.contains("this:    ctl2 (follower)"), "{t}");
+        assert!(t.contains("view of ctl3 (0.5 s ago)"), "{t}");
+        assert!(
+            t.contains("compute1") && t.contains("dead (no sign of life)"),
+            "{t}"
+        );
+        let n = node_views_json(&c, "compute1");
+        assert_eq!(n["ctl3"]["verdict"], "dead");
+        let alone = cluster_text(&v1::Cluster::default(), 0);
+        assert!(alone.contains("runs alone"), "{alone}");
+    }
 }
