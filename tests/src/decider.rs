@@ -535,7 +535,10 @@ impl Decider {
 
     /// `vigil-decider cluster --format json` against this decider.
     pub fn cluster(&self) -> Result<Value, String> {
-        self.cli(&["cluster", "--format", "json"])
+        let mut args = vec!["cluster".to_string(), "--format".into(), "json".into()];
+        args.extend(self.client_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli(&args)
     }
 
     /// SIGKILL: no shutdown, no drain (what a crashed decider leaves).
