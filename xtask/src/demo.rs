@@ -1,10 +1,12 @@
-//! `cargo xtask demo [--keep] [--servers N]`: the main job, end to end in the
+//! `cargo xtask demo [--keep] [--servers N] [--ha]`: the main job, end to end in the
 //! lab. Setup if needed, eBPF object and binaries built, the lab up with 3
 //! nodes and their sensors, servers booted on compute1, a real decider
 //! started; then compute1 loses power and what Vigil does is shown as it
 //! happens (verdicts with reasons, the fence, each evacuation), then the
 //! timings. Without `--keep` everything it started is stopped and the lab
 //! is left as found; with it the lab and the decider stay up to be tried.
+//! `--ha`: three deciders on three lab controllers, the leader killed while
+//! it evacuates (`demo/ha.rs`).
 
 pub mod decider;
 pub mod figures;
