@@ -1,13 +1,16 @@
-//! `cargo xtask demo [--keep] [--servers N]`: the main job, end to end in the
+//! `cargo xtask demo [--keep] [--servers N] [--ha]`: the main job, end to end in the
 //! lab. Setup if needed, eBPF object and binaries built, the lab up with 3
 //! nodes and their sensors, servers booted on compute1, a real decider
 //! started; then compute1 loses power and what Vigil does is shown as it
 //! happens (verdicts with reasons, the fence, each evacuation), then the
 //! timings. Without `--keep` everything it started is stopped and the lab
 //! is left as found; with it the lab and the decider stay up to be tried.
+//! `--ha`: three deciders on three lab controllers, the leader killed while
+//! it evacuates (`demo/ha.rs`).
 
 pub mod decider;
 pub mod figures;
+mod ha;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -43,6 +46,11 @@ struct Args {
     /// Stop a decider left by `--keep` and take the lab down.
     #[arg(long, conflicts_with_all = ["keep"])]
     teardown: bool,
+    /// Three controllers, a decider in each (one leads, on etcd); the
+    /// leader is SIGKILLed once it has begun evacuating, and another takes
+    /// the incident over. Cannot be combined with `--keep`.
+    #[arg(long, conflicts_with_all = ["teardown"])]
+    ha: bool,
     /// Only check that the demo can start here (the decider's port free, and
     /// our lab up or no other lab holding its place), say so, and exit:
     /// 0 when it can, 1 with the reason when it cannot. Changes nothing.
@@ -76,8 +84,11 @@ pub fn run(args: &[String]) -> Result<()> {
     if a.servers == 0 || a.servers > 60 {
         bail!("--servers {}: between 1 and 60 (the lab hands out 151 instance addresses; Nova takes ≈3 s per server to boot)", a.servers);
     }
+    if a.ha && a.keep {
+        bail!("--ha --keep: not supported; the HA demo always takes its three controllers and deciders down (try the cluster by hand: `cargo xtask lab controllers up --count 3`, then one `vigil-decider serve` per controller, README \"Three controllers\")");
+    }
     let started = Instant::now();
-    let r = demo(&a);
+    let r = if a.ha { ha::demo(&a) } else { demo(&a) };
     println!(
         "\ndemo {} after {:.0} s",
         if r.is_ok() { "finished" } else { "FAILED" },
@@ -370,29 +381,8 @@ fn demo(a: &Args) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
-    println!(
-        "==> booting {} ACTIVE + 1 ERROR + 1 SHUTOFF servers on {NODE} (≈3 s each: Nova serializes claims)",
-        a.servers
-    );
-    let servers = boot(NODE, a.servers, 1, 1, "demo")?;
+    let (servers, on_node_before) = boot_demo_servers(lab, a.servers)?;
     let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
-    println!("    done in {:.1} s", t.elapsed().as_secs_f64());
-    for s in &servers {
-        println!(
-            "    {:<28} {:<8} on {}  {}",
-            s.name,
-            s.status,
-            s.host.as_deref().unwrap_or("-"),
-            s.ips.join(",")
-        );
-    }
-    let on_node_before: BTreeMap<String, Server> = lab
-        .servers()?
-        .into_iter()
-        .filter(|s| s.host.as_deref() == Some(NODE))
-        .map(|s| (s.id.clone(), s))
-        .collect();
 
     banner("3. Vigil's decider");
     let mut d = Decider::start(
@@ -423,18 +413,7 @@ fn demo(a: &Args) -> Result<()> {
     let watch = d.watch()?;
     // Let the watch subscribe before the cut, so no change is missed.
     std::thread::sleep(Duration::from_millis(300));
-    let report = lab.info().controller.report_interval.unwrap_or(10);
-    let f = lab
-        .fault(Fault::PowerOff, NODE)
-        .context("cutting the power")?;
-    let cut_ms = f.began_unix_ms;
-    println!(
-        "  +{:5.1}s  lab: {NODE} power cut ({}); BMCs read {}",
-        (now_ms() - cut_ms) as f64 / 1000.0,
-        f.did.first().map(String::as_str).unwrap_or("power loss"),
-        f.power
-    );
-    println!("           (Nova reports every {report} s; Vigil waits to see nova-compute's heartbeat stop, and for every witness to agree)");
+    let (cut_ms, report) = cut_power(lab)?;
 
     let inc = follow(&d, &watch, cut_ms, Duration::from_secs(300)).map_err(|e| d.explain(e))?;
     // The last verdict change (recovered) may trail the journal by a moment.
@@ -469,6 +448,53 @@ fn demo(a: &Args) -> Result<()> {
         d.journal.display()
     );
     Ok(())
+}
+
+/// Boots the demo's servers on NODE and shows them; returns them and every
+/// server on NODE then (the demo's and any a test left there).
+fn boot_demo_servers(lab: &Lab, active: usize) -> Result<(Vec<Server>, BTreeMap<String, Server>)> {
+    let t = Instant::now();
+    println!(
+        "==> booting {} ACTIVE + 1 ERROR + 1 SHUTOFF servers on {NODE} (≈3 s each: Nova serializes claims)",
+        active
+    );
+    let servers = boot(NODE, active, 1, 1, "demo")?;
+    println!("    done in {:.1} s", t.elapsed().as_secs_f64());
+    for s in &servers {
+        println!(
+            "    {:<28} {:<8} on {}  {}",
+            s.name,
+            s.status,
+            s.host.as_deref().unwrap_or("-"),
+            s.ips.join(",")
+        );
+    }
+    let on_node_before: BTreeMap<String, Server> = lab
+        .servers()?
+        .into_iter()
+        .filter(|s| s.host.as_deref() == Some(NODE))
+        .map(|s| (s.id.clone(), s))
+        .collect();
+
+    Ok((servers, on_node_before))
+}
+
+/// Cuts NODE's power and says so; returns when (Unix ms) and Nova's report
+/// interval.
+fn cut_power(lab: &Lab) -> Result<(i64, u64)> {
+    let report = lab.info().controller.report_interval.unwrap_or(10);
+    let f = lab
+        .fault(Fault::PowerOff, NODE)
+        .context("cutting the power")?;
+    let cut_ms = f.began_unix_ms;
+    println!(
+        "  +{:5.1}s  lab: {NODE} power cut ({}); BMCs read {}",
+        (now_ms() - cut_ms) as f64 / 1000.0,
+        f.did.first().map(String::as_str).unwrap_or("power loss"),
+        f.power
+    );
+    println!("           (Nova reports every {report} s; Vigil waits to see nova-compute's heartbeat stop, and for every witness to agree)");
+    Ok((cut_ms, report))
 }
 
 /// After the demo: a lab the demo brought up goes down; one that was up
@@ -510,28 +536,48 @@ struct Shown {
 /// Prints verdict changes and the incident's progress as they happen, until
 /// the incident is closed or needs attention; returns its last JSON.
 fn follow(d: &Decider, watch: &decider::Watch, cut_ms: i64, deadline: Duration) -> Result<Value> {
+    let mut t = Tracking::default();
+    follow_until(d, watch, cut_ms, deadline, &mut t, |_| false)
+}
+
+/// The incident being followed and what of it has been printed.
+#[derive(Default)]
+struct Tracking {
+    id: Option<String>,
+    shown: Shown,
+}
+
+/// [`follow`], which also returns as soon as `stop` holds of the incident
+/// (then open); `t` carries what was printed over to the next call.
+fn follow_until(
+    d: &Decider,
+    watch: &decider::Watch,
+    cut_ms: i64,
+    deadline: Duration,
+    t: &mut Tracking,
+    stop: impl Fn(&Value) -> bool,
+) -> Result<Value> {
     let end = Instant::now() + deadline;
-    let mut id: Option<String> = None;
-    let mut shown = Shown::default();
     loop {
         print_changes(watch, cut_ms);
         d.check_alive()?;
-        if id.is_none() {
-            id = d
+        if t.id.is_none() {
+            t.id = d
                 .incidents()?
                 .iter()
                 .find(|i| i["node"] == NODE)
                 .and_then(|i| i["id"].as_str())
                 .map(str::to_string);
-            if let Some(id) = &id {
+            if let Some(id) = &t.id {
                 println!("  {}  incident {id} opened", at(now_ms(), cut_ms));
             }
         }
-        if let Some(id) = &id {
+        if let Some(id) = &t.id {
             let inc = d.incident(id)?;
-            print_progress(&inc, cut_ms, &mut shown);
+            print_progress(&inc, cut_ms, &mut t.shown);
             let status = inc["incident"]["summary"]["status"].as_str().unwrap_or("");
             match status {
+                "open" if stop(&inc) => return Ok(inc),
                 "open" => {}
                 "completed" => return Ok(inc),
                 other => bail!(
@@ -545,7 +591,7 @@ fn follow(d: &Decider, watch: &decider::Watch, cut_ms: i64, deadline: Duration) 
         if Instant::now() > end {
             bail!(
                 "no completed recovery of {NODE} within {deadline:?} of the power loss (incident: {})",
-                id.as_deref().unwrap_or("none opened")
+                t.id.as_deref().unwrap_or("none opened")
             );
         }
         std::thread::sleep(Duration::from_millis(250));

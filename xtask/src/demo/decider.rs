@@ -35,10 +35,27 @@ pub struct Opts {
     pub detach: bool,
 }
 
+/// One decider of a cluster (`demo --ha`): it runs in lab controller
+/// `controller` (`lab controller exec`), listens on its address, and keeps
+/// its journal in the controllers' etcd.
+#[derive(Clone, Debug)]
+pub struct Ha {
+    /// `ctlN`: `[cluster] name` and the controller it runs in.
+    pub controller: String,
+    /// The controller's address: `server.listen` is `IP:50051`.
+    pub ip: String,
+    /// `cluster.endpoints`: every controller's etcd client URL.
+    pub etcd_endpoints: Vec<String>,
+    /// `cluster.lease_ttl`, in seconds.
+    pub lease_ttl_secs: u64,
+}
+
 /// A running `vigil-decider serve`; stopped when dropped unless detached.
 pub struct Decider {
     child: Option<Child>,
     bin: PathBuf,
+    /// Set when it is one of several (`demo --ha`).
+    pub ha: Option<Ha>,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -131,6 +148,30 @@ levels = [
     c
 }
 
+/// [`config`] for one decider of a cluster: it listens on its controller's
+/// address and has a `[cluster]` section (its journal is then in etcd;
+/// `recovery.journal.path` stays, unused).
+pub fn ha_config(lab: &Lab, dir: &Path, destination: &str, ha: &Ha) -> String {
+    let endpoints: Vec<String> = ha
+        .etcd_endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let mut c = config(lab, dir, destination).replacen(
+        &format!("listen = \"{}\"", lab.info().decider.listen),
+        &format!("listen = \"{}:50051\"", ha.ip),
+        1,
+    );
+    // A top-level table may follow the others anywhere.
+    c.push_str(&format!(
+        "[cluster]\nname = \"{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
+        ha.controller,
+        endpoints.join(", "),
+        ha.lease_ttl_secs
+    ));
+    c
+}
+
 /// Fails, naming it, when something already listens where the decider must:
 /// another engineer's decider (or a kept demo) owns the lab's port. Asked
 /// of this machine's socket table, not of a connect (a transparent proxy
@@ -163,6 +204,23 @@ impl Decider {
     /// Writes the config into `dir` (made empty first) and starts `serve`;
     /// returns once its gRPC port answers.
     pub fn start(bin: &Path, lab: &Lab, dir: &Path, opts: &Opts) -> Result<Decider> {
+        Self::start_in(bin, lab, dir, opts, None)
+    }
+
+    /// [`Decider::start`] for one decider of a cluster: inside lab
+    /// controller `ha.controller` (`lab controller exec ctlN -- …`, which
+    /// execs, so our child's pid is the decider's), with [`ha_config`].
+    pub fn start_ha(bin: &Path, lab: &Lab, dir: &Path, opts: &Opts, ha: &Ha) -> Result<Decider> {
+        Self::start_in(bin, lab, dir, opts, Some(ha))
+    }
+
+    fn start_in(
+        bin: &Path,
+        lab: &Lab,
+        dir: &Path,
+        opts: &Opts,
+        ha: Option<&Ha>,
+    ) -> Result<Decider> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
         }
@@ -170,13 +228,30 @@ impl Decider {
         write_secret(&dir.join("operator.token"), OPERATOR_TOKEN)?;
         write_secret(&dir.join("webhook.key"), WEBHOOK_KEY)?;
         let config = dir.join("decider.toml");
-        std::fs::write(&config, self::config(lab, dir, &opts.destination))
-            .with_context(|| format!("writing {}", config.display()))?;
+        let text = match ha {
+            Some(h) => ha_config(lab, dir, &opts.destination, h),
+            None => self::config(lab, dir, &opts.destination),
+        };
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = dir.join("decider.log");
-        let listen = lab.info().decider.listen.clone();
-        port_free(&listen)?;
+        let listen = match ha {
+            // A fresh network namespace: nothing else can hold the port.
+            Some(h) => format!("{}:50051", h.ip),
+            None => {
+                let l = lab.info().decider.listen.clone();
+                port_free(&l)?;
+                l
+            }
+        };
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match ha {
+            Some(h) => {
+                let mut c = lab.controller_command(&h.controller);
+                c.arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["serve", "--config"])
             .arg(&config)
             .env("OS_CLIENT_CONFIG_FILE", &lab.info().clouds_yaml)
@@ -193,6 +268,7 @@ impl Decider {
         let mut d = Decider {
             child: Some(child),
             bin: bin.to_path_buf(),
+            ha: ha.cloned(),
             dir: dir.to_path_buf(),
             journal: dir.join("journal.sqlite"),
             config,
@@ -217,7 +293,8 @@ impl Decider {
                 }
             }
             // Our child's own socket, not a connect: a proxy would answer
-            // that before the decider listens.
+            // that before the decider listens. (In a controller it is read
+            // from the child's own namespace: `/proc/PID/net/tcp`.)
             if let (Some(c), Ok(addr)) = (d.child.as_ref(), d.listen.parse::<SocketAddr>()) {
                 if local_net::pid_listens(c.id(), addr) {
                     return Ok(d);
@@ -275,15 +352,49 @@ impl Decider {
 
     /// `vigil-decider incidents --json` from this run's journal, newest first.
     pub fn incidents(&self) -> Result<Vec<Value>> {
-        let j = self.journal.to_string_lossy();
-        let v = self.cli_json(&["incidents", "--json", "--journal", &j])?;
+        let (flag, j) = self.journal_args();
+        let v = self.cli_json(&["incidents", "--json", flag, &j])?;
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
     /// `vigil-decider incident ID --json`: `{"incident": …, "timeline": …}`.
     pub fn incident(&self, id: &str) -> Result<Value> {
-        let j = self.journal.to_string_lossy();
-        self.cli_json(&["incident", id, "--json", "--journal", &j])
+        let (flag, j) = self.journal_args();
+        self.cli_json(&["incident", id, "--json", flag, &j])
+    }
+
+    /// Where the CLI reads the journal: this run's SQLite file, or, in a
+    /// cluster, etcd as the config names it.
+    fn journal_args(&self) -> (&'static str, String) {
+        if self.ha.is_some() {
+            ("--config", self.config.to_string_lossy().into_owned())
+        } else {
+            ("--journal", self.journal.to_string_lossy().into_owned())
+        }
+    }
+
+    /// `vigil-decider cluster --format json`: leader, term, every view.
+    pub fn cluster(&self) -> Result<Value> {
+        self.cli_json(&["cluster", "--format", "json", "--server", &self.url])
+    }
+
+    /// `vigil-decider cluster` (the text), printed as is.
+    pub fn print_cluster(&self) -> Result<()> {
+        crate::cmd::run(Command::new(&self.bin).args(["cluster", "--server", &self.url]))
+    }
+
+    /// The process id (inside a controller too: `lab controller exec` execs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, no shutdown (a crashed decider); reaped at once.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_file(self.dir.join("decider.pid"));
+        }
     }
 
     /// `vigil-decider nodes` (the table), printed as is.
