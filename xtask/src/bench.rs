@@ -114,7 +114,9 @@ fn ha(args: &[String]) -> Result<()> {
     let cluster =
         format!("[cluster]\nname = \"bench\"\nendpoints = [\"{url}\"]\nlease_ttl = \"5s\"");
     println!("a decider alone, then the same decider as a member of a cluster (leading, publishing its view of every node each second):");
+    println!("-- alone:");
     let r = cmd::run(Command::new(&bin).args(&nodes)).and_then(|_| {
+        println!("-- in a cluster ([cluster] on the local etcd):");
         cmd::run(
             Command::new(&bin)
                 .args(&nodes)
