@@ -120,8 +120,9 @@ async fn cluster_line(c: &vigil_cluster::ClusterConfig) -> Result<String, String
         .map_err(|e| e.to_string())?;
     let key = c.leader_key();
     let r = etcd
-        .call(format!("reading {key}"), |mut cl| async move {
-            cl.get(key, None).await
+        .call(format!("reading {}", c.leader_key()), |mut cl| {
+            let key = key.clone();
+            async move { cl.get(key, None).await }
         })
         .await
         .map_err(|e| e.to_string())?;

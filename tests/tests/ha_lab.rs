@@ -244,11 +244,11 @@ fn three_deciders_one_acts_and_a_killed_then_a_frozen_leader_change_nothing() {
             (dead - cut) as f64 / 1000.0
         );
     }
+    let killed = std::time::Instant::now();
     // The leader's whole controller loses power: decider and etcd member.
     lab.fault(Fault::PowerOff, &names[first])
         .expect("power off the leader's controller");
     ds[first].kill9();
-    let killed = std::time::Instant::now();
     let live: Vec<usize> = (0..3).filter(|i| *i != first).collect();
     let (second, term2) = agreed_leader(
         &ds,

@@ -74,7 +74,10 @@ impl EtcdJournal {
         let what = format!("reading {key}");
         let mut r = self
             .etcd
-            .call(what, |mut c| async move { c.get(key, None).await })
+            .call(what, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await
             .map_err(store)?;
         Ok(match r.take_kvs().into_iter().next() {
@@ -116,10 +119,10 @@ impl EtcdJournal {
             .or_else([TxnOp::get(self.leader_key.clone(), None)]);
         let r = self
             .etcd
-            .call(
-                "writing the journal",
-                |mut c| async move { c.txn(txn).await },
-            )
+            .call("writing the journal", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(store)?;
         if r.succeeded() {
@@ -175,8 +178,9 @@ impl EtcdJournal {
         let prefix = format!("{}/incident/", self.prefix);
         let mut r = self
             .etcd
-            .call("listing incidents", |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            .call("listing incidents", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await
             .map_err(store)?;

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What the leader key holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -259,42 +259,79 @@ impl Leadership {
             .await?
             .id();
         *lease = Some(id);
+        // Until `renewed + ttl` etcd cannot have expired the lease, so a
+        // failed request (one member down, a slow election) is tried again
+        // in the next round rather than giving the term up; the permit
+        // lapses on its own if no renewal succeeds in time.
         let mut renewed = sent;
-        let (mut keeper, mut stream) = etcd
-            .call("opening the lease keep-alive", |mut c| async move {
-                c.lease_keep_alive(id).await
-            })
-            .await?;
+        let mut alive = None;
+        let mut last: Option<EtcdError> = None;
         let key = self.cfg.leader_key();
         loop {
-            self.campaign(etcd, &key, id, renewed).await?;
+            if Instant::now() >= renewed + ttl {
+                return Err(last.unwrap_or(EtcdError::Timeout {
+                    what: "renewing the leader lease".into(),
+                    timeout: ttl,
+                }));
+            }
+            if let Err(e) = self.campaign(etcd, &key, id, renewed).await {
+                debug!(error = %e, "a campaign round failed; trying again next round");
+            }
             tokio::time::sleep(self.round()).await;
             let sent = Instant::now();
-            let ttl_left = tokio::time::timeout(etcd.timeout, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await
-            .map_err(|_| EtcdError::Timeout {
-                what: "renewing the leader lease".into(),
-                timeout: etcd.timeout,
-            })?
-            .map_err(|source| EtcdError::Failed {
-                what: "renewing the leader lease".into(),
-                source,
-            })?
-            .map(|r| r.ttl())
-            .unwrap_or(0);
-            if ttl_left <= 0 {
-                return Err(EtcdError::Failed {
-                    what: "renewing the leader lease".into(),
-                    source: etcd_client::Error::LeaseKeepAliveError(
-                        "the lease expired (this decider was paused or cut off for longer than lease_ttl)".into(),
-                    ),
-                });
+            match self.renew(etcd, id, &mut alive).await {
+                Ok(left) if left > 0 => {
+                    renewed = sent;
+                    last = None;
+                }
+                Ok(_) => {
+                    return Err(EtcdError::Failed {
+                        what: "renewing the leader lease".into(),
+                        source: etcd_client::Error::LeaseKeepAliveError(
+                            "the lease expired (this decider was paused or cut off for longer than lease_ttl)".into(),
+                        ),
+                    })
+                }
+                Err(e) => {
+                    // A broken keep-alive stream is opened anew next round.
+                    alive = None;
+                    last = Some(e);
+                }
             }
-            renewed = sent;
         }
+    }
+
+    /// One keep-alive round trip; the lease's remaining TTL (0: expired).
+    async fn renew(
+        &self,
+        etcd: &Etcd,
+        id: i64,
+        alive: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    ) -> Result<i64, EtcdError> {
+        let (keeper, stream) = match alive {
+            Some(a) => a,
+            None => alive.insert(
+                etcd.call("opening the lease keep-alive", |mut c| async move {
+                    c.lease_keep_alive(id).await
+                })
+                .await?,
+            ),
+        };
+        let what = "renewing the leader lease";
+        tokio::time::timeout(etcd.timeout, async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        })
+        .await
+        .map_err(|_| EtcdError::Timeout {
+            what: what.into(),
+            timeout: etcd.timeout,
+        })?
+        .map_err(|source| EtcdError::Failed {
+            what: what.into(),
+            source,
+        })
+        .map(|r| r.map(|r| r.ttl()).unwrap_or(0))
     }
 
     /// Creates the leader key if absent; otherwise reads who holds it.
@@ -319,10 +356,10 @@ impl Leadership {
             )])
             .or_else([TxnOp::get(key, None)]);
         let resp = etcd
-            .call(
-                "campaigning for leader",
-                |mut c| async move { c.txn(txn).await },
-            )
+            .call("campaigning for leader", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?;
         let valid_until = renewed + self.cfg.lease_ttl - self.cfg.step_down_margin;
         if resp.succeeded() {
@@ -358,10 +395,10 @@ impl Leadership {
                     kv.mod_revision(),
                 )])
                 .and_then([TxnOp::delete(key, None)]);
-            etcd.call(
-                "releasing this decider's earlier term",
-                |mut c| async move { c.txn(txn).await },
-            )
+            etcd.call("releasing this decider's earlier term", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?;
             info!(
                 term,

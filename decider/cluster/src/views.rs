@@ -70,8 +70,9 @@ impl Views {
         let key = format!("{}{}", self.prefix, self.me);
         let value = serde_json::to_vec(&view).unwrap_or_default();
         self.etcd
-            .call("publishing this decider's view", |mut c| async move {
-                c.put(key, value, None).await
+            .call("publishing this decider's view", |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
             })
             .await
             .map(drop)
@@ -82,8 +83,9 @@ impl Views {
         let prefix = self.prefix.clone();
         let mut r = self
             .etcd
-            .call("reading the deciders' views", |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            .call("reading the deciders' views", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
         let now = unix_ms_now();

@@ -66,8 +66,9 @@ impl Deposing {
         }
         let key = self.key.clone();
         self.etcd
-            .call("deleting the leader key", |mut c| async move {
-                c.delete(key, None).await
+            .call("deleting the leader key", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
             })
             .await
             .expect("delete");

@@ -195,6 +195,10 @@ impl Driver {
                 }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(end) => self.on_run_end(end).await,
+                    Err(e) if e.is_cancelled() => {
+                        // Stopped on purpose (leadership lost): the journal
+                        // holds where it was.
+                    }
                     Err(e) => {
                         // The node is unknown here; a panicking run leaves its
                         // incident open, which the next start-up resumes.
@@ -595,9 +599,13 @@ impl Driver {
             }
             Err(WorkflowError::Journal(JournalError::NotLeader { why })) => {
                 // Deposed mid-run: the new leader resumes the incident from
-                // the journal; this decider acts on nothing more.
-                warn!(node = %node, reason = %why, "recovery run stopped: this decider is no longer the leader");
+                // the journal. If this decider's term only lapsed for a
+                // moment and it still leads, it resumes it itself (the
+                // retry waits for a valid permit).
+                warn!(node = %node, reason = %why, "recovery run stopped: this decider cannot prove it leads");
                 self.handled.remove(&node);
+                self.retry_at
+                    .insert(node, tokio::time::Instant::now() + JOURNAL_RETRY);
             }
             Err(e) => {
                 error!(node = %node, error = %format!("{e:#}"), retry_in = ?JOURNAL_RETRY, "recovery stopped: cannot journal; it resumes from the journal");
