@@ -91,6 +91,9 @@ pub struct HaOpts {
     pub etcd_endpoints: Vec<String>,
     /// `cluster.lease_ttl` in seconds.
     pub lease_ttl_secs: u64,
+    /// `cluster.prefix`: one per test run, so a run never resumes what an
+    /// earlier (killed) run left in the lab's etcd.
+    pub prefix: String,
 }
 
 /// The decider's TLS files and the operator's client side.
@@ -182,8 +185,9 @@ max_share = {share}
     }
     if let Some(h) = &opts.ha {
         c.push_str(&format!(
-            "[cluster]\nname = \"{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
+            "[cluster]\nname = \"{}\"\nprefix = \"{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
             h.controller,
+            h.prefix,
             h.etcd_endpoints
                 .iter()
                 .map(|e| format!("\"{e}\""))

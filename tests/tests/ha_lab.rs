@@ -44,6 +44,7 @@ impl Drop for Down<'_> {
 
 fn start(lab: &Lab, ctls: &[Controller]) -> Vec<Decider> {
     let endpoints: Vec<String> = ctls.iter().map(|c| c.etcd_url.clone()).collect();
+    let prefix = format!("/vigil-ha-lab-{}", now_ms());
     ctls.iter()
         .map(|c| {
             Decider::start(
@@ -54,6 +55,7 @@ fn start(lab: &Lab, ctls: &[Controller]) -> Vec<Decider> {
                         ip: c.ip.clone(),
                         etcd_endpoints: endpoints.clone(),
                         lease_ttl_secs: TTL,
+                        prefix: prefix.clone(),
                     }),
                     ..Opts::default()
                 },

@@ -164,8 +164,11 @@ pub fn ha_config(lab: &Lab, dir: &Path, destination: &str, ha: &Ha) -> String {
     );
     // A top-level table may follow the others anywhere.
     c.push_str(&format!(
-        "[cluster]\nname = \"{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
+        // A prefix of its own: a demo never resumes what an earlier,
+        // interrupted one left in the controllers' etcd.
+        "[cluster]\nname = \"{}\"\nprefix = \"/vigil-demo-{}\"\nendpoints = [{}]\nlease_ttl = \"{}s\"\n",
         ha.controller,
+        std::process::id(),
         endpoints.join(", "),
         ha.lease_ttl_secs
     ));
