@@ -359,14 +359,23 @@ pub fn delete_servers(lab: &Lab, ids: &[String]) {
     }
 }
 
-fn demo(a: &Args) -> Result<()> {
+/// Steps 1 and 2 of both demos: the binaries built, the lab up and ready.
+struct Started {
+    decider_bin: PathBuf,
+    /// The lab was up before the demo (someone else's: leave it as found).
+    was_up: bool,
+    sensors_before: BTreeSet<String>,
+    lab: &'static Lab,
+}
+
+fn start_lab(lab_banner: &str) -> Result<Started> {
     banner("1. build");
     let Bins {
         sensor: sensor_bin,
         decider: decider_bin,
     } = build(false)?;
 
-    banner("2. lab");
+    banner(lab_banner);
     let was_up = preflight()?;
     let sensors_before: BTreeSet<String> = if was_up {
         sensors_running(Lab::shared()?)?
@@ -380,6 +389,21 @@ fn demo(a: &Args) -> Result<()> {
         "    every node on, reporting to Nova, sensor running ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
+    Ok(Started {
+        decider_bin,
+        was_up,
+        sensors_before,
+        lab,
+    })
+}
+
+fn demo(a: &Args) -> Result<()> {
+    let Started {
+        decider_bin,
+        was_up,
+        sensors_before,
+        lab,
+    } = start_lab("2. lab")?;
 
     let (servers, on_node_before) = boot_demo_servers(lab, a.servers)?;
     let ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();

@@ -19,9 +19,8 @@ use vigil_tests::lab::{Controller, Lab};
 use super::decider::{Decider, Ha, Opts};
 use super::figures::Figures;
 use super::{
-    at, banner, boot_demo_servers, build, cut_power, follow_until, lab_ready, lab_up, leave_lab,
-    now_ms, preflight, print_changes, sensors_running, summary, target_dir, Args, Bins, Tracking,
-    NODE,
+    at, banner, boot_demo_servers, cut_power, follow_until, leave_lab, now_ms, print_changes,
+    start_lab, summary, target_dir, Args, Started, Tracking, NODE,
 };
 
 /// `cluster.lease_ttl`: a dead leader is replaced within this (+ ≈0.5 s).
@@ -90,26 +89,12 @@ fn name_of(d: &Decider) -> &str {
 }
 
 pub(super) fn demo(a: &Args) -> Result<()> {
-    banner("1. build");
-    let Bins {
-        sensor: sensor_bin,
-        decider: decider_bin,
-    } = build(false)?;
-
-    banner("2. lab, with three controllers");
-    let was_up = preflight()?;
-    let sensors_before: BTreeSet<String> = if was_up {
-        sensors_running(Lab::shared()?)?
-    } else {
-        BTreeSet::new()
-    };
-    let lab = lab_up(&sensor_bin)?;
-    let t = Instant::now();
-    lab_ready(lab, &sensor_bin)?;
-    println!(
-        "    every node on, reporting to Nova, sensor running ({:.1} s)",
-        t.elapsed().as_secs_f64()
-    );
+    let Started {
+        decider_bin,
+        was_up,
+        sensors_before,
+        lab,
+    } = start_lab("2. lab, with three controllers")?;
     let t = Instant::now();
     println!("==> lab controllers up --count {CONTROLLERS}: netns vlab-ctlN, an etcd member each; every sensor restarted to stream to all three");
     let ctls: Vec<Controller> = lab
