@@ -152,10 +152,19 @@ fn decider_grpcurl_list_describe_get_node_and_health() {
         text(&o)
     );
 
-    let o = grpcurl(&["-plaintext", &d.addr, "grpc.health.v1.Health/Check"]);
-    assert!(
-        o.status.success() && text(&o).contains("\"SERVING\""),
-        "{}",
-        text(&o)
-    );
+    // gRPC health mirrors readiness once a second: wait for it, bounded.
+    wait::until(
+        "gRPC health SERVING",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            let o = grpcurl(&["-plaintext", &d.addr, "grpc.health.v1.Health/Check"]);
+            if o.status.success() && text(&o).contains("\"SERVING\"") {
+                Ok(())
+            } else {
+                Err(text(&o))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }

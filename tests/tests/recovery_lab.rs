@@ -180,9 +180,26 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
             "{check} not checked or failing: {ready}"
         );
     }
-    let o = vigil_tests::decider::grpcurl(&["-plaintext", &d.grpc, "grpc.health.v1.Health/Check"]);
-    let health = String::from_utf8_lossy(&o.stdout);
-    assert!(health.contains("\"SERVING\""), "{health}");
+    // gRPC health mirrors readiness once a second: wait for it, bounded.
+    wait::until(
+        "gRPC health SERVING",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            let o = vigil_tests::decider::grpcurl(&[
+                "-plaintext",
+                &d.grpc,
+                "grpc.health.v1.Health/Check",
+            ]);
+            let health = String::from_utf8_lossy(&o.stdout).into_owned();
+            if health.contains("\"SERVING\"") {
+                Ok(())
+            } else {
+                Err(health)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let cut = lab
         .fault(Fault::PowerOff, NODE)
