@@ -58,35 +58,11 @@ def create(ctl):
     done = []
     for d in (ctl.state, ctl.faults):
         d.mkdir(parents=True, exist_ok=True)
-    if not _netns_exists(ctl.netns):
-        lc.made_add("netns", name=ctl.netns)
-        lc.run(["ip", "netns", "add", ctl.netns])
-        done.append(f"netns {ctl.netns}")
-    net._sysctl("net.ipv6.conf.all.disable_ipv6", 1, netns=ctl.netns)
-    net._sysctl("net.ipv6.conf.default.disable_ipv6", 1, netns=ctl.netns)
-    lc.run(["ip", "-n", ctl.netns, "link", "set", "lo", "up"])
-    if not net._link_exists("mgmt0", ctl.netns):
-        if net._link_exists(ctl.host_if):
-            lc.run(["ip", "link", "del", ctl.host_if])
-        lc.made_add("link", name=ctl.host_if)
-        lc.run(["ip", "link", "add", ctl.host_if, "type", "veth", "peer", "name", "mgmt0",
-                "netns", ctl.netns])
-        done.append(f"veth {ctl.host_if} <-> {ctl.netns}/mgmt0")
-    net._sysctl(f"net.ipv6.conf.{ctl.host_if}.disable_ipv6", 1)
-    lc.run(["ip", "link", "set", ctl.host_if, "master", lc.MGMT_BRIDGE, "up"])
-    have = lc.run(["ip", "-n", ctl.netns, "-4", "-o", "addr", "show", "dev", "mgmt0"]).stdout
-    if f"{ctl.ip}/{lc.PREFIX}" not in have:
-        lc.run(["ip", "-n", ctl.netns, "addr", "add", f"{ctl.ip}/{lc.PREFIX}", "dev", "mgmt0"])
+    done += net.ensure_netns(ctl.netns)
+    done += net.ensure_veth(ctl.netns, ctl.host_if, "mgmt0", lc.MGMT_BRIDGE, ctl.ip)
     if not ctl.fault_flag("power-off").exists():
         link(ctl, up=True)
-    if not ctl.cgroup.exists():
-        if not lc.CGROUP2.exists():
-            raise lc.LabError(f"no cgroup v2 hierarchy at {lc.CGROUP2} (see notes/ebpf.md)")
-        lc.CGROUP_PARENT.mkdir(exist_ok=True)
-        lc.made_add("cgroup", path=str(lc.CGROUP_PARENT))
-        lc.made_add("cgroup", path=str(ctl.cgroup))
-        ctl.cgroup.mkdir()
-        done.append(f"cgroup {ctl.cgroup}")
+    done += net.ensure_cgroup(ctl.cgroup)
     return done
 
 

@@ -110,38 +110,62 @@ def node_create(node):
         # The per-node token the sensor presents to the decider (CONTRACT.md:
         # --token-file state/nodes/computeN/sensor.token).
         lc.write_atomic(node.token_path, secrets.token_hex(24) + "\n", 0o600)
-    if not _netns_exists(node.netns):
-        lc.made_add("netns", name=node.netns)
-        lc.run(["ip", "netns", "add", node.netns])
-        done.append(f"netns {node.netns}")
-    _sysctl("net.ipv6.conf.all.disable_ipv6", 1, netns=node.netns)
-    _sysctl("net.ipv6.conf.default.disable_ipv6", 1, netns=node.netns)
-    lc.run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
+    done += ensure_netns(node.netns)
     for host_if, node_if, br, ip in (
         (node.host_mgmt_if, "mgmt0", lc.MGMT_BRIDGE, node.mgmt_ip),
         (node.host_inst_if, "inst0", lc.INST_BRIDGE, node.inst_ip),
     ):
-        if not _link_exists(node_if, node.netns):
-            if _link_exists(host_if):
-                lc.run(["ip", "link", "del", host_if])
-            lc.made_add("link", name=host_if)
-            lc.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if,
-                    "netns", node.netns])
-            done.append(f"veth {host_if} <-> {node.netns}/{node_if}")
-        _sysctl(f"net.ipv6.conf.{host_if}.disable_ipv6", 1)
-        lc.run(["ip", "link", "set", host_if, "master", br, "up"])
-        have = lc.run(["ip", "-n", node.netns, "-4", "-o", "addr", "show", "dev", node_if]).stdout
-        if f"{ip}/{lc.PREFIX}" not in have:
-            lc.run(["ip", "-n", node.netns, "addr", "add", f"{ip}/{lc.PREFIX}", "dev", node_if])
-    if not node.cgroup.exists():
-        if not lc.CGROUP2.exists():
-            raise lc.LabError(f"no cgroup v2 hierarchy at {lc.CGROUP2} (see notes/ebpf.md)")
-        lc.CGROUP_PARENT.mkdir(exist_ok=True)
-        lc.made_add("cgroup", path=str(lc.CGROUP_PARENT))
-        lc.made_add("cgroup", path=str(node.cgroup))
-        node.cgroup.mkdir()
-        done.append(f"cgroup {node.cgroup}")
+        done += ensure_veth(node.netns, host_if, node_if, br, ip)
+    done += ensure_cgroup(node.cgroup)
     return done
+
+
+def ensure_netns(netns):
+    """A network namespace with IPv6 off and lo up (nodes and controllers
+    alike). Idempotent; returns what it made."""
+    done = []
+    if not _netns_exists(netns):
+        lc.made_add("netns", name=netns)
+        lc.run(["ip", "netns", "add", netns])
+        done.append(f"netns {netns}")
+    _sysctl("net.ipv6.conf.all.disable_ipv6", 1, netns=netns)
+    _sysctl("net.ipv6.conf.default.disable_ipv6", 1, netns=netns)
+    lc.run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    return done
+
+
+def ensure_veth(netns, host_if, inner_if, bridge, ip):
+    """A veth from `bridge` (host side `host_if`, up) into `netns` as
+    `inner_if` with `ip`/PREFIX; the inner side's state is left alone (a
+    powered-off node keeps it down). Idempotent; returns what it made."""
+    done = []
+    if not _link_exists(inner_if, netns):
+        if _link_exists(host_if):
+            lc.run(["ip", "link", "del", host_if])
+        lc.made_add("link", name=host_if)
+        lc.run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", inner_if,
+                "netns", netns])
+        done.append(f"veth {host_if} <-> {netns}/{inner_if}")
+    _sysctl(f"net.ipv6.conf.{host_if}.disable_ipv6", 1)
+    lc.run(["ip", "link", "set", host_if, "master", bridge, "up"])
+    have = lc.run(["ip", "-n", netns, "-4", "-o", "addr", "show", "dev", inner_if]).stdout
+    if f"{ip}/{lc.PREFIX}" not in have:
+        lc.run(["ip", "-n", netns, "addr", "add", f"{ip}/{lc.PREFIX}", "dev", inner_if])
+    return done
+
+
+def ensure_cgroup(cgroup):
+    """A cgroup v2 group under the lab's parent, recorded for `lab down`.
+    Idempotent; returns what it made."""
+    if cgroup.exists():
+        return []
+    if not lc.CGROUP2.exists():
+        raise lc.LabError(f"no cgroup v2 hierarchy at {lc.CGROUP2} (see notes/ebpf.md)")
+    lc.CGROUP_PARENT.mkdir(exist_ok=True)
+    lc.made_add("cgroup", path=str(lc.CGROUP_PARENT))
+    lc.made_add("cgroup", path=str(cgroup))
+    cgroup.mkdir()
+    return [f"cgroup {cgroup}"]
 
 
 def links(node, up):
