@@ -77,6 +77,8 @@ impl NodeState {
                 nova: NovaWitness::NotPolled { since: now },
                 pings,
                 decider: DeciderView::default(),
+                bmc: Default::default(),
+                kdump: Default::default(),
             },
             tracker: NodeTracker::new(now),
             since_unix_ms: now_unix_ms,

@@ -22,6 +22,7 @@ use crate::evidence::{
     DeciderView, Evidence, NovaComputeProcess, NovaService, NovaWitness, PingRole, PingWitness,
     ProbeMode, SensorReading, SensorWitness, ServiceState,
 };
+use crate::fast_path::{judge_bmc, judge_kdump, FastPath};
 use crate::policy::{Policy, WitnessKind};
 use crate::time::{fmt_secs, Moment};
 use crate::verdict::Verdict;
@@ -40,6 +41,9 @@ pub struct Assessment {
     pub vetoes: Vec<Veto>,
     /// Each witness's opinion, for tables and metrics.
     pub opinions: Opinions,
+    /// `dead` by a fast path (the BMC read power off, or kdump), not by
+    /// Nova's wait; recovery fences a kdump differently.
+    pub fast_path: Option<FastPath>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,7 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
                 nova: Opinion::Unknown,
                 ping: Opinion::Unknown,
             },
+            fast_path: None,
         };
     }
 
@@ -173,7 +178,56 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
         }
     }
 
-    let (verdict, headline) = if saying_dead.is_empty() {
+    let bmc = judge_bmc(&ev.bmc, policy, now);
+    let kdump = judge_kdump(&ev.kdump, policy, now);
+    if let Some(text) = &bmc.summary {
+        readings.push(format!("BMC: {text}"));
+    }
+    if let Some(text) = &kdump.summary {
+        readings.push(format!("kdump: {text}"));
+    }
+    let fast = fast_path(&sensor, &ping, isolation.is_some(), bmc.off, kdump.current);
+    // The vetoes a fast path's evidence answers: Nova's report still in
+    // flight from a machine without power or in its crash kernel, and (for
+    // kdump) the crash kernel's own management address. Any other veto
+    // still holds and stops the fast path.
+    let (superseded, remaining): (Vec<Veto>, Vec<Veto>) =
+        vetoes.iter().cloned().partition(|v| match (&fast, v.rule) {
+            (Some(_), VetoRule::NovaAdvancing) => true,
+            (Some(FastPath::Kdump), VetoRule::AddressAnswers) => ping.instances_answering == 0,
+            _ => false,
+        });
+    let fast = fast.filter(|_| remaining.is_empty());
+    let bmc_off_but_alive = bmc.read_off && life_proof;
+
+    let (verdict, headline) = if let Some(path) = &fast {
+        let headline = match path {
+            FastPath::BmcOff => {
+                "the node's own BMC reads power off, its sensor is silent and no address answers: \
+                 dead without waiting for Nova"
+                    .to_string()
+            }
+            FastPath::Kdump => {
+                "the node's crash kernel is sending fence_kdump messages, its sensor \
+                 is silent and no instance answers: dead (fenced by kdump)"
+                    .to_string()
+            }
+        };
+        (Verdict::Dead, headline)
+    } else if bmc_off_but_alive && sensor.sickness.is_empty() {
+        let proof = if sensor.opinion == Opinion::Alive {
+            "its sensor stream is live".to_string()
+        } else {
+            answering_text(&ping.answering)
+        };
+        (
+            Verdict::Degraded,
+            format!(
+                "its BMC reads power off but {proof}: that BMC is wrong or not this node's, \
+                 and fencing through it would act on another machine; check recovery.fencing"
+            ),
+        )
+    } else if saying_dead.is_empty() {
         if let Some(first) = sensor.sickness.first() {
             (Verdict::Degraded, first.clone())
         } else if judged.iter().any(|(_, o, _)| **o == Opinion::Alive) {
@@ -255,6 +309,16 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
     if verdict != Verdict::Dead && verdict != Verdict::Healthy {
         reasons.extend(vetoes.iter().map(|v| format!("veto: {v}")));
     }
+    let vetoes = if fast.is_some() {
+        reasons.extend(
+            superseded
+                .iter()
+                .map(|v| format!("superseded by the {} evidence: {v}", fast_path_name(&fast))),
+        );
+        remaining
+    } else {
+        vetoes
+    };
     reasons.extend(sensor.notes);
 
     Assessment {
@@ -266,7 +330,38 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
             nova: nova.opinion,
             ping: ping.opinion,
         },
+        fast_path: fast,
     }
+}
+
+fn fast_path_name(p: &Option<FastPath>) -> &'static str {
+    match p {
+        Some(FastPath::BmcOff) => "BMC's power-off",
+        Some(FastPath::Kdump) => "kdump",
+        None => "no",
+    }
+}
+
+/// Which fast path the evidence opens, before vetoes are weighed. Both
+/// need the sensor silent (a live stream is safety rule 3's veto, and no
+/// datagram or BMC supersedes it) and the decider not cut off itself.
+fn fast_path(
+    sensor: &SensorJudgment,
+    ping: &PingJudgment,
+    isolated: bool,
+    bmc_off: bool,
+    kdump_current: bool,
+) -> Option<FastPath> {
+    if sensor.opinion != Opinion::Dead || isolated {
+        return None;
+    }
+    if bmc_off && ping.opinion == Opinion::Dead && ping.answering.is_empty() {
+        return Some(FastPath::BmcOff);
+    }
+    if kdump_current && ping.instances_answering == 0 {
+        return Some(FastPath::Kdump);
+    }
+    None
 }
 
 /// "Nova" rather than "nova" in sentences.
@@ -562,6 +657,8 @@ struct PingJudgment {
     summary: String,
     /// "198.51.100.11 (host)" for each answering address.
     answering: Vec<String>,
+    /// Instance addresses answering now (the kdump path's veto).
+    instances_answering: usize,
 }
 
 fn judge_pings(pings: &[PingWitness], policy: &Policy, now: Moment) -> PingJudgment {
@@ -621,6 +718,7 @@ fn judge_pings(pings: &[PingWitness], policy: &Policy, now: Moment) -> PingJudgm
         opinion,
         summary,
         answering,
+        instances_answering: inst_answering,
     }
 }
 

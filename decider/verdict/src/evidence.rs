@@ -21,6 +21,77 @@ pub struct Evidence {
     /// and its instances' addresses.
     pub pings: Vec<PingWitness>,
     pub decider: DeciderView,
+    /// The node's own BMC reading its power state (the fast path of
+    /// [`crate::fast_path`]); `NoBmc` when nothing reads it.
+    pub bmc: BmcWitness,
+    /// fence_kdump messages from the node's crash kernel.
+    pub kdump: KdumpWitness,
+}
+
+/// The node's BMC as a witness of its power.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BmcWitness {
+    pub identity: BmcIdentity,
+    /// The latest power read, answered or not.
+    pub last: Option<BmcRead>,
+}
+
+/// Whether the BMC being read is this node's own. Only `Verified` lets a
+/// power reading count: a fencing config pointing at another machine's BMC
+/// would otherwise judge this node by that machine's power.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum BmcIdentity {
+    /// No BMC is read for this node (no Redfish or IPMI fencer).
+    #[default]
+    NoBmc,
+    /// Not (yet) known: the sensor or the BMC has not said, or cannot.
+    Unverified(String),
+    /// The BMC's system UUID is not the node's: refused, and paged.
+    Mismatch(String),
+    Verified {
+        uuid: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BmcRead {
+    /// When the decider received the answer (or gave up on it).
+    pub at: Moment,
+    pub power: BmcPower,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BmcPower {
+    On,
+    Off,
+    /// Unreachable, an error or a state we do not know: never evidence.
+    Unknown(String),
+}
+
+/// fence_kdump datagrams attributed to this node.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KdumpWitness {
+    pub first_at: Option<Moment>,
+    pub last_at: Option<Moment>,
+    /// Datagrams heard since the first (saturating).
+    pub messages: u64,
+    /// The source address of the latest.
+    pub from: Option<IpAddr>,
+}
+
+impl KdumpWitness {
+    /// Takes one datagram heard at `at` from `from`. A gap longer than
+    /// `episode_gap` starts a new episode (a later crash of the same node).
+    pub fn heard(&mut self, from: IpAddr, at: Moment, episode_gap: Duration) {
+        let new_episode = self.last_at.is_none_or(|l| at.since(l) > episode_gap);
+        if new_episode {
+            self.first_at = Some(at);
+            self.messages = 0;
+        }
+        self.messages = self.messages.saturating_add(1);
+        self.last_at = Some(at);
+        self.from = Some(from);
+    }
 }
 
 /// The sensor stream's witness.

@@ -4,6 +4,8 @@
 //!
 //! - [`evidence`]: what the sensor stream, Nova and the pings said, and when.
 //! - [`policy`]: the TOML policy: required witnesses, windows, vetoes, storm guard.
+//! - [`fast_path`]: the BMC-off and kdump paths to `dead` that need not wait
+//!   for Nova.
 //! - [`decide`]: [`evaluate`] one node's evidence at one moment → [`Assessment`].
 //! - [`machine`]: [`NodeTracker`], assessments over time → the verdict shown,
 //!   with confirmation, hysteresis, flapping and the workflow's states.
@@ -15,6 +17,7 @@
 
 pub mod decide;
 pub mod evidence;
+pub mod fast_path;
 pub mod machine;
 pub mod policy;
 pub mod storm;
@@ -23,10 +26,12 @@ pub mod verdict;
 
 pub use decide::{evaluate, Assessment, Opinion, Opinions, Veto, VetoRule};
 pub use evidence::{
-    Absorbed, BlockedTask, DeciderView, DeviceStall, Evidence, Heard, InstanceActivity,
-    NovaComputeProcess, NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, ProbeMode,
-    SensorReading, SensorWitness, ServiceState, Signals,
+    Absorbed, BlockedTask, BmcIdentity, BmcPower, BmcRead, BmcWitness, DeciderView, DeviceStall,
+    Evidence, Heard, InstanceActivity, KdumpWitness, NovaComputeProcess, NovaInstance, NovaService,
+    NovaWitness, PingRole, PingWitness, ProbeMode, SensorReading, SensorWitness, ServiceState,
+    Signals,
 };
+pub use fast_path::FastPath;
 pub use machine::{IllegalTransition, NodeTracker, VerdictChange, WorkflowStep};
 pub use policy::{Policy, PolicyError, WitnessKind};
 pub use storm::{counts_as_down, StormGuard, StormHold};

@@ -31,6 +31,8 @@ pub struct Policy {
     pub storm: StormPolicy,
     pub isolation: IsolationPolicy,
     pub maintenance: MaintenancePolicy,
+    pub bmc: BmcPolicy,
+    pub kdump: KdumpPolicy,
 }
 
 impl Default for Policy {
@@ -48,6 +50,73 @@ impl Default for Policy {
             storm: StormPolicy::default(),
             isolation: IsolationPolicy::default(),
             maintenance: MaintenancePolicy::default(),
+            bmc: BmcPolicy::default(),
+            kdump: KdumpPolicy::default(),
+        }
+    }
+}
+
+/// The BMC power witness (`crate::fast_path`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BmcPolicy {
+    /// Whether a verified BMC reading `Off` may make a node dead without
+    /// Nova's wait. Off: the BMC is still read for the table, never counted.
+    pub enabled: bool,
+    /// How old an `Off` may be and still count.
+    #[serde(with = "serde_duration")]
+    pub fresh_for: Duration,
+    /// How often each BMC is read while no witness doubts its node.
+    #[serde(with = "serde_duration")]
+    pub poll_healthy: Duration,
+    /// How often once any witness doubts the node (sensor silent, Nova
+    /// stalling, addresses silent, or a verdict other than healthy).
+    #[serde(with = "serde_duration")]
+    pub poll_doubt: Duration,
+}
+
+impl Default for BmcPolicy {
+    fn default() -> Self {
+        BmcPolicy {
+            enabled: true,
+            // Two reads at the doubting cadence: an `Off` older than that
+            // may describe a machine that has been powered on since.
+            fresh_for: Duration::from_secs(2),
+            // 5,000 BMCs at 15 s is ~330 reads/s cluster-wide, a load
+            // BMC firmware tolerates; healthy nodes need no faster.
+            poll_healthy: Duration::from_secs(15),
+            poll_doubt: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The kdump fast path (`crate::fast_path`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KdumpPolicy {
+    pub enabled: bool,
+    /// How long after the latest fence_kdump message the node still counts
+    /// as in its crash kernel. Must exceed the nodes' `fence_kdump_send -i`
+    /// interval (10 s by default) with room for a lost datagram.
+    #[serde(with = "serde_duration")]
+    pub fresh_for: Duration,
+    /// The longest recovery waits for the messages to stop (the dump
+    /// written) before it powers the node off anyway.
+    #[serde(with = "serde_duration")]
+    pub power_off_after: Duration,
+}
+
+impl Default for KdumpPolicy {
+    fn default() -> Self {
+        KdumpPolicy {
+            enabled: true,
+            // Two default send intervals plus one: a single lost datagram
+            // does not end the dump early.
+            fresh_for: Duration::from_secs(25),
+            // Pacemaker's fence_kdump waits 60 s by default; a large host's
+            // dump takes minutes. Its VMs are already evacuated by then, so
+            // waiting costs nothing but the vmcore is worth a lot.
+            power_off_after: Duration::from_secs(600),
         }
     }
 }
@@ -295,6 +364,12 @@ pub enum PolicyError {
     /// `storm.max_share` outside (0, 1].
     #[error("policy.storm.max_share = {given}: must be greater than 0 and at most 1")]
     ShareOutOfRange { given: f64 },
+    /// A window longer than the judgment can safely trust.
+    #[error("policy.{key}: too long; at most {max}")]
+    TooLong {
+        key: &'static str,
+        max: &'static str,
+    },
 }
 
 impl Policy {
@@ -316,6 +391,11 @@ impl Policy {
             ("ping.probe_stale_after", self.ping.probe_stale_after),
             ("confirm.flap_window", self.confirm.flap_window),
             ("storm.window", self.storm.window),
+            ("bmc.fresh_for", self.bmc.fresh_for),
+            ("bmc.poll_healthy", self.bmc.poll_healthy),
+            ("bmc.poll_doubt", self.bmc.poll_doubt),
+            ("kdump.fresh_for", self.kdump.fresh_for),
+            ("kdump.power_off_after", self.kdump.power_off_after),
         ];
         if let Some((key, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return Err(PolicyError::ZeroDuration { key });
@@ -327,6 +407,27 @@ impl Policy {
         ];
         if let Some((key, _)) = counts.iter().find(|(_, c)| *c == 0) {
             return Err(PolicyError::ZeroCount { key });
+        }
+        // A fresh window longer than the doubting cadence plus a read's
+        // timeout would let an `Off` outlive a power-on; shorter than the
+        // cadence would never count. Bounded, not guessed.
+        if self.bmc.fresh_for > Duration::from_secs(10) {
+            return Err(PolicyError::TooLong {
+                key: "bmc.fresh_for",
+                max: "10s",
+            });
+        }
+        if self.bmc.poll_doubt > self.bmc.fresh_for {
+            return Err(PolicyError::TooLong {
+                key: "bmc.poll_doubt (longer than bmc.fresh_for: no read would ever count)",
+                max: "bmc.fresh_for",
+            });
+        }
+        if self.kdump.fresh_for > Duration::from_secs(120) {
+            return Err(PolicyError::TooLong {
+                key: "kdump.fresh_for",
+                max: "120s",
+            });
         }
         if !(self.storm.max_share > 0.0 && self.storm.max_share <= 1.0) {
             return Err(PolicyError::ShareOutOfRange {

@@ -272,23 +272,69 @@ fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
             nova_reachable: true,
         },
     );
-    (sensor, nova, vec(host, 1..3), decider).prop_map(|(sensor, nova, pings, decider)| Evidence {
-        sensor,
-        nova,
-        pings,
-        decider,
-    })
-}
-
-fn evidence(now: Moment) -> impl Strategy<Value = Evidence> {
-    let any_evidence = (sensor(now), nova(now), pings(now), decider(now)).prop_map(
-        |(sensor, nova, pings, decider)| Evidence {
+    (sensor, nova, vec(host, 1..3), decider)
+        .prop_map(|(sensor, nova, pings, decider)| Evidence {
             sensor,
             nova,
             pings,
             decider,
-        },
-    );
+            bmc: Default::default(),
+            kdump: Default::default(),
+        })
+        .prop_flat_map(move |ev| (Just(ev), bmc(now), kdump(now)))
+        .prop_map(|(ev, bmc, kdump)| Evidence { bmc, kdump, ..ev })
+}
+
+/// The BMC witness: absent, or any identity reading any power, 0–5 s ago.
+fn bmc(now: Moment) -> impl Strategy<Value = BmcWitness> {
+    let identity = prop_oneof![
+        1 => Just(BmcIdentity::NoBmc),
+        1 => Just(BmcIdentity::Unverified("no sensor UUID".into())),
+        1 => Just(BmcIdentity::Mismatch("other machine".into())),
+        3 => Just(BmcIdentity::Verified { uuid: "u".into() }),
+    ];
+    let power = prop_oneof![
+        3 => Just(BmcPower::Off),
+        1 => Just(BmcPower::On),
+        1 => Just(BmcPower::Unknown("timeout".into())),
+    ];
+    let read = (power, before(now, 3_000)).prop_map(|(power, at)| BmcRead { at, power });
+    prop_oneof![
+        1 => Just(BmcWitness::default()),
+        3 => (identity, proptest::option::of(read))
+            .prop_map(|(identity, last)| BmcWitness { identity, last }),
+    ]
+}
+
+/// fence_kdump datagrams: none, or some, the latest 0–40 s ago.
+fn kdump(now: Moment) -> impl Strategy<Value = KdumpWitness> {
+    prop_oneof![
+        4 => Just(KdumpWitness::default()),
+        1 => (1u64..20, before(now, 40_000), 0u8..250).prop_map(|(messages, last, o)| {
+            KdumpWitness {
+                first_at: Some(last),
+                last_at: Some(last),
+                messages,
+                from: Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, o))),
+            }
+        }),
+    ]
+}
+
+fn evidence(now: Moment) -> impl Strategy<Value = Evidence> {
+    let any_evidence = (
+        (sensor(now), nova(now), pings(now), decider(now)),
+        bmc(now),
+        kdump(now),
+    )
+        .prop_map(|((sensor, nova, pings, decider), bmc, kdump)| Evidence {
+            sensor,
+            nova,
+            pings,
+            decider,
+            bmc,
+            kdump,
+        });
     prop_oneof![any_evidence, near_dead(now)]
 }
 
@@ -313,8 +359,17 @@ fn timeline() -> impl Strategy<Value = Vec<(u64, Evidence)>> {
 /// Independent of `evaluate`'s own veto list: an address that answered and
 /// has not failed enough probes since is safety rule 2 as PRODUCT.md says it.
 fn an_address_answers(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
+    answers(ev, policy, now, |r| !matches!(r, PingRole::Reference))
+}
+
+/// The same for instance addresses only: no fast path supersedes these.
+fn an_instance_answers(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
+    answers(ev, policy, now, |r| matches!(r, PingRole::Instance { .. }))
+}
+
+fn answers(ev: &Evidence, policy: &Policy, now: Moment, role: impl Fn(&PingRole) -> bool) -> bool {
     ev.pings.iter().any(|p| {
-        !matches!(p.role, PingRole::Reference)
+        role(&p.role)
             && p.last_answer_at.is_some()
             && p.consecutive_failures < policy.ping.failures_for_silent
             && p.last_probe_at
@@ -334,7 +389,37 @@ proptest! {
         let a = evaluate(&ev, &policy, now);
         if a.verdict == Verdict::Dead {
             prop_assert!(a.vetoes.is_empty(), "dead with vetoes {:?}", a.vetoes);
-            prop_assert!(!an_address_answers(&ev, &policy, now), "dead while an address answers: {:?}", ev.pings);
+            prop_assert!(!an_instance_answers(&ev, &policy, now), "dead while an instance answers: {:?}", ev.pings);
+            // Only the crash kernel's own management address may answer.
+            if a.fast_path != Some(FastPath::Kdump) {
+                prop_assert!(!an_address_answers(&ev, &policy, now), "dead while an address answers: {:?}", ev.pings);
+            }
+        }
+    }
+
+    #[test]
+    fn a_fast_path_needs_a_silent_sensor_and_its_own_fresh_evidence(ev in evidence(Moment::from_millis(START))) {
+        let policy = Policy::default();
+        let now = Moment::from_millis(START);
+        let a = evaluate(&ev, &policy, now);
+        match a.fast_path {
+            None => {}
+            Some(path) => {
+                prop_assert_eq!(a.verdict, Verdict::Dead);
+                prop_assert!(ev.sensor.is_silent(&policy, now), "fast path with a live sensor");
+                match path {
+                    FastPath::BmcOff => {
+                        prop_assert!(matches!(ev.bmc.identity, BmcIdentity::Verified { .. }), "unverified BMC counted");
+                        let read = ev.bmc.last.as_ref().expect("a read");
+                        prop_assert_eq!(&read.power, &BmcPower::Off);
+                        prop_assert!(now.since(read.at) <= policy.bmc.fresh_for, "stale read counted");
+                    }
+                    FastPath::Kdump => {
+                        let last = ev.kdump.last_at.expect("a datagram");
+                        prop_assert!(now.since(last) <= policy.kdump.fresh_for, "old datagrams counted");
+                    }
+                }
+            }
         }
     }
 
@@ -345,7 +430,9 @@ proptest! {
         for (at, ev) in steps {
             let now = Moment::from_millis(at);
             let a = evaluate(&ev, &policy, now);
-            let vetoed = !a.vetoes.is_empty() || an_address_answers(&ev, &policy, now);
+            let vetoed = !a.vetoes.is_empty()
+                || an_instance_answers(&ev, &policy, now)
+                || (a.fast_path != Some(FastPath::Kdump) && an_address_answers(&ev, &policy, now));
             t.observe(a, &policy, now);
             if vetoed {
                 prop_assert_ne!(t.verdict(), Verdict::Dead, "reasons {:?}", t.reasons());
@@ -443,14 +530,20 @@ fn the_evidence_generator_reaches_dead_and_vetoes() {
     let now = Moment::from_millis(START);
     let mut runner = TestRunner::deterministic();
     let strategy = evidence(now);
-    let (mut dead, mut vetoed) = (0, 0);
+    let (mut dead, mut vetoed, mut bmc, mut kdump) = (0, 0, 0, 0);
     for _ in 0..4000 {
         let ev = strategy.new_tree(&mut runner).expect("evidence").current();
         let a = evaluate(&ev, &policy, now);
         dead += usize::from(a.verdict == Verdict::Dead);
         vetoed += usize::from(!a.vetoes.is_empty());
+        bmc += usize::from(a.fast_path == Some(FastPath::BmcOff));
+        kdump += usize::from(a.fast_path == Some(FastPath::Kdump));
     }
-    eprintln!("of 4000: {dead} dead, {vetoed} vetoed");
+    eprintln!("of 4000: {dead} dead ({bmc} by the BMC, {kdump} by kdump), {vetoed} vetoed");
+    assert!(
+        bmc >= 20 && kdump >= 20,
+        "fast paths barely reached: {bmc} BMC, {kdump} kdump"
+    );
     assert!(
         dead >= 200,
         "only {dead} of 4000 generated nodes judged dead"

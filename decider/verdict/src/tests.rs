@@ -83,6 +83,8 @@ fn node() -> Ev {
                 sensors_silent: 0,
                 nova_reachable: true,
             },
+            bmc: BmcWitness::default(),
+            kdump: KdumpWitness::default(),
         },
         Policy::default(),
     )
@@ -342,6 +344,63 @@ mod matrix {
     #[test] fn nodes_without_sensors_with_nova_and_ping_required() { check(node().sensor_never_seen().require(&[Nova, Ping]).power_loss_without_sensor(), Dead, &["all required witnesses say dead", "Nova: service up, updated_at stalled 13 s"]); }
     #[test] fn frozen_kernel_with_stream_still_open() { let mut ev = node().power_loss(); ev.reading().connected = true; check(ev, Dead, &["all required witnesses say dead", "stream still open"]); }
     #[test] fn nothing_known_yet() { check(node().nothing_known(), Suspect, &["no witness has reported on this node yet"]); }
+}
+
+/// The fast paths (issue 16): the node's own BMC reading power off, kdump.
+#[rustfmt::skip]
+mod fast {
+    use super::*;
+    use Verdict::*;
+
+    #[test] fn power_loss_bmc_off_is_dead_before_nova_goes_stale() { let a = check(node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true), Dead, &["the node's own BMC reads power off", "BMC: power off, read 0.5 s ago", "superseded by the BMC's power-off evidence: safety rule 4"]); assert_eq!(a.fast_path, Some(FastPath::BmcOff)); }
+    #[test] fn bmc_off_after_nova_stale_still_names_the_fast_path() { let a = check(node().power_loss().bmc(BmcPower::Off, 500, true), Dead, &["the node's own BMC reads power off"]); assert_eq!(a.fast_path, Some(FastPath::BmcOff)); }
+    #[test] fn bmc_on_changes_nothing() { let a = check(node().power_loss().nova_stalled(3).bmc(BmcPower::On, 500, true), Suspect, &["waiting for Nova", "BMC: power on"]); assert_eq!(a.fast_path, None); }
+    #[test] fn bmc_unreachable_is_never_evidence() { check(node().power_loss().nova_stalled(3).bmc(BmcPower::Unknown("connection refused".into()), 200, true), Suspect, &["waiting for Nova", "power unknown (connection refused)"]); }
+    #[test] fn stale_bmc_off_does_not_count() { check(node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 2_500, true), Suspect, &["waiting for Nova", "older than 2.0 s, not evidence"]); }
+    #[test] fn unverified_bmc_off_does_not_count() { check(node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, false), Suspect, &["waiting for Nova", "not evidence: identity not verified"]); }
+    #[test] fn mismatched_bmc_off_does_not_count() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.0.bmc.identity = BmcIdentity::Mismatch("BMC says 33…, sensor says 11…".into()); check(ev, Suspect, &["waiting for Nova", "IDENTITY MISMATCH"]); }
+    #[test] fn bmc_off_while_the_host_answers_is_a_misconfiguration_never_a_fence() { check(node().sensor_silent(20).nova_stalled(3).instance_pings_silent().bmc(BmcPower::Off, 500, true), Degraded, &["its BMC reads power off but 198.51.100.11 (host) answers ping", "veto: safety rule 2"]); }
+    #[test] fn bmc_off_while_the_sensor_streams_is_a_misconfiguration_never_a_fence() { check(node().host_ping_silent().instance_pings_silent().nova_stalled(3).bmc(BmcPower::Off, 500, true), Degraded, &["its BMC reads power off but its sensor stream is live", "veto: safety rule 3"]); }
+    #[test] fn bmc_off_while_pings_are_still_probing_waits() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.0.pings.iter_mut().for_each(|p| p.consecutive_failures = 1); check(ev, Degraded, &["its BMC reads power off but"]); }
+    #[test] fn bmc_off_never_overrides_the_decider_isolation_check() { check(node().decider_cut_off().bmc(BmcPower::Off, 500, true), Suspect, &["decider may be cut off"]); }
+    #[test] fn bmc_off_never_overrides_maintenance() { check(node().nova_disabled("bios").power_loss().bmc(BmcPower::Off, 500, true), Maintenance, &["disabled by an operator"]); }
+    #[test] fn bmc_witness_switched_off_by_policy() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.1.bmc.enabled = false; check(ev, Suspect, &["waiting for Nova"]); }
+
+    #[test] fn kdump_with_sensor_silent_and_instances_silent_is_dead_though_the_host_answers() { let a = check(node().sensor_silent(4).nova_stalled(3).instance_pings_silent().kdump(3, 400), Dead, &["crash kernel is sending fence_kdump messages", "kdump: crash kernel sending fence_kdump messages from 198.51.100.11: 3 so far, latest 0.4 s ago", "superseded by the kdump evidence: safety rule 2: 198.51.100.11 (host) answers ping", "superseded by the kdump evidence: safety rule 4"]); assert_eq!(a.fast_path, Some(FastPath::Kdump)); }
+    #[test] fn spoofed_kdump_for_a_live_node_is_no_evidence() { check(node().kdump(30, 400), Healthy, &["up", "kdump: crash kernel sending"]); }
+    #[test] fn spoofed_kdump_while_the_sensor_streams_and_nova_stalls_never_fences() { check(node().nova_stalled(30).host_ping_silent().instance_pings_silent().kdump(30, 400), Degraded, &["Nova and pings say dead but its sensor stream is live", "veto: safety rule 3"]); }
+    #[test] fn kdump_while_an_instance_answers_never_fences() { check(node().sensor_silent(4).nova_stalled(3).kdump(3, 400), Degraded, &["instance uuid-1", "veto: safety rule 2"]); }
+    #[test] fn kdump_messages_that_stopped_are_no_longer_evidence() { check(node().sensor_silent(40).nova_stalled(3).instance_pings_silent().kdump(9, 30_000), Degraded, &["198.51.100.11 (host) answers ping", "fence_kdump messages from 198.51.100.11 stopped 30 s ago"]); }
+    #[test] fn kdump_never_overrides_the_decider_isolation_check() { check(node().decider_cut_off().kdump(3, 400), Suspect, &["decider may be cut off"]); }
+    #[test] fn kdump_never_overrides_maintenance() { check(node().nova_disabled("bios").sensor_silent(4).instance_pings_silent().kdump(3, 400), Maintenance, &["disabled by an operator"]); }
+}
+
+impl Ev {
+    fn bmc(mut self, power: BmcPower, read_ms_ago: u64, verified: bool) -> Self {
+        self.0.bmc = BmcWitness {
+            identity: if verified {
+                BmcIdentity::Verified {
+                    uuid: "5f1c0a6e-0000-4000-8000-000000000001".into(),
+                }
+            } else {
+                BmcIdentity::Unverified("the sensor has not reported a system UUID".into())
+            },
+            last: Some(BmcRead {
+                at: ago(read_ms_ago),
+                power,
+            }),
+        };
+        self
+    }
+    fn kdump(mut self, messages: u64, last_ms_ago: u64) -> Self {
+        self.0.kdump = KdumpWitness {
+            first_at: Some(ago(last_ms_ago + 1000 * messages)),
+            last_at: Some(ago(last_ms_ago)),
+            messages,
+            from: Some("198.51.100.11".parse().expect("literal address")),
+        };
+        self
+    }
 }
 
 impl Ev {
