@@ -18,9 +18,10 @@ use tonic::Status;
 use tracing::{debug, error, info, warn};
 use vigil_proto::v1;
 use vigil_verdict::{
-    counts_as_down, evaluate, Absorbed, Assessment, DeciderView, Heard, IllegalTransition, Moment,
-    NovaInstance, NovaService, NovaWitness, PingRole, PingWitness, Policy, ProbeMode,
-    SensorReading, SensorWitness, ServiceState, Signals, StormGuard, Verdict, WorkflowStep,
+    counts_as_down, evaluate, Absorbed, Assessment, BmcIdentity, BmcRead, DeciderView, Heard,
+    IllegalTransition, Moment, NovaInstance, NovaService, NovaWitness, PingRole, PingWitness,
+    Policy, ProbeMode, SensorReading, SensorWitness, ServiceState, Signals, StormGuard, Verdict,
+    WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -73,6 +74,9 @@ pub struct PingResult {
 pub struct PingPlan {
     pub targets: Vec<PingTarget>,
     pub urgent: HashSet<IpAddr>,
+    /// Nodes some witness doubts: their addresses are in `urgent`, and the
+    /// BMC witness reads their power at its fast cadence.
+    pub doubted: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +117,10 @@ pub enum WorkflowError {
     /// Only workflow verdicts can be resumed into.
     #[error("node {node}: {verdict} is not a workflow verdict")]
     NotWorkflow { node: String, verdict: Verdict },
+    /// The BMC configured for the node reports another machine's UUID:
+    /// powering "the node" off through it would power off that machine.
+    #[error("node {node}: not fencing through a BMC that is not this node's ({what}); fix recovery.fencing for {node}, or power it off by hand and confirm")]
+    BmcMismatch { node: String, what: String },
 }
 
 /// How far along the workflow a verdict is (`None` outside the forward path).
@@ -175,6 +183,14 @@ pub enum Event {
         result: Result<Vec<ServerOnHost>, String>,
     },
     PingResults(Vec<PingResult>),
+    /// A read of a node's BMC (power, and now and then its system UUID).
+    BmcRead(Box<crate::bmc_watch::BmcReading>),
+    /// A fence_kdump datagram from one of the node's management addresses.
+    Kdump {
+        node: String,
+        from: IpAddr,
+        at: Moment,
+    },
     /// Periodic re-judgment: ages grow without events.
     Tick,
     /// A step of the recovery workflow (or an operator's) for one node.
@@ -432,6 +448,8 @@ impl Engine {
             }
             Event::NovaInstances { host, result } => self.on_nova_instances(&host, result, now),
             Event::PingResults(results) => self.on_pings(results, now),
+            Event::BmcRead(r) => self.on_bmc_read(*r, now),
+            Event::Kdump { node, from, at } => self.on_kdump(&node, from, at, now),
             Event::Tick => {
                 let started = std::time::Instant::now();
                 self.on_tick(now);
@@ -608,6 +626,67 @@ impl Engine {
         let _ = outbound.try_send(Ok(v1::DeciderMessage {
             kind: Some(v1::decider_message::Kind::Ack(v1::Ack { seq })),
         }));
+    }
+
+    fn on_bmc_read(&mut self, r: crate::bmc_watch::BmcReading, now: Moment) {
+        let Some(n) = self.node(&r.node) else { return };
+        let mut st = lock(&n);
+        if let Some(u) = r.uuid {
+            st.bmc_uuid = Some(u);
+        }
+        st.evidence.bmc.last = Some(BmcRead {
+            at: r.at,
+            power: r.power,
+        });
+        self.metrics.bmc_reads.inc();
+        self.refresh_bmc_identity(&mut st);
+        self.judge(&mut st, now);
+    }
+
+    /// Re-checks that the BMC read for this node is its own (after a BMC
+    /// UUID read or a heartbeat). A mismatch is logged once per change and
+    /// shown in the verdict; the fence permit refuses it.
+    fn refresh_bmc_identity(&mut self, st: &mut NodeState) {
+        let sensor = crate::node_state::sensor_system_uuid(st);
+        let now = crate::bmc_watch::identity(
+            st.configured_uuid.as_deref(),
+            sensor.as_deref(),
+            st.bmc_uuid.as_ref(),
+        );
+        if now == st.evidence.bmc.identity {
+            return;
+        }
+        match &now {
+            BmcIdentity::Mismatch(what) => {
+                error!(node = %st.name, mismatch = %what, "BMC IDENTITY MISMATCH: the BMC configured for this node controls another machine; its power readings are ignored and no fence goes through it until recovery.fencing is fixed")
+            }
+            BmcIdentity::Verified { uuid } => {
+                info!(node = %st.name, uuid = %uuid, "BMC identity verified: its power readings count")
+            }
+            BmcIdentity::Unverified(why) => {
+                debug!(node = %st.name, why = %why, "BMC identity not verified")
+            }
+            BmcIdentity::NoBmc => {}
+        }
+        self.metrics.set_bmc_identity(&st.name, &now);
+        st.evidence.bmc.identity = now;
+    }
+
+    fn on_kdump(&mut self, node: &str, from: IpAddr, at: Moment, now: Moment) {
+        let Some(n) = self.node(node) else { return };
+        let mut st = lock(&n);
+        let first = st
+            .evidence
+            .kdump
+            .last_at
+            .is_none_or(|l| at.since(l) > self.policy.kdump.fresh_for);
+        st.evidence
+            .kdump
+            .heard(from, at, self.policy.kdump.fresh_for);
+        if first {
+            warn!(node = %node, from = %from, "fence_kdump message: the node says it is in its crash kernel writing a dump");
+        }
+        self.judge(&mut st, now);
     }
 
     fn on_nova_services(
@@ -825,6 +904,18 @@ impl Engine {
             self.metrics.set_sensor_procfs(&st.name, procfs);
         }
         self.apply_storm_guard(&nodes, &segments, now);
+        // A missed heartbeat or a late Nova report changes no verdict but
+        // makes the node doubted: the plan follows at once.
+        let doubted: BTreeSet<String> = nodes
+            .iter()
+            .filter_map(|n| {
+                let st = lock(n);
+                crate::node_state::doubted(&st, &self.policy, now).then(|| st.name.clone())
+            })
+            .collect();
+        if doubted != self.plan.borrow().doubted {
+            self.plan_dirty = true;
+        }
         self.publish_plan(&nodes);
     }
 
@@ -846,6 +937,14 @@ impl Engine {
         if let (Some(t), Some(now_at)) = (step_target(step).and_then(progress), progress(before)) {
             if t <= now_at {
                 return Ok(());
+            }
+        }
+        if step == WorkflowStep::Fencing {
+            if let BmcIdentity::Mismatch(what) = &st.evidence.bmc.identity {
+                return Err(WorkflowError::BmcMismatch {
+                    node: node.to_string(),
+                    what: what.clone(),
+                });
             }
         }
         let change = st
@@ -1128,12 +1227,13 @@ impl Engine {
                 role: PingRole::Reference,
             });
         }
+        let now = self.clock.now();
         for n in nodes {
             let st = lock(n);
-            let urgent = !matches!(
-                st.tracker.verdict(),
-                Verdict::Healthy | Verdict::Maintenance
-            );
+            let urgent = crate::node_state::doubted(&st, &self.policy, now);
+            if urgent {
+                plan.doubted.insert(st.name.clone());
+            }
             for p in &st.evidence.pings {
                 plan.targets.push(PingTarget {
                     node: Some(st.name.clone()),

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth_throttle;
+pub mod bmc_watch;
 pub mod cert_name;
 pub mod check;
 pub mod cli;

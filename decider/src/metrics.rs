@@ -101,6 +101,9 @@ pub struct Metrics {
     pub cluster_term: Gauge,
     /// 1 per node whose sensor runs its `/proc` fallback (no eBPF).
     sensor_procfs: Family<NodeLabels, Gauge>,
+    /// BMC power reads of the BMC witness, answered or not.
+    pub bmc_reads: Counter,
+    bmc_identity_mismatch: Family<NodeLabels, Gauge>,
     pub storm_guard_active: Gauge,
     /// How long one tick (every node re-judged) takes: it grows with the
     /// node count and delays every heartbeat's ack queued behind it.
@@ -192,6 +195,18 @@ impl Metrics {
             "1 while the node's sensor runs its /proc fallback instead of eBPF (coarser signals)",
             sensor_procfs.clone(),
         );
+        let bmc_reads = Counter::default();
+        registry.register(
+            "bmc_power_reads",
+            "Power-state reads of the nodes' BMCs by the BMC witness, answered or not",
+            bmc_reads.clone(),
+        );
+        let bmc_identity_mismatch = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "bmc_identity_mismatch",
+            "1 while the BMC configured for the node reports another machine's system UUID: its readings are ignored and no fence goes through it",
+            bmc_identity_mismatch.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -252,6 +267,8 @@ impl Metrics {
             cluster_leader,
             cluster_term,
             sensor_procfs,
+            bmc_reads,
+            bmc_identity_mismatch,
             storm_guard_active,
             engine_tick_seconds,
         }
@@ -292,6 +309,17 @@ impl Metrics {
 
     /// Whether the node's sensor runs in procfs mode (None: not heard
     /// from, no series).
+    /// Only nodes with a BMC read have a series; 0 unless mismatched.
+    pub fn set_bmc_identity(&self, node: &str, identity: &vigil_verdict::BmcIdentity) {
+        let labels = NodeLabels {
+            node: node.to_string(),
+        };
+        let mismatch = matches!(identity, vigil_verdict::BmcIdentity::Mismatch(_));
+        self.bmc_identity_mismatch
+            .get_or_create(&labels)
+            .set(i64::from(mismatch));
+    }
+
     pub fn set_sensor_procfs(&self, node: &str, procfs: Option<bool>) {
         let labels = NodeLabels {
             node: node.to_string(),

@@ -142,10 +142,48 @@ pub fn evidence_snapshot(st: &NodeState, now: Moment) -> Value {
                 "ping": format!("{:?}", a.opinions.ping).to_lowercase(),
             }),
         );
+        // Which path made it dead: recovery fences a kdump differently
+        // (evacuate first, power off after the dump), also on resume.
+        obj.insert(
+            "fast_path".into(),
+            json!(a.fast_path.as_ref().map(|p| p.label())),
+        );
+        obj.insert("bmc".into(), bmc_json(&st.evidence.bmc, now));
+        obj.insert("kdump".into(), kdump_json(&st.evidence.kdump, now));
         obj.insert(
             "decided_at_unix_ms".into(),
             json!(crate::node_state::unix_ms_now()),
         );
     }
     v
+}
+
+fn bmc_json(b: &vigil_verdict::BmcWitness, now: Moment) -> Value {
+    use vigil_verdict::{BmcIdentity, BmcPower};
+    let identity = match &b.identity {
+        BmcIdentity::NoBmc => json!({"state": "no-bmc"}),
+        BmcIdentity::Unverified(why) => json!({"state": "unverified", "why": why}),
+        BmcIdentity::Mismatch(what) => json!({"state": "mismatch", "what": what}),
+        BmcIdentity::Verified { uuid } => json!({"state": "verified", "uuid": uuid}),
+    };
+    let read = b.last.as_ref().map(|r| {
+        let power = match &r.power {
+            BmcPower::On => "on".to_string(),
+            BmcPower::Off => "off".to_string(),
+            BmcPower::Unknown(why) => format!("unknown: {why}"),
+        };
+        json!({"power": power, "age_ms": u64::try_from(now.since(r.at).as_millis()).unwrap_or(u64::MAX)})
+    });
+    json!({"identity": identity, "read": read})
+}
+
+fn kdump_json(k: &vigil_verdict::KdumpWitness, now: Moment) -> Value {
+    match k.last_at {
+        None => Value::Null,
+        Some(last) => json!({
+            "messages": k.messages,
+            "from": k.from.map(|a| a.to_string()),
+            "last_age_ms": u64::try_from(now.since(last).as_millis()).unwrap_or(u64::MAX),
+        }),
+    }
 }

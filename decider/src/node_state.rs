@@ -8,6 +8,7 @@ use crate::witness::ComputeService;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use vigil_proto::v1;
 use vigil_verdict::{
     DeciderView, Evidence, Moment, NodeTracker, NovaWitness, PingRole, PingWitness, SensorWitness,
@@ -46,6 +47,47 @@ pub struct NodeState {
     /// The worst this node has been since it turned `degraded` (None when
     /// it is not): a worse level is published again.
     pub degraded_peak: Option<crate::degraded::DegradedLevel>,
+    /// `[[node]] system_uuid`, when configured: the BMC must report it.
+    pub configured_uuid: Option<String>,
+    /// The latest read of the BMC's system UUID (see `bmc_watch::identity`).
+    pub bmc_uuid: Option<Result<Option<String>, String>>,
+}
+
+/// Whether any witness doubts the node: its verdict is not healthy, its
+/// sensor missed a heartbeat (before the silence the judgment waits for),
+/// an address it answered on missed a probe, or Nova's `updated_at` is late.
+/// Doubted nodes are probed urgently and their BMCs read every
+/// `policy.bmc.poll_doubt`, so the evidence a fast path needs is fresh when
+/// the judgment asks for it.
+pub fn doubted(st: &NodeState, policy: &vigil_verdict::Policy, now: Moment) -> bool {
+    use vigil_verdict::Verdict;
+    if !matches!(
+        st.tracker.verdict(),
+        Verdict::Healthy | Verdict::Maintenance
+    ) {
+        return true;
+    }
+    let heartbeat_late = match &st.evidence.sensor {
+        SensorWitness::Seen(r) => {
+            let every = r
+                .interval
+                .clamp(Duration::from_millis(100), policy.sensor.max_interval);
+            now.since(r.last_heartbeat_at) > every.saturating_add(every / 2)
+        }
+        SensorWitness::NeverSeen { .. } => false,
+    };
+    let probe_missed = st.evidence.pings.iter().any(|p| {
+        p.role != PingRole::Reference && p.last_answer_at.is_some() && p.consecutive_failures > 0
+    });
+    let nova_late = matches!(&st.evidence.nova, NovaWitness::Listed(s) if s.updated_at_stalled > policy.nova.report_interval);
+    heartbeat_late || probe_missed || nova_late
+}
+
+/// The system UUID the node's sensor reports, if any.
+pub fn sensor_system_uuid(st: &NodeState) -> Option<String> {
+    // TODO(identity): the sensor's `system_uuid` once it is in the reading.
+    let _ = st;
+    None
 }
 
 impl NodeState {
@@ -87,6 +129,8 @@ impl NodeState {
             updated_at_seen: None,
             incident_id: None,
             degraded_peak: None,
+            configured_uuid: None,
+            bmc_uuid: None,
         }
     }
 }

@@ -1021,6 +1021,9 @@ async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
     assert_eq!(incidents(&s).await.len(), 1);
     assert_eq!(w.fencer.offs(), 1);
 
+    // The operator repairs compute1 and powers it on: its BMC reads On
+    // again (one still reading Off under a live sensor is `degraded`).
+    *w.fencer.power.lock().expect("power") = vigil_recovery::fence::PowerState::On;
     w.thaw("compute1");
     let _s1 = Sensor::start(&s, "compute1", "boot-1b").await;
     wait_verdict(&s, "compute1", "healthy", Duration::from_secs(10)).await;

@@ -137,6 +137,35 @@ impl Server {
             let s = shutdown.clone();
             tasks.spawn(engine.spawn(events, s.wait()));
         }
+        {
+            // The BMC witness reads the BMCs fencing uses; without fencing
+            // there is no BMC to read.
+            let targets = witnesses
+                .recovery
+                .as_ref()
+                .map(|p| crate::bmc_watch::targets(&p.levels))
+                .unwrap_or_default();
+            if !targets.is_empty() {
+                info!(
+                    bmcs = targets.len(),
+                    enabled = cfg.policy.bmc.enabled,
+                    every_healthy = ?cfg.policy.bmc.poll_healthy,
+                    every_doubted = ?cfg.policy.bmc.poll_doubt,
+                    "BMC power witness on"
+                );
+                let (policy, clock, plan, ev, s) = (
+                    handle.policy.clone(),
+                    handle.clock,
+                    handle.ping_plan.clone(),
+                    handle.events.clone(),
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move {
+                    crate::bmc_watch::run(targets, policy, clock, plan, ev, s.wait()).await;
+                    Ok(())
+                });
+            }
+        }
         let recovery = match (witnesses.recovery.clone(), recovery_rx, recovery_tx) {
             (Some(parts), Some(rx), Some(tx)) => {
                 let handle_r = RecoveryHandle {

@@ -68,6 +68,8 @@ fuzz_target!(|data: &[u8]| {
             nova: NovaWitness::NotPolled { since: start },
             pings: vec![],
             decider: DeciderView::default(),
+            bmc: Default::default(),
+            kdump: Default::default(),
         };
         for later in [1, 10, 100_000] {
             let a = evaluate(&ev, &policy, start.plus(Duration::from_secs(later)));

@@ -111,6 +111,12 @@ pub trait Fencer: Send + Sync {
     fn power_off(&self) -> BoxFuture<'_, Result<FenceAck, FenceError>>;
     /// Reads the power state. Never changes it.
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>>;
+    /// The system UUID the BMC reports for the machine it controls
+    /// (lowercase hyphenated), to check it is the node's own; `None` when
+    /// this kind of fencer cannot tell.
+    fn system_uuid(&self) -> BoxFuture<'_, Result<Option<String>, FenceError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// One level of a node's fencing: a fencer, how long it may take, and whether
