@@ -573,6 +573,7 @@ impl Engine {
                 let heard = Heard {
                     boot_id: u.boot_id,
                     instance: u.instance,
+                    system_uuid: raw.system_uuid.clone(),
                     seq: u.seq,
                     interval: u.interval,
                     signals: u.signals,
@@ -609,6 +610,7 @@ impl Engine {
                     interval: u.interval,
                     boot_id: u.boot_id,
                     instance: u.instance,
+                    system_uuid: raw.system_uuid.clone(),
                     seq: u.seq,
                     seq_gaps: 0,
                     boot_changes: 0,

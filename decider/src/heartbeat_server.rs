@@ -617,6 +617,13 @@ fn check_bounds(hb: &v1::Heartbeat) -> Result<(), String> {
     }
     text("sensor_version", &hb.sensor_version, MAX_NAME)?;
     text("sensor_instance", &hb.sensor_instance, 64)?;
+    if !hb.system_uuid.is_empty() && !vigil_proto::system_uuid::is_canonical(&hb.system_uuid) {
+        return Err(format!(
+            "system_uuid = {:?}: must be empty or a lowercase hyphenated UUID \
+             (8-4-4-4-12 hex, not all zeros or all Fs)",
+            hb.system_uuid.chars().take(40).collect::<String>()
+        ));
+    }
     for (i, t) in hb.blocked_tasks.iter().enumerate() {
         text(&format!("blocked_tasks[{i}].comm"), &t.comm, MAX_NAME)?;
         text(&format!("blocked_tasks[{i}].cgroup"), &t.cgroup, MAX_TEXT)?;
@@ -687,6 +694,7 @@ mod tests {
             interval_ms: 1000,
             mode: v1::ProbeMode::Ebpf as i32,
             sensor_instance: "run-1".into(),
+            system_uuid: "4c4c4544-0042-3510-8052-b4c04f4b4e32".into(),
             blocked_tasks: vec![v1::BlockedTask {
                 comm: "nova-compute".into(),
                 blocked_ms: 4000,
@@ -731,6 +739,13 @@ mod tests {
         let (r, rejected) = check(good());
         r.expect("valid");
         assert_eq!(rejected, 0);
+        let unknown = v1::Heartbeat {
+            system_uuid: String::new(),
+            ..good()
+        };
+        check(unknown)
+            .0
+            .expect("an empty system_uuid means unknown");
     }
 
     /// Each absurd value of the issue is refused as `InvalidArgument` naming
@@ -778,6 +793,14 @@ mod tests {
             ("interval_ms = 4294967295", |h| h.interval_ms = u32::MAX),
             ("seq = 18446744073709551615", |h| h.seq = u64::MAX),
             ("sensor_instance", |h| h.sensor_instance = "x".repeat(65)),
+            ("system_uuid", |h| {
+                h.system_uuid = "4C4C4544-0042-3510-8052-B4C04F4B4E32".into()
+            }),
+            ("system_uuid", |h| h.system_uuid = "not-a-uuid".into()),
+            ("system_uuid", |h| h.system_uuid = "u".repeat(100_000)),
+            ("system_uuid", |h| {
+                h.system_uuid = "00000000-0000-0000-0000-000000000000".into()
+            }),
             ("blocked_tasks[0].cgroup", |h| {
                 h.blocked_tasks[0].cgroup = "c".repeat(MAX_TEXT + 1)
             }),

@@ -51,6 +51,7 @@ pub fn node_to_proto(st: &NodeState, now: Moment, detail: Detail) -> v1::Node {
             boot_id: r.boot_id.clone(),
             seq_gaps: r.seq_gaps,
             boot_changes: r.boot_changes,
+            system_uuid: r.system_uuid.clone(),
             latest: match detail {
                 Detail::Full => st.latest_heartbeat.as_deref().cloned(),
                 Detail::Summary => None,

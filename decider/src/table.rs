@@ -186,6 +186,15 @@ pub fn node_detail(n: &v1::Node, now_ms: i64) -> String {
                 "  gaps       {} missed, {} reboot(s)",
                 s.seq_gaps, s.boot_changes
             );
+            let _ = writeln!(
+                o,
+                "  system uuid {}",
+                if s.system_uuid.is_empty() {
+                    "unknown (BMC identity cannot be verified)"
+                } else {
+                    &s.system_uuid
+                }
+            );
             if let Some(hb) = &s.latest {
                 let _ = writeln!(o, "  mode       {}", hb.mode().as_str_name());
                 if let Some(nc) = &hb.nova_compute {
@@ -290,6 +299,7 @@ pub fn node_json(n: &v1::Node) -> Value {
             "boot_id": s.boot_id,
             "seq_gaps": s.seq_gaps,
             "boot_changes": s.boot_changes,
+            "system_uuid": s.system_uuid,
             "latest": s.latest.as_ref().map(|hb| json!({
                 "mode": hb.mode().as_str_name(),
                 "interval_ms": hb.interval_ms,

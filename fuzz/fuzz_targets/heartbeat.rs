@@ -30,6 +30,7 @@ fn reading(boot: &str, instance: &str, seq: u64, at: Moment) -> SensorReading {
         interval: Duration::from_secs(1),
         boot_id: boot.to_string(),
         instance: instance.to_string(),
+        system_uuid: String::new(),
         seq,
         seq_gaps: u64::MAX - 1,
         boot_changes: u32::MAX,
@@ -45,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(hb) = check_heartbeat(metrics(), m) else {
         return;
     };
+    // What passed is empty or exactly the canonical form the BMC's UUID is
+    // compared with.
+    assert!(hb.system_uuid.is_empty() || hb.system_uuid.len() == 36);
     let u = to_update(&hb);
     let policy = Policy::default();
     let start = Moment::from_secs(1_000);
@@ -58,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
         let heard = Heard {
             boot_id: u.boot_id.clone(),
             instance: u.instance.clone(),
+            system_uuid: hb.system_uuid.clone(),
             seq: u.seq,
             interval: u.interval,
             signals: u.signals.clone(),

@@ -6,10 +6,12 @@
 //!   their evidence, verdict changes, incidents.
 //! - [`connect`]: how clients reach a decider (TLS, client certificates, no
 //!   token in clear text to another host).
+//! - [`system_uuid`]: the canonical form of `Heartbeat.system_uuid`.
 //! - [`FILE_DESCRIPTOR_SET`]: for tonic-reflection, so `grpcurl` works with no
 //!   `.proto` at hand.
 
 pub mod connect;
+pub mod system_uuid;
 
 pub mod v1 {
     #![allow(

@@ -138,6 +138,18 @@ pub struct RunArgs {
     )]
     pub boot_id_path: PathBuf,
 
+    /// File holding the host's SMBIOS system UUID (read once, at start), sent so the
+    /// decider can check the node's BMC is this machine's. Unreadable, not a UUID, or a
+    /// placeholder (all zeros/Fs): the sensor runs and says so, but the decider cannot
+    /// verify this node's BMC identity, so its BMC power witness stays off.
+    #[arg(
+        long,
+        env = "VIGIL_SYSTEM_UUID_FILE",
+        value_name = "PATH",
+        default_value = crate::system_uuid::DEFAULT_PATH
+    )]
+    pub system_uuid_file: PathBuf,
+
     /// Time between heartbeats (the decider may change it).
     #[arg(long, env = "VIGIL_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
@@ -294,6 +306,8 @@ mod tests {
             "/vigil-lab/compute1",
             "--boot-id-path",
             "state/nodes/compute1/boot_id",
+            "--system-uuid-file",
+            "state/nodes/compute1/product_uuid",
             "--allow-plaintext-token",
         ])
         .expect("parse");
@@ -305,6 +319,10 @@ mod tests {
         assert_eq!(run.blocked_threshold, Duration::from_secs(5));
         assert_eq!(run.watch.cgroup.as_deref(), Some("/vigil-lab/compute1"));
         assert!(run.tls.allow_plaintext_token);
+        assert_eq!(
+            run.system_uuid_file,
+            std::path::Path::new("state/nodes/compute1/product_uuid")
+        );
     }
 
     #[test]
@@ -332,6 +350,10 @@ mod tests {
             Some(std::path::Path::new("node.key"))
         );
         assert!(!run.tls.allow_plaintext_token);
+        assert_eq!(
+            run.system_uuid_file,
+            std::path::Path::new("/sys/class/dmi/id/product_uuid")
+        );
         let half = Cli::try_parse_from([
             "vigil-sensor",
             "run",

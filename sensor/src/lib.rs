@@ -19,6 +19,8 @@
 //!   reads command lines); [`sampler`]: one [`sample::Sample`] per interval.
 //! - [`stream`]: the gRPC stream per decider with buffer, acks, reconnects;
 //!   [`backoff`]: the reconnect delays; [`memlock`]: staying resident.
+//! - [`system_uuid`]: the host's SMBIOS UUID, for the decider's BMC
+//!   identity check.
 //! - [`embedded`]: the eBPF object compiled into the binary.
 
 pub mod backoff;
@@ -48,6 +50,7 @@ pub mod sample;
 pub mod sampler;
 pub mod signals;
 pub mod stream;
+pub mod system_uuid;
 pub mod tracefs;
 
 /// The hostname, or "unknown" (for `probe`, which needs no node name).

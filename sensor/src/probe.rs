@@ -45,6 +45,11 @@ pub fn probe(args: &ProbeArgs) -> Result<Sample, ProbeError> {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            // Quietly empty when unreadable (not root): probe only shows it.
+            system_uuid: crate::system_uuid::read(std::path::Path::new(
+                crate::system_uuid::DEFAULT_PATH,
+            ))
+            .unwrap_or_default(),
             instance: crate::sampler::instance_id(),
             max_reported: 1000,
             extra_watch: args.wait_exit.into_iter().collect(),
@@ -91,8 +96,16 @@ pub fn render_table(s: &Sample) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "node {}  boot {}  mode {:?}  sensor {}",
-        s.node, s.boot_id, s.mode, s.sensor_version
+        "node {}  boot {}  system uuid {}  mode {:?}  sensor {}",
+        s.node,
+        s.boot_id,
+        if s.system_uuid.is_empty() {
+            "unknown"
+        } else {
+            &s.system_uuid
+        },
+        s.mode,
+        s.sensor_version
     );
     let _ = writeln!(
         o,

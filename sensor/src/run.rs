@@ -153,6 +153,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         })?
         .trim()
         .to_string();
+    let system_uuid = crate::system_uuid::read_or_warn(&args.system_uuid_file);
 
     let (probe, fallback_reason) = signals::open(&open_opts);
     let mode = probe.mode();
@@ -210,6 +211,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         SamplerConfig {
             node: node.clone(),
             boot_id,
+            system_uuid,
             instance: crate::sampler::instance_id(),
             max_reported: args.max_reported.max(1),
             extra_watch: Vec::new(),

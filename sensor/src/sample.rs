@@ -10,6 +10,8 @@ use crate::{psi::Pressure, signals::Mode};
 pub struct Sample {
     pub node: String,
     pub boot_id: String,
+    /// SMBIOS system UUID, lowercase hyphenated; empty when unknown.
+    pub system_uuid: String,
     /// This sensor process's run (see `sampler::instance_id`).
     pub sensor_instance: String,
     pub seq: u64,
@@ -98,6 +100,7 @@ impl Sample {
         v1::Heartbeat {
             node: self.node.clone(),
             boot_id: self.boot_id.clone(),
+            system_uuid: self.system_uuid.clone(),
             sensor_instance: self.sensor_instance.clone(),
             seq: self.seq,
             sensor_version: self.sensor_version.clone(),

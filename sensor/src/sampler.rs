@@ -62,6 +62,8 @@ pub fn instance_id() -> String {
 pub struct SamplerConfig {
     pub node: String,
     pub boot_id: String,
+    /// The host's SMBIOS system UUID (canonical form), empty when unknown.
+    pub system_uuid: String,
     /// Identifies this process's run: seq restarts at 1 with each run, and
     /// the decider tells a restarted sensor from a resend by it.
     pub instance: String,
@@ -371,6 +373,7 @@ impl Sampler {
         Sample {
             node: self.cfg.node.clone(),
             boot_id: self.cfg.boot_id.clone(),
+            system_uuid: self.cfg.system_uuid.clone(),
             sensor_instance: self.cfg.instance.clone(),
             seq: self.seq,
             sensor_version: env!("CARGO_PKG_VERSION").to_string(),

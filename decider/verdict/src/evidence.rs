@@ -117,6 +117,10 @@ pub struct SensorReading {
     /// The sensor process's instance id (empty from sensors that predate it):
     /// a new one on the same boot is a restarted sensor whose seq starts over.
     pub instance: String,
+    /// The host's SMBIOS system UUID the sensor reported (canonical form),
+    /// empty when it could not tell; compared with the BMC's before the
+    /// BMC may count as this node's witness.
+    pub system_uuid: String,
     /// Sequence number of the latest heartbeat (per boot id and instance).
     pub seq: u64,
     /// Heartbeats missing between consecutive ones, summed since the decider
@@ -134,6 +138,8 @@ pub struct SensorReading {
 pub struct Heard {
     pub boot_id: String,
     pub instance: String,
+    /// Canonical SMBIOS system UUID, or empty (unknown).
+    pub system_uuid: String,
     pub seq: u64,
     pub interval: Duration,
     pub signals: Signals,
@@ -183,6 +189,9 @@ impl SensorReading {
         if kind != Absorbed::Older {
             self.boot_id = h.boot_id;
             self.instance = h.instance;
+            // The newest heartbeat's word, empty included: a sensor that
+            // can no longer read it leaves the identity unverified.
+            self.system_uuid = h.system_uuid;
             self.seq = h.seq;
             self.signals = h.signals;
         }
@@ -415,6 +424,7 @@ mod tests {
             interval,
             boot_id: "b".into(),
             instance: String::new(),
+            system_uuid: String::new(),
             seq: 1,
             seq_gaps: 0,
             boot_changes: 0,
@@ -442,6 +452,7 @@ mod tests {
         Heard {
             boot_id: boot.into(),
             instance: instance.into(),
+            system_uuid: String::new(),
             seq,
             interval: Duration::from_secs(1),
             signals: Signals {
@@ -483,6 +494,36 @@ mod tests {
             Absorbed::Newer
         );
         assert_eq!(r.seq_gaps, u64::MAX);
+    }
+
+    #[test]
+    fn the_system_uuid_is_the_newest_heartbeats_and_a_resend_does_not_change_it() {
+        let mut w = reading(Duration::from_secs(1), Moment::ZERO);
+        let SensorWitness::Seen(r) = &mut w else {
+            unreachable!()
+        };
+        r.boot_id = "A".into();
+        let run = NovaComputeProcess::Running;
+        let with = |seq: u64, uuid: &str| Heard {
+            system_uuid: uuid.into(),
+            ..heard("A", "run-1", seq, run)
+        };
+        let one = "4c4c4544-0042-3510-8052-b4c04f4b4e32";
+        let two = "9d2c8a61-5b0e-4f5a-9b8e-6f1d2c3b4a59";
+        r.absorb(with(2, one), Moment::from_secs(1));
+        assert_eq!(seen(&w).system_uuid, one);
+        let SensorWitness::Seen(r) = &mut w else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.absorb(with(1, two), Moment::from_secs(2)),
+            Absorbed::Older
+        );
+        assert_eq!(r.system_uuid, one, "an old resend does not change it");
+        r.absorb(with(3, ""), Moment::from_secs(3));
+        assert_eq!(r.system_uuid, "", "the newest says it cannot tell");
+        r.absorb(with(4, two), Moment::from_secs(4));
+        assert_eq!(r.system_uuid, two);
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn node() -> Ev {
                 interval: Duration::from_secs(1),
                 boot_id: "boot-a".into(),
                 instance: "sensor-run-1".into(),
+                system_uuid: String::new(),
                 seq: 812,
                 seq_gaps: 0,
                 boot_changes: 0,

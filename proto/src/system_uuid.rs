@@ -1,0 +1,90 @@
+//! The one form a host's SMBIOS system UUID takes on the wire
+//! (`Heartbeat.system_uuid`): lowercase, hyphenated 8-4-4-4-12 hex. The
+//! sensor normalizes to it and the decider refuses anything else, so the
+//! comparison with the BMC's UUID is a plain string comparison.
+
+/// Length of the canonical form.
+pub const LEN: usize = 36;
+
+/// Where the hyphens sit in the canonical form.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// `text` (surrounding whitespace ignored, any hex case) as a canonical
+/// system UUID, or `None` when it is not one or is a firmware placeholder
+/// (all zeros, all Fs), which says nothing about which machine this is.
+pub fn normalize(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.len() != LEN {
+        return None;
+    }
+    let mut out = String::with_capacity(LEN);
+    for (i, c) in text.chars().enumerate() {
+        if HYPHENS.contains(&i) {
+            if c != '-' {
+                return None;
+            }
+            out.push('-');
+        } else if c.is_ascii_hexdigit() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            return None;
+        }
+    }
+    let digits = || out.chars().filter(|c| *c != '-');
+    if digits().all(|c| c == '0') || digits().all(|c| c == 'f') {
+        return None;
+    }
+    Some(out)
+}
+
+/// Whether `text` is already exactly the canonical form (no whitespace,
+/// lowercase, not a placeholder): what the decider accepts on the wire.
+pub fn is_canonical(text: &str) -> bool {
+    normalize(text).is_some_and(|n| n == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_case_and_whitespace() {
+        assert_eq!(
+            normalize(" 4C4C4544-0042-3510-8052-B4C04F4B4E32\n").as_deref(),
+            Some("4c4c4544-0042-3510-8052-b4c04f4b4e32")
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_uuid() {
+        for bad in [
+            "",
+            "not a uuid",
+            "4c4c4544004235108052b4c04f4b4e32",
+            "{4c4c4544-0042-3510-8052-b4c04f4b4e32}",
+            "4c4c4544-0042-3510-8052-b4c04f4b4e3",
+            "4c4c4544-0042-3510-8052-b4c04f4b4e322",
+            "4c4c4544_0042-3510-8052-b4c04f4b4e32",
+            "4c4c4544-0042-3510-8052-b4c04f4b4e3g",
+            "4c4c4544-0042-3510-8052-b4c04f4b4eé",
+        ] {
+            assert_eq!(normalize(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn firmware_placeholders_are_unknown() {
+        assert_eq!(normalize("00000000-0000-0000-0000-000000000000"), None);
+        assert_eq!(normalize("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), None);
+        assert_eq!(normalize("ffffffff-ffff-ffff-ffff-ffffffffffff"), None);
+    }
+
+    #[test]
+    fn canonical_means_exactly_the_normalized_form() {
+        assert!(is_canonical("4c4c4544-0042-3510-8052-b4c04f4b4e32"));
+        assert!(!is_canonical("4C4C4544-0042-3510-8052-B4C04F4B4E32"));
+        assert!(!is_canonical(" 4c4c4544-0042-3510-8052-b4c04f4b4e32"));
+        assert!(!is_canonical("00000000-0000-0000-0000-000000000000"));
+        assert!(!is_canonical(""));
+    }
+}
