@@ -43,6 +43,10 @@ pub struct Config {
     /// lives in etcd. Absent: this decider is the only one (SQLite journal).
     #[serde(default)]
     pub cluster: Option<vigil_cluster::ClusterConfig>,
+    /// `[kdump]`: listen for fence_kdump messages from crash kernels.
+    /// Absent: no kdump port is opened.
+    #[serde(default)]
+    pub kdump: Option<KdumpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +213,26 @@ impl Default for PingConfig {
             timeout: Duration::from_secs(1),
             concurrency: 256,
             reference_addresses: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KdumpConfig {
+    /// UDP address fence_kdump_send sends to (`fence_kdump_send -p PORT
+    /// DECIDER`). Datagrams are attributed by their source address, so the
+    /// nodes' management addresses (`[[node]] management_addresses`, or
+    /// Nova's `host_ip`) must be the ones their crash kernels send from.
+    pub listen: SocketAddr,
+}
+
+impl Default for KdumpConfig {
+    fn default() -> Self {
+        // fence_kdump's own port, on every interface: the crash kernel sends
+        // from the management network, whatever address the decider has there.
+        KdumpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], crate::kdump::DEFAULT_PORT)),
         }
     }
 }
@@ -514,6 +538,9 @@ impl Config {
             }
         }
         check_tokens_distinct(self, &tokens)?;
+        if let Some(k) = &self.kdump {
+            check_kdump(self, k)?;
+        }
         if let Some(r) = &self.recovery {
             r.validate()?;
             // A fence for a name that is no [[node]] is a typo that leaves
@@ -605,6 +632,49 @@ fn check_tokens_distinct(cfg: &Config, tokens: &Tokens) -> Result<(), ConfigErro
                         "the same {what} as {earlier}: each node, enrolment and the operator need their own token, or one can act as the other; generate one per role (e.g. `openssl rand -hex 32`)"
                     ),
                 });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[kdump]` attributes a datagram to the node whose management address
+/// sent it: an address listed for two nodes would let one node's crash
+/// kernel speak for the other, and a port nobody can aim at hears nothing.
+fn check_kdump(cfg: &Config, k: &KdumpConfig) -> Result<(), ConfigError> {
+    let invalid = |key: String, problem: String| ConfigError::Invalid { key, problem };
+    if k.listen.port() == 0 {
+        return Err(invalid(
+            "kdump.listen".into(),
+            format!(
+                "port 0 picks a random port no crash kernel knows; use fence_kdump's {} (or the port given to fence_kdump_send -p)",
+                crate::kdump::DEFAULT_PORT
+            ),
+        ));
+    }
+    if k.listen.ip().is_multicast() {
+        return Err(invalid(
+            "kdump.listen".into(),
+            format!(
+                "{} is a multicast address; use the decider's management address or 0.0.0.0",
+                k.listen.ip()
+            ),
+        ));
+    }
+    let mut owners: std::collections::HashMap<IpAddr, &str> = std::collections::HashMap::new();
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        for a in &n.management_addresses {
+            let a = a.to_canonical();
+            match owners.insert(a, &n.name) {
+                Some(other) if other != n.name => {
+                    return Err(invalid(
+                        format!("node[{i}].management_addresses"),
+                        format!(
+                            "{a} is also \"{other}\"'s: with [kdump] a crash kernel's message is attributed by its source address, so each address must belong to one node"
+                        ),
+                    ));
+                }
+                _ => {}
             }
         }
     }

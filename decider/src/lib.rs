@@ -11,6 +11,8 @@
 //!   [`nova_adapter`] and [`ping_adapter`] implement them with `vigil-nova`
 //!   and `vigil-ping`.
 //! - [`nova_poll`], [`ping_sweep`]: the tasks feeding Nova and ping evidence.
+//! - [`kdump`]: fence_kdump datagrams from crash kernels, parsed and
+//!   attributed to a node by source address.
 //! - [`recovery`]: the recovery workflow driven by actionable `dead`
 //!   verdicts (fence, force down, evacuate, verify, notify; journaled), and
 //!   the `fence-check` / `incidents` / `incident` commands.
@@ -39,6 +41,7 @@ pub mod engine;
 pub mod health;
 pub mod health_probe;
 pub mod heartbeat_server;
+pub mod kdump;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;

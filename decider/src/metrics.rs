@@ -70,6 +70,46 @@ impl RejectReason {
     }
 }
 
+/// What became of one datagram on the kdump port.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum KdumpOutcome {
+    /// A fence_kdump message from a node's management address, handed on.
+    Accepted,
+    /// A fence_kdump message from an address that is no node's.
+    UnknownSource,
+    /// Not a fence_kdump message (length, magic or version).
+    Malformed,
+    /// Longer than any fence_kdump message; not even read.
+    Oversize,
+    /// Accepted but not handed on: the queue to the engine was full.
+    Dropped,
+}
+
+impl KdumpOutcome {
+    pub const ALL: [KdumpOutcome; 5] = [
+        KdumpOutcome::Accepted,
+        KdumpOutcome::UnknownSource,
+        KdumpOutcome::Malformed,
+        KdumpOutcome::Oversize,
+        KdumpOutcome::Dropped,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            KdumpOutcome::Accepted => "accepted",
+            KdumpOutcome::UnknownSource => "unknown_source",
+            KdumpOutcome::Malformed => "malformed",
+            KdumpOutcome::Oversize => "oversize",
+            KdumpOutcome::Dropped => "dropped",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
@@ -112,6 +152,8 @@ pub struct Metrics {
     pub recovery_runs: Family<StatusLabels, Counter>,
     pub recovery_active: Gauge,
     pub recovery_refused: Counter,
+    /// Datagrams on the kdump port, by outcome.
+    kdump_datagrams: Family<OutcomeLabels, Counter>,
     /// Liveness and readiness, served beside the metrics.
     pub health: Arc<crate::health::Health>,
 }
@@ -248,8 +290,15 @@ impl Metrics {
             "Dead nodes the recovery guards refused (storm, cooldown)",
             recovery_refused.clone(),
         );
+        let kdump_datagrams = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "kdump_datagrams",
+            "Datagrams received on the kdump port ([kdump]), by outcome: accepted, unknown_source, malformed, oversize, dropped (queue full)",
+            kdump_datagrams.clone(),
+        );
         Metrics {
             health: Arc::default(),
+            kdump_datagrams,
             recovery_runs,
             recovery_active,
             recovery_refused,
@@ -363,6 +412,34 @@ impl Metrics {
         self.rejected
             .get_or_create(&RejectLabels {
                 reason: reason.label().to_string(),
+            })
+            .get()
+    }
+
+    /// The kdump listener runs: its five series exist from now on, so a
+    /// rate reads 0 rather than "no data" (and a decider without `[kdump]`
+    /// exports none).
+    pub fn expect_kdump(&self) {
+        for o in KdumpOutcome::ALL {
+            let _ = self.kdump_datagrams.get_or_create(&OutcomeLabels {
+                outcome: o.label().to_string(),
+            });
+        }
+    }
+
+    pub fn record_kdump(&self, outcome: KdumpOutcome) {
+        self.kdump_datagrams
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label().to_string(),
+            })
+            .inc();
+    }
+
+    /// How many datagrams on the kdump port ended in `outcome`.
+    pub fn kdump_datagrams(&self, outcome: KdumpOutcome) -> u64 {
+        self.kdump_datagrams
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label().to_string(),
             })
             .get()
     }

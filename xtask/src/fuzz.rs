@@ -20,6 +20,7 @@ pub const TARGETS: &[&str] = &[
     "clouds_yaml",
     "nova_json",
     "redfish_json",
+    "kdump_datagram",
 ];
 
 #[derive(Debug, Parser)]
