@@ -210,6 +210,8 @@ def lab_info(cfg, up_seconds=None):
             "mgmt_ip": node.mgmt_ip, "inst_ip": node.inst_ip,
             "cgroup": node.cgroup_rel, "cgroup_path": str(node.cgroup),
             "boot_id_path": str(node.boot_id_path),
+            "system_uuid": node.system_uuid,
+            "product_uuid_path": str(node.product_uuid_path),
             "sensor_token_path": str(node.token_path),
             "sensor": node.sensor_flag.exists(),
             "logs": str(node.logs),
@@ -288,6 +290,7 @@ def is_up(cfg):
             problems.append(f"{node.name}: its sensor is wanted but not running")
         if not lc.daemon_alive(f"{node.name}-ipmi"):
             problems.append(f"IPMI BMC of {node.name} not running")
+        problems += bmc.identity_problems(node)
     if not lc.daemon_alive(bmc.REDFISH_DAEMON):
         problems.append("Redfish BMCs not running")
     if not lc.daemon_alive("receivers"):
@@ -381,6 +384,19 @@ def cmd_up(args):
             net.node_create(node)
             if cfg["sensors"]:
                 node.sensor_flag.touch()
+        stale_redfish = False
+        for node in nodes:
+            # BMCs started by an older lab serve another system UUID than
+            # the node's: start them anew (an IPMI BMC's restart power-cycles
+            # its node, below; the Redfish one has no power of its own).
+            wrong = bmc.identity_problems(node)
+            if any("IPMI" in p for p in wrong):
+                step(f"{node.name}: its IPMI BMC does not serve its system UUID; restarting it")
+                bmc.stop_ipmi(node)
+            stale_redfish = stale_redfish or any("Redfish" in p for p in wrong)
+        if stale_redfish:
+            step("the Redfish BMCs do not serve the nodes' system UUIDs; restarting them")
+            lc.stop_daemon(bmc.REDFISH_DAEMON)
         for node in nodes:
             if not lc.daemon_alive(f"{node.name}-ipmi") and power.is_on(node):
                 # A new ipmi_sim starts with power off and does not know the
@@ -911,12 +927,15 @@ def start_sensor(node):
     if not power.is_on(node):
         print(f"{node.name}: sensor configured; the node is off, it starts at power on")
         return
+    asked = time.time()
     power.request(node, "start sensor")
 
     def started():
         procs = lc.read_json(node.procs_json, {}) or {}
         rec = procs.get("sensor") or {}
-        if rec.get("error"):
+        # Only this start's failure: an older one (say, with a binary since
+        # replaced) stays recorded until the supervisor has tried again.
+        if rec.get("error") and rec.get("at", 0) >= asked:
             raise lc.LabError(f"sensor on {node.name}: {rec['error']} (set VIGIL_SENSOR_BIN "
                               "or build it: cargo build -p vigil-sensor)")
         return rec if rec.get("pid") and lc.record_alive(rec) else None

@@ -110,6 +110,9 @@ def node_create(node):
         # The per-node token the sensor presents to the decider (CONTRACT.md:
         # --token-file state/nodes/computeN/sensor.token).
         lc.write_atomic(node.token_path, secrets.token_hex(24) + "\n", 0o600)
+    if lc.read_text(node.product_uuid_path) != node.system_uuid:
+        lc.write_atomic(node.product_uuid_path, node.system_uuid + "\n")
+        done.append(f"product_uuid {node.system_uuid}")
     done += ensure_netns(node.netns)
     for host_if, node_if, br, ip in (
         (node.host_mgmt_if, "mgmt0", lc.MGMT_BRIDGE, node.mgmt_ip),
