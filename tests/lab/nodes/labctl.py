@@ -6,7 +6,11 @@
   status [--json] [--show-secrets]
   fault KIND NODE [--json]  power-off power-on kill-nova-compute hang-nova-compute
                             unhang-nova-compute mgmt-link-down mgmt-link-up
-                            kill-sensor isolate unisolate heal
+                            kill-sensor isolate unisolate hard-hang heal
+  fault kdump NODE [--dump-secs N] [--to ADDR[:PORT]]... [--json]   kernel panic with
+                            kdump: the node frozen, links up, fence_kdump_send in its
+                            netns to each ADDR (default 198.51.100.1:7410) every 1 s for
+                            N s (default 10)
   fault freeze SERVICE --seconds N [--json]   SIGSTOP a control-plane service's whole
                             process tree (nova-api, nova-conductor, nova-scheduler,
                             placement, keystone); a detached helper SIGCONTs it after N s
@@ -769,13 +773,21 @@ def cmd_fault(args):
     # takes 0.4 s or more here, which would count against the figures.
     began_unix_ms = int(time.time() * 1000)
     t = time.monotonic()
-    lines = faults.run(args.kind, node)
+    opts = {}
+    if args.kind == "kdump":
+        opts = {"dump_secs": args.dump_secs, "to": args.to}
+    elif args.dump_secs != 10 or args.to:
+        raise lc.LabError("--dump-secs and --to belong to `fault kdump`")
+    lines = faults.run(args.kind, node, **opts)
     took = time.monotonic() - t
     if args.json:
-        print(json.dumps({"fault": args.kind, "node": node.name, "did": lines,
-                          "began_unix_ms": began_unix_ms,
-                          "seconds": round(took, 3), "boot_id": power.boot_id(node),
-                          "power": "on" if power.is_on(node) else "off"}))
+        doc = {"fault": args.kind, "node": node.name, "did": lines,
+               "began_unix_ms": began_unix_ms,
+               "seconds": round(took, 3), "boot_id": power.boot_id(node),
+               "power": "on" if power.is_on(node) else "off"}
+        if args.kind == "kdump":
+            doc["kdump"] = lc.read_json(node.fault_flag("kdump"))
+        print(json.dumps(doc))
     else:
         for line in lines:
             print(line)
@@ -1088,6 +1100,11 @@ def main(argv=None):
                    "unpartition, etcd-stop, etcd-start, heal), or for freeze/thaw/api-500/"
                    "api-ok a control-plane service")
     s.add_argument("--seconds", type=float, default=None)
+    s.add_argument("--dump-secs", type=int, default=10,
+                   help="kdump: how long the crash kernel sends (one message a second)")
+    s.add_argument("--to", action="append", default=[], metavar="ADDR[:PORT]",
+                   help="kdump: where fence_kdump_send sends (repeatable; default "
+                   f"{lc.HOST_MGMT_IP}:7410)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("boot")
     s.add_argument("n")

@@ -258,6 +258,11 @@ def reaper(node, pipe_r, boot_id):
         say(f"reaper: {e}")
     net.links(node, up=False)
     gone = net.flush_instance_addresses(node)
+    try:
+        for line in power.end_crash(node):
+            say(f"reaper: {line}")
+    except lc.LabError as e:
+        say(f"reaper: {e}")
     if gone:
         say(f"reaper: removed guest addresses {' '.join(gone)} from inst0")
     lc.write_json(node.power_json, {"state": "off", "boot_id": boot_id, "since": time.time()})
@@ -318,6 +323,9 @@ def main():
     os.close(lock)  # the reaper's copy keeps the lock until it is done
 
     signal.signal(signal.SIGTERM, lambda _s, _f: power_loss(node))
+    # A group left frozen (kdump, hard-hang) would stop this process as it
+    # joins; the power-off clean-up thaws it, this is for one that did not.
+    net.freeze_cgroup(node.cgroup, False)
     net.join_cgroup(node.cgroup)
     net.setns_net(node.netns)
     # Orphans of the node (the guests' daemonized qemu) are reparented here,
