@@ -288,9 +288,32 @@ pub struct NodeInfo {
     /// The same group in the filesystem.
     pub cgroup_path: PathBuf,
     pub boot_id_path: PathBuf,
+    /// `state/nodes/computeN/product_uuid`: the node's SMBIOS system UUID,
+    /// which its BMCs serve too (absent from a lab.json written before it).
+    #[serde(default)]
+    pub product_uuid_path: Option<PathBuf>,
     pub sensor_token_path: PathBuf,
     pub redfish: RedfishEndpoint,
     pub ipmi: IpmiEndpoint,
+}
+
+impl NodeInfo {
+    /// The node's system UUID as its `product_uuid` file holds it (lower
+    /// case, hyphenated, as /sys/class/dmi/id/product_uuid prints it); the
+    /// lab guarantees its Redfish `UUID` and IPMI `mc guid` are the same.
+    pub fn system_uuid(&self) -> Result<String> {
+        let path = self
+            .product_uuid_path
+            .clone()
+            .unwrap_or_else(|| self.boot_id_path.with_file_name("product_uuid"));
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (a lab brought up before issue 16 has none: `lab up` writes it)",
+                path.display()
+            )
+        })?;
+        Ok(text.trim().to_string())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -767,6 +790,11 @@ impl Lab {
         Ok(out)
     }
 
+    /// The node's system UUID (`product_uuid`, see [`NodeInfo::system_uuid`]).
+    pub fn system_uuid(&self, node: &str) -> Result<String> {
+        self.node(node)?.system_uuid()
+    }
+
     pub fn boot_id(&self, node: &str) -> Result<String> {
         let path = &self.node(node)?.boot_id_path;
         Ok(std::fs::read_to_string(path)
@@ -839,6 +867,19 @@ impl Lab {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The system GUID as `ipmitool mc guid` prints it, lower case: the
+    /// node's system UUID (the lab sends it in IPMI's byte order).
+    pub fn ipmi_guid(&self, node: &str) -> Result<String> {
+        let out = self.ipmi(node, &["mc", "guid"])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("System GUID"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, guid)| guid.trim().to_ascii_lowercase())
+            .ok_or_else(|| {
+                anyhow!("no \"System GUID\" line in `ipmitool mc guid` of {node}: {out:?}")
+            })
     }
 
     /// "on" / "off" as the node's IPMI BMC reads it back.
@@ -915,8 +956,17 @@ pub struct Redfish {
 }
 
 impl Redfish {
+    /// The system's `UUID` (the node's SMBIOS system UUID on a real BMC).
+    pub fn system_uuid(&self) -> Result<String> {
+        self.get_field("UUID")
+    }
+
     /// `PowerState` of the system: "On" or "Off".
     pub fn power_state(&self) -> Result<String> {
+        self.get_field("PowerState")
+    }
+
+    fn get_field(&self, field: &str) -> Result<String> {
         let resp = self
             .http
             .get(&self.system_url)
@@ -930,10 +980,10 @@ impl Redfish {
         if !status.is_success() {
             bail!("GET {} answered {status}: {doc}", self.system_url);
         }
-        doc.get("PowerState")
+        doc.get(field)
             .and_then(|p| p.as_str())
             .map(str::to_string)
-            .ok_or_else(|| anyhow!("GET {}: no PowerState in {doc}", self.system_url))
+            .ok_or_else(|| anyhow!("GET {}: no {field} in {doc}", self.system_url))
     }
 
     /// `ComputerSystem.Reset` with this `ResetType` (On, ForceOff, GracefulShutdown, …).

@@ -10,6 +10,7 @@ Redfish: http://198.51.100.1:(8000+N)/redfish/v1/Systems/computeN, HTTP basic
 import base64
 import json
 import os
+import re
 import secrets
 import string
 import sys
@@ -52,7 +53,7 @@ set_working_mc 0x20
     allowed_auths_user md5 straight
     allowed_auths_operator md5 straight
     allowed_auths_admin md5 straight
-    guid {node.index:032x}
+    guid {lc.ipmi_guid_hex(node.system_uuid)}
   endlan
   serial 15 127.0.0.1 {node.ipmi_vm_port} codec VM
   startcmd "{supervisor_cmd(node)}"
@@ -88,6 +89,36 @@ def ipmi_status(node):
     if "is off" in out:
         return "off"
     raise lc.LabError(f"unexpected answer from IPMI BMC of {node.name}: {out.strip()!r}")
+
+
+def ipmi_guid_line(node):
+    """The `guid` line of the node's lan.conf as written (None if absent)."""
+    try:
+        text = (node.bmc_dir / "lan.conf").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^\s*guid\s+([0-9a-fA-F]{32})\s*$", text, re.M)
+    return m.group(1).lower() if m else None
+
+
+def identity_problems(node):
+    """Why the node's BMCs do not serve its system UUID (empty: they do). A
+    BMC started by an older lab served another one; `up` restarts it."""
+    problems = []
+    if lc.read_text(node.product_uuid_path) != node.system_uuid:
+        problems.append(f"{node.name}: {node.product_uuid_path} is not {node.system_uuid}")
+    if lc.daemon_alive(f"{node.name}-ipmi") and \
+            ipmi_guid_line(node) != lc.ipmi_guid_hex(node.system_uuid):
+        problems.append(f"{node.name}: its IPMI BMC's guid is not its system UUID")
+    if lc.daemon_alive(REDFISH_DAEMON):
+        try:
+            served = redfish_get(node, f"/redfish/v1/Systems/{node.name}").get("UUID")
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            served = f"unreadable ({e})"
+        if served != node.system_uuid:
+            problems.append(f"{node.name}: its Redfish BMC's UUID is {served}, "
+                            f"not {node.system_uuid}")
+    return problems
 
 
 def start_ipmi(node):

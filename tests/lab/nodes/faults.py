@@ -29,6 +29,7 @@ carries on (fallback: the stand-in exits and nova-compute gets SIGCONT).
 """
 
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -42,20 +43,22 @@ import power
 
 KINDS = ("power-off", "power-on", "kill-nova-compute", "hang-nova-compute",
          "unhang-nova-compute", "mgmt-link-down", "mgmt-link-up", "kill-sensor",
-         "isolate", "unisolate", "heal")
+         "isolate", "unisolate", "kdump", "hard-hang", "heal")
 
 ISOLATE_TABLE = "vlab_isolate"
 DISK_MIB = 16
 
 
-def run(kind, node):
+def run(kind, node, **opts):
+    """Run fault `kind` on `node`; `opts` are the kind's own options
+    (kdump: dump_secs, to)."""
     if kind not in KINDS:
         raise lc.LabError(f"unknown fault {kind!r}; one of: {', '.join(KINDS)}")
     if not node.state.exists():
         raise lc.LabError(f"{node.name} is not a node of this lab (no {node.state}); "
                           "`lab status` lists them")
     fn = globals()["f_" + kind.replace("-", "_")]
-    return fn(node)
+    return fn(node, **opts)
 
 
 def _proc(node, what):
@@ -343,12 +346,133 @@ def f_unisolate(node):
     return [f"{node.name}: controller reachable again (nft table {ISOLATE_TABLE} removed)"]
 
 
+# --- kernel crash with kdump, hard hang ---------------------------------------
+
+FENCE_KDUMP_SEND = "/usr/libexec/fence-agents/fence_kdump_send"
+KDUMP_PORT = 7410
+MAX_DUMP_SECS = 3600
+
+
+def parse_targets(to):
+    """--to ADDR[:PORT] values -> {port: [addr, ...]} (default: the host side
+    of the management network, port 7410: where a decider listens)."""
+    by_port = {}
+    for t in to or [f"{lc.HOST_MGMT_IP}:{KDUMP_PORT}"]:
+        addr, _, port = t.partition(":")
+        try:
+            ipaddress.IPv4Address(addr)
+            port = int(port) if port else KDUMP_PORT
+        except ValueError as e:
+            raise lc.LabError(f"--to {t!r}: not IPV4[:PORT] ({e})") from None
+        if not 0 < port < 65536:
+            raise lc.LabError(f"--to {t!r}: port {port} out of range")
+        by_port.setdefault(port, []).append(addr)
+    return by_port
+
+
+def _crash_freeze(node):
+    """Stop every task of the node where it is (supervisor, nova-compute,
+    guests, sensor): what a dead kernel does to its processes. The BMCs and
+    the node's reaper run on the host, so the BMCs still read On."""
+    net.freeze_cgroup(node.cgroup, True)
+    # A task blocked on the stalled disk cannot freeze until its I/O
+    # completes; freeze first so that, released, it stops at once.
+    power.release_stall(node)
+    lc.wait_for(f"every task of {node.cgroup} to be frozen", 10,
+                lambda: net.cgroup_frozen(node.cgroup))
+
+
+def f_kdump(node, dump_secs=10, to=None):
+    """Kernel panic, the crash kernel dumping: the node's tasks frozen, its
+    guests' addresses gone (they died with the kernel), its links up (the
+    crash kernel's network: the management address answers ping), and
+    Debian's fence_kdump_send in its netns (not its cgroup) announcing the
+    dump to each target every second for dump_secs, then stopping."""
+    if not power.is_on(node):
+        raise lc.LabError(f"{node.name} is off: a kernel crash needs a running node "
+                          f"(`lab fault power-on {node.name}` first)")
+    if not 1 <= dump_secs <= MAX_DUMP_SECS:
+        raise lc.LabError(f"--dump-secs {dump_secs}: between 1 and {MAX_DUMP_SECS}")
+    by_port = parse_targets(to)
+    if not os.access(FENCE_KDUMP_SEND, os.X_OK):
+        raise lc.LabError(f"{FENCE_KDUMP_SEND} missing: apt-get install fence-agents")
+    if node.fault_flag("kdump").exists():
+        info = lc.read_json(node.fault_flag("kdump"), {}) or {}
+        return [f"{node.name} is already in its crash kernel since "
+                f"{time.strftime('%H:%M:%S', time.localtime(info.get('since', 0)))} "
+                f"(dump to {', '.join(info.get('to') or [])})"]
+    steps = []
+    steps += power.end_crash(node, thaw=False)  # a hard hang turning into a panic
+    _crash_freeze(node)
+    steps.append(f"kernel panic: every task of {node.cgroup} frozen (supervisor, nova-compute, "
+                 "guests, sensor); BMCs still read On")
+    gone = net.flush_instance_addresses(node)
+    steps.append("guest addresses removed from inst0: " + (" ".join(gone) or "none"))
+    senders, targets = [], []
+    for i, (port, addrs) in enumerate(sorted(by_port.items())):
+        name = f"{node.name}-kdump-{i}"
+        # `ip netns exec` execs: the recorded pid is fence_kdump_send's own,
+        # in the node's netns (source address: its interface toward the
+        # target) but in the caller's cgroup, so it is not frozen.
+        rec = lc.spawn_daemon(name, ["ip", "netns", "exec", node.netns, FENCE_KDUMP_SEND,
+                                     "-p", str(port), "-i", "1", "-c", str(dump_secs),
+                                     "-f", "ipv4", *addrs],
+                              node.logs / "fence_kdump_send.log")
+        senders.append(rec["pid"])
+        targets += [f"{a}:{port}" for a in addrs]
+    lc.write_json(node.fault_flag("kdump"), {"since": time.time(), "dump_secs": dump_secs,
+                                             "to": targets, "senders": senders})
+    steps.append(f"fence_kdump_send in {node.netns} (pid {', '.join(map(str, senders))}): "
+                 f"{dump_secs} message(s), one a second, to {', '.join(targets)}; then the "
+                 "dump is written and it stops (the node stays frozen until power-off or heal)")
+    return [f"{node.name}: " + s for s in steps]
+
+
+def f_hard_hang(node):
+    """Everything stops and nothing answers: the node's tasks frozen and a
+    drop-everything firewall in its netns (inet and arp, loopback excepted),
+    so its management, instance and guest addresses are silent while its
+    links stay up (a hung kernel keeps carrier). The BMCs still read On."""
+    if not power.is_on(node):
+        raise lc.LabError(f"{node.name} is off: a hang needs a running node "
+                          f"(`lab fault power-on {node.name}` first)")
+    if node.fault_flag("hard-hang").exists():
+        return [f"{node.name} is already hung hard"]
+    steps = power.end_crash(node, thaw=False)  # a crash kernel that hangs too
+    rules = (f"table inet {power.HANG_TABLE} {{\n"
+             "  chain input { type filter hook input priority -300; policy drop;\n"
+             '    iifname "lo" accept\n  }\n'
+             "  chain output { type filter hook output priority -300; policy drop;\n"
+             '    oifname "lo" accept\n  }\n'
+             "}\n"
+             f"table arp {power.HANG_TABLE} {{\n"
+             "  chain input { type filter hook input priority 0; policy drop; }\n"
+             "  chain output { type filter hook output priority 0; policy drop; }\n"
+             "}\n")
+    lc.run(["ip", "netns", "exec", node.netns, "nft", "-f", "-"], input=rules)
+    lc.write_json(node.fault_flag("hard-hang"), {"since": time.time()})
+    steps.append(f"every packet in and out of {node.netns} dropped (nft inet+arp "
+                 f"{power.HANG_TABLE}; links stay up)")
+    _crash_freeze(node)
+    steps.append(f"every task of {node.cgroup} frozen; BMCs still read On")
+    return [f"{node.name}: " + s for s in steps]
+
+
 # --- heal -------------------------------------------------------------------
 
 def f_heal(node):
     """Undo every fault on the node: disk answers, links up, not isolated,
     powered on, nova-compute (and the sensor, if configured) running."""
     out = []
+    if node.fault_flag("kdump").exists() or power.kdump_senders(node):
+        # After a crash the machine reboots (its guests died with the
+        # kernel): power loss, which also ends the dump; no thaw before it,
+        # or nova-compute would report once more.
+        if power.is_on(node):
+            out += f_power_off(node)
+        out += [f"{node.name}: " + s for s in power.end_crash(node)]
+    elif node.fault_flag("hard-hang").exists() or net.freeze_requested(node.cgroup):
+        out += [f"{node.name}: " + s for s in power.end_crash(node)]
     if _hang_info(node) or (node.hang / "stall").exists():
         out += f_unhang_nova_compute(node)
     if node.fault_flag("mgmt-link-down").exists():
@@ -375,7 +499,8 @@ def active(node):
     info = _hang_info(node)
     if info:
         found.append("hung")
-    for flag, name in (("mgmt-link-down", "mgmt-link-down"), ("isolated", "isolated")):
+    for flag, name in (("mgmt-link-down", "mgmt-link-down"), ("isolated", "isolated"),
+                       ("kdump", "kdump"), ("hard-hang", "hard-hang")):
         if node.fault_flag(flag).exists():
             found.append(name)
     return found

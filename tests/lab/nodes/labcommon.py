@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 # --- where things live (CONTRACT.md "Where things live") -------------------
@@ -79,6 +80,23 @@ class LabError(Exception):
     """A lab step failed; the message says what and where to look."""
 
 
+def system_uuid(name):
+    """The node's SMBIOS system UUID: one per node and lab, the same in
+    state/nodes/computeN/product_uuid, the Redfish system's `UUID` and the
+    IPMI `mc guid` (CONTRACT.md "Node"). Name-based, so every part derives
+    it alone and a lab made anew gives each node the same one again."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil-lab:{LAB_DIR}:{name}"))
+
+
+def ipmi_guid_hex(system_uuid_text):
+    """ipmi_sim's `guid` line for a UUID. IPMI sends the GUID least
+    significant byte first (the whole 16 bytes reversed, IPMI 2.0 table
+    20-10); measured with ipmitool 1.8.19: this line makes `mc guid` print
+    the UUID itself with "GUID Encoding : IPMI", while the RFC 4122 byte
+    order shows it with its first three fields swapped ("SMBIOS")."""
+    return uuid.UUID(system_uuid_text).bytes[::-1].hex()
+
+
 def node_name(n):
     return f"compute{n}"
 
@@ -106,6 +124,10 @@ class Node:
         self.cgroup = CGROUP_PARENT / name
         self.state = STATE / "nodes" / name
         self.boot_id_path = self.state / "boot_id"
+        self.system_uuid = system_uuid(name)
+        # What /sys/class/dmi/id/product_uuid would print on this machine
+        # (lower case, hyphenated, one line); the sensor reads it from here.
+        self.product_uuid_path = self.state / "product_uuid"
         self.token_path = self.state / "sensor.token"
         # Present = `lab up --sensors` or `lab sensor start` asked for a sensor.
         self.sensor_flag = self.state / "sensor.enabled"

@@ -6,7 +6,11 @@
   status [--json] [--show-secrets]
   fault KIND NODE [--json]  power-off power-on kill-nova-compute hang-nova-compute
                             unhang-nova-compute mgmt-link-down mgmt-link-up
-                            kill-sensor isolate unisolate heal
+                            kill-sensor isolate unisolate hard-hang heal
+  fault kdump NODE [--dump-secs N] [--to ADDR[:PORT]]... [--json]   kernel panic with
+                            kdump: the node frozen, links up, fence_kdump_send in its
+                            netns to each ADDR (default 198.51.100.1:7410) every 1 s for
+                            N s (default 10)
   fault freeze SERVICE --seconds N [--json]   SIGSTOP a control-plane service's whole
                             process tree (nova-api, nova-conductor, nova-scheduler,
                             placement, keystone); a detached helper SIGCONTs it after N s
@@ -210,6 +214,8 @@ def lab_info(cfg, up_seconds=None):
             "mgmt_ip": node.mgmt_ip, "inst_ip": node.inst_ip,
             "cgroup": node.cgroup_rel, "cgroup_path": str(node.cgroup),
             "boot_id_path": str(node.boot_id_path),
+            "system_uuid": node.system_uuid,
+            "product_uuid_path": str(node.product_uuid_path),
             "sensor_token_path": str(node.token_path),
             "sensor": node.sensor_flag.exists(),
             "logs": str(node.logs),
@@ -288,6 +294,7 @@ def is_up(cfg):
             problems.append(f"{node.name}: its sensor is wanted but not running")
         if not lc.daemon_alive(f"{node.name}-ipmi"):
             problems.append(f"IPMI BMC of {node.name} not running")
+        problems += bmc.identity_problems(node)
     if not lc.daemon_alive(bmc.REDFISH_DAEMON):
         problems.append("Redfish BMCs not running")
     if not lc.daemon_alive("receivers"):
@@ -381,6 +388,19 @@ def cmd_up(args):
             net.node_create(node)
             if cfg["sensors"]:
                 node.sensor_flag.touch()
+        stale_redfish = False
+        for node in nodes:
+            # BMCs started by an older lab serve another system UUID than
+            # the node's: start them anew (an IPMI BMC's restart power-cycles
+            # its node, below; the Redfish one has no power of its own).
+            wrong = bmc.identity_problems(node)
+            if any("IPMI" in p for p in wrong):
+                step(f"{node.name}: its IPMI BMC does not serve its system UUID; restarting it")
+                bmc.stop_ipmi(node)
+            stale_redfish = stale_redfish or any("Redfish" in p for p in wrong)
+        if stale_redfish:
+            step("the Redfish BMCs do not serve the nodes' system UUIDs; restarting them")
+            lc.stop_daemon(bmc.REDFISH_DAEMON)
         for node in nodes:
             if not lc.daemon_alive(f"{node.name}-ipmi") and power.is_on(node):
                 # A new ipmi_sim starts with power off and does not know the
@@ -753,13 +773,21 @@ def cmd_fault(args):
     # takes 0.4 s or more here, which would count against the figures.
     began_unix_ms = int(time.time() * 1000)
     t = time.monotonic()
-    lines = faults.run(args.kind, node)
+    opts = {}
+    if args.kind == "kdump":
+        opts = {"dump_secs": args.dump_secs, "to": args.to}
+    elif args.dump_secs != 10 or args.to:
+        raise lc.LabError("--dump-secs and --to belong to `fault kdump`")
+    lines = faults.run(args.kind, node, **opts)
     took = time.monotonic() - t
     if args.json:
-        print(json.dumps({"fault": args.kind, "node": node.name, "did": lines,
-                          "began_unix_ms": began_unix_ms,
-                          "seconds": round(took, 3), "boot_id": power.boot_id(node),
-                          "power": "on" if power.is_on(node) else "off"}))
+        doc = {"fault": args.kind, "node": node.name, "did": lines,
+               "began_unix_ms": began_unix_ms,
+               "seconds": round(took, 3), "boot_id": power.boot_id(node),
+               "power": "on" if power.is_on(node) else "off"}
+        if args.kind == "kdump":
+            doc["kdump"] = lc.read_json(node.fault_flag("kdump"))
+        print(json.dumps(doc))
     else:
         for line in lines:
             print(line)
@@ -911,12 +939,15 @@ def start_sensor(node):
     if not power.is_on(node):
         print(f"{node.name}: sensor configured; the node is off, it starts at power on")
         return
+    asked = time.time()
     power.request(node, "start sensor")
 
     def started():
         procs = lc.read_json(node.procs_json, {}) or {}
         rec = procs.get("sensor") or {}
-        if rec.get("error"):
+        # Only this start's failure: an older one (say, with a binary since
+        # replaced) stays recorded until the supervisor has tried again.
+        if rec.get("error") and rec.get("at", 0) >= asked:
             raise lc.LabError(f"sensor on {node.name}: {rec['error']} (set VIGIL_SENSOR_BIN "
                               "or build it: cargo build -p vigil-sensor)")
         return rec if rec.get("pid") and lc.record_alive(rec) else None
@@ -1069,6 +1100,11 @@ def main(argv=None):
                    "unpartition, etcd-stop, etcd-start, heal), or for freeze/thaw/api-500/"
                    "api-ok a control-plane service")
     s.add_argument("--seconds", type=float, default=None)
+    s.add_argument("--dump-secs", type=int, default=10,
+                   help="kdump: how long the crash kernel sends (one message a second)")
+    s.add_argument("--to", action="append", default=[], metavar="ADDR[:PORT]",
+                   help="kdump: where fence_kdump_send sends (repeatable; default "
+                   f"{lc.HOST_MGMT_IP}:7410)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("boot")
     s.add_argument("n")

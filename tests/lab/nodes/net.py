@@ -110,6 +110,9 @@ def node_create(node):
         # The per-node token the sensor presents to the decider (CONTRACT.md:
         # --token-file state/nodes/computeN/sensor.token).
         lc.write_atomic(node.token_path, secrets.token_hex(24) + "\n", 0o600)
+    if lc.read_text(node.product_uuid_path) != node.system_uuid:
+        lc.write_atomic(node.product_uuid_path, node.system_uuid + "\n")
+        done.append(f"product_uuid {node.system_uuid}")
     done += ensure_netns(node.netns)
     for host_if, node_if, br, ip in (
         (node.host_mgmt_if, "mgmt0", lc.MGMT_BRIDGE, node.mgmt_ip),
@@ -277,3 +280,31 @@ def setns_net(netns):
 
 def join_cgroup(cg, pid=None):
     (Path(cg) / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+
+def cgroup_frozen(cg):
+    """True if the group's cgroup.events says every task in it is frozen."""
+    try:
+        return "frozen 1" in (Path(cg) / "cgroup.events").read_text().splitlines()
+    except OSError:
+        return False
+
+
+def freeze_cgroup(cg, frozen, deadline_s=10.0):
+    """cgroup.freeze on (every task stops where it is, as in a dead kernel;
+    SIGKILL and cgroup.kill still work) or off. Waits until cgroup.events
+    agrees when freezing; a task in uninterruptible I/O delays that."""
+    cg = Path(cg)
+    if not cg.exists():
+        return
+    try:
+        (cg / "cgroup.freeze").write_text("1" if frozen else "0")
+    except OSError as e:
+        raise lc.LabError(f"cannot write cgroup.freeze of {cg}: {e}") from e
+    if frozen:
+        lc.wait_for(f"every task of {cg} to be frozen (cgroup.events; a task in D state "
+                    "freezes only once its I/O completes)", deadline_s, lambda: cgroup_frozen(cg))
+
+
+def freeze_requested(cg):
+    return lc.read_text(Path(cg) / "cgroup.freeze") == "1"

@@ -53,6 +53,41 @@ def release_stall(node):
         node.fault_flag("hang").unlink()
 
 
+# nft tables (inet and arp) in a hard-hung node's netns that drop every
+# packet but loopback's (faults.py, hard-hang).
+HANG_TABLE = "vlab_hardhang"
+
+
+def kdump_senders(node):
+    """Names of the node's running-or-recorded fence_kdump_send daemons."""
+    d = lc.NODES_RUN / "daemons"
+    return sorted(p.stem for p in d.glob(f"{node.name}-kdump-*.json"))
+
+
+def end_crash(node, thaw=True):
+    """Whatever a kdump or hard-hang fault left: the fence_kdump_send
+    senders stopped, the node's drop-everything tables removed, its cgroup
+    thawed (unless thaw=False: one such fault turning into the other), the
+    flags gone. Power loss, power on and heal all do this (after a power
+    loss the cgroup is empty, so the thaw wakes nothing). Returns what it
+    did."""
+    done = []
+    for name in kdump_senders(node):
+        if lc.stop_daemon(name, deadline_s=2):
+            done.append(f"fence_kdump_send {name} stopped")
+    for family in ("inet", "arp"):
+        if lc.run(["ip", "netns", "exec", node.netns, "nft", "delete", "table", family,
+                   HANG_TABLE], check=False).returncode == 0:
+            done.append(f"nft table {family} {HANG_TABLE} removed")
+    if thaw and net.freeze_requested(node.cgroup):
+        net.freeze_cgroup(node.cgroup, False)
+        done.append(f"cgroup {node.cgroup} thawed")
+    for flag in ("kdump", "hard-hang"):
+        with contextlib.suppress(FileNotFoundError):
+            node.fault_flag(flag).unlink()
+    return done
+
+
 def cut(node, deadline_s=30.0):
     """Power loss, now: every process in the node's cgroup (supervisor, nova-
     compute, guests, sensor) gets SIGKILL at once, then wait for the reaper to
@@ -67,6 +102,8 @@ def cut(node, deadline_s=30.0):
     if not was_on:
         net.links(node, up=False)
         net.flush_instance_addresses(node)
+    # The reaper does this too; its code may be older than this lab's.
+    end_crash(node)
     return killed, was_on
 
 
@@ -88,6 +125,8 @@ def ipmi(node, *args, timeout=20):
 
 def power_on_via_ipmi(node):
     """Power on through the node's own BMC, ipmi_sim (it owns the machine)."""
+    # A frozen cgroup would freeze the new boot's supervisor as it joins.
+    end_crash(node)
     ipmi(node, "chassis", "power", "on")
 
 

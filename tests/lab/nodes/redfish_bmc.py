@@ -26,7 +26,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 
 import flask
 from werkzeug.serving import make_server
@@ -48,8 +47,9 @@ class NodeBmc:
 
     def __init__(self, node):
         self.node = node
-        # Stable per node and per lab: Redfish clients may key on UUID.
-        self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vigil-lab:{lc.LAB_DIR}:{node.name}"))
+        # The node's one system UUID (its product_uuid; CONTRACT.md "Node"):
+        # Vigil checks that a BMC is the node's own by it.
+        self.uuid = node.system_uuid
         self.boot_device = "Hdd"
         # One power action at a time, as a BMC serializes them.
         self.lock = threading.Lock()

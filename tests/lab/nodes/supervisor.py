@@ -27,6 +27,7 @@ Power off:
 import fcntl
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -39,6 +40,17 @@ GRACE_S = 15.0
 
 def say(msg):
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+
+
+def sensor_knows(binary, flag):
+    """True if `binary run --help` mentions flag (see the probe's caller)."""
+    try:
+        p = subprocess.run([binary, "run", "--help"], capture_output=True, text=True,
+                           timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        say(f"cannot ask {binary} for its options ({e}); starting it without {flag}")
+        return False
+    return flag in p.stdout + p.stderr
 
 
 class Supervisor:
@@ -121,9 +133,14 @@ class Supervisor:
             # `lab controllers up` made some (read at each start: `controllers
             # up|down` restart the sensors to change the list).
             deciders = [a for url in lc.sensor_decider_urls() for a in ("--decider", url)]
+            # TEMPORARY probe (issue 16): --system-uuid-file is being added to
+            # vigil-sensor in parallel; pass it only to a sensor that knows it,
+            # so older builds still start. To be removed when both are merged.
+            identity = (["--system-uuid-file", str(n.product_uuid_path)]
+                        if sensor_knows(binary, "--system-uuid-file") else [])
             self.spawn(what, [binary, "run", "--node", n.name, *deciders,
                               "--token-file", str(n.token_path), "--cgroup", n.cgroup_rel,
-                              "--boot-id-path", str(n.boot_id_path)])
+                              "--boot-id-path", str(n.boot_id_path), *identity])
 
     def stop(self, what):
         rec = self.procs.get(what)
@@ -241,6 +258,11 @@ def reaper(node, pipe_r, boot_id):
         say(f"reaper: {e}")
     net.links(node, up=False)
     gone = net.flush_instance_addresses(node)
+    try:
+        for line in power.end_crash(node):
+            say(f"reaper: {line}")
+    except lc.LabError as e:
+        say(f"reaper: {e}")
     if gone:
         say(f"reaper: removed guest addresses {' '.join(gone)} from inst0")
     lc.write_json(node.power_json, {"state": "off", "boot_id": boot_id, "since": time.time()})
@@ -301,6 +323,9 @@ def main():
     os.close(lock)  # the reaper's copy keeps the lock until it is done
 
     signal.signal(signal.SIGTERM, lambda _s, _f: power_loss(node))
+    # A group left frozen (kdump, hard-hang) would stop this process as it
+    # joins; the power-off clean-up thaws it, this is for one that did not.
+    net.freeze_cgroup(node.cgroup, False)
     net.join_cgroup(node.cgroup)
     net.setns_net(node.netns)
     # Orphans of the node (the guests' daemonized qemu) are reparented here,
