@@ -297,6 +297,13 @@ pub struct NodeConfig {
     /// Storm-guard segment (e.g. a rack or power feed).
     #[serde(default = "default_segment")]
     pub segment: String,
+    /// The machine's SMBIOS system UUID (`cat /sys/class/dmi/id/product_uuid`
+    /// on it; `dmidecode -s system-uuid`), normalized to lowercase at load.
+    /// When set, the node's BMC must report this UUID before Vigil fences
+    /// through it or believes its power readings, and the sensor must too.
+    /// Unset: the sensor's report is compared with the BMC's.
+    #[serde(default)]
+    pub system_uuid: Option<String>,
 }
 
 fn default_segment() -> String {
@@ -493,6 +500,7 @@ impl Config {
             }
         }
         let mut names = BTreeSet::new();
+        let mut uuids = std::collections::BTreeMap::new();
         let mut tokens = Tokens::default();
         for (i, n) in self.nodes.iter().enumerate() {
             let key = format!("node[{i}]");
@@ -513,6 +521,23 @@ impl Config {
                     &format!("{key}.segment"),
                     "must not be empty (default \"default\")",
                 ));
+            }
+            if let Some(u) = &n.system_uuid {
+                let Some(canon) = vigil_proto::system_uuid::normalize(u) else {
+                    return Err(invalid(
+                        &format!("{key}.system_uuid"),
+                        &format!(
+                            "{:?} is not a system UUID (8-4-4-4-12 hex, not all zeros or Fs): copy it from `cat /sys/class/dmi/id/product_uuid` on the node, or leave it out",
+                            u.chars().take(40).collect::<String>()
+                        ),
+                    ));
+                };
+                if let Some(other) = uuids.insert(canon, n.name.clone()) {
+                    return Err(invalid(
+                        &format!("{key}.system_uuid"),
+                        &format!("is also node \"{other}\"'s: each machine has its own; copy each from its own node"),
+                    ));
+                }
             }
             let token = read_secret(&format!("{key}.token_file"), &n.token_file)?;
             tokens.nodes.push((n.name.clone(), token));
@@ -836,6 +861,37 @@ report_interval = "10s"
     }
 
     #[test]
+    fn a_system_uuid_must_be_one_and_each_nodes_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = |name: &str, uuid: &str| NodeConfig {
+            name: name.into(),
+            token_file: token_file(dir.path(), name, &format!("{name}-token-0123456789abcdef")),
+            management_addresses: vec![],
+            segment: "default".into(),
+            system_uuid: Some(uuid.into()),
+        };
+        let mut c = Config::default();
+        c.nodes
+            .push(node("compute1", "4C4C4544-0042-3510-8052-B4C04F4B4E32"));
+        c.validate().expect("dmidecode's upper case is accepted");
+        c.nodes.push(node("compute2", "not-a-uuid"));
+        let e = c.validate().expect_err("garbage").to_string();
+        assert!(
+            e.contains("node[1].system_uuid") && e.contains("product_uuid"),
+            "{e}"
+        );
+        c.nodes[1] = node("compute2", "00000000-0000-0000-0000-000000000000");
+        let e = c.validate().expect_err("placeholder").to_string();
+        assert!(e.contains("node[1].system_uuid"), "{e}");
+        c.nodes[1] = node("compute2", "4c4c4544-0042-3510-8052-b4c04f4b4e32");
+        let e = c.validate().expect_err("copied").to_string();
+        assert!(
+            e.contains("node[1].system_uuid") && e.contains("compute1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn short_or_missing_tokens_are_refused_without_printing_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t = token_file(dir.path(), "short", "hunter2");
@@ -845,6 +901,7 @@ report_interval = "10s"
             token_file: t,
             management_addresses: vec![],
             segment: "default".into(),
+            system_uuid: None,
         });
         let msg = c.validate().expect_err("short token").to_string();
         assert!(
@@ -975,6 +1032,7 @@ secret = {{ file = "/etc/vigil/hook.key" }}
             token_file: file.to_path_buf(),
             management_addresses: vec![],
             segment: "default".into(),
+            system_uuid: None,
         };
         let t1 = token_file(dir.path(), "c1", "compute1-token-0123456789");
         let t2 = token_file(dir.path(), "c2", "compute2-token-0123456789");

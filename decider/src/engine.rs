@@ -228,6 +228,8 @@ pub struct NodeSeed {
     pub name: String,
     pub segment: String,
     pub management: Vec<IpAddr>,
+    /// `[[node]] system_uuid` (canonical), checked against the BMC's.
+    pub system_uuid: Option<String>,
 }
 
 pub struct EngineSettings {
@@ -296,7 +298,8 @@ impl Engine {
         let wall = unix_ms_now();
         let mut map = BTreeMap::new();
         for s in seeds {
-            let st = NodeState::new(&s.name, &s.segment, s.management, false, now, wall);
+            let mut st = NodeState::new(&s.name, &s.segment, s.management, false, now, wall);
+            st.configured_uuid = s.system_uuid;
             metrics.set_verdict(&s.name, None, st.tracker.verdict());
             map.insert(s.name.clone(), Arc::new(Mutex::new(st)));
         }
@@ -621,6 +624,9 @@ impl Engine {
         }
         st.latest_heartbeat = Some(raw);
         self.metrics.heartbeats.inc();
+        // The sensor's system UUID may have arrived or changed: whether the
+        // BMC is this node's is re-checked before the judgment weighs it.
+        self.refresh_bmc_identity(&mut st);
         self.judge(&mut st, now);
         drop(st);
         // Ack what was processed; a full outbound queue skips this ack (the

@@ -50,6 +50,7 @@ async fn start_with(enrol: bool, fleet: usize) -> (Server, tempfile::TempDir) {
         token_file: token,
         management_addresses: vec!["198.51.100.11".parse().expect("ip")],
         segment: "default".into(),
+        system_uuid: None,
     });
     for i in 0..fleet {
         let token_file = dir.path().join(format!("fleet{i}.token"));
@@ -60,6 +61,7 @@ async fn start_with(enrol: bool, fleet: usize) -> (Server, tempfile::TempDir) {
             token_file,
             management_addresses: vec![],
             segment: "default".into(),
+            system_uuid: None,
         });
     }
     let tokens = cfg.validate().expect("valid test config");

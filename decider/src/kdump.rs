@@ -415,7 +415,9 @@ impl KdumpListener {
                 if self.log.allow(from, Instant::now()) {
                     let why = match e {
                         mpsc::error::TrySendError::Full(_) => "the engine's kdump queue is full",
-                        mpsc::error::TrySendError::Closed(_) => "nothing takes kdump messages (shutting down?)",
+                        mpsc::error::TrySendError::Closed(_) => {
+                            "nothing takes kdump messages (shutting down?)"
+                        }
                     };
                     warn!(source = %from, "dropped a fence_kdump message: {why}; {HINT}");
                 }
@@ -668,7 +670,10 @@ mod listener_tests {
             ("compute1".to_string(), a("198.51.100.11")),
             ("compute2".to_string(), a("198.51.100.12")),
         ]);
-        assert_eq!(book.node_at(a("198.51.100.11")).as_deref(), Some("compute1"));
+        assert_eq!(
+            book.node_at(a("198.51.100.11")).as_deref(),
+            Some("compute1")
+        );
         // A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6.
         assert_eq!(
             book.node_at(a("::ffff:198.51.100.12")).as_deref(),
@@ -681,12 +686,18 @@ mod listener_tests {
             ("compute3".to_string(), a("198.51.100.13")),
             ("compute3".to_string(), a("198.51.100.12")),
         ]);
-        assert_eq!(book.node_at(a("198.51.100.13")).as_deref(), Some("compute3"));
+        assert_eq!(
+            book.node_at(a("198.51.100.13")).as_deref(),
+            Some("compute3")
+        );
         assert_eq!(book.node_at(a("198.51.100.12")), None);
         // A refresh replaces what was learnt, never what was configured.
         book.refresh([]);
         assert_eq!(book.node_at(a("198.51.100.13")), None);
-        assert_eq!(book.node_at(a("198.51.100.12")).as_deref(), Some("compute2"));
+        assert_eq!(
+            book.node_at(a("198.51.100.12")).as_deref(),
+            Some("compute2")
+        );
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub fn doubted(st: &NodeState, policy: &vigil_verdict::Policy, now: Moment) -> b
 
 /// The system UUID the node's sensor reports, if any.
 pub fn sensor_system_uuid(st: &NodeState) -> Option<String> {
-    // TODO(identity): the sensor's `system_uuid` once it is in the reading.
-    let _ = st;
-    None
+    match &st.evidence.sensor {
+        SensorWitness::Seen(r) if !r.system_uuid.is_empty() => Some(r.system_uuid.clone()),
+        _ => None,
+    }
 }
 
 impl NodeState {

@@ -187,6 +187,7 @@ impl World {
                 token_file: self.dir.path().join(format!("{n}.token")),
                 management_addresses: vec![],
                 segment: "default".into(),
+                system_uuid: None,
             });
         }
         let mut r = RecoveryConfig::default();

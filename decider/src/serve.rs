@@ -105,6 +105,10 @@ impl Server {
                 name: n.name.clone(),
                 segment: n.segment.clone(),
                 management: n.management_addresses.clone(),
+                system_uuid: n
+                    .system_uuid
+                    .as_deref()
+                    .and_then(vigil_proto::system_uuid::normalize),
             })
             .collect();
         let (recovery_tx, recovery_rx) = match &witnesses.recovery {

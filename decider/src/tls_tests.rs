@@ -77,6 +77,7 @@ async fn start() -> Lab {
             token_file: write(&format!("{name}.token"), token),
             management_addresses: vec![],
             segment: "default".into(),
+            system_uuid: None,
         });
     }
     let tokens = cfg.validate().expect("valid test config");
