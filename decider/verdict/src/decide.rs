@@ -193,7 +193,14 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
     // still holds and stops the fast path.
     let (superseded, remaining): (Vec<Veto>, Vec<Veto>) =
         vetoes.iter().cloned().partition(|v| match (&fast, v.rule) {
-            (Some(_), VetoRule::NovaAdvancing) => true,
+            (Some(FastPath::BmcOff), VetoRule::NovaAdvancing) => true,
+            // A datagram is easy to forge; a report from nova-compute is
+            // not. Nova's report is answered only when it was already in
+            // flight before the crash kernel spoke: an `updated_at` that
+            // moved after the first kdump message contradicts it.
+            (Some(FastPath::Kdump), VetoRule::NovaAdvancing) => {
+                nova_still_since(&ev.nova, ev.kdump.first_at)
+            }
             (Some(FastPath::Kdump), VetoRule::AddressAnswers) => ping.instances_answering == 0,
             _ => false,
         });
@@ -781,4 +788,14 @@ fn judge_isolation(d: &DeciderView, policy: &Policy, now: Moment) -> Option<Stri
         ));
     }
     None
+}
+
+/// Whether Nova's `updated_at` was last seen to move no later than `since`
+/// (as the decider's own polls saw it: the first poll that read its current
+/// value). Unknown `since` is no answer.
+fn nova_still_since(nova: &NovaWitness, since: Option<Moment>) -> bool {
+    match (nova, since) {
+        (NovaWitness::Listed(s), Some(first)) => s.polled_at.minus(s.updated_at_stalled) <= first,
+        _ => false,
+    }
 }
