@@ -77,6 +77,14 @@ pub struct Opts {
     pub tls: Option<TlsOpts>,
     /// One of several deciders (`[cluster]`), run inside a lab controller.
     pub ha: Option<HaOpts>,
+    /// `[kdump] listen` on the host's management address, port 7410 (where
+    /// `lab fault kdump` sends).
+    pub kdump: bool,
+    /// `(node, other)`: the node's fencing points at the other node's BMCs
+    /// (a copy-paste mistake in the config).
+    pub fence_through: Vec<(String, String)>,
+    /// `[[node]] system_uuid` from each node's product_uuid.
+    pub system_uuids: bool,
 }
 
 /// A decider of a cluster, in lab controller `controller`.
@@ -182,6 +190,18 @@ max_share = {share}
             n.sensor_token_path.display(),
             n.mgmt_ip
         ));
+        if opts.system_uuids {
+            let uuid = n.system_uuid().expect("the node's product_uuid");
+            c.push_str(&format!("system_uuid = \"{uuid}\"\n"));
+        }
+    }
+    if opts.kdump {
+        let host = info
+            .decider
+            .listen
+            .rsplit_once(':')
+            .map_or(info.decider.listen.as_str(), |(h, _)| h);
+        c.push_str(&format!("[kdump]\nlisten = \"{host}:7410\"\n"));
     }
     if let Some(h) = &opts.ha {
         c.push_str(&format!(
@@ -242,8 +262,15 @@ admins = ["{ADMIN_MAIL}"]
             "[[recovery.evacuation.reserved]]\nhost = \"{host}\"\n"
         ));
     }
-    for n in &info.nodes {
-        let (redfish, ipmi_port, deadline) = if opts.broken_bmc.contains(&n.name) {
+    for node in &info.nodes {
+        // The BMCs this node's fencing points at (another node's, by mistake).
+        let n = opts
+            .fence_through
+            .iter()
+            .find(|(from, _)| *from == node.name)
+            .and_then(|(_, to)| info.nodes.iter().find(|o| o.name == *to))
+            .unwrap_or(node);
+        let (redfish, ipmi_port, deadline) = if opts.broken_bmc.contains(&node.name) {
             // Nothing listens on port 1 of the controller: refused at once.
             (format!("http://{}:1", n.ipmi.host), 1, "5s")
         } else {
@@ -256,7 +283,7 @@ levels = [
   {{ kind = "ipmi", host = "{ih}", port = {ipmi_port}, username = "{user}", password = {{ file = "{pw}" }}, cipher_suite = {cs}, deadline = "{deadline}", request_timeout = "3s" }},
 ]
 "#,
-            name = n.name,
+            name = node.name,
             sys = n.redfish.system_id,
             ih = n.ipmi.host,
             cs = n.ipmi.cipher_suite,

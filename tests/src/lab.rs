@@ -66,6 +66,13 @@ pub enum Fault {
     EtcdStop,
     /// Controller only: its etcd member started again (and healthy).
     EtcdStart,
+    /// Everything in the node stops and nothing answers (tasks frozen, every
+    /// packet dropped, links up); its BMCs still read On.
+    HardHang,
+    /// The node's Redfish BMC reads `PowerState: Off` while the node runs.
+    BmcLies,
+    /// It reads the truth again.
+    BmcTruth,
 }
 
 impl Fault {
@@ -86,6 +93,9 @@ impl Fault {
             Fault::Unpartition => "unpartition",
             Fault::EtcdStop => "etcd-stop",
             Fault::EtcdStart => "etcd-start",
+            Fault::HardHang => "hard-hang",
+            Fault::BmcLies => "bmc-lies",
+            Fault::BmcTruth => "bmc-truth",
         }
     }
 }
@@ -578,6 +588,30 @@ impl Lab {
         let out = run(&self.script, &["fault", kind.as_str(), node, "--json"])?;
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("parsing `lab fault {} {node} --json`", kind.as_str()))
+    }
+
+    /// `lab fault kdump NODE --dump-secs N`: kernel panic with kdump (the
+    /// node frozen, its guests' addresses gone, links up) and Debian's
+    /// fence_kdump_send in its netns to the host's management address,
+    /// port 7410, one message a second for `dump_secs`.
+    pub fn kdump(&self, node: &str, dump_secs: u32) -> Result<FaultReport> {
+        self.kdump_cmd("kdump", node, dump_secs)
+    }
+
+    /// `lab fault kdump-send NODE --dump-secs N`: the same messages from a
+    /// node that keeps running (forged).
+    pub fn kdump_send(&self, node: &str, dump_secs: u32) -> Result<FaultReport> {
+        self.kdump_cmd("kdump-send", node, dump_secs)
+    }
+
+    fn kdump_cmd(&self, kind: &str, node: &str, dump_secs: u32) -> Result<FaultReport> {
+        let secs = dump_secs.to_string();
+        let out = run(
+            &self.script,
+            &["fault", kind, node, "--dump-secs", &secs, "--json"],
+        )?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("parsing `lab fault {kind} {node} --json`"))
     }
 
     /// `lab fault freeze SERVICE --seconds N`: SIGSTOP a control-plane

@@ -299,7 +299,7 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
         .as_i64()
         .unwrap_or(0);
     eprintln!(
-        "FIGURES power loss → dead {:.1} s (target ≤ {} s); dead → fenced {:.1} s; dead → first evacuate call {:.1} s (target ≤ 3 s); dead → all {} servers ACTIVE elsewhere {:.1} s",
+        "FIGURES power loss → dead {:.1} s (Nova's rule alone: ≤ {} s); dead → fenced {:.1} s; dead → first evacuate call {:.1} s (target ≤ 3 s); dead → all {} servers ACTIVE elsewhere {:.1} s",
         (dead_at - cut) as f64 / 1000.0,
         report.as_secs() + 2,
         (fenced - dead_at) as f64 / 1000.0,
@@ -311,20 +311,35 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     // recovery`), not pass/fail: how soon `dead` comes depends on where in
     // Nova's report cycle the power went, which a test cannot choose. What
     // must hold in every phase is the order the safety rules impose.
+    // Power loss: the node's own BMC (its system UUID the one its sensor
+    // reported) read Off while the sensor was silent and no address
+    // answered, so `dead` came without Nova's wait (issue 16).
     let ev = &inc["incident"]["evidence"];
-    for witness in ["sensor", "nova", "ping"] {
+    for witness in ["sensor", "ping"] {
         assert_eq!(
             ev["opinions"][witness], "dead",
             "{witness} at decision time: {ev}"
         );
     }
-    // Rule 4: Nova's updated_at had stood still for report interval + the
-    // default 2 s margin before `dead`, on the decider's own clock.
-    let stale_after = report.as_millis() as u64 + 2000;
-    let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
+    assert_eq!(ev["fast_path"], "bmc-off", "{ev}");
+    assert_eq!(ev["bmc"]["identity"]["state"], "verified", "{ev}");
+    assert_eq!(
+        ev["bmc"]["identity"]["uuid"].as_str(),
+        Some(lab.system_uuid(NODE).expect("uuid").as_str()),
+        "{ev}"
+    );
+    assert_eq!(ev["bmc"]["read"]["power"], "off", "{ev}");
     assert!(
-        stalled >= stale_after,
-        "dead with updated_at stalled only {stalled} ms (< {stale_after} ms): {ev}"
+        ev["bmc"]["read"]["age_ms"]
+            .as_u64()
+            .is_some_and(|a| a <= 2000),
+        "a BMC read older than policy.bmc.fresh_for counted: {ev}"
+    );
+    let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
+    eprintln!(
+        "FIGURES BMC witness: dead with Nova's updated_at stalled {:.1} s (Nova's rule waits {} s)",
+        stalled as f64 / 1000.0,
+        report.as_secs() + 2
     );
     assert!(dead_at > cut, "dead at {dead_at}, before the cut at {cut}");
     // Rule 1: no evacuate before the power is confirmed off and Nova has the

@@ -104,7 +104,11 @@ pub(crate) fn judge_bmc(w: &BmcWitness, policy: &Policy, now: Moment) -> BmcJudg
     }
     BmcJudgment {
         off,
-        read_off: fresh && read.power == BmcPower::Off,
+        // Another machine's BMC reading Off says nothing about this node
+        // (the mismatch is reported on its own).
+        read_off: fresh
+            && read.power == BmcPower::Off
+            && !matches!(w.identity, BmcIdentity::Mismatch(_)),
         summary: Some(summary),
     }
 }

@@ -43,7 +43,8 @@ import power
 
 KINDS = ("power-off", "power-on", "kill-nova-compute", "hang-nova-compute",
          "unhang-nova-compute", "mgmt-link-down", "mgmt-link-up", "kill-sensor",
-         "isolate", "unisolate", "kdump", "hard-hang", "heal")
+         "isolate", "unisolate", "kdump", "kdump-send", "hard-hang", "bmc-lies",
+         "bmc-truth", "heal")
 
 ISOLATE_TABLE = "vlab_isolate"
 DISK_MIB = 16
@@ -391,9 +392,10 @@ def f_kdump(node, dump_secs=10, to=None):
     if not power.is_on(node):
         raise lc.LabError(f"{node.name} is off: a kernel crash needs a running node "
                           f"(`lab fault power-on {node.name}` first)")
+    # Refused before anything is frozen.
     if not 1 <= dump_secs <= MAX_DUMP_SECS:
         raise lc.LabError(f"--dump-secs {dump_secs}: between 1 and {MAX_DUMP_SECS}")
-    by_port = parse_targets(to)
+    parse_targets(to)
     if not os.access(FENCE_KDUMP_SEND, os.X_OK):
         raise lc.LabError(f"{FENCE_KDUMP_SEND} missing: apt-get install fence-agents")
     if node.fault_flag("kdump").exists():
@@ -408,24 +410,64 @@ def f_kdump(node, dump_secs=10, to=None):
                  "guests, sensor); BMCs still read On")
     gone = net.flush_instance_addresses(node)
     steps.append("guest addresses removed from inst0: " + (" ".join(gone) or "none"))
-    senders, targets = [], []
-    for i, (port, addrs) in enumerate(sorted(by_port.items())):
-        name = f"{node.name}-kdump-{i}"
-        # `ip netns exec` execs: the recorded pid is fence_kdump_send's own,
-        # in the node's netns (source address: its interface toward the
-        # target) but in the caller's cgroup, so it is not frozen.
-        rec = lc.spawn_daemon(name, ["ip", "netns", "exec", node.netns, FENCE_KDUMP_SEND,
-                                     "-p", str(port), "-i", "1", "-c", str(dump_secs),
-                                     "-f", "ipv4", *addrs],
-                              node.logs / "fence_kdump_send.log")
-        senders.append(rec["pid"])
-        targets += [f"{a}:{port}" for a in addrs]
+    # `ip netns exec` execs: the recorded pid is fence_kdump_send's own, in
+    # the node's netns (source address: its interface toward the target) but
+    # in the caller's cgroup, so it is not frozen.
+    senders, targets = _send_kdump(node, dump_secs, to)
     lc.write_json(node.fault_flag("kdump"), {"since": time.time(), "dump_secs": dump_secs,
                                              "to": targets, "senders": senders})
     steps.append(f"fence_kdump_send in {node.netns} (pid {', '.join(map(str, senders))}): "
                  f"{dump_secs} message(s), one a second, to {', '.join(targets)}; then the "
                  "dump is written and it stops (the node stays frozen until power-off or heal)")
     return [f"{node.name}: " + s for s in steps]
+
+
+def _send_kdump(node, dump_secs, to):
+    """Start Debian's fence_kdump_send in the node's netns (not its cgroup)
+    toward each target, one message a second for dump_secs; returns (pids,
+    targets) and records them in the kdump flag."""
+    if not 1 <= dump_secs <= MAX_DUMP_SECS:
+        raise lc.LabError(f"--dump-secs {dump_secs}: between 1 and {MAX_DUMP_SECS}")
+    by_port = parse_targets(to)
+    if not os.access(FENCE_KDUMP_SEND, os.X_OK):
+        raise lc.LabError(f"{FENCE_KDUMP_SEND} missing: apt-get install fence-agents")
+    senders, targets = [], []
+    for i, (port, addrs) in enumerate(sorted(by_port.items())):
+        name = f"{node.name}-kdump-{i}"
+        rec = lc.spawn_daemon(name, ["ip", "netns", "exec", node.netns, FENCE_KDUMP_SEND,
+                                     "-p", str(port), "-i", "1", "-c", str(dump_secs),
+                                     "-f", "ipv4", *addrs],
+                              node.logs / "fence_kdump_send.log")
+        senders.append(rec["pid"])
+        targets += [f"{a}:{port}" for a in addrs]
+    return senders, targets
+
+
+def f_kdump_send(node, dump_secs=10, to=None):
+    """fence_kdump messages from the node's management address while the
+    node runs on: a forged or misdirected announcement (anyone on the
+    management network can send one), which must never fence a live node."""
+    if not power.is_on(node):
+        raise lc.LabError(f"{node.name} is off; `kdump-send` forges messages from a running node")
+    senders, targets = _send_kdump(node, dump_secs, to)
+    lc.write_json(node.fault_flag("kdump-send"), {"since": time.time(), "to": targets,
+                                                  "senders": senders})
+    return [f"{node.name}: fence_kdump_send in {node.netns} (pid "
+            f"{', '.join(map(str, senders))}) while the node runs: {dump_secs} message(s), "
+            f"one a second, to {', '.join(targets)}"]
+
+
+def f_bmc_lies(node):
+    """The node's Redfish BMC reads PowerState Off while the node runs
+    (its IPMI BMC still tells the truth)."""
+    lc.write_json(node.fault_flag("bmc-lies"), {"since": time.time()})
+    return [f"{node.name}: its Redfish BMC now reads PowerState Off; the node keeps running"]
+
+
+def f_bmc_truth(node):
+    with contextlib.suppress(FileNotFoundError):
+        node.fault_flag("bmc-lies").unlink()
+    return [f"{node.name}: its Redfish BMC reads the real power state again"]
 
 
 def f_hard_hang(node):
@@ -464,6 +506,14 @@ def f_heal(node):
     """Undo every fault on the node: disk answers, links up, not isolated,
     powered on, nova-compute (and the sensor, if configured) running."""
     out = []
+    if node.fault_flag("bmc-lies").exists():
+        out += f_bmc_truth(node)
+    if node.fault_flag("kdump-send").exists():
+        # Forged messages from a running node: stop them, touch nothing else.
+        for name in power.kdump_senders(node):
+            if lc.stop_daemon(name, deadline_s=2):
+                out.append(f"{node.name}: fence_kdump_send {name} stopped")
+        node.fault_flag("kdump-send").unlink()
     if node.fault_flag("kdump").exists() or power.kdump_senders(node):
         # After a crash the machine reboots (its guests died with the
         # kernel): power loss, which also ends the dump; no thaw before it,
@@ -500,7 +550,8 @@ def active(node):
     if info:
         found.append("hung")
     for flag, name in (("mgmt-link-down", "mgmt-link-down"), ("isolated", "isolated"),
-                       ("kdump", "kdump"), ("hard-hang", "hard-hang")):
+                       ("kdump", "kdump"), ("hard-hang", "hard-hang"),
+                       ("kdump-send", "kdump-send"), ("bmc-lies", "bmc-lies")):
         if node.fault_flag(flag).exists():
             found.append(name)
     return found

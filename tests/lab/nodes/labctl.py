@@ -6,11 +6,13 @@
   status [--json] [--show-secrets]
   fault KIND NODE [--json]  power-off power-on kill-nova-compute hang-nova-compute
                             unhang-nova-compute mgmt-link-down mgmt-link-up
-                            kill-sensor isolate unisolate hard-hang heal
+                            kill-sensor isolate unisolate hard-hang bmc-lies bmc-truth heal
   fault kdump NODE [--dump-secs N] [--to ADDR[:PORT]]... [--json]   kernel panic with
                             kdump: the node frozen, links up, fence_kdump_send in its
                             netns to each ADDR (default 198.51.100.1:7410) every 1 s for
                             N s (default 10)
+  fault kdump-send NODE [--dump-secs N] [--to ADDR[:PORT]]... [--json]   the same
+                            messages from a node that keeps running (forged)
   fault freeze SERVICE --seconds N [--json]   SIGSTOP a control-plane service's whole
                             process tree (nova-api, nova-conductor, nova-scheduler,
                             placement, keystone); a detached helper SIGCONTs it after N s
@@ -305,9 +307,16 @@ def is_up(cfg):
 def sensor_binary(cfg):
     """VIGIL_SENSOR_BIN, else what the lab was configured with, else the
     workspace's own build (debug first: what `cargo build`/tests make)."""
-    given = os.environ.get("VIGIL_SENSOR_BIN") or cfg.get("sensor_bin")
+    given = os.environ.get("VIGIL_SENSOR_BIN")
     if given:
         return str(Path(given).resolve())
+    configured = cfg.get("sensor_bin")
+    if configured and Path(configured).exists():
+        return configured
+    if configured:
+        # A checkout that was moved or deleted (a CI clone): this one's own
+        # build serves, rather than every sensor failing to start.
+        step(f"the lab's sensor binary {configured} is gone; using this checkout's build")
     for prof in ("debug", "release"):
         cand = lc.REPO / "target" / prof / "vigil-sensor"
         if cand.exists():
@@ -774,10 +783,10 @@ def cmd_fault(args):
     began_unix_ms = int(time.time() * 1000)
     t = time.monotonic()
     opts = {}
-    if args.kind == "kdump":
+    if args.kind in ("kdump", "kdump-send"):
         opts = {"dump_secs": args.dump_secs, "to": args.to}
     elif args.dump_secs != 10 or args.to:
-        raise lc.LabError("--dump-secs and --to belong to `fault kdump`")
+        raise lc.LabError("--dump-secs and --to belong to `fault kdump` and `fault kdump-send`")
     lines = faults.run(args.kind, node, **opts)
     took = time.monotonic() - t
     if args.json:

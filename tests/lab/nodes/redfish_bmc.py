@@ -104,6 +104,11 @@ class LabNodeDriver(AbstractSystemsDriver):
 
     def get_power_state(self, identity):
         self._check(identity)
+        # `lab fault bmc-lies`: firmware that reads Off for a running machine
+        # (a BMC reset mid-read, a wrong sensor), which Vigil must never
+        # believe over a node that answers.
+        if self.node.fault_flag("bmc-lies").exists():
+            return "Off"
         return "On" if power.is_on(self.node) else "Off"
 
     def _on(self):
