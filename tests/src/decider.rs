@@ -201,7 +201,11 @@ max_share = {share}
             .listen
             .rsplit_once(':')
             .map_or(info.decider.listen.as_str(), |(h, _)| h);
-        c.push_str(&format!("[kdump]\nlisten = \"{host}:7410\"\n"));
+        // The lab's crash kernels send once a second (fence_kdump_send's
+        // default is every 10 s): 5 s of quiet means the dump ended.
+        c.push_str(&format!(
+            "[kdump]\nlisten = \"{host}:7410\"\n[policy.kdump]\nfresh_for = \"5s\"\n"
+        ));
     }
     if let Some(h) = &opts.ha {
         c.push_str(&format!(

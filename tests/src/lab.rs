@@ -590,10 +590,15 @@ impl Lab {
             .with_context(|| format!("parsing `lab fault {} {node} --json`", kind.as_str()))
     }
 
+    /// How long after `lab fault kdump` the lab's crash kernel sends its
+    /// first message (faults.py `KDUMP_BOOT_SECS`).
+    pub const KDUMP_BOOT_SECS: u32 = 5;
+
     /// `lab fault kdump NODE --dump-secs N`: kernel panic with kdump (the
     /// node frozen, its guests' addresses gone, links up) and Debian's
     /// fence_kdump_send in its netns to the host's management address,
-    /// port 7410, one message a second for `dump_secs`.
+    /// port 7410, one message a second for `dump_secs` from
+    /// [`Lab::KDUMP_BOOT_SECS`] on.
     pub fn kdump(&self, node: &str, dump_secs: u32) -> Result<FaultReport> {
         self.kdump_cmd("kdump", node, dump_secs)
     }

@@ -383,6 +383,12 @@ def _crash_freeze(node):
                 lambda: net.cgroup_frozen(node.cgroup))
 
 
+# How long the lab's crash kernel takes to boot and send its first message
+# (real ones take 10-60 s): Nova's last report from the dying kernel is
+# seen before it, as on a real machine.
+KDUMP_BOOT_SECS = 5
+
+
 def f_kdump(node, dump_secs=10, to=None):
     """Kernel panic, the crash kernel dumping: the node's tasks frozen, its
     guests' addresses gone (they died with the kernel), its links up (the
@@ -413,19 +419,21 @@ def f_kdump(node, dump_secs=10, to=None):
     # `ip netns exec` execs: the recorded pid is fence_kdump_send's own, in
     # the node's netns (source address: its interface toward the target) but
     # in the caller's cgroup, so it is not frozen.
-    senders, targets = _send_kdump(node, dump_secs, to)
+    senders, targets = _send_kdump(node, dump_secs, to, boot_secs=KDUMP_BOOT_SECS)
     lc.write_json(node.fault_flag("kdump"), {"since": time.time(), "dump_secs": dump_secs,
+                                             "boot_secs": KDUMP_BOOT_SECS,
                                              "to": targets, "senders": senders})
     steps.append(f"fence_kdump_send in {node.netns} (pid {', '.join(map(str, senders))}): "
+                 f"after {KDUMP_BOOT_SECS} s (the crash kernel booting), "
                  f"{dump_secs} message(s), one a second, to {', '.join(targets)}; then the "
                  "dump is written and it stops (the node stays frozen until power-off or heal)")
     return [f"{node.name}: " + s for s in steps]
 
 
-def _send_kdump(node, dump_secs, to):
+def _send_kdump(node, dump_secs, to, boot_secs=0):
     """Start Debian's fence_kdump_send in the node's netns (not its cgroup)
-    toward each target, one message a second for dump_secs; returns (pids,
-    targets) and records them in the kdump flag."""
+    toward each target, one message a second for dump_secs, the first after
+    boot_secs; returns (pids, targets)."""
     if not 1 <= dump_secs <= MAX_DUMP_SECS:
         raise lc.LabError(f"--dump-secs {dump_secs}: between 1 and {MAX_DUMP_SECS}")
     by_port = parse_targets(to)
@@ -434,10 +442,13 @@ def _send_kdump(node, dump_secs, to):
     senders, targets = [], []
     for i, (port, addrs) in enumerate(sorted(by_port.items())):
         name = f"{node.name}-kdump-{i}"
-        rec = lc.spawn_daemon(name, ["ip", "netns", "exec", node.netns, FENCE_KDUMP_SEND,
-                                     "-p", str(port), "-i", "1", "-c", str(dump_secs),
-                                     "-f", "ipv4", *addrs],
-                              node.logs / "fence_kdump_send.log")
+        argv = ["ip", "netns", "exec", node.netns, FENCE_KDUMP_SEND,
+                "-p", str(port), "-i", "1", "-c", str(dump_secs), "-f", "ipv4", *addrs]
+        if boot_secs:
+            # The crash kernel boots before it can send; `exec` keeps the
+            # recorded pid the sender's.
+            argv = ["sh", "-c", f'sleep {int(boot_secs)} && exec "$@"', "kdump-boot", *argv]
+        rec = lc.spawn_daemon(name, argv, node.logs / "fence_kdump_send.log")
         senders.append(rec["pid"])
         targets += [f"{a}:{port}" for a in addrs]
     return senders, targets
