@@ -9,7 +9,10 @@
 //!   it was, untouched, and the incident's selection says why;
 //! - `shutoff = "evacuate"`: the SHUTOFF server moves with microversion 2.95
 //!   and ends SHUTOFF elsewhere (no guest process runs for it), the ACTIVE
-//!   one goes with 2.94 and runs;
+//!   one goes with 2.94 and runs, and in the same power cut a SHUTOFF server
+//!   whose evacuation fails once still lands stopped after the retry (Nova
+//!   ignores the 2.95 target state for a server reset to ERROR: Vigil resets
+//!   it to active);
 //! - a reserved spare (compute3's service disabled, `destination =
 //!   "reserved"`): Vigil enables it before evacuating and every server lands
 //!   on it;
@@ -18,13 +21,10 @@
 //!   failing once is reset and evacuated again (two evacuate actions, ACTIVE
 //!   elsewhere, the timeline shows failure and retry); one that keeps failing
 //!   ends the incident in needs-attention with Nova's fault message, paged;
-//! - a SHUTOFF server (`shutoff = "evacuate"`) whose evacuation fails once
-//!   still lands stopped after the retry (Nova ignores the 2.95 target state
-//!   for a server reset to ERROR: Vigil resets it to active);
-//! - a failed destination claim (`lab fail-spawn --as claim`): Nova rolls the
-//!   server back still ACTIVE on the dead host, no ERROR; Vigil retries it
-//!   once Nova's rollback has settled (two evacuate actions), rather than
-//!   waiting out the verify deadline.
+//! - in the same power cut, a failed destination claim (`lab fail-spawn --as
+//!   claim`): Nova rolls the server back still ACTIVE on the dead host, no
+//!   ERROR; Vigil retries it once Nova's rollback has settled (two evacuate
+//!   actions), rather than waiting out the verify deadline.
 //!
 //! Each test restores the lab in Drop guards (nodes healed and reporting,
 //! services reset, servers deleted, sensors stopped, spawn failures cleared),
@@ -263,78 +263,6 @@ fn shutoff_skip_evacuates_active_and_error_servers_and_leaves_the_shutoff_one() 
 }
 
 #[test]
-fn shutoff_evacuate_moves_the_shutoff_server_and_it_stays_stopped() {
-    if !tier::root(
-        "shutoff_evacuate_moves_the_shutoff_server_and_it_stays_stopped",
-        WHY,
-    ) {
-        return;
-    }
-    let lab = Lab::shared().expect("lab up");
-    let _x = lab.exclusive();
-    let (_restore, _) = prepare(lab, NODE, 0);
-    let servers = boot_with_statuses(2, NODE, &[("shutoff", 1)])
-        .expect("boot a SHUTOFF and an ACTIVE server on compute1");
-    let (active, shutoff) = (
-        by_status(&servers, "ACTIVE"),
-        by_status(&servers, "SHUTOFF"),
-    );
-    let d = Decider::start(
-        lab,
-        Opts {
-            shutoff: Some("evacuate".into()),
-            ..Opts::default()
-        },
-    );
-    d.wait_all_healthy(lab);
-    let (id, inc) = lose_power_and_recover(lab, &d);
-    assert_eq!(
-        inc["incident"]["summary"]["status"],
-        "completed",
-        "incident {id}: {inc}\n{}",
-        d.log()
-    );
-
-    let run_host = assert_moved(lab, &active.id, "ACTIVE", 1, &d);
-    let stop_host = assert_moved(lab, &shutoff.id, "SHUTOFF", 1, &d);
-    for (s, expected, mv) in [(active, "ACTIVE", "2.94"), (shutoff, "SHUTOFF", "2.95")] {
-        let rec = instance(&inc, &s.id);
-        assert!(
-            rec["state"] == "evacuated" && rec["expected"] == expected,
-            "instance record of the {} server {}: {rec}",
-            s.status,
-            s.id
-        );
-        let ev = evacuate_steps(&inc, &s.id);
-        assert!(
-            ev.len() == 1 && ev[0]["detail"]["request"]["microversion"] == mv,
-            "the {} server must be evacuated once with microversion {mv}; evacuate steps: {ev:?}",
-            s.status
-        );
-    }
-    // Stopped for real: no guest process for it on its new host, while the
-    // running one has its qemu there.
-    let qemu = |host: &str| -> Vec<String> {
-        lab.qemu_processes(host)
-            .unwrap_or_else(|e| panic!("qemu processes on {host}: {e:#}"))
-            .into_values()
-            .collect()
-    };
-    let on_stop_host = qemu(&stop_host);
-    assert!(
-        !on_stop_host.contains(&shutoff.id),
-        "the evacuated SHUTOFF server {} has a qemu running on {stop_host}: {on_stop_host:?}",
-        shutoff.id
-    );
-    let on_run_host = qemu(&run_host);
-    assert!(
-        on_run_host.contains(&active.id),
-        "the evacuated ACTIVE server {} has no qemu on {run_host}: {on_run_host:?}",
-        active.id
-    );
-}
-
-#[test]
 fn a_reserved_spare_is_enabled_and_takes_every_server() {
     if !tier::root("a_reserved_spare_is_enabled_and_takes_every_server", WHY) {
         return;
@@ -422,13 +350,19 @@ fn a_failed_evacuation_is_retried_and_one_that_keeps_failing_needs_attention() {
     }
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
-    let (_restore, servers) = prepare(lab, NODE, 3);
-    let (once, always, fine) = (&servers[0], &servers[1], &servers[2]);
+    let (_restore, servers) = prepare(lab, NODE, 4);
+    let (once, always, fine, claimed) = (&servers[0], &servers[1], &servers[2], &servers[3]);
     // Declared after the restore guard: cleared before the lab is restored.
     let mut failures = SpawnFailures::default();
     failures
         .set(&once.id, 1)
         .expect("fail the next spawn of one server");
+    // As a destination's claim (or late server-group check) fails: Nova
+    // marks the migration failed and rolls the server back, still ACTIVE on
+    // the dead host, no ERROR.
+    failures
+        .set_as(&claimed.id, 1, "claim")
+        .expect("fail the next claim of another");
     // More than max_attempts (3): what is left shows how many were tried.
     let stale = failures
         .set(&always.id, 10)
@@ -441,9 +375,37 @@ fn a_failed_evacuation_is_retried_and_one_that_keeps_failing_needs_attention() {
         );
         restart_nova_compute(lab, &stale).expect("restart stale nova-computes");
     }
-    let d = Decider::start(lab, Opts::default());
+    // A short verify deadline: waiting it out for the rolled-back claim is
+    // the failure this catches.
+    let d = Decider::start(
+        lab,
+        Opts {
+            verify_deadline: Some("90s".into()),
+            ..Opts::default()
+        },
+    );
     d.wait_all_healthy(lab);
     let (id, inc) = lose_power_and_recover(lab, &d);
+    // The rolled-back claim: retried once Nova's rollback settled.
+    assert_eq!(
+        SpawnFailures::left(lab, &claimed.id),
+        0,
+        "the lab did not fail {}'s claim: the destination's nova-compute lacks the hook?",
+        claimed.id
+    );
+    assert_moved(lab, &claimed.id, "ACTIVE", 2, &d);
+    let rec = instance(&inc, &claimed.id);
+    assert!(
+        rec["state"] == "evacuated" && rec["attempts"] == 2,
+        "instance record of the server whose claim failed: {rec}"
+    );
+    let failed_verify: Vec<&Value> = steps(&inc, "verify")
+        .filter(|v| v["target"] == claimed.id.as_str() && v["outcome"] == "failed")
+        .collect();
+    assert!(
+        failed_verify.len() == 1 && failed_verify[0]["result"]["retry"] == true,
+        "want one failed verify that retries for the claim: {failed_verify:?}"
+    );
     let summary = &inc["incident"]["summary"];
     assert_eq!(
         summary["status"],
@@ -592,10 +554,14 @@ fn a_failed_evacuation_is_retried_and_one_that_keeps_failing_needs_attention() {
     .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
 }
 
+/// `shutoff = "evacuate"`, one power cut: the ACTIVE server lands running,
+/// a SHUTOFF one lands stopped (no guest process), and a SHUTOFF one whose
+/// first evacuation fails on its destination is retried and still lands
+/// stopped, not running.
 #[test]
-fn a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped() {
+fn shutoff_evacuate_lands_stopped_servers_stopped_even_after_a_failed_attempt() {
     if !tier::root(
-        "a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped",
+        "shutoff_evacuate_lands_stopped_servers_stopped_even_after_a_failed_attempt",
         WHY,
     ) {
         return;
@@ -603,12 +569,17 @@ fn a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped() {
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
     let (_restore, _) = prepare(lab, NODE, 0);
-    let servers =
-        boot_with_statuses(1, NODE, &[("shutoff", 1)]).expect("boot a SHUTOFF server on compute1");
-    let stopped = by_status(&servers, "SHUTOFF");
+    let servers = boot_with_statuses(3, NODE, &[("shutoff", 2)])
+        .expect("boot two SHUTOFF servers and an ACTIVE one on compute1");
+    let active = by_status(&servers, "ACTIVE");
+    let mut stopped_ones = servers.iter().filter(|s| s.status == "SHUTOFF");
+    let (shutoff, retried) = match (stopped_ones.next(), stopped_ones.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("two SHUTOFF servers booted: {servers:?}"),
+    };
     let mut failures = SpawnFailures::default();
     let stale = failures
-        .set(&stopped.id, 1)
+        .set(&retried.id, 1)
         .expect("fail the server's next spawn");
     let stale: Vec<String> = stale.into_iter().filter(|n| n != NODE).collect();
     if !stale.is_empty() {
@@ -627,96 +598,63 @@ fn a_shutoff_server_whose_evacuation_fails_once_is_retried_and_lands_stopped() {
     d.wait_all_healthy(lab);
     let (id, inc) = lose_power_and_recover(lab, &d);
     assert_eq!(
-        SpawnFailures::left(lab, &stopped.id),
+        SpawnFailures::left(lab, &retried.id),
         0,
         "the lab did not fail {}'s spawn: the destination's nova-compute lacks the hook?",
-        stopped.id
+        retried.id
     );
-    // The failed attempt leaves it ERROR; the retry must still land it
-    // stopped, not running.
     assert_eq!(
         inc["incident"]["summary"]["status"],
         "completed",
         "incident {id}: {inc}\n{}",
         d.log()
     );
-    let host = assert_moved(lab, &stopped.id, "SHUTOFF", 2, &d);
-    let rec = instance(&inc, &stopped.id);
+
+    let run_host = assert_moved(lab, &active.id, "ACTIVE", 1, &d);
+    let stop_host = assert_moved(lab, &shutoff.id, "SHUTOFF", 1, &d);
+    for (s, expected, mv) in [(active, "ACTIVE", "2.94"), (shutoff, "SHUTOFF", "2.95")] {
+        let rec = instance(&inc, &s.id);
+        assert!(
+            rec["state"] == "evacuated" && rec["expected"] == expected,
+            "instance record of the {} server {}: {rec}",
+            s.status,
+            s.id
+        );
+        let ev = evacuate_steps(&inc, &s.id);
+        assert!(
+            ev.len() == 1 && ev[0]["detail"]["request"]["microversion"] == mv,
+            "the {} server must be evacuated once with microversion {mv}; evacuate steps: {ev:?}",
+            s.status
+        );
+    }
+    // The failed attempt leaves it ERROR; the retry must still land it
+    // stopped, not running.
+    let retry_host = assert_moved(lab, &retried.id, "SHUTOFF", 2, &d);
+    let rec = instance(&inc, &retried.id);
     assert!(
         rec["state"] == "evacuated" && rec["attempts"] == 2 && rec["expected"] == "SHUTOFF",
         "instance record: {rec}"
     );
-    let running: Vec<String> = lab
-        .qemu_processes(&host)
-        .unwrap_or_else(|e| panic!("qemu processes on {host}: {e:#}"))
-        .into_values()
-        .collect();
-    assert!(
-        !running.contains(&stopped.id),
-        "the SHUTOFF server {} runs on {host} after its retried evacuation: {running:?}",
-        stopped.id
-    );
-}
-
-#[test]
-fn an_evacuation_whose_claim_fails_leaves_the_server_active_and_is_retried() {
-    if !tier::root(
-        "an_evacuation_whose_claim_fails_leaves_the_server_active_and_is_retried",
-        WHY,
-    ) {
-        return;
-    }
-    let lab = Lab::shared().expect("lab up");
-    let _x = lab.exclusive();
-    let (_restore, servers) = prepare(lab, NODE, 1);
-    let s = &servers[0];
-    let mut failures = SpawnFailures::default();
-    // As a destination's claim (or late server-group check) fails: Nova
-    // marks the migration failed and rolls the server back, still ACTIVE on
-    // the dead host, no ERROR.
-    let stale = failures
-        .set_as(&s.id, 1, "claim")
-        .expect("fail the server's next claim");
-    let stale: Vec<String> = stale.into_iter().filter(|n| n != NODE).collect();
-    if !stale.is_empty() {
-        eprintln!(
-            "restarting nova-compute on {stale:?}: started before the lab virt driver changed"
+    // Stopped for real: no guest process for them on their new hosts, while
+    // the running one has its qemu there.
+    let qemu = |host: &str| -> Vec<String> {
+        lab.qemu_processes(host)
+            .unwrap_or_else(|e| panic!("qemu processes on {host}: {e:#}"))
+            .into_values()
+            .collect()
+    };
+    for (s, host) in [(shutoff, &stop_host), (retried, &retry_host)] {
+        let on = qemu(host);
+        assert!(
+            !on.contains(&s.id),
+            "the evacuated SHUTOFF server {} has a qemu running on {host}: {on:?}",
+            s.id
         );
-        restart_nova_compute(lab, &stale).expect("restart stale nova-computes");
     }
-    // A short verify deadline: waiting it out is the failure this catches.
-    let d = Decider::start(
-        lab,
-        Opts {
-            verify_deadline: Some("90s".into()),
-            ..Opts::default()
-        },
-    );
-    d.wait_all_healthy(lab);
-    let (id, inc) = lose_power_and_recover(lab, &d);
-    assert_eq!(
-        SpawnFailures::left(lab, &s.id),
-        0,
-        "the lab did not fail {}'s claim: the destination's nova-compute lacks the hook?",
-        s.id
-    );
-    assert_eq!(
-        inc["incident"]["summary"]["status"],
-        "completed",
-        "incident {id}: {inc}\n{}",
-        d.log()
-    );
-    assert_moved(lab, &s.id, "ACTIVE", 2, &d);
-    let rec = instance(&inc, &s.id);
+    let on_run_host = qemu(&run_host);
     assert!(
-        rec["state"] == "evacuated" && rec["attempts"] == 2,
-        "instance record: {rec}"
-    );
-    let failed_verify: Vec<&Value> = steps(&inc, "verify")
-        .filter(|v| v["target"] == s.id.as_str() && v["outcome"] == "failed")
-        .collect();
-    assert!(
-        failed_verify.len() == 1 && failed_verify[0]["result"]["retry"] == true,
-        "want one failed verify that retries: {failed_verify:?}"
+        on_run_host.contains(&active.id),
+        "the evacuated ACTIVE server {} has no qemu on {run_host}: {on_run_host:?}",
+        active.id
     );
 }
