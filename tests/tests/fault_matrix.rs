@@ -8,8 +8,11 @@
 //! from the fault), then checked on Nova (no evacuate action, service not
 //! forced down), the BMC's request log (no Reset) and the journal.
 //!
+//! Cases 2, 4 and 5 run at once on three nodes (one decider, one window).
 //! Cases 1, 7, 8 and 11 (power loss evacuated, unreachable BMC, decider
-//! SIGKILLed mid-evacuation, dry run) are in recovery_lab.rs.
+//! SIGKILLed mid-evacuation, dry run) are in recovery_lab.rs; the fast paths
+//! (BMC off, kdump, hard hang, forged evidence, a wrong BMC) in
+//! fast_path_lab.rs.
 //!
 //! Each test restores the lab (every node healed and reporting, services
 //! reset, its servers deleted, sensors stopped) in a Drop guard, so the next
@@ -83,27 +86,53 @@ fn unix_now() -> f64 {
     now_ms() as f64 / 1000.0
 }
 
-/// Case 2: nova-compute killed, host and VMs fine → never fenced; the verdict
-/// says why (nova-compute gone, instances progressing, vetoes).
+/// Cases 2, 4 and 5 at once, one node each (they share the lab, a decider
+/// and the watch window): nova-compute killed on compute1, compute2's
+/// management link down with its instances answering, compute3's sensor
+/// killed → none fenced, each verdict says why.
 #[test]
-fn case02_nova_compute_killed_is_never_fenced_and_the_verdict_says_why() {
-    if !tier::root("case02_nova_compute_killed", WHY) {
+fn cases02_04_05_nova_compute_killed_link_down_sensor_killed_are_never_fenced_and_say_why() {
+    if !tier::root("cases02_04_05", WHY) {
         return;
     }
+    const KILLED: &str = "compute1";
+    const LINK: &str = "compute2";
+    const SENSOR: &str = "compute3";
     let lab = Lab::shared().expect("lab up");
     let _x = lab.exclusive();
-    let (_restore, servers) = prepare(lab, NODE, 2);
-    let d = Decider::start(lab, Opts::default());
+    assert_eq!(
+        lab.node_names().len(),
+        3,
+        "cases 2, 4 and 5 need a 3-node lab"
+    );
+    let (_restore, mut servers) = prepare(lab, KILLED, 2);
+    let linked = lab.boot(2, LINK).expect("boot servers on compute2");
+    servers.extend(linked.iter().cloned());
+    servers.extend(lab.boot(1, SENSOR).expect("boot a server on compute3"));
+    // Three nodes showing signs of trouble at once: the storm guard is not
+    // the subject (case 6 is), so it must not hold them.
+    let d = Decider::start(
+        lab,
+        Opts {
+            storm_max_share: Some(1.0),
+            storm_max_dead: Some(3),
+            ..Opts::default()
+        },
+    );
     d.wait_all_healthy(lab);
     let mark = redfish_log_mark(lab);
 
     let cut = now_ms();
     let t0 = Instant::now();
-    lab.fault(Fault::KillNovaCompute, NODE)
+    lab.fault(Fault::KillNovaCompute, KILLED)
         .expect("kill nova-compute");
+    lab.fault(Fault::MgmtLinkDown, LINK)
+        .expect("management link down");
+    lab.fault(Fault::KillSensor, SENSOR)
+        .expect("kill the sensor");
     let window = Decider::decision_window(lab, Duration::from_secs(15));
     let seen = NeverActed {
-        nodes: &[NODE],
+        nodes: &[KILLED, LINK, SENSOR],
         servers: &servers,
         since: t0,
         window,
@@ -113,8 +142,9 @@ fn case02_nova_compute_killed_is_never_fenced_and_the_verdict_says_why() {
     }
     .check(lab, &d);
 
-    let (v, r) = d.verdict(NODE).expect("verdict");
-    eprintln!("case 2: verdicts {:?}; now {v}: {r:#?}", seen.path(NODE));
+    // Case 2: nova-compute gone, instances progressing, Nova stale, vetoed.
+    let (v, r) = d.verdict(KILLED).expect("verdict");
+    eprintln!("case 2: verdicts {:?}; now {v}: {r:#?}", seen.path(KILLED));
     assert_eq!(v, "degraded", "{r:?}");
     assert!(any_reason(&r, "nova-compute process gone"), "{r:?}");
     assert!(any_reason(&r, "instances progressing"), "{r:?}");
@@ -122,9 +152,46 @@ fn case02_nova_compute_killed_is_never_fenced_and_the_verdict_says_why() {
     // why that is not enough.
     assert!(any_reason(&r, "Nova: service"), "{r:?}");
     assert!(any_reason(&r, "veto: safety rule"), "{r:?}");
+
+    // Case 4: sensor and Nova went silent with the link; the instances vetoed.
+    let n = d.node(LINK).expect("node");
+    let (v, r) = (n["verdict"].as_str().unwrap_or(""), reasons(&n));
+    eprintln!("case 4: verdicts {:?}; now {v}: {r:#?}", seen.path(LINK));
+    assert_eq!(v, "degraded", "{r:?}");
+    assert!(any_reason(&r, "sensor: silent"), "{r:?}");
+    assert!(any_reason(&r, "updated_at stalled"), "{r:?}");
+    assert!(any_reason(&r, "veto: safety rule 2"), "{r:?}");
+    for s in &linked {
+        let ip = s.ips.first().expect("server address");
+        let p = n["pings"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["address"] == ip.as_str()))
+            .unwrap_or_else(|| panic!("{ip} not probed: {}", n["pings"]));
+        assert_eq!(p["answering"], true, "{p}");
+        assert!(any_reason(&r, ip), "{ip} not named: {r:?}");
+    }
+
+    // Case 5: the sensor is gone; Nova still hears nova-compute and the host
+    // answers: both veto.
+    let n = d.node(SENSOR).expect("node");
+    let (v, r) = (n["verdict"].as_str().unwrap_or(""), reasons(&n));
+    eprintln!("case 5: verdicts {:?}; now {v}: {r:#?}", seen.path(SENSOR));
+    assert_eq!(v, "degraded", "{r:?}");
+    assert!(
+        r.first().is_some_and(|h| h.starts_with("sensor says dead")),
+        "{r:?}"
+    );
+    assert!(any_reason(&r, "sensor: silent"), "{r:?}");
+    assert!(any_reason(&r, "stream closed"), "{r:?}");
+    assert_eq!(n["sensor"]["connected"], false, "{}", n["sensor"]);
+    assert!(any_reason(&r, "veto: safety rule 4"), "{r:?}");
+    assert!(any_reason(&r, "veto: safety rule 2"), "{r:?}");
     eprintln!(
-        "FIGURES case 2: kill → degraded {:?} s; watched {window:?} with no fence",
-        took(&d, NODE, "degraded", cut)
+        "FIGURES cases 2/4/5: kill → degraded {:?} s; link down → suspect {:?} s, → degraded {:?} s; sensor killed → degraded {:?} s; watched {window:?} with no fence",
+        took(&d, KILLED, "degraded", cut),
+        took(&d, LINK, "suspect", cut),
+        took(&d, LINK, "degraded", cut),
+        took(&d, SENSOR, "degraded", cut)
     );
 }
 
@@ -250,109 +317,6 @@ fn case03_nova_compute_hung_in_d_state_is_degraded_with_the_reason_and_never_fen
     }
     eprintln!(
         "FIGURES case 3: hang → degraded {:?} s (policy: blocked ≥ 5 s); watched {window:?} with no fence",
-        took(&d, NODE, "degraded", cut)
-    );
-}
-
-/// Case 4: the management link down, instances still answering on their
-/// network → never fenced.
-#[test]
-fn case04_management_link_down_with_instances_answering_is_never_fenced() {
-    if !tier::root("case04_mgmt_link_down", WHY) {
-        return;
-    }
-    let lab = Lab::shared().expect("lab up");
-    let _x = lab.exclusive();
-    let (_restore, servers) = prepare(lab, NODE, 2);
-    let d = Decider::start(lab, Opts::default());
-    d.wait_all_healthy(lab);
-    let mark = redfish_log_mark(lab);
-
-    let cut = now_ms();
-    let t0 = Instant::now();
-    lab.fault(Fault::MgmtLinkDown, NODE)
-        .expect("management link down");
-    let window = Decider::decision_window(lab, Duration::from_secs(15));
-    let seen = NeverActed {
-        nodes: &[NODE],
-        servers: &servers,
-        since: t0,
-        window,
-        forbidden: &never(&[]),
-        powered: true,
-        bmc_mark: mark,
-    }
-    .check(lab, &d);
-
-    let n = d.node(NODE).expect("node");
-    let (v, r) = (n["verdict"].as_str().unwrap_or(""), reasons(&n));
-    eprintln!("case 4: verdicts {:?}; now {v}: {r:#?}", seen.path(NODE));
-    assert_eq!(v, "degraded", "{r:?}");
-    // Sensor and Nova went silent with the link; the instances vetoed.
-    assert!(any_reason(&r, "sensor: silent"), "{r:?}");
-    assert!(any_reason(&r, "updated_at stalled"), "{r:?}");
-    assert!(any_reason(&r, "veto: safety rule 2"), "{r:?}");
-    for s in &servers {
-        let ip = s.ips.first().expect("server address");
-        let p = n["pings"]
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["address"] == ip.as_str()))
-            .unwrap_or_else(|| panic!("{ip} not probed: {}", n["pings"]));
-        assert_eq!(p["answering"], true, "{p}");
-        assert!(any_reason(&r, ip), "{ip} not named: {r:?}");
-    }
-    eprintln!(
-        "FIGURES case 4: link down → suspect {:?} s, → degraded {:?} s; watched {window:?} with no fence",
-        took(&d, NODE, "suspect", cut),
-        took(&d, NODE, "degraded", cut)
-    );
-}
-
-/// Case 5: the sensor killed, nothing else → never fenced; the verdict says
-/// the sensor is gone.
-#[test]
-fn case05_sensor_killed_is_never_fenced_and_the_verdict_says_the_sensor_is_gone() {
-    if !tier::root("case05_sensor_killed", WHY) {
-        return;
-    }
-    let lab = Lab::shared().expect("lab up");
-    let _x = lab.exclusive();
-    let (_restore, servers) = prepare(lab, NODE, 1);
-    let d = Decider::start(lab, Opts::default());
-    d.wait_all_healthy(lab);
-    let mark = redfish_log_mark(lab);
-
-    let cut = now_ms();
-    let t0 = Instant::now();
-    lab.fault(Fault::KillSensor, NODE).expect("kill the sensor");
-    let window = Decider::decision_window(lab, Duration::from_secs(15));
-    let seen = NeverActed {
-        nodes: &[NODE],
-        servers: &servers,
-        since: t0,
-        window,
-        forbidden: &never(&[]),
-        powered: true,
-        bmc_mark: mark,
-    }
-    .check(lab, &d);
-
-    let n = d.node(NODE).expect("node");
-    let (v, r) = (n["verdict"].as_str().unwrap_or(""), reasons(&n));
-    eprintln!("case 5: verdicts {:?}; now {v}: {r:#?}", seen.path(NODE));
-    assert_eq!(v, "degraded", "{r:?}");
-    assert!(
-        r.first().is_some_and(|h| h.starts_with("sensor says dead")),
-        "{r:?}"
-    );
-    assert!(any_reason(&r, "sensor: silent"), "{r:?}");
-    assert!(any_reason(&r, "stream closed"), "{r:?}");
-    assert_eq!(n["sensor"]["connected"], false, "{}", n["sensor"]);
-    // Nova still hears nova-compute and the host answers: both veto.
-    assert!(any_reason(&r, "veto: safety rule 4"), "{r:?}");
-    assert!(any_reason(&r, "veto: safety rule 2"), "{r:?}");
-    eprintln!(
-        "FIGURES case 5: sensor killed → degraded {:?} s; watched {window:?} with no fence",
         took(&d, NODE, "degraded", cut)
     );
 }
