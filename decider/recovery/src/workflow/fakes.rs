@@ -880,3 +880,48 @@ impl FakeNova {
         Ok(fs.server.clone())
     }
 }
+
+/// A crash kernel's fence_kdump_send as the engine hears it: one message
+/// every `every` from `first` until `stop` (never, while `None`), heard only
+/// from `listening_since` on (a restarted engine heard nothing before).
+pub struct FakeKdump {
+    clock: Arc<FakeClock>,
+    pub first: Timestamp,
+    pub every: Duration,
+    pub stop: Option<Timestamp>,
+    pub listening_since: Timestamp,
+}
+
+impl FakeKdump {
+    pub fn new(clock: Arc<FakeClock>, first: Timestamp, stop: Option<Timestamp>) -> Arc<Self> {
+        Arc::new(FakeKdump {
+            clock,
+            first,
+            every: Duration::from_secs(10),
+            stop,
+            listening_since: first,
+        })
+    }
+
+    /// The same sender, heard by an engine that started at `at`.
+    pub fn restarted(&self, at: Timestamp) -> Arc<Self> {
+        Arc::new(FakeKdump {
+            clock: self.clock.clone(),
+            first: self.first,
+            every: self.every,
+            stop: self.stop,
+            listening_since: at,
+        })
+    }
+}
+
+impl super::kdump::KdumpSource for FakeKdump {
+    fn last_heard_ago(&self, _node: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        let end = self.stop.map_or(now, |s| s.min(now));
+        let every = i64::try_from(self.every.as_millis()).ok()?.max(1);
+        let sent = end.0.checked_sub(self.first.0)?;
+        let last = Timestamp(self.first.0 + sent / every * every);
+        (last >= self.listening_since).then(|| now.since(last))
+    }
+}
