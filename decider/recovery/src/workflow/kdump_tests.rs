@@ -287,3 +287,52 @@ async fn without_the_kdump_watch_a_kdump_verdict_is_fenced_by_power_off_first() 
         .next()
         .is_none());
 }
+
+#[tokio::test]
+async fn a_node_that_came_back_on_its_own_after_the_dump_is_not_powered_off() {
+    // Stop the decider inside the wait for the dump (the first crash point
+    // where an await_dump step has begun), let the node boot anew, resume.
+    for n in 1.. {
+        assert!(n < 200, "no crash point inside the wait for the dump");
+        let w = World::new(&[Bmc::Works]);
+        let (decided, kd) = sender(&w, Some(Duration::from_secs(300)));
+        let crashing = Arc::new(CrashingJournal {
+            inner: w.journal.clone(),
+            budget: AtomicI64::new(n),
+        });
+        let first = with_kdump(&w, crashing, kd.clone())
+            .start(&w.levels(), kdump_trigger(decided), Mode::Live)
+            .await;
+        assert!(first.is_err(), "the run ended before its wait for the dump");
+        let Some(inc) = w.journal.open_incidents().await.expect("open").pop() else {
+            continue;
+        };
+        let d = w.journal.get(&inc.id).await.expect("incident");
+        if d.steps_of(StepKind::AwaitDump, "c1").next().is_none() {
+            continue;
+        }
+        let r = with_kdump(&w, w.journal.clone(), kd.restarted(w.clock.now()));
+        let back = r.node_booted("c1", "boot-2").await.expect("boot recorded");
+        assert_eq!(
+            back.as_ref(),
+            Some(&inc.id),
+            "kdump's confirmation counts as fenced"
+        );
+        let (out, _) = settle(r.resume(&w.levels(), &inc.id).await.expect("resume")).await;
+        assert_eq!(out.status, IncidentStatus::Completed, "{:?}", out.reason);
+        assert_eq!(
+            w.fencers[0].offs(),
+            0,
+            "a running node is never powered off"
+        );
+        let ev = w
+            .detail(&out)
+            .await
+            .events_of(POWERED_OFF_AFTER_DUMP)
+            .next()
+            .map(|e| e.message.clone())
+            .expect("the report says why");
+        assert!(ev.contains("not powered off"), "{ev}");
+        return;
+    }
+}
