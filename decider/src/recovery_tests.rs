@@ -127,6 +127,8 @@ struct World {
     mirror: Arc<MirrorNova>,
     fencer: Arc<FakeFencer>,
     notifier: Arc<FakeNotifier>,
+    /// `[kdump] listen`, with 127.0.0.1 as compute1's management address.
+    kdump: Option<std::net::SocketAddr>,
 }
 
 impl World {
@@ -135,12 +137,20 @@ impl World {
     }
 
     fn with_nodes(nodes: &'static [&'static str], bmc: Bmc, servers: &[&str]) -> World {
+        World::with_clock(nodes, bmc, servers, FakeClock::new())
+    }
+
+    fn with_clock(
+        nodes: &'static [&'static str],
+        bmc: Bmc,
+        servers: &[&str],
+        clock: Arc<FakeClock>,
+    ) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         for n in nodes {
             std::fs::write(dir.path().join(format!("{n}.token")), token(n)).expect("token");
         }
         std::fs::write(dir.path().join("operator.token"), OPERATOR).expect("token");
-        let clock = FakeClock::new();
         let calls: CallLog = Arc::new(Mutex::new(Vec::new()));
         let nova = FakeNova::new(nodes, clock.clone(), calls.clone());
         for id in servers {
@@ -160,6 +170,7 @@ impl World {
             calls,
             nova,
             mirror,
+            kdump: None,
         }
     }
 
@@ -189,6 +200,19 @@ impl World {
                 segment: "default".into(),
                 system_uuid: None,
             });
+        }
+        if let Some(listen) = self.kdump {
+            cfg.kdump = Some(crate::config::KdumpConfig { listen });
+            if let Some(n) = cfg.nodes.iter_mut().find(|n| n.name == "compute1") {
+                n.management_addresses = vec!["127.0.0.1".parse().expect("ip")];
+            }
+            // fence_kdump_send -i 1 here: two intervals without a message
+            // and the dump is written.
+            cfg.policy.kdump.fresh_for = Duration::from_secs(2);
+            cfg.policy.kdump.power_off_after = Duration::from_secs(60);
+            // Nova's wait alone cannot make the node dead within the test:
+            // only the kdump fast path can.
+            cfg.policy.nova.report_interval = Duration::from_secs(60);
         }
         let mut r = RecoveryConfig::default();
         r.journal.path = self.journal_path();
@@ -1029,4 +1053,128 @@ async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
     let _s1 = Sensor::start(&s, "compute1", "boot-1b").await;
     wait_verdict(&s, "compute1", "healthy", Duration::from_secs(10)).await;
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_the_dump() {
+    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
+    let _serial = SERIAL.lock().await;
+    // Real time: the workflow waits on messages sent in real time.
+    let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let s = w.start(Mode::Live, None).await;
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+
+    // The kernel panics: the sensor and nova-compute stop, and the crash
+    // kernel sends fence_kdump messages while it writes its dump (6, a
+    // second apart).
+    drop(s1);
+    w.freeze("compute1");
+    let started = Instant::now();
+    let mut sender = tokio::process::Command::new(SENDER)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+            "-c",
+            "6",
+            "-i",
+            "1",
+            "127.0.0.1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    until(
+        "compute1's instances evacuated",
+        Duration::from_secs(20),
+        async || {
+            ["a", "b"]
+                .iter()
+                .all(|id| {
+                    let srv = w.nova.get(id);
+                    srv.status == ServerStatus::Active && srv.host.as_deref() != Some("compute1")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let evacuated = started.elapsed();
+    let status = sender.wait().await.expect("fence_kdump_send ends");
+    let sender_done = started.elapsed();
+    assert!(status.success(), "fence_kdump_send: {status}");
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "no power-off while the crash kernel still sends"
+    );
+
+    // Then, once the messages stopped for fresh_for, one power-off.
+    let id = until(
+        "the incident completed",
+        Duration::from_secs(30),
+        async || {
+            incidents(&s)
+                .await
+                .into_iter()
+                .find(|i| i.state == "completed")
+                .map(|i| i.id)
+        },
+    )
+    .await;
+    let done = started.elapsed();
+    assert_eq!(w.fencer.offs(), 1, "one power-off, after the dump");
+    let calls = w.calls();
+    let off = calls
+        .iter()
+        .position(|c| c.starts_with("power_off"))
+        .expect("power_off");
+    assert!(
+        calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.starts_with("evacuate"))
+            .all(|(i, _)| i < off),
+        "evacuations before the power-off: {calls:?}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+    }
+    let inc = incident(&s, &id).await;
+    let ends = steps(&inc, "end");
+    for want in [
+        "confirm_off:kdump ok",
+        "await_dump:compute1 ok",
+        "power_off:fake bmc-compute1 ok",
+        "confirm_off:fake bmc-compute1 ok",
+    ] {
+        assert!(
+            ends.contains(&want.to_string()),
+            "{want} missing from {ends:?}"
+        );
+    }
+    let evidence: serde_json::Value =
+        serde_json::from_str(&inc.evidence_json).expect("evidence JSON");
+    assert_eq!(evidence["fast_path"], "kdump", "{evidence}");
+    assert_eq!(evidence["kdump"]["from"], "127.0.0.1", "{evidence}");
+    until(
+        "the power-off notification",
+        Duration::from_secs(5),
+        async || {
+            w.notifier
+                .kinds()
+                .contains(&"powered-off-after-dump")
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "figure: from the first fence_kdump message: instances evacuated by {evacuated:?}, \
+         last message sent by {sender_done:?}, powered off and incident completed by {done:?}"
+    );
 }

@@ -19,21 +19,37 @@ use crate::notify::{Message, Notifier, NotifyError};
 use crate::time::{Clock, Timestamp};
 
 /// Virtual time: a `sleep` advances it when first polled (not when created,
-/// so a deadline that loses a `select!` costs no time).
+/// so a deadline that loses a `select!` costs no time). Or, made with
+/// [`FakeClock::real`], the wall clock: for tests where the workflow waits
+/// on something that happens in real time (a crash kernel's messages).
 #[derive(Default)]
-pub struct FakeClock(Arc<AtomicI64>);
+pub struct FakeClock(Arc<AtomicI64>, bool);
 
 impl FakeClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(FakeClock(Arc::new(AtomicI64::new(1_700_000_000_000))))
+        Arc::new(FakeClock(
+            Arc::new(AtomicI64::new(1_700_000_000_000)),
+            false,
+        ))
+    }
+
+    /// The wall clock, with real sleeps.
+    pub fn real() -> Arc<Self> {
+        Arc::new(FakeClock(Arc::new(AtomicI64::new(0)), true))
     }
 }
 
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
+        if self.1 {
+            return Timestamp::from_system(std::time::SystemTime::now());
+        }
         Timestamp(self.0.load(Ordering::SeqCst))
     }
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        if self.1 {
+            return Box::pin(tokio::time::sleep(d));
+        }
         let t = self.0.clone();
         Box::pin(async move {
             t.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
