@@ -176,4 +176,24 @@ mod tests {
         cfg.enrolment.enabled = true;
         assert!(nodes_configured(&cfg).is_ok(), "nodes may enrol");
     }
+
+    #[tokio::test]
+    async fn the_kdump_port_is_tried_and_one_in_use_is_named() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").expect("hold a UDP port");
+        let addr = held.local_addr().expect("its address");
+        let (line, ok) = kdump_line(addr).await;
+        assert!(
+            ok && line.contains("in use") && line.contains(&addr.to_string()),
+            "{line}"
+        );
+        drop(held);
+        let (line, ok) = kdump_line(addr).await;
+        assert!(ok && line.starts_with("kdump: ok"), "{line}");
+        // A foreign address cannot be bound: the line says so and the fix.
+        let (line, ok) = kdump_line("192.0.2.1:7410".parse().expect("addr")).await;
+        assert!(
+            !ok && line.contains("FAILED") && line.contains("kdump.listen"),
+            "{line}"
+        );
+    }
 }
