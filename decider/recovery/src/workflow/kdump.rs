@@ -148,8 +148,10 @@ impl Run<'_> {
         }
         self.end(s, StepOutcome::Ok, json!({"how": how})).await?;
         warn!(node = %self.node, from = %c.from, messages = c.messages, "fenced by kdump: evacuating now, powering off after the dump");
+        // Read after "fenced by: " in the node-fenced message.
         Ok(FenceResult::Confirmed(ConfirmedFence::by_kdump(format!(
-            "{how}; the power-off follows once the dump is written"
+            "kdump: the crash kernel announced itself from {}, {} message(s); the power-off follows once the dump is written",
+            c.from, c.messages
         ))))
     }
 
