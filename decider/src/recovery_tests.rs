@@ -1178,3 +1178,109 @@ async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_t
          last message sent by {sender_done:?}, powered off and incident completed by {done:?}"
     );
 }
+
+#[tokio::test]
+async fn a_decider_restarted_while_a_dump_is_written_powers_off_once_after_it_without_evacuating_again(
+) {
+    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
+    let _serial = SERIAL.lock().await;
+    let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let s = w.start(Mode::Live, None).await;
+    let (s1, s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    let started = Instant::now();
+    // 10 messages a second apart: the dump outlasts the first decider.
+    let mut sender = tokio::process::Command::new(SENDER)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+            "-c",
+            "10",
+            "-i",
+            "1",
+            "127.0.0.1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    let j = SqliteJournal::open(&w.journal_path()).expect("journal");
+    until(
+        "the wait for the dump to begin",
+        Duration::from_secs(20),
+        async || {
+            let l = j.list(1).await.ok()?;
+            let d = j.get(&l.first()?.id).await.ok()?;
+            let began = d.steps_of(StepKind::AwaitDump, "compute1").next().is_some();
+            began.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "not powered off while the dump is written"
+    );
+    drop(s2);
+    s.shutdown().await;
+
+    // The decider comes back while the crash kernel may still be sending.
+    let restarted = started.elapsed();
+    let s = w.start(Mode::Live, None).await;
+    let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
+    let status = sender.wait().await.expect("fence_kdump_send ends");
+    assert!(status.success(), "fence_kdump_send: {status}");
+    let sender_done = started.elapsed();
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "no power-off while the crash kernel still sends"
+    );
+    until(
+        "the incident completed",
+        Duration::from_secs(60),
+        async || {
+            let l = j.list(1).await.ok()?;
+            (l.first()?.status == IncidentStatus::Completed).then_some(())
+        },
+    )
+    .await;
+    let done = started.elapsed();
+    assert_eq!(w.fencer.offs(), 1, "one power-off: {:?}", w.calls());
+    for id in ["a", "b"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+    }
+    let l = j.list(10).await.expect("list");
+    assert_eq!(l.len(), 1, "one incident: {l:?}");
+    let d = j.get(&l[0].id).await.expect("incident");
+    let waits: Vec<_> = d.steps_of(StepKind::AwaitDump, "compute1").collect();
+    assert_eq!(
+        waits.len(),
+        2,
+        "the restarted decider waited itself: {waits:?}"
+    );
+    assert!(
+        waits[1].outcome == Some(StepOutcome::Ok) && waits[0].outcome.is_none(),
+        "{waits:?}"
+    );
+    let events: Vec<_> = d.events_of("powered-off-after-dump").collect();
+    assert!(
+        events.len() == 1
+            && events[0]
+                .message
+                .starts_with("fenced by kdump; powered off after the dump at "),
+        "{events:?}"
+    );
+    eprintln!(
+        "figure: restart began {restarted:?} after the first fence_kdump message; last message by \
+         {sender_done:?}; powered off and completed by {done:?}"
+    );
+    s.shutdown().await;
+}
