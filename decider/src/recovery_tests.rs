@@ -1068,6 +1068,8 @@ async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_t
     w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let s = w.start(Mode::Live, None).await;
     let (s1, _s2) = healthy_pair(&w, &s).await;
+    let seen = watch(&s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The kernel panics: the sensor and nova-compute stop, and the crash
     // kernel sends fence_kdump messages while it writes its dump (6, a
@@ -1162,6 +1164,24 @@ async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_t
         serde_json::from_str(&inc.evidence_json).expect("evidence JSON");
     assert_eq!(evidence["fast_path"], "kdump", "{evidence}");
     assert_eq!(evidence["kdump"]["from"], "127.0.0.1", "{evidence}");
+    let path: Vec<String> = seen.lock().expect("seen").clone();
+    let want = ["dead", "fencing", "fenced", "evacuating", "recovered"];
+    let mut it = path.iter();
+    for v in want {
+        assert!(
+            it.any(|p| p == v),
+            "verdicts {path:?} do not pass {want:?} in order"
+        );
+    }
+    let n = operator(&s)
+        .await
+        .get_node(v1::GetNodeRequest {
+            name: "compute1".into(),
+        })
+        .await
+        .expect("GetNode")
+        .into_inner();
+    assert_eq!(crate::table::verdict_name(n.verdict), "recovered");
     until(
         "the power-off notification",
         Duration::from_secs(5),

@@ -843,7 +843,8 @@ impl Driver {
             dry_run,
             self.engine.clone(),
         )
-        .with_views(self.parts.cluster.as_ref().map(|c| c.views.clone()));
+        .with_views(self.parts.cluster.as_ref().map(|c| c.views.clone()))
+        .with_kdump(self.kdump.is_some());
         let nova: Arc<dyn NovaActions> = self.parts.nova.clone();
         let edges = Edges {
             nova: nova.clone(),
