@@ -109,6 +109,10 @@ fn powered_off(d: &IncidentDetail) -> bool {
     })
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Why the wait for the dump ended.
 enum DumpEnd {
     Quiet { last_heard: Option<Timestamp> },
@@ -210,8 +214,8 @@ impl Run<'_> {
                     &self.node,
                     attempt,
                     json!({
-                        "quiet_for_ms": quiet_for.as_millis() as u64,
-                        "power_off_after_ms": power_off_after.as_millis() as u64,
+                        "quiet_for_ms": ms(quiet_for),
+                        "power_off_after_ms": ms(power_off_after),
                         "first_message_at": first_at,
                         "deadline": deadline,
                         "listening_since": listening_since,
