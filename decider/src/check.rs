@@ -100,6 +100,11 @@ pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcom
             }
         }
     }
+    if let Some(k) = &cfg.kdump {
+        let (line, good) = kdump_line(k.listen).await;
+        ok &= good;
+        lines.push(line);
+    }
     if let Some(c) = &cfg.cluster {
         match cluster_line(c).await {
             Ok(l) => lines.push(l),
@@ -110,6 +115,22 @@ pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcom
         }
     }
     Outcome { lines, ok }
+}
+
+/// `[kdump]`: the UDP port can be bound (then let go at once). In use is
+/// a warning, not a failure: a running decider holds it.
+async fn kdump_line(listen: std::net::SocketAddr) -> (String, bool) {
+    match tokio::net::UdpSocket::bind(listen).await {
+        Ok(_) => (format!("kdump: ok, UDP {listen} can be bound"), true),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => (
+            format!("kdump: warning, UDP {listen} is in use (a running decider? `ss -ulpn` shows who holds it); serve cannot start while it is"),
+            true,
+        ),
+        Err(e) => (
+            format!("kdump: FAILED binding UDP {listen}: {e}; free the port or set kdump.listen"),
+            false,
+        ),
+    }
 }
 
 /// `[cluster]`: etcd answers (a read of the leader key, which needs a
@@ -154,5 +175,25 @@ mod tests {
         assert!(e.contains("[[node]]"), "{e}");
         cfg.enrolment.enabled = true;
         assert!(nodes_configured(&cfg).is_ok(), "nodes may enrol");
+    }
+
+    #[tokio::test]
+    async fn the_kdump_port_is_tried_and_one_in_use_is_named() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").expect("hold a UDP port");
+        let addr = held.local_addr().expect("its address");
+        let (line, ok) = kdump_line(addr).await;
+        assert!(
+            ok && line.contains("in use") && line.contains(&addr.to_string()),
+            "{line}"
+        );
+        drop(held);
+        let (line, ok) = kdump_line(addr).await;
+        assert!(ok && line.starts_with("kdump: ok"), "{line}");
+        // A foreign address cannot be bound: the line says so and the fix.
+        let (line, ok) = kdump_line("192.0.2.1:7410".parse().expect("addr")).await;
+        assert!(
+            !ok && line.contains("FAILED") && line.contains("kdump.listen"),
+            "{line}"
+        );
     }
 }

@@ -64,6 +64,8 @@ mod grpc_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
+mod kdump_serve_tests;
+#[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
 mod tls_tests;

@@ -184,6 +184,8 @@ fn kdump_json(k: &vigil_verdict::KdumpWitness, now: Moment) -> Value {
         Some(last) => json!({
             "messages": k.messages,
             "from": k.from.map(|a| a.to_string()),
+            // Recovery's power_off_after counts from the first message.
+            "first_age_ms": k.first_at.map(|f| u64::try_from(now.since(f).as_millis()).unwrap_or(u64::MAX)),
             "last_age_ms": u64::try_from(now.since(last).as_millis()).unwrap_or(u64::MAX),
         }),
     }

@@ -127,6 +127,8 @@ struct World {
     mirror: Arc<MirrorNova>,
     fencer: Arc<FakeFencer>,
     notifier: Arc<FakeNotifier>,
+    /// `[kdump] listen`, with 127.0.0.1 as compute1's management address.
+    kdump: Option<std::net::SocketAddr>,
 }
 
 impl World {
@@ -135,12 +137,20 @@ impl World {
     }
 
     fn with_nodes(nodes: &'static [&'static str], bmc: Bmc, servers: &[&str]) -> World {
+        World::with_clock(nodes, bmc, servers, FakeClock::new())
+    }
+
+    fn with_clock(
+        nodes: &'static [&'static str],
+        bmc: Bmc,
+        servers: &[&str],
+        clock: Arc<FakeClock>,
+    ) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         for n in nodes {
             std::fs::write(dir.path().join(format!("{n}.token")), token(n)).expect("token");
         }
         std::fs::write(dir.path().join("operator.token"), OPERATOR).expect("token");
-        let clock = FakeClock::new();
         let calls: CallLog = Arc::new(Mutex::new(Vec::new()));
         let nova = FakeNova::new(nodes, clock.clone(), calls.clone());
         for id in servers {
@@ -160,6 +170,7 @@ impl World {
             calls,
             nova,
             mirror,
+            kdump: None,
         }
     }
 
@@ -189,6 +200,19 @@ impl World {
                 segment: "default".into(),
                 system_uuid: None,
             });
+        }
+        if let Some(listen) = self.kdump {
+            cfg.kdump = Some(crate::config::KdumpConfig { listen });
+            if let Some(n) = cfg.nodes.iter_mut().find(|n| n.name == "compute1") {
+                n.management_addresses = vec!["127.0.0.1".parse().expect("ip")];
+            }
+            // fence_kdump_send -i 1 here: two intervals without a message
+            // and the dump is written.
+            cfg.policy.kdump.fresh_for = Duration::from_secs(2);
+            cfg.policy.kdump.power_off_after = Duration::from_secs(60);
+            // Nova's wait alone cannot make the node dead within the test:
+            // only the kdump fast path can.
+            cfg.policy.nova.report_interval = Duration::from_secs(60);
         }
         let mut r = RecoveryConfig::default();
         r.journal.path = self.journal_path();
@@ -1028,5 +1052,255 @@ async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
     w.thaw("compute1");
     let _s1 = Sensor::start(&s, "compute1", "boot-1b").await;
     wait_verdict(&s, "compute1", "healthy", Duration::from_secs(10)).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_the_dump() {
+    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
+    let _serial = SERIAL.lock().await;
+    // Real time: the workflow waits on messages sent in real time.
+    let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let s = w.start(Mode::Live, None).await;
+    let (s1, _s2) = healthy_pair(&w, &s).await;
+    let seen = watch(&s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The kernel panics: the sensor and nova-compute stop, and the crash
+    // kernel sends fence_kdump messages while it writes its dump (6, a
+    // second apart).
+    drop(s1);
+    w.freeze("compute1");
+    let started = Instant::now();
+    let mut sender = tokio::process::Command::new(SENDER)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+            "-c",
+            "6",
+            "-i",
+            "1",
+            "127.0.0.1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    until(
+        "compute1's instances evacuated",
+        Duration::from_secs(20),
+        async || {
+            ["a", "b"]
+                .iter()
+                .all(|id| {
+                    let srv = w.nova.get(id);
+                    srv.status == ServerStatus::Active && srv.host.as_deref() != Some("compute1")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let evacuated = started.elapsed();
+    let status = sender.wait().await.expect("fence_kdump_send ends");
+    let sender_done = started.elapsed();
+    assert!(status.success(), "fence_kdump_send: {status}");
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "no power-off while the crash kernel still sends"
+    );
+
+    // Then, once the messages stopped for fresh_for, one power-off.
+    let id = until(
+        "the incident completed",
+        Duration::from_secs(30),
+        async || {
+            incidents(&s)
+                .await
+                .into_iter()
+                .find(|i| i.state == "completed")
+                .map(|i| i.id)
+        },
+    )
+    .await;
+    let done = started.elapsed();
+    assert_eq!(w.fencer.offs(), 1, "one power-off, after the dump");
+    let calls = w.calls();
+    let off = calls
+        .iter()
+        .position(|c| c.starts_with("power_off"))
+        .expect("power_off");
+    assert!(
+        calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.starts_with("evacuate"))
+            .all(|(i, _)| i < off),
+        "evacuations before the power-off: {calls:?}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+    }
+    let inc = incident(&s, &id).await;
+    let ends = steps(&inc, "end");
+    for want in [
+        "confirm_off:kdump ok",
+        "await_dump:compute1 ok",
+        "power_off:fake bmc-compute1 ok",
+        "confirm_off:fake bmc-compute1 ok",
+    ] {
+        assert!(
+            ends.contains(&want.to_string()),
+            "{want} missing from {ends:?}"
+        );
+    }
+    let evidence: serde_json::Value =
+        serde_json::from_str(&inc.evidence_json).expect("evidence JSON");
+    assert_eq!(evidence["fast_path"], "kdump", "{evidence}");
+    assert_eq!(evidence["kdump"]["from"], "127.0.0.1", "{evidence}");
+    let path: Vec<String> = seen.lock().expect("seen").clone();
+    let want = ["dead", "fencing", "fenced", "evacuating", "recovered"];
+    let mut it = path.iter();
+    for v in want {
+        assert!(
+            it.any(|p| p == v),
+            "verdicts {path:?} do not pass {want:?} in order"
+        );
+    }
+    let n = operator(&s)
+        .await
+        .get_node(v1::GetNodeRequest {
+            name: "compute1".into(),
+        })
+        .await
+        .expect("GetNode")
+        .into_inner();
+    assert_eq!(crate::table::verdict_name(n.verdict), "recovered");
+    until(
+        "the power-off notification",
+        Duration::from_secs(5),
+        async || {
+            w.notifier
+                .kinds()
+                .contains(&"powered-off-after-dump")
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "figure: from the first fence_kdump message: instances evacuated by {evacuated:?}, \
+         last message sent by {sender_done:?}, powered off and incident completed by {done:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_decider_restarted_while_a_dump_is_written_powers_off_once_after_it_without_evacuating_again(
+) {
+    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
+    let _serial = SERIAL.lock().await;
+    let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let s = w.start(Mode::Live, None).await;
+    let (s1, s2) = healthy_pair(&w, &s).await;
+    drop(s1);
+    w.freeze("compute1");
+    let started = Instant::now();
+    // 10 messages a second apart: the dump outlasts the first decider.
+    let mut sender = tokio::process::Command::new(SENDER)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+            "-c",
+            "10",
+            "-i",
+            "1",
+            "127.0.0.1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    let j = SqliteJournal::open(&w.journal_path()).expect("journal");
+    until(
+        "the wait for the dump to begin",
+        Duration::from_secs(20),
+        async || {
+            let l = j.list(1).await.ok()?;
+            let d = j.get(&l.first()?.id).await.ok()?;
+            let began = d.steps_of(StepKind::AwaitDump, "compute1").next().is_some();
+            began.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "not powered off while the dump is written"
+    );
+    drop(s2);
+    s.shutdown().await;
+
+    // The decider comes back while the crash kernel may still be sending.
+    let restarted = started.elapsed();
+    let s = w.start(Mode::Live, None).await;
+    let _s2 = Sensor::start(&s, "compute2", "boot-2").await;
+    let status = sender.wait().await.expect("fence_kdump_send ends");
+    assert!(status.success(), "fence_kdump_send: {status}");
+    let sender_done = started.elapsed();
+    assert_eq!(
+        w.fencer.offs(),
+        0,
+        "no power-off while the crash kernel still sends"
+    );
+    until(
+        "the incident completed",
+        Duration::from_secs(60),
+        async || {
+            let l = j.list(1).await.ok()?;
+            (l.first()?.status == IncidentStatus::Completed).then_some(())
+        },
+    )
+    .await;
+    let done = started.elapsed();
+    assert_eq!(w.fencer.offs(), 1, "one power-off: {:?}", w.calls());
+    for id in ["a", "b"] {
+        assert_eq!(w.nova.evacuate_calls(id), 1, "one evacuate of {id}");
+    }
+    let l = j.list(10).await.expect("list");
+    assert_eq!(l.len(), 1, "one incident: {l:?}");
+    let d = j.get(&l[0].id).await.expect("incident");
+    let waits: Vec<_> = d.steps_of(StepKind::AwaitDump, "compute1").collect();
+    assert_eq!(
+        waits.len(),
+        2,
+        "the restarted decider waited itself: {waits:?}"
+    );
+    assert!(
+        waits[1].outcome == Some(StepOutcome::Ok) && waits[0].outcome.is_none(),
+        "{waits:?}"
+    );
+    let events: Vec<_> = d.events_of("powered-off-after-dump").collect();
+    assert!(
+        events.len() == 1
+            && events[0]
+                .message
+                .starts_with("fenced by kdump; powered off after the dump at "),
+        "{events:?}"
+    );
+    eprintln!(
+        "figure: restart began {restarted:?} after the first fence_kdump message; last message by \
+         {sender_done:?}; powered off and completed by {done:?}"
+    );
     s.shutdown().await;
 }

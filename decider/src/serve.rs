@@ -136,10 +136,53 @@ impl Server {
             metrics.clone(),
             Some(host_tx),
         );
+        // Bound before anything is served: a port another process holds is
+        // a start error, not a witness that silently never speaks.
+        let kdump = match &cfg.kdump {
+            Some(k) => Some(bind_kdump(&cfg, k, &handle, &metrics).await?),
+            None => None,
+        };
         let mut tasks = JoinSet::new();
         {
             let s = shutdown.clone();
             tasks.spawn(engine.spawn(events, s.wait()));
+        }
+        if let Some((listener, book, mut heard)) = kdump {
+            let (plan, s) = (handle.ping_plan.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                book.follow(plan, s.wait()).await;
+                Ok(())
+            });
+            let s = shutdown.clone();
+            tasks.spawn(async move {
+                listener.run(s.wait()).await;
+                Ok(())
+            });
+            let (events, s) = (handle.events.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let mut log = crate::kdump::HeardLog::default();
+                let stop = s.wait();
+                tokio::pin!(stop);
+                loop {
+                    let h = tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        h = heard.recv() => match h {
+                            Some(h) => h,
+                            None => return Ok(()),
+                        },
+                    };
+                    crate::kdump::log_heard(&h, &mut log);
+                    let ev = crate::engine::Event::Kdump {
+                        node: h.node,
+                        from: h.from,
+                        at: h.at,
+                    };
+                    if events.send(ev).await.is_err() {
+                        // The engine stopped: shutting down.
+                        return Ok(());
+                    }
+                }
+            });
         }
         {
             // The BMC witness reads the BMCs fencing uses; without fencing
@@ -211,6 +254,17 @@ impl Server {
                         Ok(())
                     });
                 }
+                let kdump_watch =
+                    cfg.kdump
+                        .as_ref()
+                        .map(|_| vigil_recovery::workflow::KdumpWatch {
+                            source: Arc::new(crate::recovery::kdump_state::EngineKdump {
+                                nodes: handle.nodes.clone(),
+                                clock: handle.clock,
+                            }),
+                            quiet_for: cfg.policy.kdump.fresh_for,
+                            power_off_after: cfg.policy.kdump.power_off_after,
+                        });
                 let driver = Driver::new(
                     parts,
                     EngineLink {
@@ -218,7 +272,8 @@ impl Server {
                         nodes: handle.nodes.clone(),
                     },
                     metrics.clone(),
-                );
+                )
+                .with_kdump(kdump_watch);
                 let s = shutdown.clone();
                 tasks.spawn(async move {
                     driver.run(rx, s.wait()).await;
@@ -421,6 +476,36 @@ impl Server {
             self.tasks.abort_all();
         }
     }
+}
+
+/// The kdump port, bound, with the address book it attributes datagrams by
+/// and the channel its messages come out of.
+async fn bind_kdump(
+    cfg: &Config,
+    k: &crate::config::KdumpConfig,
+    handle: &EngineHandle,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(
+    crate::kdump::KdumpListener,
+    Arc<crate::kdump::AddressBook>,
+    tokio::sync::mpsc::Receiver<crate::kdump::KdumpHeard>,
+)> {
+    let book =
+        Arc::new(crate::kdump::AddressBook::new(cfg.nodes.iter().flat_map(
+            |n| n.management_addresses.iter().map(|a| (n.name.clone(), *a)),
+        )));
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::kdump::QUEUE);
+    let listener = crate::kdump::KdumpListener::bind(
+        k.listen,
+        book.clone(),
+        handle.clock,
+        tx,
+        metrics.clone(),
+    )
+    .await?;
+    let addr = listener.local_addr()?;
+    info!(listen = %addr, policy_enabled = cfg.policy.kdump.enabled, "kdump witness on: fence_kdump messages from the nodes' management addresses count");
+    Ok((listener, book, rx))
 }
 
 fn tls_config(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {

@@ -111,6 +111,9 @@ pub struct Driver {
     /// `[cluster]`: the term this decider leads in, once it has resumed
     /// the journal for it.
     term: Option<i64>,
+    /// `[kdump]`: the engine's kdump messages, for the kdump path's
+    /// power-off after the dump; `None`: no kdump port, no kdump path.
+    kdump: Option<vigil_recovery::workflow::KdumpWatch>,
 }
 
 impl Driver {
@@ -146,7 +149,15 @@ impl Driver {
             resume_after_run: HashSet::new(),
             retry_at: HashMap::new(),
             term: None,
+            kdump: None,
         }
+    }
+
+    /// Incidents decided on the kdump fast path are fenced by the crash
+    /// kernel's announcement and powered off after the dump.
+    pub fn with_kdump(mut self, watch: Option<vigil_recovery::workflow::KdumpWatch>) -> Self {
+        self.kdump = watch;
+        self
     }
 
     /// Resumes the journal's open incidents, then handles inputs until
@@ -832,7 +843,8 @@ impl Driver {
             dry_run,
             self.engine.clone(),
         )
-        .with_views(self.parts.cluster.as_ref().map(|c| c.views.clone()));
+        .with_views(self.parts.cluster.as_ref().map(|c| c.views.clone()))
+        .with_kdump(self.kdump.is_some());
         let nova: Arc<dyn NovaActions> = self.parts.nova.clone();
         let edges = Edges {
             nova: nova.clone(),
@@ -849,7 +861,8 @@ impl Driver {
                 probe_timeout: self.parts.probe_timeout,
             }),
         };
-        let recovery = Recovery::new(edges, Settings::from(&self.parts.config));
+        let recovery =
+            Recovery::new(edges, Settings::from(&self.parts.config)).with_kdump(self.kdump.clone());
         let levels = self.parts.levels.get(&node).cloned().unwrap_or_default();
         self.running.insert(node.clone());
         self.metrics.recovery_active.set(self.running.len() as i64);

@@ -11,6 +11,8 @@
 //! - [`alerts`]: a notification when a node turns `degraded` (never
 //!   fenced, so no incident would tell anyone).
 //! - [`self_check`]: the decider's check of itself before it acts.
+//! - [`kdump_state`]: the engine's kdump messages, as the kdump path's
+//!   power-off after the dump asks for them.
 //! - [`nova`]: [`nova::NovaEdge`] implements `vigil_recovery::workflow::NovaActions`
 //!   with any `vigil_nova::NovaActions` (the real `NovaClient` in production);
 //!   [`nova::LazyNova`] connects on first use.
@@ -22,6 +24,7 @@ pub mod alerts;
 pub mod commands;
 pub mod driver;
 pub mod inputs;
+pub mod kdump_state;
 pub mod nova;
 pub mod reporter;
 pub mod self_check;

@@ -104,6 +104,8 @@ pub struct Reporter {
     engine: EngineLink,
     /// `[cluster]`: the other deciders' views, read at the fence.
     views: Option<Arc<vigil_cluster::views::Views>>,
+    /// The workflow takes the kdump path (`[kdump]` is on).
+    kdump: bool,
 }
 
 impl Reporter {
@@ -114,13 +116,31 @@ impl Reporter {
             dry_run,
             engine,
             views: None,
+            kdump: false,
         }
+    }
+
+    /// Words the verdict's reasons for the kdump path.
+    pub fn with_kdump(mut self, kdump: bool) -> Reporter {
+        self.kdump = kdump;
+        self
     }
 
     /// The fence permit also asks the other deciders (`[cluster]`).
     pub fn with_views(mut self, views: Option<Arc<vigil_cluster::views::Views>>) -> Reporter {
         self.views = views;
         self
+    }
+
+    /// Whether the incident was decided on the kdump fast path (and this
+    /// decider takes the kdump path): only for the verdict's words.
+    async fn by_kdump(&self, incident: &IncidentId) -> bool {
+        self.kdump
+            && self
+                .inner
+                .get(incident)
+                .await
+                .is_ok_and(|d| d.evidence.get("fast_path").and_then(Value::as_str) == Some("kdump"))
     }
 
     async fn tell(&self, step: WorkflowStep, reason: String) {
@@ -179,13 +199,22 @@ impl Journal for Reporter {
         phase: Phase,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
+            let by_kdump =
+                matches!(phase, Phase::Fencing | Phase::Fenced) && self.by_kdump(incident).await;
             if !self.dry_run && phase == Phase::Fencing {
                 // Asked before the phase is written: a refusal leaves the
                 // incident short of the fence, and nothing is powered off.
-                let reason = format!(
-                    "fencing: powering {} off through its BMC (incident {incident})",
-                    self.node
-                );
+                let reason = if by_kdump {
+                    format!(
+                        "fencing: confirming {} fenced by its crash kernel's fence_kdump messages (incident {incident})",
+                        self.node
+                    )
+                } else {
+                    format!(
+                        "fencing: powering {} off through its BMC (incident {incident})",
+                        self.node
+                    )
+                };
                 if let Err(why) = self
                     .engine
                     .step(&self.node, WorkflowStep::Fencing, reason)
@@ -216,11 +245,12 @@ impl Journal for Reporter {
             if !self.dry_run {
                 match phase {
                     Phase::Fenced => {
-                        self.tell(
-                            WorkflowStep::Fenced,
-                            format!("fenced: {} confirmed off (incident {incident})", self.node),
-                        )
-                        .await
+                        let reason = if by_kdump {
+                            format!("fenced by kdump: {} runs its crash kernel; powered off once the dump is written (incident {incident})", self.node)
+                        } else {
+                            format!("fenced: {} confirmed off (incident {incident})", self.node)
+                        };
+                        self.tell(WorkflowStep::Fenced, reason).await
                     }
                     Phase::Evacuating => {
                         self.tell(

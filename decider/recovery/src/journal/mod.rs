@@ -89,6 +89,8 @@ pub enum StepKind {
     Verify,
     Notify,
     ReenableService,
+    /// The kdump path's wait for the crash dump before the power-off.
+    AwaitDump,
 }
 
 /// How a step ended.

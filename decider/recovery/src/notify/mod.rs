@@ -59,6 +59,13 @@ pub enum Message {
         node: String,
         how: String,
     },
+    /// The kdump path: a node fenced by its crash kernel's announcement was
+    /// powered off once its dump was written (or the wait ran out).
+    PoweredOffAfterDump {
+        incident: IncidentId,
+        node: String,
+        how: String,
+    },
     /// Every selected instance was handled.
     EvacuationFinished {
         incident: IncidentId,
@@ -91,6 +98,7 @@ impl Message {
         match self {
             Message::IncidentOpened { .. } => "incident-opened",
             Message::NodeFenced { .. } => "node-fenced",
+            Message::PoweredOffAfterDump { .. } => "powered-off-after-dump",
             Message::EvacuationFinished { .. } => "evacuation-finished",
             Message::NeedsAttention { .. } => "needs-attention",
             Message::NodeDegraded { .. } => "node-degraded",
@@ -104,6 +112,7 @@ impl Message {
         match self {
             Message::IncidentOpened { incident, .. }
             | Message::NodeFenced { incident, .. }
+            | Message::PoweredOffAfterDump { incident, .. }
             | Message::EvacuationFinished { incident, .. }
             | Message::NeedsAttention { incident, .. } => Some(incident),
             Message::NodeDegraded { .. } | Message::NoLeader { .. } => None,
@@ -114,6 +123,7 @@ impl Message {
         match self {
             Message::IncidentOpened { node, .. }
             | Message::NodeFenced { node, .. }
+            | Message::PoweredOffAfterDump { node, .. }
             | Message::EvacuationFinished { node, .. }
             | Message::NeedsAttention { node, .. }
             | Message::NodeDegraded { node, .. } => node,
@@ -190,6 +200,9 @@ impl Message {
                 format!("[vigil] {node} is dead; recovery started")
             }
             Message::NodeFenced { node, .. } => format!("[vigil] {node} fenced (confirmed off)"),
+            Message::PoweredOffAfterDump { node, .. } => {
+                format!("[vigil] {node} powered off after its crash dump")
+            }
             Message::EvacuationFinished {
                 node, instances, ..
             } => {
@@ -224,6 +237,7 @@ impl Message {
                 s.push('\n');
             }
             Message::NodeFenced { how, .. } => s.push_str(&format!("fenced by: {how}\n")),
+            Message::PoweredOffAfterDump { how, .. } => s.push_str(&format!("{how}\n")),
             Message::NeedsAttention { reason, .. } => s.push_str(&format!(
                 "\nreason: {reason}\nVigil stopped; a person must finish this recovery.\n"
             )),

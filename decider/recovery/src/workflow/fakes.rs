@@ -19,21 +19,37 @@ use crate::notify::{Message, Notifier, NotifyError};
 use crate::time::{Clock, Timestamp};
 
 /// Virtual time: a `sleep` advances it when first polled (not when created,
-/// so a deadline that loses a `select!` costs no time).
+/// so a deadline that loses a `select!` costs no time). Or, made with
+/// [`FakeClock::real`], the wall clock: for tests where the workflow waits
+/// on something that happens in real time (a crash kernel's messages).
 #[derive(Default)]
-pub struct FakeClock(Arc<AtomicI64>);
+pub struct FakeClock(Arc<AtomicI64>, bool);
 
 impl FakeClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(FakeClock(Arc::new(AtomicI64::new(1_700_000_000_000))))
+        Arc::new(FakeClock(
+            Arc::new(AtomicI64::new(1_700_000_000_000)),
+            false,
+        ))
+    }
+
+    /// The wall clock, with real sleeps.
+    pub fn real() -> Arc<Self> {
+        Arc::new(FakeClock(Arc::new(AtomicI64::new(0)), true))
     }
 }
 
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
+        if self.1 {
+            return Timestamp::from_system(std::time::SystemTime::now());
+        }
         Timestamp(self.0.load(Ordering::SeqCst))
     }
     fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        if self.1 {
+            return Box::pin(tokio::time::sleep(d));
+        }
         let t = self.0.clone();
         Box::pin(async move {
             t.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
@@ -878,5 +894,50 @@ impl FakeNova {
             }
         }
         Ok(fs.server.clone())
+    }
+}
+
+/// A crash kernel's fence_kdump_send as the engine hears it: one message
+/// every `every` from `first` until `stop` (never, while `None`), heard only
+/// from `listening_since` on (a restarted engine heard nothing before).
+pub struct FakeKdump {
+    clock: Arc<FakeClock>,
+    pub first: Timestamp,
+    pub every: Duration,
+    pub stop: Option<Timestamp>,
+    pub listening_since: Timestamp,
+}
+
+impl FakeKdump {
+    pub fn new(clock: Arc<FakeClock>, first: Timestamp, stop: Option<Timestamp>) -> Arc<Self> {
+        Arc::new(FakeKdump {
+            clock,
+            first,
+            every: Duration::from_secs(10),
+            stop,
+            listening_since: first,
+        })
+    }
+
+    /// The same sender, heard by an engine that started at `at`.
+    pub fn restarted(&self, at: Timestamp) -> Arc<Self> {
+        Arc::new(FakeKdump {
+            clock: self.clock.clone(),
+            first: self.first,
+            every: self.every,
+            stop: self.stop,
+            listening_since: at,
+        })
+    }
+}
+
+impl super::kdump::KdumpSource for FakeKdump {
+    fn last_heard_ago(&self, _node: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        let end = self.stop.map_or(now, |s| s.min(now));
+        let every = i64::try_from(self.every.as_millis()).ok()?.max(1);
+        let sent = end.0.checked_sub(self.first.0)?;
+        let last = Timestamp(self.first.0 + sent / every * every);
+        (last >= self.listening_since).then(|| now.since(last))
     }
 }

@@ -26,6 +26,12 @@ impl ConfirmedFence {
         &self.how
     }
 
+    /// The proof a crash kernel's own announcement gives (fence_kdump's
+    /// semantics): the node runs nothing but its crash kernel.
+    pub(super) fn by_kdump(how: String) -> Self {
+        ConfirmedFence { how }
+    }
+
     /// A proof for unit tests of the gates that take one.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
@@ -43,7 +49,7 @@ pub(super) enum FenceResult {
 }
 
 /// Did a previous run of this incident already confirm the fence?
-fn confirmed_before(d: &IncidentDetail) -> Option<ConfirmedFence> {
+pub(super) fn confirmed_before(d: &IncidentDetail) -> Option<ConfirmedFence> {
     if let Some(s) = d
         .steps
         .iter()
@@ -71,6 +77,19 @@ impl Run<'_> {
             info!(node = %self.node, how = c.how(), "fence already confirmed");
             return Ok(FenceResult::Confirmed(c));
         }
+        if let Some(claim) = self.kdump_claim(d) {
+            return self.fence_by_kdump(&claim).await;
+        }
+        self.power_off_levels(d, levels).await
+    }
+
+    /// Powers the node off through its levels and reads it back; on resume
+    /// after a power-off began, reads the power state first.
+    pub(super) async fn power_off_levels(
+        &self,
+        d: &IncidentDetail,
+        levels: &[FenceLevel],
+    ) -> Result<FenceResult, WorkflowError> {
         if levels.is_empty() {
             return Ok(FenceResult::Failed(format!(
                 "no fence levels configured for {}",

@@ -20,6 +20,7 @@
 mod evacuate;
 mod fence_step;
 pub mod guards;
+pub mod kdump;
 pub mod nova;
 pub mod picture;
 pub mod reset_gate;
@@ -42,6 +43,7 @@ use tracing::{info, instrument, warn};
 
 pub use fence_step::ConfirmedFence;
 pub use guards::{Admission, Guards, SelfCheck};
+pub use kdump::{KdumpSource, KdumpWatch};
 pub use nova::*;
 
 use crate::config::{EvacuationPolicy, RecoveryConfig};
@@ -127,6 +129,9 @@ pub enum WorkflowError {
 pub struct Recovery {
     pub edges: Edges,
     pub settings: Settings,
+    /// The live kdump messages; `None`: incidents decided on the kdump fast
+    /// path are fenced by power-off like any other.
+    pub kdump: Option<KdumpWatch>,
 }
 
 /// What every disable reason Vigil writes starts with. The decider's policy
@@ -148,13 +153,26 @@ pub(crate) struct Run<'a> {
     node: String,
     dry_run: bool,
     opened_at: Timestamp,
+    /// When this run (not the incident) started: what this decider heard
+    /// before it is unknown to it.
+    started_at: Timestamp,
     /// Messages queued in this run.
     notifications: std::sync::Mutex<Vec<JoinHandle<Delivery>>>,
 }
 
 impl Recovery {
     pub fn new(edges: Edges, settings: Settings) -> Self {
-        Recovery { edges, settings }
+        Recovery {
+            edges,
+            settings,
+            kdump: None,
+        }
+    }
+
+    /// Takes the kdump path for incidents decided on it (see [`kdump`]).
+    pub fn with_kdump(mut self, watch: Option<KdumpWatch>) -> Self {
+        self.kdump = watch;
+        self
     }
 
     /// Opens an incident for a dead node and runs it. The caller has asked
@@ -195,6 +213,7 @@ impl Recovery {
             node: d.summary.node.clone(),
             dry_run: d.summary.dry_run,
             opened_at: d.summary.opened_at,
+            started_at: self.edges.clock.now(),
             notifications: std::sync::Mutex::new(Vec::new()),
         };
         let (status, reason) = run.drive(d, levels).await?;
@@ -280,6 +299,7 @@ impl Recovery {
                 node: node.to_string(),
                 dry_run: false,
                 opened_at: last.opened_at,
+                started_at: now,
                 notifications: std::sync::Mutex::new(Vec::new()),
             };
             run.reenable_if_policy(true).await?;
@@ -705,6 +725,13 @@ impl<'a> Run<'a> {
             },
         )
         .await?;
+        // The kdump path's power-off, owed once the dump is written; after
+        // the evacuations, which never wait for it.
+        if self.owes_power_off_after_dump(&d) {
+            if let Err(why) = self.power_off_after_dump(levels).await? {
+                return self.needs_attention(format!("{why}. Check the BMC, or power the node off by hand once its dump is written")).await;
+            }
+        }
         if !failed.is_empty() {
             let names: Vec<String> = failed
                 .iter()

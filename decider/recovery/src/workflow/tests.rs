@@ -867,3 +867,8 @@ async fn a_free_slot_is_used_at_once_behind_a_slow_server() {
     sorted.sort_unstable();
     assert_eq!(ids, sorted);
 }
+
+/// The kdump path: fenced by the crash kernel's announcement, powered off
+/// after the dump.
+#[path = "kdump_tests.rs"]
+mod kdump_tests;
