@@ -55,6 +55,10 @@ struct MirrorNova {
     fake: Arc<FakeNova>,
     frozen: Mutex<BTreeSet<String>>,
     counter: AtomicU64,
+    /// The `updated_at` each host last reported: a frozen host keeps it, as
+    /// a real one does (a new value at the freeze would read as a report
+    /// after it, which the kdump rule rightly distrusts).
+    last: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl NovaSource for MirrorNova {
@@ -70,13 +74,18 @@ impl NovaSource for MirrorNova {
                 })?;
             let tick = self.counter.fetch_add(1, Ordering::SeqCst);
             let frozen = self.frozen.lock().expect("frozen").clone();
+            let mut last = self.last.lock().expect("last");
             Ok(list
                 .into_iter()
                 .map(|s| ComputeService {
                     updated_at: Some(if frozen.contains(&s.host) {
-                        "frozen".to_string()
+                        last.get(&s.host)
+                            .cloned()
+                            .unwrap_or_else(|| "frozen".into())
                     } else {
-                        format!("t{tick}")
+                        let t = format!("t{tick}");
+                        last.insert(s.host.clone(), t.clone());
+                        t
                     }),
                     id: s.id,
                     state: if s.up { "up" } else { "down" }.into(),
@@ -160,6 +169,7 @@ impl World {
             fake: nova.clone(),
             frozen: Mutex::new(BTreeSet::new()),
             counter: AtomicU64::new(0),
+            last: Mutex::default(),
         });
         World {
             nodes,
