@@ -30,11 +30,26 @@ pub fn normalize(text: &str) -> Option<String> {
             return None;
         }
     }
-    let digits = || out.chars().filter(|c| *c != '-');
-    if digits().all(|c| c == '0') || digits().all(|c| c == 'f') {
+    if is_placeholder(&out) {
         return None;
     }
     Some(out)
+}
+
+/// Whether `text` is a UUID made only of zeros or only of Fs (any case,
+/// surrounding whitespace ignored): what firmware reports when nobody set
+/// the machine's UUID. It is no error, and says nothing about the machine.
+pub fn is_placeholder(text: &str) -> bool {
+    let text = text.trim();
+    if text.len() != LEN {
+        return false;
+    }
+    let hyphens_in_place = text
+        .char_indices()
+        .all(|(i, c)| (c == '-') == HYPHENS.contains(&i));
+    let digits = || text.chars().filter(|c| *c != '-');
+    hyphens_in_place
+        && (digits().all(|c| c == '0') || digits().all(|c| c.eq_ignore_ascii_case(&'f')))
 }
 
 /// Whether `text` is already exactly the canonical form (no whitespace,
@@ -77,6 +92,12 @@ mod tests {
         assert_eq!(normalize("00000000-0000-0000-0000-000000000000"), None);
         assert_eq!(normalize("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"), None);
         assert_eq!(normalize("ffffffff-ffff-ffff-ffff-ffffffffffff"), None);
+        assert!(is_placeholder(" FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF\n"));
+        assert!(is_placeholder("00000000-0000-0000-0000-000000000000"));
+        assert!(!is_placeholder("00000000000000000000000000000000"));
+        assert!(!is_placeholder("4c4c4544-0042-3510-8052-b4c04f4b4e32"));
+        assert!(!is_placeholder("0000000-00000-0000-0000-000000000000"));
+        assert!(!is_placeholder("not a uuid"));
     }
 
     #[test]
