@@ -163,7 +163,7 @@ struct Run {
 }
 
 /// Reads up to [`OUTPUT_LIMIT`] bytes, then drains the rest.
-async fn read_bounded(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+pub(super) async fn read_bounded(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
     let mut kept = Vec::new();
     let _ = (&mut r)
         .take(OUTPUT_LIMIT as u64)

@@ -1,6 +1,8 @@
 //! IPMI fencing through `ipmitool -I lanplus` (`chassis power off`, `chassis
-//! power status`). The password goes to ipmitool in `IPMI_PASSWORD` with `-E`,
-//! so it is never on a command line that `ps` shows, nor in our logs.
+//! power status`; `mc guid` names the machine). The password goes to ipmitool
+//! in `IPMI_PASSWORD` with `-E`, so it is never on a command line that `ps`
+//! shows, nor in our logs. Its output is read up to
+//! [`super::fence_agent::OUTPUT_LIMIT`] per stream.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio::process::Command;
 use tracing::{info, instrument};
 
+use super::fence_agent::read_bounded;
 use super::{FenceAck, FenceError, Fencer, PowerState};
 use crate::secret::Secret;
 
@@ -38,6 +41,13 @@ impl IpmiFencer {
 
     /// Runs `ipmitool … chassis power <verb>` and returns its stdout.
     async fn chassis_power(&self, verb: &str) -> Result<String, FenceError> {
+        self.ipmitool(&["chassis", "power", verb]).await
+    }
+
+    /// Runs `ipmitool … <command>` within the request timeout and returns
+    /// its stdout, bounded.
+    async fn ipmitool(&self, command: &[&str]) -> Result<String, FenceError> {
+        let action = command.join(" ");
         let t = &self.target;
         let mut cmd = Command::new(&t.ipmitool);
         cmd.args([
@@ -54,43 +64,57 @@ impl IpmiFencer {
         if let Some(c) = t.cipher_suite {
             cmd.args(["-C", &c.to_string()]);
         }
-        cmd.args(["chassis", "power", verb])
+        cmd.args(command)
             .env("IPMI_PASSWORD", t.password.expose())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // A deadline that fires drops the future; the child must die with it.
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|source| FenceError::Spawn {
+        let spawn_err = |source| FenceError::Spawn {
             fencer: self.describe(),
             program: t.ipmitool.display().to_string(),
             source,
-        })?;
-        let out = tokio::time::timeout(t.request_timeout, child.wait_with_output())
-            .await
-            .map_err(|_| FenceError::Timeout {
-                fencer: self.describe(),
-                action: format!("chassis power {verb}"),
-                after: t.request_timeout,
-            })?
-            .map_err(|source| FenceError::Spawn {
-                fencer: self.describe(),
-                program: t.ipmitool.display().to_string(),
-                source,
-            })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let out = async {
+                match stdout {
+                    Some(s) => read_bounded(s).await,
+                    None => Vec::new(),
+                }
+            };
+            let err = async {
+                match stderr {
+                    Some(s) => read_bounded(s).await,
+                    None => Vec::new(),
+                }
+            };
+            tokio::join!(out, err, child.wait())
+        };
+        let (out, err, status) =
+            tokio::time::timeout(t.request_timeout, run)
+                .await
+                .map_err(|_| FenceError::Timeout {
+                    fencer: self.describe(),
+                    action: action.clone(),
+                    after: t.request_timeout,
+                })?;
+        let status = status.map_err(spawn_err)?;
+        let stdout = String::from_utf8_lossy(&out).trim().to_string();
+        if !status.success() {
             // ipmitool prints "Unable to Get Channel Cipher Suites" on stderr
             // even when it works, so stderr only matters on failure.
-            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr = String::from_utf8_lossy(&err);
             let detail: Vec<&str> = stderr
                 .lines()
                 .filter(|l| !l.contains("Cipher Suites"))
                 .collect();
             return Err(FenceError::Failed {
                 fencer: self.describe(),
-                status: out.status.to_string(),
-                detail: format!("chassis power {verb}: {}", detail.join("; ")),
+                status: status.to_string(),
+                detail: format!("{action}: {}", detail.join("; ")),
             });
         }
         Ok(stdout)
@@ -126,6 +150,49 @@ impl IpmiFencer {
     }
 }
 
+impl IpmiFencer {
+    /// `mc guid ipmi`: the System GUID decoded as the IPMI specification
+    /// sends it (every byte least significant first). Not ipmitool's default
+    /// `auto`, which guesses the encoding from the UUID's version field and,
+    /// for a name-based or random UUID, may pick another byte order than the
+    /// one the BMC used; a BMC that breaks the specification then shows as
+    /// a mismatch, which `fence-check` explains, rather than as a guess.
+    async fn guid(&self) -> Result<Option<String>, FenceError> {
+        let out = self.ipmitool(&["mc", "guid", "ipmi"]).await?;
+        parse_guid(&out).map_err(|detail| FenceError::BadAnswer {
+            fencer: self.describe(),
+            action: "mc guid".into(),
+            detail,
+        })
+    }
+}
+
+/// The UUID on ipmitool's `System GUID   : …` line, canonical; `None` for
+/// a firmware placeholder (all zeros or Fs).
+fn parse_guid(out: &str) -> Result<Option<String>, String> {
+    let value = out
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("System GUID"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, v)| v.trim())
+        .ok_or_else(|| {
+            format!(
+                "no \"System GUID\" line in ipmitool's output: {:?}",
+                out.chars().take(200).collect::<String>()
+            )
+        })?;
+    if let Some(canon) = vigil_proto::system_uuid::normalize(value) {
+        Ok(Some(canon))
+    } else if vigil_proto::system_uuid::is_placeholder(value) {
+        Ok(None)
+    } else {
+        Err(format!(
+            "System GUID {:?} is not a UUID",
+            value.chars().take(40).collect::<String>()
+        ))
+    }
+}
+
 fn parse_status(out: &str) -> Option<PowerState> {
     let l = out.to_ascii_lowercase();
     if l.contains("power is off") {
@@ -149,6 +216,10 @@ impl Fencer for IpmiFencer {
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
         Box::pin(self.status())
     }
+
+    fn system_uuid(&self) -> BoxFuture<'_, Result<Option<String>, FenceError>> {
+        Box::pin(self.guid())
+    }
 }
 
 #[cfg(test)]
@@ -160,5 +231,56 @@ mod tests {
         assert_eq!(parse_status("Chassis Power is off"), Some(PowerState::Off));
         assert_eq!(parse_status("Chassis Power is on\n"), Some(PowerState::On));
         assert_eq!(parse_status("garbage"), None);
+    }
+
+    #[test]
+    fn reads_the_system_guid_as_ipmitool_prints_it() {
+        // ipmitool 1.8.19 (Debian bookworm), `mc guid ipmi` against a BMC.
+        let out = "System GUID   : 4c4c4544-0042-3510-8052-b4c04f4b4e32\n\
+                   GUID Version  : Random or pseudo-random\n";
+        assert_eq!(
+            parse_guid(out),
+            Ok(Some("4c4c4544-0042-3510-8052-b4c04f4b4e32".into()))
+        );
+        // `auto` adds an encoding line; older ipmitool a timestamp and one
+        // space less; upper case from other tools.
+        let out = "System GUID   : 5F1C0A6E-1111-4000-8000-000000000001\n\
+                   GUID Encoding : IPMI\nGUID Version  : Time-based\n\
+                   Timestamp     : 01/01/2020 00:00:00\n";
+        assert_eq!(
+            parse_guid(out),
+            Ok(Some("5f1c0a6e-1111-4000-8000-000000000001".into()))
+        );
+        let old = "System GUID  : 5f1c0a6e-1111-4000-8000-000000000001\nTimestamp    : 01/01/1970 00:00:00";
+        assert_eq!(
+            parse_guid(old),
+            Ok(Some("5f1c0a6e-1111-4000-8000-000000000001".into()))
+        );
+    }
+
+    #[test]
+    fn a_placeholder_guid_is_unknown_and_garbage_an_error() {
+        assert_eq!(
+            parse_guid("System GUID   : 00000000-0000-0000-0000-000000000000\n"),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_guid("System GUID   : ffffffff-ffff-ffff-ffff-ffffffffffff\n"),
+            Ok(None)
+        );
+        // `dump` form (raw bytes) or anything else is not taken as a UUID.
+        let e = parse_guid("System GUID   : a123456789abcdefa123456789abcdef\n").expect_err("raw");
+        assert!(e.contains("a123456789abcdef"), "{e}");
+        assert!(parse_guid("").is_err());
+        assert!(parse_guid("Get GUID command failed").is_err());
+        let huge = "x".repeat(1_000_000);
+        let e = parse_guid(&huge).expect_err("huge");
+        assert!(
+            e.len() < 400,
+            "the error quotes a bounded excerpt: {}",
+            e.len()
+        );
+        let e = parse_guid(&format!("System GUID   : {huge}")).expect_err("huge value");
+        assert!(e.len() < 400, "{}", e.len());
     }
 }
