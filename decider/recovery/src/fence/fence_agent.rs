@@ -400,6 +400,14 @@ impl Fencer for FenceAgentFencer {
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
         Box::pin(self.status())
     }
+
+    // `system_uuid` keeps the trait's `None`: the fence-agent API
+    // (ClusterLabs FenceAgentAPI) has actions for power and for listing
+    // ports (`list`, `status`, `monitor`), none for the machine's identity,
+    // and an agent may front a PDU outlet or a hypervisor that knows none.
+    // Guessing one from an agent's `list` output would compare a name with
+    // a UUID. A node fenced only through agents is `unverified`, never a
+    // mismatch; a Redfish or IPMI level gives the check.
 }
 
 #[cfg(test)]
