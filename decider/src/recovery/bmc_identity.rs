@@ -163,7 +163,10 @@ pub fn shared(rows: &[CheckedRow]) -> Vec<String> {
 /// endian; IPMI: all 16 bytes reversed) as read by a tool that assumed
 /// another.
 fn other_byte_order(a: &str, b: &str) -> Option<&'static str> {
-    let (a, b) = (bytes(a)?, bytes(b)?);
+    let (a, b) = (
+        vigil_proto::system_uuid::bytes(a)?,
+        vigil_proto::system_uuid::bytes(b)?,
+    );
     let swap3 = |mut u: [u8; 16]| {
         u[0..4].reverse();
         u[4..6].reverse();
@@ -183,20 +186,6 @@ fn other_byte_order(a: &str, b: &str) -> Option<&'static str> {
     .into_iter()
     .find(|(u, _)| *u == a && a != b)
     .map(|(_, how)| how)
-}
-
-/// A canonical UUID's 16 bytes.
-fn bytes(u: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = u.bytes().filter(|c| *c != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (o, pair) in out.iter_mut().zip(hex.chunks(2)) {
-        let s = std::str::from_utf8(pair).ok()?;
-        *o = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -159,12 +159,45 @@ impl IpmiFencer {
     /// a mismatch, which `fence-check` explains, rather than as a guess.
     async fn guid(&self) -> Result<Option<String>, FenceError> {
         let out = self.ipmitool(&["mc", "guid", "ipmi"]).await?;
-        parse_guid(&out).map_err(|detail| FenceError::BadAnswer {
+        let read = parse_guid(&out).map_err(|detail| FenceError::BadAnswer {
             fencer: self.describe(),
             action: "mc guid".into(),
             detail,
-        })
+        })?;
+        Ok(read.map(|u| likely_encoding(&u)))
     }
+}
+
+/// The machine's UUID from the IPMI reading of its GUID. Many BMCs send the
+/// GUID in SMBIOS byte order (first three fields little endian, the rest as
+/// written) or as written (RFC 4122), against the IPMI specification
+/// (ipmitool's `auto` mode exists for them). Read wrongly, the node's own
+/// BMC would look like another machine and Vigil would refuse to fence
+/// through it. So: the IPMI reading when it has the shape every RFC 4122
+/// UUID has (version 1–5, variant `10`), else the first other reading that
+/// does, else the IPMI reading. SMBIOS order goes before RFC 4122 order, as
+/// in ipmitool: the two readings share the variant byte, so the shape tells
+/// them apart only by the version nibble, and SMBIOS order is the common
+/// deviation (AMI MegaRAC, says ipmitool). A wrong pick can only produce a mismatch
+/// (refused, explained by `fence-check`), never make another machine's GUID
+/// equal this node's UUID.
+fn likely_encoding(ipmi_reading: &str) -> String {
+    let Some(ipmi) = vigil_proto::system_uuid::bytes(ipmi_reading) else {
+        return ipmi_reading.to_string();
+    };
+    // The bytes as the BMC sent them (IPMI reverses all 16).
+    let mut wire = ipmi;
+    wire.reverse();
+    let mut smbios = wire;
+    smbios[0..4].reverse();
+    smbios[4..6].reverse();
+    smbios[6..8].reverse();
+    let rfc_shaped = |u: &[u8; 16]| (1..=5).contains(&(u[6] >> 4)) && u[8] & 0xc0 == 0x80;
+    [ipmi, smbios, wire]
+        .into_iter()
+        .find(rfc_shaped)
+        .map(vigil_proto::system_uuid::from_bytes)
+        .unwrap_or_else(|| ipmi_reading.to_string())
 }
 
 /// The UUID on ipmitool's `System GUID   : …` line, canonical; `None` for
@@ -256,6 +289,37 @@ mod tests {
             parse_guid(old),
             Ok(Some("5f1c0a6e-1111-4000-8000-000000000001".into()))
         );
+    }
+
+    #[test]
+    fn a_guid_sent_in_another_byte_order_is_read_as_the_machine_uuid() {
+        // The lab's and a specification-abiding BMC's: IPMI order, taken as is.
+        let lab = "c3e793f2-b209-524e-8e5d-65bcbe8c5b93";
+        assert_eq!(likely_encoding(lab), lab);
+        // A Dell product UUID (version 3, variant 10) from a BMC that sends
+        // it in SMBIOS order: `mc guid ipmi` prints it scrambled (variant
+        // 00), its SMBIOS reading is the machine's.
+        let dell = "4c4c4544-0042-3510-8052-b4c04f4b4e32";
+        assert_eq!(
+            likely_encoding("324e4b4f-c0b4-5280-3510-00424c4c4544"),
+            dell
+        );
+        // Sent as written (RFC 4122 order): with a version nibble that also
+        // fits the SMBIOS reading, that reading wins (see above), and the
+        // node's own BMC shows as a mismatch fence-check explains.
+        let pick = likely_encoding("324e4b4f-c0b4-5280-1035-420044454c4c");
+        assert_eq!(pick, "44454c4c-4200-1035-8052-b4c04f4b4e32");
+        // Sent as written, with no valid version in its SMBIOS reading: read right.
+        let v4 = "9f1c0a6e-2222-4000-8000-0000000000c1";
+        let mut sent = vigil_proto::system_uuid::bytes(v4).expect("uuid");
+        sent.reverse();
+        assert_eq!(
+            likely_encoding(&vigil_proto::system_uuid::from_bytes(sent)),
+            v4
+        );
+        // No reading has the RFC 4122 shape: the IPMI one, as printed.
+        let odd = "00000000-0000-0000-0000-000000000001";
+        assert_eq!(likely_encoding(odd), odd);
     }
 
     #[test]
