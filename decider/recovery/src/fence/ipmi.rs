@@ -152,11 +152,11 @@ impl IpmiFencer {
 
 impl IpmiFencer {
     /// `mc guid ipmi`: the System GUID decoded as the IPMI specification
-    /// sends it (every byte least significant first). Not ipmitool's default
-    /// `auto`, which guesses the encoding from the UUID's version field and,
-    /// for a name-based or random UUID, may pick another byte order than the
-    /// one the BMC used; a BMC that breaks the specification then shows as
-    /// a mismatch, which `fence-check` explains, rather than as a guess.
+    /// sends it (every byte least significant first), then
+    /// [`likely_encoding`]. Not ipmitool's default `auto`, which takes the
+    /// last byte order whose version field looks valid, so that for a
+    /// name-based or random UUID it can pick SMBIOS order for a BMC that
+    /// follows the specification (and ipmitool versions differ in it).
     async fn guid(&self) -> Result<Option<String>, FenceError> {
         let out = self.ipmitool(&["mc", "guid", "ipmi"]).await?;
         let read = parse_guid(&out).map_err(|detail| FenceError::BadAnswer {
