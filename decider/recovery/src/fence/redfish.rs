@@ -325,7 +325,7 @@ impl Fencer for RedfishFencer {
 }
 
 /// What a BMC's answers mean, apart from the HTTP that carried them: pure
-/// functions over the JSON, so they are fuzzed (fuzz/fuzz_targets/redfish.rs)
+/// functions over the JSON, so they are fuzzed (fuzz/fuzz_targets/redfish_json.rs)
 /// and unit-tested without a BMC.
 pub mod answer {
     use super::PowerState;
