@@ -427,20 +427,41 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     // Nova's report cycle the power went, which a test cannot choose. What
     // must hold in every phase is the order the safety rules impose.
     let ev = &inc["incident"]["evidence"];
-    for witness in ["sensor", "nova", "ping"] {
+    for witness in ["sensor", "ping"] {
         assert_eq!(
             ev["opinions"][witness], "dead",
             "{witness} at decision time: {ev}"
         );
     }
-    // Rule 4: Nova's updated_at had stood still for report interval + the
-    // default 2 s margin before `dead`, on the decider's own clock.
-    let stale_after = report.as_millis() as u64 + 2000;
-    let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
-    assert!(
-        stalled >= stale_after,
-        "dead with updated_at stalled only {stalled} ms (< {stale_after} ms): {ev}"
-    );
+    if ev["fast_path"] == "bmc-off" {
+        // Issue 16's power-loss fast path: `dead` without Nova's wait only
+        // on a fresh `Off` (≤ bmc.fresh_for, 2 s by default) from a BMC
+        // whose system UUID is verified as the node's own (the sensor's
+        // report and the BMC's `ComputerSystem.UUID`/`mc guid` agree).
+        assert_eq!(ev["bmc"]["read"]["power"], "off", "{ev}");
+        let age = ev["bmc"]["read"]["age_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(age <= 2000, "a BMC read {age} ms old counted: {ev}");
+        assert_eq!(ev["bmc"]["identity"]["state"], "verified", "{ev}");
+        assert_eq!(
+            ev["bmc"]["identity"]["uuid"].as_str(),
+            Some(lab.system_uuid(NODE).expect("product_uuid").as_str()),
+            "{ev}"
+        );
+        eprintln!("FIGURES power loss → dead by the BMC's verified power-off, without Nova's wait");
+    } else {
+        // Rule 4: Nova's updated_at had stood still for report interval +
+        // the default 2 s margin before `dead`, on the decider's own clock.
+        assert_eq!(
+            ev["opinions"]["nova"], "dead",
+            "nova at decision time: {ev}"
+        );
+        let stale_after = report.as_millis() as u64 + 2000;
+        let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
+        assert!(
+            stalled >= stale_after,
+            "dead with updated_at stalled only {stalled} ms (< {stale_after} ms): {ev}"
+        );
+    }
     assert!(dead_at > cut, "dead at {dead_at}, before the cut at {cut}");
     // Rule 1: no evacuate before the power is confirmed off and Nova has the
     // host forced down.
