@@ -107,7 +107,7 @@ pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcom
                 }
             }
         }
-        for w in crate::recovery::bmc_identity::shared(&rows) {
+        for w in crate::recovery::bmc_identity::shared(&rows, &configured) {
             lines.push(format!("bmc: {w}"));
         }
         for m in crate::recovery::bmc_identity::mismatches(&rows, &configured) {

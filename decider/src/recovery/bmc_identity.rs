@@ -135,8 +135,9 @@ pub fn mismatches(rows: &[CheckedRow], configured: &BTreeMap<String, String>) ->
 /// Nodes whose BMCs report the same machine: at most one of them can be
 /// right. A warning, not a failure: the running decider does not compare
 /// nodes with each other, and a multi-node chassis manager may answer for
-/// several nodes.
-pub fn shared(rows: &[CheckedRow]) -> Vec<String> {
+/// several nodes. Left out when each of the nodes has a configured UUID:
+/// [`mismatches`] then says which is wrong.
+pub fn shared(rows: &[CheckedRow], configured: &BTreeMap<String, String>) -> Vec<String> {
     let mut by_uuid: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in rows {
         if let Some(Ok(Some(u))) = &r.row.system_uuid {
@@ -148,7 +149,9 @@ pub fn shared(rows: &[CheckedRow]) -> Vec<String> {
     }
     by_uuid
         .into_iter()
-        .filter(|(_, nodes)| nodes.len() > 1)
+        .filter(|(_, nodes)| {
+            nodes.len() > 1 && !nodes.iter().all(|n| configured.contains_key(*n))
+        })
         .map(|(u, nodes)| {
             format!(
                 "warning: the fence levels of nodes {} all report system UUID {u}: they reach the same machine, so at most one of them is that node's own BMC; set [[node]] system_uuid on each node to have fence-check say which",
@@ -323,13 +326,25 @@ mod tests {
             ],
             &BTreeMap::new(),
         );
-        let w = shared(&rows);
+        let none = BTreeMap::new();
+        let w = shared(&rows, &none);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
             w[0].contains("compute1, compute3") && w[0].contains(C),
             "{w:?}"
         );
-        assert!(shared(&rows[..2]).is_empty(), "one node's own levels agree");
+        assert!(
+            shared(&rows[..2], &none).is_empty(),
+            "one node's own levels agree"
+        );
+        let both = BTreeMap::from([
+            ("compute1".to_string(), A.to_string()),
+            ("compute3".to_string(), C.to_string()),
+        ]);
+        assert!(
+            shared(&rows, &both).is_empty(),
+            "with both configured, the mismatch says which"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub async fn fence_check_command(
         configured,
     );
     format.print(&rows, || fence_check_table(&rows))?;
-    for w in bmc_identity::shared(&rows) {
+    for w in bmc_identity::shared(&rows, configured) {
         eprintln!("vigil-decider: {w}");
     }
     let wrong = bmc_identity::mismatches(&rows, configured);
