@@ -1,7 +1,8 @@
 //! `serve --check`'s live half: after the config, token and credential
 //! files are read (`cli::preflight`), ask what `serve` will depend on,
 //! changing nothing: a Keystone token and Nova's `os-services` (the role
-//! the decider needs), and every BMC's power state.
+//! the decider needs), and every BMC's power state and system UUID (a BMC
+//! that reports another machine than `[[node]] system_uuid` fails it).
 
 use crate::config::Config;
 use std::fmt::Write as _;
@@ -78,26 +79,40 @@ pub async fn live(cfg: &Config, nova: Option<&vigil_nova::NovaClient>) -> Outcom
         lines.push("nova: off (nova.enabled = false), not checked".to_string());
     }
     if let Some(r) = &cfg.recovery {
-        let rows =
-            vigil_recovery::fence::fence_check(&r.fencing, &vigil_recovery::secret::ProcessEnv)
-                .await;
+        // `validate` ran before: every configured UUID is canonical.
+        let configured = crate::recovery::bmc_identity::configured(&cfg.nodes).unwrap_or_default();
+        let rows = crate::recovery::bmc_identity::checked(
+            vigil_recovery::fence::fence_check_identity(
+                &r.fencing,
+                &vigil_recovery::secret::ProcessEnv,
+            )
+            .await,
+            &configured,
+        );
         if rows.is_empty() {
             lines.push("bmc: none configured ([recovery.fencing] names no node)".to_string());
         }
-        for row in rows {
-            match &row.result {
+        for row in &rows {
+            let (node, level, fencer) = (&row.row.node, row.row.level, &row.row.fencer);
+            match &row.row.result {
                 Ok(p) => lines.push(format!(
-                    "bmc {} level {} ({}): ok, power {p}",
-                    row.node, row.level, row.fencer
+                    "bmc {node} level {level} ({fencer}): ok, power {p}, system UUID {}",
+                    row.uuid
                 )),
                 Err(e) => {
                     ok = false;
                     lines.push(format!(
-                        "bmc {} level {} ({}): FAILED reading power: {e}",
-                        row.node, row.level, row.fencer
+                        "bmc {node} level {level} ({fencer}): FAILED reading power: {e}"
                     ));
                 }
             }
+        }
+        for w in crate::recovery::bmc_identity::shared(&rows, &configured) {
+            lines.push(format!("bmc: {w}"));
+        }
+        for m in crate::recovery::bmc_identity::mismatches(&rows, &configured) {
+            ok = false;
+            lines.push(format!("bmc: FAILED: {m}"));
         }
     }
     if let Some(k) = &cfg.kdump {

@@ -263,7 +263,14 @@ async fn fence_check(config: &std::path::Path, format: Format) -> i32 {
         );
         return 2;
     };
-    match crate::recovery::commands::fence_check_command(&r, format).await {
+    let uuids = match crate::recovery::bmc_identity::configured(&cfg.nodes) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("vigil-decider: {}: {e}", config.display());
+            return 2;
+        }
+    };
+    match crate::recovery::commands::fence_check_command(&r, &uuids, format).await {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {

@@ -660,8 +660,9 @@ async fn sensors_one_release_older_or_newer_keep_working() {
     drop(tx);
     drop(inbound);
 
-    // Newer: unknown fields 16 (text) and 17 (varint) in the heartbeat, and
-    // a message of an unknown kind between two heartbeats.
+    // Newer: unknown fields 98 (text) and 99 (varint) in the heartbeat, and
+    // a message of an unknown kind between two heartbeats. Numbers far past
+    // the newest field: 15, used here before, became `system_uuid`.
     let newer_hb = |seq: u64| {
         let Some(v1::sensor_message::Kind::Heartbeat(mut h)) = hb("compute1", "boot-a", seq).kind
         else {
@@ -670,8 +671,8 @@ async fn sensors_one_release_older_or_newer_keep_working() {
         h.sensor_version = "9.9.0".into();
         h.sensor_instance = "run-newer".into();
         let mut bytes = h.encode_to_vec();
-        // Tags 16 and 17 take two varint bytes each (15 is system_uuid now).
-        bytes.extend_from_slice(&[0x82, 0x01, 3, b'n', b'e', b'w', 0x88, 0x01, 42]);
+        // Tags as varints: (98 << 3) | 2 = 786, (99 << 3) | 0 = 792.
+        bytes.extend_from_slice(&[0x92, 0x06, 3, b'n', b'e', b'w', 0x98, 0x06, 42]);
         NewerSensorMessage {
             heartbeat: Some(bytes),
             newer_kind: None,

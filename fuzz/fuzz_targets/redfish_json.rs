@@ -1,5 +1,5 @@
 //! What a Redfish BMC answers, read the way the fencer reads it: the body,
-//! the systems collection, the system's PowerState and its Reset target.
+//! the systems collection, the system's PowerState, UUID and Reset target.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,4 +15,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = answer::power_state(&v);
+    // A UUID it returns is canonical: what the identity check compares.
+    if let Ok(Some(u)) = answer::system_uuid(&v) {
+        assert!(vigil_proto::system_uuid::is_canonical(&u), "{u:?}");
+    }
 });

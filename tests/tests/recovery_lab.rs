@@ -4,6 +4,8 @@
 //! loses power; the decider judges it dead, fences it through its BMC (read
 //! back off), forces it down and evacuates its servers through Nova.
 //!
+//! - fence-check reads every BMC's power and system UUID (the node's own;
+//!   a config that gives compute1 compute2's UUID fails it, named);
 //! - power loss → dead → fenced (BMC reads off) → forced down → every server
 //!   ACTIVE on another host with exactly one evacuate action; notifications
 //!   at both receivers, the webhook's signature valid; the incident's
@@ -68,6 +70,118 @@ fn webhook_kinds(lab: &Lab, incident: &str) -> Vec<String> {
         kinds.push(r.header("X-Vigil-Event").unwrap_or("").to_string());
     }
     kinds
+}
+
+/// `fence-check --json` on a config file: (exit code, rows, stderr).
+fn fence_check_on(config: &std::path::Path) -> (Option<i32>, Vec<Value>, String) {
+    let o = std::process::Command::new(vigil_tests::bins::bin("vigil-decider"))
+        .args(["fence-check", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run vigil-decider fence-check");
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fence-check printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (
+        o.status.code(),
+        rows.as_array().cloned().unwrap_or_default(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Issue 16, "is this BMC really that node?", against the lab's real BMCs
+/// (sushy-tools and ipmi_sim, each serving its node's SMBIOS UUID):
+/// `fence-check` (already run by the caller, `rows`) reads every level's
+/// system UUID, Redfish's `ComputerSystem.UUID` and IPMI's `mc guid`, equal
+/// to the node's `product_uuid`; with `[[node]] system_uuid` set it says
+/// `matches`; with compute1 given compute2's UUID (as if its fencing
+/// pointed at compute2's BMC) it fails naming the node, the BMC, both UUIDs
+/// and the fix. Nothing is powered off.
+fn fence_check_compares_each_bmc_uuid_with_the_config(lab: &Lab, d: &Decider, rows: &[Value]) {
+    let started = std::time::Instant::now();
+    let nodes = lab.node_names();
+    let uuid = |n: &str| lab.system_uuid(n).expect("node's product_uuid");
+    for r in rows {
+        let node = r["node"].as_str().unwrap_or_default();
+        assert_eq!(
+            r["system_uuid"]["Ok"].as_str(),
+            Some(uuid(node).as_str()),
+            "the BMC's UUID is the node's: {r}"
+        );
+        assert!(
+            r["uuid"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("not configured")),
+            "{r}"
+        );
+    }
+    let base = std::fs::read_to_string(d.config_path()).expect("decider config");
+    let with_uuids = |given: &dyn Fn(&str) -> String| {
+        let mut text = base.clone();
+        for n in &nodes {
+            let at = format!("name = \"{n}\"\ntoken_file");
+            assert!(text.contains(&at), "no [[node]] {n} in {text}");
+            text = text.replace(
+                &at,
+                &format!("name = \"{n}\"\nsystem_uuid = \"{}\"\ntoken_file", given(n)),
+            );
+        }
+        text
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let right = dir.path().join("right.toml");
+    std::fs::write(&right, with_uuids(&|n| uuid(n).to_uppercase())).expect("write config");
+    let (code, rows, err) = fence_check_on(&right);
+    assert_eq!(code, Some(0), "{rows:?} {err}");
+    assert_eq!(rows.len(), 2 * nodes.len(), "{rows:?}");
+    assert!(rows.iter().all(|r| r["uuid"] == "matches"), "{rows:?}");
+
+    let (c1, c2) = ("compute1", "compute2");
+    let wrong = dir.path().join("wrong.toml");
+    let swapped = |n: &str| match n {
+        n if n == c1 => uuid(c2),
+        n if n == c2 => uuid(c1),
+        n => uuid(n),
+    };
+    std::fs::write(&wrong, with_uuids(&swapped)).expect("write config");
+    let (code, rows, err) = fence_check_on(&wrong);
+    assert_eq!(
+        code,
+        Some(1),
+        "a mismatch fails fence-check: {rows:?} {err}"
+    );
+    for r in &rows {
+        let node = r["node"].as_str().unwrap_or_default();
+        let want = if node == c1 || node == c2 {
+            format!("MISMATCH (bmc {}, node {})", uuid(node), swapped(node))
+        } else {
+            "matches".to_string()
+        };
+        assert_eq!(r["uuid"], want.as_str(), "{r}");
+    }
+    for part in [
+        format!("node {c1}: fence level 0"),
+        format!("node {c1}: fence level 1"),
+        uuid(c1),
+        uuid(c2),
+        format!("that is node {c2}'s configured system_uuid"),
+        "[recovery.fencing]".to_string(),
+    ] {
+        assert!(err.contains(&part), "{part:?} missing from: {err}");
+    }
+    // Read only: every node still on, as its BMC says.
+    for n in &nodes {
+        assert_eq!(lab.ipmi_power(n).expect("ipmi power"), "on", "{n}");
+    }
+    eprintln!(
+        "fence_check_compares_each_bmc_uuid_with_the_config: 2 fence-checks of {} levels took {:?}",
+        2 * nodes.len(),
+        started.elapsed()
+    );
 }
 
 /// `serve --check` on the running decider's config (it binds nothing):
@@ -168,6 +282,7 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     let rows = rows.as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 2 * lab.node_names().len(), "{rows:?}");
     assert!(rows.iter().all(|r| r["result"]["Ok"] == "on"), "{rows:?}");
+    fence_check_compares_each_bmc_uuid_with_the_config(lab, &d, &rows);
     serve_check_asks_keystone_nova_and_every_bmc(lab, &d);
     // Ready: real Nova answers, the journal writable, every BMC answers;
     // gRPC health agrees.
@@ -311,9 +426,10 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
     // recovery`), not pass/fail: how soon `dead` comes depends on where in
     // Nova's report cycle the power went, which a test cannot choose. What
     // must hold in every phase is the order the safety rules impose.
-    // Power loss: the node's own BMC (its system UUID the one its sensor
-    // reported) read Off while the sensor was silent and no address
-    // answered, so `dead` came without Nova's wait (issue 16).
+    // Power loss: `dead` either by the node's own BMC reading Off (its
+    // system UUID the one its sensor reported) while the sensor was silent
+    // and no address answered, without Nova's wait (issue 16), or, if Nova
+    // went stale first, by Nova's rule.
     let ev = &inc["incident"]["evidence"];
     for witness in ["sensor", "ping"] {
         assert_eq!(
@@ -321,26 +437,35 @@ fn power_loss_is_fenced_through_the_bmc_and_every_server_evacuated_once() {
             "{witness} at decision time: {ev}"
         );
     }
-    assert_eq!(ev["fast_path"], "bmc-off", "{ev}");
-    assert_eq!(ev["bmc"]["identity"]["state"], "verified", "{ev}");
-    assert_eq!(
-        ev["bmc"]["identity"]["uuid"].as_str(),
-        Some(lab.system_uuid(NODE).expect("uuid").as_str()),
-        "{ev}"
-    );
-    assert_eq!(ev["bmc"]["read"]["power"], "off", "{ev}");
-    assert!(
-        ev["bmc"]["read"]["age_ms"]
-            .as_u64()
-            .is_some_and(|a| a <= 2000),
-        "a BMC read older than policy.bmc.fresh_for counted: {ev}"
-    );
-    let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
-    eprintln!(
-        "FIGURES BMC witness: dead with Nova's updated_at stalled {:.1} s (Nova's rule waits {} s)",
-        stalled as f64 / 1000.0,
-        report.as_secs() + 2
-    );
+    if ev["fast_path"] == "bmc-off" {
+        // Issue 16's power-loss fast path: `dead` without Nova's wait only
+        // on a fresh `Off` (≤ bmc.fresh_for, 2 s by default) from a BMC
+        // whose system UUID is verified as the node's own (the sensor's
+        // report and the BMC's `ComputerSystem.UUID`/`mc guid` agree).
+        assert_eq!(ev["bmc"]["read"]["power"], "off", "{ev}");
+        let age = ev["bmc"]["read"]["age_ms"].as_u64().unwrap_or(u64::MAX);
+        assert!(age <= 2000, "a BMC read {age} ms old counted: {ev}");
+        assert_eq!(ev["bmc"]["identity"]["state"], "verified", "{ev}");
+        assert_eq!(
+            ev["bmc"]["identity"]["uuid"].as_str(),
+            Some(lab.system_uuid(NODE).expect("product_uuid").as_str()),
+            "{ev}"
+        );
+        eprintln!("FIGURES power loss → dead by the BMC's verified power-off, without Nova's wait");
+    } else {
+        // Rule 4: Nova's updated_at had stood still for report interval +
+        // the default 2 s margin before `dead`, on the decider's own clock.
+        assert_eq!(
+            ev["opinions"]["nova"], "dead",
+            "nova at decision time: {ev}"
+        );
+        let stale_after = report.as_millis() as u64 + 2000;
+        let stalled = ev["nova"]["updated_at_stalled_ms"].as_u64().unwrap_or(0);
+        assert!(
+            stalled >= stale_after,
+            "dead with updated_at stalled only {stalled} ms (< {stale_after} ms): {ev}"
+        );
+    }
     assert!(dead_at > cut, "dead at {dead_at}, before the cut at {cut}");
     // Rule 1: no evacuate before the power is confirmed off and Nova has the
     // host forced down.

@@ -16,6 +16,17 @@ use vigil_recovery::config::{
 use vigil_recovery::fence::{fence_check, levels_for, PowerState};
 use vigil_recovery::secret::SecretSource;
 
+/// The machine the simulated BMC serves: its `Get System GUID` answers
+/// this UUID in IPMI's byte order (every byte least significant first), as
+/// a BMC that follows the specification does.
+const SIM_UUID: &str = "5f1c0a6e-2222-4000-8000-0000000000c1";
+
+/// `SIM_UUID` as ipmi_sim's `guid` line takes it: the 16 bytes it sends.
+fn ipmi_wire_guid(uuid: &str) -> String {
+    let hex: Vec<char> = uuid.chars().filter(|c| *c != '-').collect();
+    hex.chunks(2).rev().flat_map(|b| b.iter()).collect()
+}
+
 /// Whether `tool` is on PATH; in strict mode (CI) a missing one fails.
 fn have(tool: &str, test: &str) -> bool {
     let found = std::env::var_os("PATH")
@@ -87,13 +98,14 @@ set_working_mc 0x20
     allowed_auths_user none md2 md5 straight
     allowed_auths_operator none md2 md5 straight
     allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
+    guid {guid}
   endlan
   serial 15 127.0.0.1 {serial} codec VM
   startcmd "sleep 600"
   startnow false
   user 2 true  "admin"   "s3cret" admin    10       none md2 md5 straight
-"#
+"#,
+            guid = ipmi_wire_guid(SIM_UUID)
         );
         let emu = "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n";
         std::fs::write(dir.path().join("lan.conf"), lan).expect("lan.conf");
@@ -245,6 +257,11 @@ fn recovery_ipmi_fencer_powers_off_and_reads_back_off() {
         rt.block_on(fencer.power_status()).expect("status"),
         PowerState::On
     );
+    // The machine's identity, through ipmitool's `mc guid`.
+    assert_eq!(
+        rt.block_on(fencer.system_uuid()).expect("mc guid"),
+        Some(SIM_UUID.to_string())
+    );
 
     let ack = rt.block_on(fencer.power_off()).expect("power off");
     assert!(ack.message.contains("Down/Off"), "{ack:?}");
@@ -288,6 +305,14 @@ fn recovery_ipmi_wrong_password_is_an_error_never_off() {
         "the password never shows in errors: {text}"
     );
     assert!(rt.block_on(levels[0].fencer.power_off()).is_err());
+    let err = rt
+        .block_on(levels[0].fencer.system_uuid())
+        .expect_err("no identity without the password");
+    let text = vigil_recovery::fence::error_chain(&err);
+    assert!(
+        text.contains("mc guid") && !text.contains("wrong"),
+        "{text}"
+    );
     let rows = rt.block_on(fence_check(&cfg, &vigil_recovery::secret::ProcessEnv));
     assert!(rows[0].result.is_err(), "{rows:?}");
 }

@@ -158,6 +158,11 @@ async fn recovery_redfish_force_off_is_read_back_off() {
                 levels[0].fencer.power_status().await.expect("status"),
                 PowerState::On
             );
+            // The machine's identity: ComputerSystem.UUID, as configured.
+            assert_eq!(
+                levels[0].fencer.system_uuid().await.expect("UUID"),
+                Some(sushy.uuid.clone())
+            );
             let ack = levels[0].fencer.power_off().await.expect("ForceOff");
             assert!(ack.message.contains("ForceOff accepted"), "{ack:?}");
         }

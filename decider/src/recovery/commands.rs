@@ -1,42 +1,65 @@
 //! Operator commands over recovery: `fence-check`, `incidents`, `incident ID`.
 //! Tables for people, `--json` for scripts; output goes to stdout.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::Context;
 use vigil_recovery::config::RecoveryConfig;
-use vigil_recovery::fence::{fence_check, FenceCheckRow};
+use vigil_recovery::fence::fence_check_identity;
 use vigil_recovery::journal::sqlite::SqliteJournal;
 use vigil_recovery::journal::{IncidentDetail, IncidentId, IncidentSummary, Journal};
 use vigil_recovery::secret::ProcessEnv;
 
 use crate::cli_format::Format;
+use crate::recovery::bmc_identity::{self, CheckedRow};
 
 /// `vigil-decider fence-check`: reads every configured BMC's power state
-/// (never a power action). Returns the rows and whether all answered.
-pub async fn fence_check_command(cfg: &RecoveryConfig, format: Format) -> anyhow::Result<bool> {
-    let rows = fence_check(&cfg.fencing, &ProcessEnv).await;
+/// and the system UUID it reports (never a power action), compared with
+/// `configured` (`[[node]] system_uuid` by node). Returns whether all
+/// answered; a BMC that reports another machine is an error naming it.
+pub async fn fence_check_command(
+    cfg: &RecoveryConfig,
+    configured: &BTreeMap<String, String>,
+    format: Format,
+) -> anyhow::Result<bool> {
+    let rows = bmc_identity::checked(
+        fence_check_identity(&cfg.fencing, &ProcessEnv).await,
+        configured,
+    );
     format.print(&rows, || fence_check_table(&rows))?;
-    Ok(!rows.is_empty() && rows.iter().all(|r| r.result.is_ok()))
+    for w in bmc_identity::shared(&rows, configured) {
+        eprintln!("vigil-decider: {w}");
+    }
+    let wrong = bmc_identity::mismatches(&rows, configured);
+    if !wrong.is_empty() {
+        anyhow::bail!(
+            "{} fence level(s) reach another machine than their node's:\n  {}",
+            wrong.len(),
+            wrong.join("\n  ")
+        );
+    }
+    Ok(!rows.is_empty() && rows.iter().all(|r| r.row.result.is_ok()))
 }
 
-pub fn fence_check_table(rows: &[FenceCheckRow]) -> String {
+pub fn fence_check_table(rows: &[CheckedRow]) -> String {
     let mut s = format!(
-        "{:<16} {:>5}  {:<48} {}\n",
-        "NODE", "LEVEL", "FENCER", "POWER"
+        "{:<16} {:>5}  {:<48} {:<8} {}\n",
+        "NODE", "LEVEL", "FENCER", "POWER", "UUID"
     );
     if rows.is_empty() {
         s.push_str("(no fencing configured: add [recovery.fencing] nodes or groups)\n");
     }
     for r in rows {
-        let power = match &r.result {
-            Ok(p) => p.to_string(),
-            Err(e) => format!("ERROR: {e}"),
+        let (power, uuid) = match &r.row.result {
+            Ok(p) => (p.to_string(), r.uuid.to_string()),
+            // The power read failed, so the UUID was not asked: say why.
+            Err(e) => ("ERROR".to_string(), format!("ERROR: {e}")),
         };
         let _ = writeln!(
             s,
-            "{:<16} {:>5}  {:<48} {}",
-            r.node, r.level, r.fencer, power
+            "{:<16} {:>5}  {:<48} {:<8} {}",
+            r.row.node, r.row.level, r.row.fencer, power, uuid
         );
     }
     s

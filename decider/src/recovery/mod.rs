@@ -18,9 +18,12 @@
 //!   [`nova::LazyNova`] connects on first use.
 //! - [`commands`]: `vigil-decider fence-check`, `incidents [--json]`,
 //!   `incident ID [--json]`.
+//! - [`bmc_identity`]: `fence-check`'s and `serve --check`'s comparison of
+//!   each BMC's system UUID with `[[node]] system_uuid`.
 //! - [`setup`]: `[recovery]` config → fence levels, journal, notifiers.
 
 pub mod alerts;
+pub mod bmc_identity;
 pub mod commands;
 pub mod driver;
 pub mod inputs;

@@ -180,6 +180,9 @@ impl CommandFencer {
     }
 }
 
+// `system_uuid` keeps the trait's `None`: the command protocol (above) has
+// no identity answer, and an operator's script may switch a PDU outlet that
+// knows no machine.
 impl Fencer for CommandFencer {
     fn describe(&self) -> String {
         format!("command {}", self.target.program.display())

@@ -163,7 +163,7 @@ struct Run {
 }
 
 /// Reads up to [`OUTPUT_LIMIT`] bytes, then drains the rest.
-async fn read_bounded(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+pub(super) async fn read_bounded(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
     let mut kept = Vec::new();
     let _ = (&mut r)
         .take(OUTPUT_LIMIT as u64)
@@ -400,6 +400,14 @@ impl Fencer for FenceAgentFencer {
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
         Box::pin(self.status())
     }
+
+    // `system_uuid` keeps the trait's `None`: the fence-agent API
+    // (ClusterLabs FenceAgentAPI) has actions for power and for listing
+    // ports (`list`, `status`, `monitor`), none for the machine's identity,
+    // and an agent may front a PDU outlet or a hypervisor that knows none.
+    // Guessing one from an agent's `list` output would compare a name with
+    // a UUID. A node fenced only through agents is `unverified`, never a
+    // mismatch; a Redfish or IPMI level gives the check.
 }
 
 #[cfg(test)]

@@ -344,12 +344,31 @@ pub struct FenceCheckRow {
     pub fencer: String,
     /// The power state read, or why it could not be read.
     pub result: Result<PowerState, String>,
+    /// The machine's system UUID as the level reports it, when it was asked
+    /// ([`fence_check_identity`]): `Ok(None)` when this kind of fencer
+    /// cannot tell or the BMC reports none, `Err` why it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<Result<Option<String>, String>>,
 }
 
 /// Asks every configured BMC for its node's power state (status only, never a
 /// power action), all at once. A node whose config cannot be built gets one
 /// row with the config error.
 pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceCheckRow> {
+    check_levels(cfg, env, false).await
+}
+
+/// [`fence_check`], and each level that answered is also asked for the
+/// machine's system UUID, so the caller can check it is the node's own.
+pub async fn fence_check_identity(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceCheckRow> {
+    check_levels(cfg, env, true).await
+}
+
+async fn check_levels(
+    cfg: &FencingConfig,
+    env: &dyn SecretEnv,
+    with_uuid: bool,
+) -> Vec<FenceCheckRow> {
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     for node in configured_nodes(cfg) {
@@ -359,7 +378,7 @@ pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceC
                     let node = node.clone();
                     checks.push(async move {
                         let fencer = level.fencer.describe();
-                        // Each status read is bounded by the level deadline.
+                        // Each read is bounded by the level deadline.
                         let result =
                             match tokio::time::timeout(level.deadline, level.fencer.power_status())
                                 .await
@@ -368,11 +387,33 @@ pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceC
                                 Ok(Err(e)) => Err(error_chain(&e)),
                                 Err(_) => Err(format!("no answer within {:?}", level.deadline)),
                             };
+                        // After the power read, not beside it: some BMCs
+                        // allow few sessions at once. A BMC that did not
+                        // answer that read is not waited for twice.
+                        let system_uuid = match (with_uuid, &result) {
+                            (false, _) => None,
+                            (true, Err(_)) => {
+                                Some(Err("not read: the power read failed".to_string()))
+                            }
+                            (true, Ok(_)) => Some(
+                                match tokio::time::timeout(
+                                    level.deadline,
+                                    level.fencer.system_uuid(),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(u)) => Ok(u),
+                                    Ok(Err(e)) => Err(error_chain(&e)),
+                                    Err(_) => Err(format!("no answer within {:?}", level.deadline)),
+                                },
+                            ),
+                        };
                         FenceCheckRow {
                             node,
                             level: i,
                             fencer,
                             result,
+                            system_uuid,
                         }
                     });
                 }
@@ -382,6 +423,7 @@ pub async fn fence_check(cfg: &FencingConfig, env: &dyn SecretEnv) -> Vec<FenceC
                 level: 0,
                 fencer: "-".into(),
                 result: Err(error_chain(&e)),
+                system_uuid: None,
             }),
         }
     }

@@ -1,5 +1,6 @@
 //! Redfish fencing: `ComputerSystem.Reset` with `ResetType: ForceOff`, then the
-//! system's `PowerState` read back (DMTF Redfish, DSP0268).
+//! system's `PowerState` read back (DMTF Redfish, DSP0268). The same
+//! `ComputerSystem` names the machine (`UUID`), checked against the node's.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -162,7 +163,7 @@ impl RedfishFencer {
                 self.set_session_token(None);
                 continue;
             }
-            let text = resp.text().await.map_err(|e| self.unreachable(e))?;
+            let text = self.read_body(resp, &method, path).await?;
             return Ok((status, answer::body(text)));
         }
         Err(FenceError::Refused {
@@ -170,6 +171,40 @@ impl RedfishFencer {
             action: format!("{method} {path}"),
             detail: "HTTP 401 after a fresh session login; check the BMC credentials".into(),
         })
+    }
+
+    /// The body, at most [`answer::MAX_BODY`] bytes: a BMC (or whatever
+    /// answers at its address) must not make the decider buffer without end.
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        method: &Method,
+        path: &str,
+    ) -> Result<String, FenceError> {
+        let too_large = || {
+            FenceError::BadAnswer {
+            fencer: self.name(),
+            action: format!("{method} {path}"),
+            detail: format!(
+                "the answer is larger than {} bytes, more than any Redfish resource Vigil reads; check that the URL is the BMC's Redfish service",
+                answer::MAX_BODY
+            ),
+        }
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > answer::MAX_BODY as u64)
+        {
+            return Err(too_large());
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            if buf.len().saturating_add(chunk.len()) > answer::MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
     async fn get_ok(&self, path: &str) -> Result<Value, FenceError> {
@@ -216,6 +251,18 @@ impl RedfishFencer {
             detail: "no PowerState".into(),
         })?;
         Ok((state, sys))
+    }
+
+    /// `ComputerSystem.UUID`, canonical; `None` when the BMC does not say
+    /// or says a firmware placeholder.
+    async fn read_uuid(&self) -> Result<Option<String>, FenceError> {
+        let path = self.system_path().await?;
+        let sys = self.get_ok(&path).await?;
+        answer::system_uuid(&sys).map_err(|detail| FenceError::BadAnswer {
+            fencer: self.name(),
+            action: format!("GET {path}"),
+            detail,
+        })
     }
 
     #[instrument(skip(self), fields(fencer = %self.describe()))]
@@ -271,10 +318,14 @@ impl Fencer for RedfishFencer {
     fn power_status(&self) -> BoxFuture<'_, Result<PowerState, FenceError>> {
         Box::pin(async move { self.read_power().await.map(|(s, _)| s) })
     }
+
+    fn system_uuid(&self) -> BoxFuture<'_, Result<Option<String>, FenceError>> {
+        Box::pin(self.read_uuid())
+    }
 }
 
 /// What a BMC's answers mean, apart from the HTTP that carried them: pure
-/// functions over the JSON, so they are fuzzed (fuzz/fuzz_targets/redfish.rs)
+/// functions over the JSON, so they are fuzzed (fuzz/fuzz_targets/redfish_json.rs)
 /// and unit-tested without a BMC.
 pub mod answer {
     use super::PowerState;
@@ -282,6 +333,10 @@ pub mod answer {
 
     /// Most systems listed from one collection; a real BMC has one or a few.
     pub const MAX_MEMBERS: usize = 1024;
+
+    /// The largest body read from a BMC. A `ComputerSystem` is a few KiB; a
+    /// collection of [`MAX_MEMBERS`] systems is ~100 KiB.
+    pub const MAX_BODY: usize = 1024 * 1024;
 
     /// A body as JSON; an empty one (many BMCs answer actions with 204) is
     /// `Null`, anything that is not JSON is kept as a string for messages.
@@ -325,6 +380,39 @@ pub mod answer {
             "On" => PowerState::On,
             _ => PowerState::Unknown,
         })
+    }
+
+    /// `ComputerSystem.UUID` in the canonical form
+    /// (`vigil_proto::system_uuid`). `Ok(None)`: the system does not say
+    /// (no `UUID`, `null`) or says a firmware placeholder (all zeros or Fs).
+    /// `Err`: the body is not a JSON object, or its `UUID` is not a UUID.
+    pub fn system_uuid(sys: &Value) -> Result<Option<String>, String> {
+        let Some(obj) = sys.as_object() else {
+            let shown: String = match sys {
+                Value::String(s) => s.chars().take(80).collect(),
+                other => other.to_string().chars().take(80).collect(),
+            };
+            return Err(format!("not a JSON object: {shown:?}"));
+        };
+        match obj.get("UUID") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(u)) => {
+                if let Some(canon) = vigil_proto::system_uuid::normalize(u) {
+                    Ok(Some(canon))
+                } else if vigil_proto::system_uuid::is_placeholder(u) {
+                    Ok(None)
+                } else {
+                    Err(format!(
+                        "UUID {:?} is not a UUID (8-4-4-4-12 hex)",
+                        u.chars().take(40).collect::<String>()
+                    ))
+                }
+            }
+            Some(other) => Err(format!(
+                "UUID is {}, not a string",
+                other.to_string().chars().take(40).collect::<String>()
+            )),
+        }
     }
 
     /// Where ComputerSystem.Reset is posted: what the system says, or the
@@ -382,6 +470,145 @@ pub mod answer {
             );
             let many = json!({"Members": vec![json!({"@odata.id": "/x"}); MAX_MEMBERS + 5]});
             assert_eq!(system_members(&many).len(), MAX_MEMBERS);
+        }
+
+        #[test]
+        fn the_system_uuid_is_read_canonical_or_not_at_all() {
+            // As a Dell iDRAC answers (upper case, among other fields).
+            let idrac = json!({"@odata.id": "/redfish/v1/Systems/System.Embedded.1",
+                "PowerState": "On", "UUID": "4C4C4544-0042-3510-8052-B4C04F4B4E32"});
+            assert_eq!(
+                system_uuid(&idrac),
+                Ok(Some("4c4c4544-0042-3510-8052-b4c04f4b4e32".into()))
+            );
+            // Absent, null or a placeholder: the BMC cannot tell, no error.
+            assert_eq!(system_uuid(&json!({"PowerState": "On"})), Ok(None));
+            assert_eq!(system_uuid(&json!({"UUID": null})), Ok(None));
+            assert_eq!(
+                system_uuid(&json!({"UUID": "00000000-0000-0000-0000-000000000000"})),
+                Ok(None)
+            );
+            assert_eq!(
+                system_uuid(&json!({"UUID": "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"})),
+                Ok(None)
+            );
+            // Garbage is an error that shows what came.
+            let e = system_uuid(&json!({"UUID": "compute1"})).expect_err("not a uuid");
+            assert!(e.contains("compute1"), "{e}");
+            assert!(system_uuid(&json!({"UUID": 42})).is_err());
+            let e = system_uuid(&body("<html>login</html>".into())).expect_err("html");
+            assert!(
+                e.contains("not a JSON object") && e.contains("login"),
+                "{e}"
+            );
+            assert!(system_uuid(&Value::Null).is_err());
+            // A huge non-UUID is refused without being echoed whole.
+            let e = system_uuid(&json!({"UUID": "x".repeat(1_000_000)})).expect_err("huge");
+            assert!(e.len() < 200, "{}", e.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-system HTTP service on 127.0.0.1: the collection lists
+    /// `/redfish/v1/Systems/s1`, which answers `system` (with or without a
+    /// Content-Length, so both ways of sending a huge body are seen).
+    async fn serve(system: Vec<u8>, with_length: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let system = system.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let body = if head.starts_with(b"GET /redfish/v1/Systems ") {
+                        br#"{"Members":[{"@odata.id":"/redfish/v1/Systems/s1"}]}"#.to_vec()
+                    } else {
+                        system
+                    };
+                    let mut resp = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n".to_string();
+                    if with_length {
+                        resp.push_str(&format!("Content-Length: {}\r\n", body.len()));
+                    }
+                    resp.push_str("\r\n");
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.write_all(&body).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        format!("http://{addr}/redfish/v1")
+    }
+
+    fn fencer(url: String) -> RedfishFencer {
+        RedfishFencer::new(RedfishTarget {
+            url,
+            system_id: None,
+            username: "admin".into(),
+            password: Secret::new("unused"),
+            auth: RedfishAuth::Basic,
+            insecure_tls: false,
+            request_timeout: Duration::from_secs(10),
+        })
+        .expect("client")
+    }
+
+    async fn uuid_of(system: &[u8], with_length: bool) -> Result<Option<String>, FenceError> {
+        fencer(serve(system.to_vec(), with_length).await)
+            .system_uuid()
+            .await
+    }
+
+    #[tokio::test]
+    async fn system_uuid_is_read_from_the_computer_system() {
+        let sys = br#"{"Id":"s1","PowerState":"On","UUID":"5F1C0A6E-1111-4000-8000-000000000001"}"#;
+        assert_eq!(
+            uuid_of(sys, true).await.expect("read"),
+            Some("5f1c0a6e-1111-4000-8000-000000000001".into())
+        );
+        assert_eq!(
+            uuid_of(br#"{"Id":"s1","PowerState":"On"}"#, true)
+                .await
+                .expect("read"),
+            None,
+            "no UUID: the BMC cannot tell, which is no error"
+        );
+        let e = uuid_of(b"<html>please log in</html>", true)
+            .await
+            .expect_err("not JSON");
+        assert!(matches!(e, FenceError::BadAnswer { .. }), "{e}");
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_refused_not_buffered() {
+        // Valid JSON that would hold a UUID, past the bound: refused whether
+        // the size is announced or only seen while reading.
+        let mut huge = br#"{"UUID":"5f1c0a6e-1111-4000-8000-000000000001","Pad":""#.to_vec();
+        huge.extend(std::iter::repeat_n(b'x', answer::MAX_BODY + 1));
+        huge.extend_from_slice(b"\"}");
+        for with_length in [true, false] {
+            let e = uuid_of(&huge, with_length).await.expect_err("too large");
+            assert!(
+                e.to_string().contains("larger than"),
+                "with_length {with_length}: {e}"
+            );
+            // The power read goes through the same bound.
+            let f = fencer(serve(huge.clone(), with_length).await);
+            assert!(f.power_status().await.is_err());
         }
     }
 }
