@@ -145,7 +145,10 @@ fn forgeries_fence_nothing_kdump_evacuates_before_power_off_and_a_wrong_bmc_is_r
 
     // 2. kdump: fenced by kdump, evacuated while the dump runs, powered off after.
     let (id, inc) = d.wait_incident_closed(KDUMP, Duration::from_secs(240));
-    assert_eq!(inc["incident"]["status"], "completed", "{id}: {inc}");
+    assert_eq!(
+        inc["incident"]["summary"]["status"], "completed",
+        "{id}: {inc}"
+    );
     let ev = &inc["incident"]["evidence"];
     assert_eq!(ev["fast_path"], "kdump", "{ev}");
     let dead_at = d.became(KDUMP, "dead").expect("compute1 dead");
@@ -190,7 +193,10 @@ fn forgeries_fence_nothing_kdump_evacuates_before_power_off_and_a_wrong_bmc_is_r
 
     // 3. Hard hang: the Nova rule, then the fence refused (wrong BMC), paged.
     let (id, inc) = d.wait_incident_closed(HANG, Duration::from_secs(120));
-    assert_eq!(inc["incident"]["status"], "needs-attention", "{id}: {inc}");
+    assert_eq!(
+        inc["incident"]["summary"]["status"], "needs-attention",
+        "{id}: {inc}"
+    );
     let ev = &inc["incident"]["evidence"];
     assert!(ev["fast_path"].is_null(), "{ev}");
     assert_eq!(ev["opinions"]["nova"], "dead", "{ev}");
