@@ -228,7 +228,7 @@ fn forgeries_fence_nothing_kdump_evacuates_before_power_off_and_a_wrong_bmc_is_r
                 .webhook_requests()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|r| r.body.contains(HANG) && r.body.contains("BMC"))
+                .filter(|r| r.body.contains(id.as_str()) && r.body.contains("BMC"))
                 .map(|r| r.body)
                 .collect();
             hooks.first().cloned().ok_or("no webhook yet".to_string())
