@@ -220,7 +220,7 @@ fn forgeries_fence_nothing_kdump_evacuates_before_power_off_and_a_wrong_bmc_is_r
     );
     assert_not_evacuated(lab, &hung, HANG);
     let page = wait::until(
-        "a page about compute2's BMC",
+        "a needs-attention page for compute2's refused fence",
         Duration::from_secs(20),
         Duration::from_millis(500),
         || {
@@ -228,13 +228,21 @@ fn forgeries_fence_nothing_kdump_evacuates_before_power_off_and_a_wrong_bmc_is_r
                 .webhook_requests()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|r| r.body.contains(id.as_str()) && r.body.contains("BMC"))
+                .filter(|r| {
+                    r.header("X-Vigil-Event") == Some("needs-attention")
+                        && r.body.contains(id.as_str())
+                })
                 .map(|r| r.body)
                 .collect();
             hooks.first().cloned().ok_or("no webhook yet".to_string())
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {inc}"));
+    assert!(
+        page.0.contains("not this node's"),
+        "the page does not say the BMC is another machine's: {}",
+        page.0
+    );
     let dead_at = d.became(HANG, "dead").expect("compute2 dead");
     eprintln!(
         "FIGURES hard hang: → dead {:.1} s by the Nova rule (report interval {report} s); page: {}",
