@@ -1,6 +1,8 @@
-//! `cargo xtask bench recovery [--servers 10,50] [--runs N] [--spread]`:
-//! how fast Vigil gets a dead node's servers running elsewhere, in the lab,
-//! against the floor Nova itself sets.
+//! `cargo xtask bench recovery [--servers 10,50] [--runs N] [--spread]
+//! [--faults power-off,kdump,hard-hang]`: how fast Vigil gets a dead node's
+//! servers running elsewhere, in the lab, against the floor Nova itself
+//! sets, per fault kind: power loss (the BMC witness), kernel crash with
+//! kdump (fenced by kdump), hard hang (Nova's rule).
 //!
 //! For each server count and run, three scenarios on compute1, interleaved so
 //! that drift in this shared machine's load hits them alike:
@@ -52,7 +54,54 @@ struct Args {
     /// Skip the hand-evacuation floor (quicker, no ratio).
     #[arg(long)]
     no_floor: bool,
+    /// How the node dies, for Vigil's scenarios: `power-off` (power loss;
+    /// its BMC reads off), `kdump` (kernel crash, the crash kernel sending
+    /// fence_kdump messages for 20 s after a 5 s boot), `hard-hang`
+    /// (everything stops, the BMC reads on: Nova's rule).
+    #[arg(long, value_delimiter = ',', default_values_t = [FaultKind::PowerOff.to_string()])]
+    faults: Vec<String>,
 }
+
+/// The faults a scenario can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultKind {
+    PowerOff,
+    Kdump,
+    HardHang,
+}
+
+impl FaultKind {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "power-off" => Ok(FaultKind::PowerOff),
+            "kdump" => Ok(FaultKind::Kdump),
+            "hard-hang" => Ok(FaultKind::HardHang),
+            other => bail!("--faults {other:?}: one of power-off, kdump, hard-hang"),
+        }
+    }
+
+    /// Makes the fault on NODE; when the lab began it (Unix ms).
+    fn make(self, lab: &Lab) -> Result<i64> {
+        Ok(match self {
+            FaultKind::PowerOff => lab.fault(Fault::PowerOff, NODE)?.began_unix_ms,
+            FaultKind::Kdump => lab.kdump(NODE, KDUMP_SECS)?.began_unix_ms,
+            FaultKind::HardHang => lab.fault(Fault::HardHang, NODE)?.began_unix_ms,
+        })
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultKind::PowerOff => "power-off",
+            FaultKind::Kdump => "kdump",
+            FaultKind::HardHang => "hard-hang",
+        })
+    }
+}
+
+/// How long the lab's crash kernel sends in a `kdump` scenario.
+const KDUMP_SECS: u32 = 20;
 
 /// One scenario's figures, in seconds.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +122,9 @@ struct Sample {
     /// incident's evidence at decision time, not before the cut: a decider
     /// that has not yet seen `updated_at` move cannot know the phase.
     since_report: Option<f64>,
+    /// The evidence's `fast_path` at decision time (`bmc-off`, `kdump`), or
+    /// none: Nova's rule.
+    fast_path: Option<String>,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -88,17 +140,41 @@ pub fn run(args: &[String]) -> Result<()> {
     if a.runs == 0 || a.servers.is_empty() || a.servers.iter().any(|n| *n == 0 || *n > 100) {
         bail!("--runs must be ≥ 1 and --servers between 1 and 100 each");
     }
+    let faults: Vec<FaultKind> = a
+        .faults
+        .iter()
+        .map(|f| FaultKind::parse(f))
+        .collect::<Result<_>>()?;
+    if faults.is_empty() {
+        bail!("--faults: name at least one of power-off, kdump, hard-hang");
+    }
     let mut policies = vec!["scheduler"];
     if a.spread {
         policies.push("spread");
     }
+    // A scenario per (destination policy, fault kind), named "policy" for
+    // power loss as before and "policy/fault" otherwise.
+    let scenarios: Vec<(String, &str, FaultKind)> = policies
+        .iter()
+        .flat_map(|p| {
+            faults.iter().map(move |f| {
+                let name = if *f == FaultKind::PowerOff {
+                    (*p).to_string()
+                } else {
+                    format!("{p}/{f}")
+                };
+                (name, *p, *f)
+            })
+        })
+        .collect();
+    let scenario_names: Vec<&str> = scenarios.iter().map(|(n, _, _)| n.as_str()).collect();
     let started = Instant::now();
     println!(
         "bench recovery: servers {:?}, {} run(s) each of: {}{} (medians; about 1 min per 10 servers per scenario)",
         a.servers,
         a.runs,
         if a.no_floor { "" } else { "hand floor, " },
-        policies
+        scenario_names
             .iter()
             .map(|p| format!("Vigil/{p}"))
             .collect::<Vec<_>>()
@@ -155,19 +231,20 @@ pub fn run(args: &[String]) -> Result<()> {
                 raw.push(json!({"run": run, "servers": n, "scenario": "floor", "force_down_to_all_active_s": floor}));
                 save(&raw)?;
             }
-            for p in &policies {
+            for (p, policy, fault) in &scenarios {
                 let t = Instant::now();
-                let dir = out_dir.join(format!("{n}-{p}-run{run}"));
-                let s = vigil(lab, &decider_bin, &dir, n, p).with_context(|| {
+                let dir = out_dir.join(format!("{n}-{}-run{run}", p.replace('/', "-")));
+                let s = vigil(lab, &decider_bin, &dir, n, policy, *fault).with_context(|| {
                     format!(
                         "Vigil/{p}, {n} servers, run {run} (decider log {})",
                         dir.join("decider.log").display()
                     )
                 })?;
                 println!(
-                    "run {run}/{}  {n:>3} servers  Vigil/{p:<9}  dead {}  fenced {}  1st evacuate {}  all ACTIVE {}  (force-down → all {}; cut {} after a report)   [{:.0} s]",
+                    "run {run}/{}  {n:>3} servers  Vigil/{p:<9}  dead {} ({})  fenced {}  1st evacuate {}  all ACTIVE {}  (force-down → all {}; cut {} after a report)   [{:.0} s]",
                     a.runs,
                     f(s.dead),
+                    s.fast_path.as_deref().unwrap_or("Nova's rule"),
                     f(s.fenced),
                     f(s.first_evacuate),
                     f(s.all_active),
@@ -175,11 +252,11 @@ pub fn run(args: &[String]) -> Result<()> {
                     f(s.since_report),
                     t.elapsed().as_secs_f64()
                 );
-                raw.push(json!({"run": run, "servers": n, "scenario": p, "dead_s": s.dead, "fenced_s": s.fenced,
+                raw.push(json!({"run": run, "servers": n, "scenario": p, "fault": fault.to_string(), "fast_path": s.fast_path, "dead_s": s.dead, "fenced_s": s.fenced,
                     "first_evacuate_s": s.first_evacuate, "all_active_s": s.all_active, "force_down_to_all_active_s": s.evacuation,
                     "cut_after_report_s": s.since_report}));
                 save(&raw)?;
-                results.entry((n, (*p).to_string())).or_default().push(s);
+                results.entry((n, p.clone())).or_default().push(s);
             }
         }
     }
@@ -189,7 +266,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     println!(
         "\n{}",
-        table(&a.servers, &policies, &results, &floors, a.runs, lab)
+        table(&a.servers, &scenario_names, &results, &floors, a.runs, lab)
     );
     println!("every sample: {}", path.display());
     println!(
@@ -233,7 +310,7 @@ fn table(
 ) -> String {
     let report = lab.info().controller.report_interval.unwrap_or(10);
     let mut t = format!(
-        "Medians of {runs} run(s); seconds from the power cut unless noted. Nova report interval {report} s.\n\n\
+        "Medians of {runs} run(s); seconds from the fault (power cut, crash, hang) unless noted. Nova report interval {report} s.\n\n\
          | servers | how | → dead | → fence confirmed | → first evacuate | → all ACTIVE elsewhere | − floor | force-down → all ACTIVE | ÷ floor |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
@@ -371,7 +448,14 @@ fn hand_floor(lab: &Lab, n: usize) -> Result<f64> {
 
 /// Vigil with this destination policy: a fresh decider (own journal), the
 /// power cut, the incident completed; figures from its journal.
-fn vigil(lab: &Lab, bin: &Path, dir: &Path, n: usize, policy: &str) -> Result<Sample> {
+fn vigil(
+    lab: &Lab,
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    policy: &str,
+    fault: FaultKind,
+) -> Result<Sample> {
     let ids = boot(n, policy)?;
     scenario(lab, &ids, || {
         let mut dec = Decider::start(
@@ -383,15 +467,15 @@ fn vigil(lab: &Lab, bin: &Path, dir: &Path, n: usize, policy: &str) -> Result<Sa
                 detach: false,
             },
         )?;
-        let r = measure(lab, &dec, n).map_err(|e| dec.explain(e));
+        let r = measure(lab, &dec, n, fault).map_err(|e| dec.explain(e));
         dec.stop();
         r
     })
 }
 
-fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
+fn measure(lab: &Lab, dec: &Decider, n: usize, fault: FaultKind) -> Result<Sample> {
     dec.wait_healthy(&lab.node_names(), Duration::from_secs(90))?;
-    let cut = lab.fault(Fault::PowerOff, NODE)?.began_unix_ms;
+    let cut = fault.make(lab)?;
     let deadline = Duration::from_secs(120 + 10 * n as u64);
     let end = Instant::now() + deadline;
     let inc = loop {
@@ -439,6 +523,9 @@ fn measure(lab: &Lab, dec: &Decider, n: usize) -> Result<Sample> {
         all_active: fig.after_cut(fig.all_moved_ms),
         evacuation,
         since_report: fig.last_report_seen_ms.map(|t| (cut - t) as f64 / 1000.0),
+        fast_path: inc["incident"]["evidence"]["fast_path"]
+            .as_str()
+            .map(str::to_string),
     })
 }
 

@@ -86,7 +86,18 @@ poll_interval = "1s"
 reference_addresses = ["{ctl}"]
 [policy.nova]
 report_interval = "{report}s"
+# The lab's crash kernels (`lab fault kdump`) send fence_kdump messages to
+# the host's management address once a second: 5 s of quiet ends a dump.
+[policy.kdump]
+fresh_for = "5s"
+[kdump]
+listen = "{kdump_host}:7410"
 "#,
+        kdump_host = info
+            .decider
+            .listen
+            .rsplit_once(':')
+            .map_or(info.decider.listen.as_str(), |(h, _)| h),
         listen = info.decider.listen,
         dir = dir.display(),
         cloud = info.cloud,
