@@ -800,12 +800,18 @@ fn summary(
     demo_ids: &[String],
     report: u64,
 ) -> Result<()> {
-    let rows = [
-        (
-            "power loss → dead",
-            f.dead_ms,
-            format!("target ≤ {} s: Nova's report interval + 2 s", report + 2),
+    // Which evidence made it `dead`: the BMC witness (its own BMC read the
+    // power off) needs no Nova wait; Nova's rule waits report + 2 s.
+    let how = match inc["incident"]["evidence"]["fast_path"].as_str() {
+        Some("bmc-off") => format!(
+            "its own BMC read the power off: no wait for Nova's report interval + 2 s ({} s)",
+            report + 2
         ),
+        Some("kdump") => "its crash kernel announced itself (fence_kdump)".to_string(),
+        _ => format!("Nova's rule: report interval + 2 s = {} s", report + 2),
+    };
+    let rows = [
+        ("power loss → dead", f.dead_ms, how),
         (
             "power loss → fence confirmed",
             f.fenced_ms,
