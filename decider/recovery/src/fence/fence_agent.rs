@@ -162,8 +162,12 @@ struct Run {
     stderr: String,
 }
 
-/// Reads up to [`OUTPUT_LIMIT`] bytes, then drains the rest.
-pub(super) async fn read_bounded(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+/// Reads up to [`OUTPUT_LIMIT`] bytes of a child's pipe, then drains the
+/// rest; a pipe that was not captured reads as empty.
+pub(super) async fn read_bounded(r: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let Some(mut r) = r else {
+        return Vec::new();
+    };
     let mut kept = Vec::new();
     let _ = (&mut r)
         .take(OUTPUT_LIMIT as u64)
@@ -278,18 +282,8 @@ impl FenceAgentFencer {
                 // An agent that exits before reading is judged by its exit.
                 let _ = stdin.write_all(doc.as_bytes()).await;
             }
-            let out = async {
-                match stdout {
-                    Some(s) => read_bounded(s).await,
-                    None => Vec::new(),
-                }
-            };
-            let err = async {
-                match stderr {
-                    Some(s) => read_bounded(s).await,
-                    None => Vec::new(),
-                }
-            };
+            let out = read_bounded(stdout);
+            let err = read_bounded(stderr);
             let (out, err, status) = tokio::join!(out, err, child.wait());
             (out, err, status)
         };

@@ -79,18 +79,8 @@ impl IpmiFencer {
         let mut child = cmd.spawn().map_err(spawn_err)?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let run = async {
-            let out = async {
-                match stdout {
-                    Some(s) => read_bounded(s).await,
-                    None => Vec::new(),
-                }
-            };
-            let err = async {
-                match stderr {
-                    Some(s) => read_bounded(s).await,
-                    None => Vec::new(),
-                }
-            };
+            let out = read_bounded(stdout);
+            let err = read_bounded(stderr);
             tokio::join!(out, err, child.wait())
         };
         let (out, err, status) =
