@@ -481,11 +481,7 @@ impl Engine {
     }
 
     fn node(&self, name: &str) -> Option<Arc<Mutex<NodeState>>> {
-        self.nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        crate::node_state::lookup(&self.nodes, name)
     }
 
     #[allow(

@@ -19,6 +19,16 @@ use vigil_verdict::{
 /// std locks, not tokio's: no lock is ever held across an `.await`.
 pub type Nodes = Arc<RwLock<BTreeMap<String, Arc<Mutex<NodeState>>>>>;
 
+/// The node named `name`, if any; the map's lock is held only to clone the
+/// entry, so callers lock the node without blocking the map.
+pub fn lookup(nodes: &Nodes, name: &str) -> Option<Arc<Mutex<NodeState>>> {
+    nodes
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(name)
+        .cloned()
+}
+
 #[derive(Debug)]
 pub struct NodeState {
     pub name: String,

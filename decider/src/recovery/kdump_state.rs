@@ -17,12 +17,7 @@ pub struct EngineKdump {
 
 impl KdumpSource for EngineKdump {
     fn last_heard_ago(&self, node: &str) -> Option<Duration> {
-        let n = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .cloned()?;
+        let n = crate::node_state::lookup(&self.nodes, node)?;
         let last = n
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

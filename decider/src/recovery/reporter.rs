@@ -70,24 +70,14 @@ impl EngineLink {
 
     /// The node's verdict and whether recovery may start from it.
     pub fn verdict(&self, node: &str) -> Option<(Verdict, bool)> {
-        let n = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .cloned()?;
+        let n = crate::node_state::lookup(&self.nodes, node)?;
         let st = n.lock().unwrap_or_else(PoisonError::into_inner);
         Some((st.tracker.verdict(), st.tracker.actionable()))
     }
 
     /// Shows (or clears) the node's open incident in `GetNode`/`ListNodes`.
     pub fn set_incident(&self, node: &str, incident: Option<&IncidentId>) {
-        let n = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .cloned();
+        let n = crate::node_state::lookup(&self.nodes, node);
         if let Some(n) = n {
             n.lock().unwrap_or_else(PoisonError::into_inner).incident_id =
                 incident.map(|i| i.0.clone());
