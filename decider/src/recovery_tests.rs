@@ -1065,17 +1065,45 @@ async fn a_restart_after_a_completed_recovery_keeps_the_node_recovered() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_the_dump() {
-    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
-    let _serial = SERIAL.lock().await;
-    // Real time: the workflow waits on messages sent in real time.
+const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
+
+/// A world on real time (the workflow waits on messages sent in real time)
+/// whose decider listens for kdump on a free loopback port; the port.
+fn kdump_world() -> (World, u16) {
     let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free UDP port")
         .port();
     w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    (w, port)
+}
+
+/// The real fence_kdump_send from 127.0.0.1 (compute1's address): `count`
+/// messages a second apart to `port`.
+fn kdump_sender(port: u16, count: u32) -> tokio::process::Child {
+    tokio::process::Command::new(SENDER)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-f",
+            "ipv4",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "1",
+            "127.0.0.1",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"))
+}
+
+#[tokio::test]
+async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_the_dump() {
+    let _serial = SERIAL.lock().await;
+    // Real time: the workflow waits on messages sent in real time.
+    let (w, port) = kdump_world();
     let s = w.start(Mode::Live, None).await;
     let (s1, _s2) = healthy_pair(&w, &s).await;
     let seen = watch(&s);
@@ -1087,21 +1115,7 @@ async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_t
     drop(s1);
     w.freeze("compute1");
     let started = Instant::now();
-    let mut sender = tokio::process::Command::new(SENDER)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-f",
-            "ipv4",
-            "-c",
-            "6",
-            "-i",
-            "1",
-            "127.0.0.1",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    let mut sender = kdump_sender(port, 6);
     until(
         "compute1's instances evacuated",
         Duration::from_secs(20),
@@ -1212,35 +1226,15 @@ async fn a_node_in_its_crash_kernel_is_evacuated_at_once_and_powered_off_after_t
 #[tokio::test]
 async fn a_decider_restarted_while_a_dump_is_written_powers_off_once_after_it_without_evacuating_again(
 ) {
-    const SENDER: &str = "/usr/libexec/fence-agents/fence_kdump_send";
     let _serial = SERIAL.lock().await;
-    let mut w = World::with_clock(&NODES, Bmc::Works, &["a", "b"], FakeClock::real());
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port();
-    w.kdump = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let (w, port) = kdump_world();
     let s = w.start(Mode::Live, None).await;
     let (s1, s2) = healthy_pair(&w, &s).await;
     drop(s1);
     w.freeze("compute1");
     let started = Instant::now();
     // 10 messages a second apart: the dump outlasts the first decider.
-    let mut sender = tokio::process::Command::new(SENDER)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-f",
-            "ipv4",
-            "-c",
-            "10",
-            "-i",
-            "1",
-            "127.0.0.1",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{SENDER} (install fence-agents): {e}"));
+    let mut sender = kdump_sender(port, 10);
     let j = SqliteJournal::open(&w.journal_path()).expect("journal");
     until(
         "the wait for the dump to begin",
