@@ -62,6 +62,9 @@ pub struct PingResult {
     /// The node the address belongs to; `None` for reference addresses.
     pub node: Option<String>,
     pub address: IpAddr,
+    /// When the probe went out.
+    pub sent_at: Moment,
+    /// When it finished (answered or timed out).
     pub at: Moment,
     /// `Some(rtt)` answered, `None` no answer in time.
     pub rtt: Option<Duration>,
@@ -315,6 +318,7 @@ impl Engine {
                 address: *a,
                 role: PingRole::Reference,
                 last_probe_at: None,
+                last_sent_at: None,
                 last_answer_at: None,
                 last_rtt: None,
                 consecutive_failures: 0,
@@ -638,7 +642,7 @@ impl Engine {
         if let Some(u) = r.uuid {
             st.bmc_uuid = Some(u);
         }
-        st.evidence.bmc.last = Some(BmcRead {
+        st.evidence.bmc.record(BmcRead {
             at: r.at,
             power: r.power,
         });
@@ -798,6 +802,7 @@ impl Engine {
                     address: *a,
                     role,
                     last_probe_at: None,
+                    last_sent_at: None,
                     last_answer_at: None,
                     last_rtt: None,
                     consecutive_failures: 0,
@@ -1269,6 +1274,11 @@ fn goodbye(reason: &str) -> v1::DeciderMessage {
 }
 
 fn record_probe(p: &mut PingWitness, r: &PingResult) {
+    if p.last_sent_at.is_some_and(|newest| r.sent_at < newest) {
+        // Overtaken by a newer probe of the same address: its answer or
+        // silence is older news.
+        return;
+    }
     if let Some(e) = &r.error {
         // Shown as a failure to probe; the answer history stays as it was
         // (a failed send is neither an answer nor a silence).
@@ -1276,6 +1286,7 @@ fn record_probe(p: &mut PingWitness, r: &PingResult) {
         return;
     }
     p.send_error = None;
+    p.last_sent_at = Some(r.sent_at);
     p.last_probe_at = Some(r.at);
     match r.rtt {
         Some(rtt) => {
@@ -1356,6 +1367,49 @@ fn apply_service(st: &mut NodeState, svc: &ComputeService, polled_at: Moment) {
 mod tests {
     use super::*;
 
+    /// Issue 16: probes of one address overlap, so an older probe's timeout
+    /// can arrive after a newer probe's answer. It must not count as a
+    /// missed probe after that answer (safety rule 2 counts probes in a row,
+    /// in the order they were sent).
+    #[test]
+    fn an_overtaken_probe_is_not_counted() {
+        let addr: IpAddr = "198.51.100.11".parse().expect("address");
+        let mut p = crate::node_state::NodeState::new(
+            "compute1",
+            "rack1",
+            vec![addr],
+            true,
+            Moment::from_secs(1),
+            0,
+        )
+        .evidence
+        .pings
+        .remove(0);
+        let probe = |sent_ms: u64, done_ms: u64, rtt: Option<Duration>| PingResult {
+            node: Some("compute1".into()),
+            address: addr,
+            sent_at: Moment::from_duration(Duration::from_millis(sent_ms)),
+            at: Moment::from_duration(Duration::from_millis(done_ms)),
+            rtt,
+            error: None,
+        };
+        // Sent at 10.5 s, answered at once; the probe sent at 10.0 s times
+        // out at 11.0 s, after it.
+        record_probe(
+            &mut p,
+            &probe(10_500, 10_501, Some(Duration::from_micros(90))),
+        );
+        record_probe(&mut p, &probe(10_000, 11_000, None));
+        assert_eq!(p.consecutive_failures, 0, "{p:?}");
+        assert_eq!(
+            p.last_answer_at,
+            Some(Moment::from_duration(Duration::from_millis(10_501)))
+        );
+        // Newer silence still counts.
+        record_probe(&mut p, &probe(11_000, 12_000, None));
+        assert_eq!(p.consecutive_failures, 1);
+    }
+
     /// Issue 17: with a host firewall refusing ICMP sends (EPERM), the CLI
     /// showed the host address answering (`host 1/1`) from its last answer
     /// while the verdict said 0/1. A failed send is shown as a failure to
@@ -1374,6 +1428,7 @@ mod tests {
         let probe = |at: u64, rtt: Option<Duration>, error: Option<&str>| PingResult {
             node: Some("compute1".into()),
             address: addr,
+            sent_at: Moment::from_secs(at),
             at: Moment::from_secs(at),
             rtt,
             error: error.map(str::to_string),

@@ -151,6 +151,7 @@ fn host_ping(address: IpAddr) -> PingWitness {
         address,
         role: PingRole::Host,
         last_probe_at: None,
+        last_sent_at: None,
         last_answer_at: None,
         last_rtt: None,
         consecutive_failures: 0,

@@ -14,6 +14,11 @@
 //!    Some say dead while the node is provably alive (fresh heartbeats or an
 //!    answering address): `degraded`. Every required witness says dead and
 //!    nothing vetoes: `dead`. Anything else: `suspect`, naming what is awaited.
+//! 5. A `suspect` node is *converging* when nothing but a witness's own wait
+//!    stands between it and `dead` (Nova's `updated_at` not yet still long
+//!    enough; the sensor's silence and the probes still counting under a
+//!    verified BMC that reads off) and nothing has shown life meanwhile. The
+//!    tracker's confirmation window may run then, never the waits.
 //!
 //! Confirmation over time (windows, hysteresis, flapping) is the job of
 //! [`crate::NodeTracker`], not of this function.
@@ -44,6 +49,14 @@ pub struct Assessment {
     /// `dead` by a fast path (the BMC read power off, or kdump), not by
     /// Nova's wait; recovery fences a kdump differently.
     pub fast_path: Option<FastPath>,
+    /// Not `dead` yet only because a witness's own wait is still running,
+    /// and nothing has shown life meanwhile: Nova's `updated_at` has not
+    /// stood still long enough while every other witness says dead, or the
+    /// node's verified BMC reads power off and the sensor's silence and the
+    /// probes are still counting. The confirmation window may run during it
+    /// ([`crate::NodeTracker`]), so `dead` follows the last wait at once
+    /// instead of one window later; the waits themselves are never shortened.
+    pub converging: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +131,7 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
                 ping: Opinion::Unknown,
             },
             fast_path: None,
+            converging: false,
         };
     }
 
@@ -186,7 +200,21 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
     if let Some(text) = &kdump.summary {
         readings.push(format!("kdump: {text}"));
     }
-    let fast = fast_path(&sensor, &ping, isolation.is_some(), bmc.off, kdump.current);
+    // Life after the BMC's first `Off` read contradicts it: then it is
+    // never evidence, and against a live node it is a misconfiguration.
+    let life_after_off = bmc.off_since.and_then(|t| life_since(ev, t, now));
+    if let (Some(life), false) = (&life_after_off, life_proof) {
+        readings.push(format!(
+            "BMC: not evidence: the node showed life ({life}) after the BMC first read power off"
+        ));
+    }
+    let fast = fast_path(
+        &sensor,
+        &ping,
+        isolation.is_some(),
+        bmc.off && life_after_off.is_none(),
+        kdump.current,
+    );
     // The vetoes a fast path's evidence answers: Nova's report still in
     // flight from a machine without power or in its crash kernel, and (for
     // kdump) the crash kernel's own management address. Any other veto
@@ -205,7 +233,19 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
             _ => false,
         });
     let fast = fast.filter(|_| remaining.is_empty());
-    let bmc_off_but_alive = bmc.read_off && life_proof;
+    let bmc_off_but_alive = bmc.read_off && life_proof && life_after_off.is_some();
+    // A power loss as it unfolds: the BMC already reads off, the sensor's
+    // silence and the probes have not counted out yet. Not healthy, not a
+    // misconfiguration (nothing has shown life since the BMC said off).
+    let awaited: Vec<&str> = [
+        (sensor.opinion != Opinion::Dead).then_some("its sensor's silence"),
+        (ping.opinion != Opinion::Dead).then_some("its addresses' probes"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let bmc_off_unfolding =
+        bmc.read_off && life_after_off.is_none() && isolation.is_none() && !awaited.is_empty();
 
     let (verdict, headline) = if let Some(path) = &fast {
         let headline = match path {
@@ -232,6 +272,19 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
             format!(
                 "its BMC reads power off but {proof}: that BMC is wrong or not this node's, \
                  and fencing through it would act on another machine; check recovery.fencing"
+            ),
+        )
+    } else if bmc_off_unfolding {
+        let since = bmc
+            .off_since
+            .map(|t| fmt_secs(now.since(t)))
+            .unwrap_or_default();
+        (
+            Verdict::Suspect,
+            format!(
+                "its BMC has read power off for {since} and the node has shown no life since; \
+                 waiting for {}",
+                awaited.join(" and ")
             ),
         )
     } else if saying_dead.is_empty() {
@@ -328,6 +381,22 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
     };
     reasons.extend(sensor.notes);
 
+    // Waits that are still running, with nothing alive meanwhile (see
+    // `Assessment::converging`). Nova's wait: every other required witness
+    // says dead and the only veto is its `updated_at`, not yet still long
+    // enough. The BMC's: a verified `Off` with no life since it began.
+    let awaiting_nova = !life_proof
+        && nova.opinion == Opinion::Alive
+        && matches!(ev.nova, NovaWitness::Listed(_))
+        && policy
+            .required_for_dead
+            .iter()
+            .all(|k| *k == WitnessKind::Nova || saying_dead.contains(k))
+        && vetoes.iter().all(|v| v.rule == VetoRule::NovaAdvancing);
+    let awaiting_bmc = bmc.off && bmc_off_unfolding;
+    let converging =
+        verdict == Verdict::Suspect && isolation.is_none() && (awaiting_nova || awaiting_bmc);
+
     Assessment {
         verdict,
         reasons,
@@ -338,6 +407,30 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
             ping: ping.opinion,
         },
         fast_path: fast,
+        converging,
+    }
+}
+
+/// The node's most recent sign of life at or after `t`, if any: a heartbeat
+/// received, or an answer from one of its addresses.
+fn life_since(ev: &Evidence, t: Moment, now: Moment) -> Option<String> {
+    let heartbeat = match &ev.sensor {
+        SensorWitness::Seen(r) if r.last_heartbeat_at >= t => Some(r.last_heartbeat_at),
+        _ => None,
+    };
+    let answer = ev
+        .pings
+        .iter()
+        .filter(|p| p.role != PingRole::Reference)
+        .filter_map(|p| p.last_answer_at.filter(|a| *a >= t).map(|a| (a, p.address)))
+        .max_by_key(|(a, _)| *a);
+    match (heartbeat, answer) {
+        (Some(h), Some((a, _))) if h >= a => {
+            Some(format!("a heartbeat {} ago", fmt_secs(now.since(h))))
+        }
+        (_, Some((a, addr))) => Some(format!("{addr} answered {} ago", fmt_secs(now.since(a)))),
+        (Some(h), None) => Some(format!("a heartbeat {} ago", fmt_secs(now.since(h)))),
+        (None, None) => None,
     }
 }
 

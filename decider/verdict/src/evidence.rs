@@ -34,6 +34,22 @@ pub struct BmcWitness {
     pub identity: BmcIdentity,
     /// The latest power read, answered or not.
     pub last: Option<BmcRead>,
+    /// When the current unbroken run of `Off` reads began. Life shown after
+    /// it (a heartbeat, an answer) contradicts the BMC; life only before it
+    /// is the node's last moments before the power went.
+    pub off_since: Option<Moment>,
+}
+
+impl BmcWitness {
+    /// Takes one power read. Any read that is not `Off` ends the run.
+    pub fn record(&mut self, read: BmcRead) {
+        self.off_since = match (&read.power, self.off_since) {
+            (BmcPower::Off, Some(since)) => Some(since),
+            (BmcPower::Off, None) => Some(read.at),
+            _ => None,
+        };
+        self.last = Some(read);
+    }
 }
 
 /// Whether the BMC being read is this node's own. Only `Verified` lets a
@@ -339,6 +355,12 @@ pub struct PingWitness {
     pub role: PingRole,
     /// When the latest probe finished (answered or timed out).
     pub last_probe_at: Option<Moment>,
+    /// When the latest counted probe was sent. Probes of one address
+    /// overlap (a new one every half second, each waiting up to its
+    /// timeout), so an older probe can finish after a newer one: it is not
+    /// counted, or a late timeout would follow a newer answer as if the
+    /// address had fallen silent after it.
+    pub last_sent_at: Option<Moment>,
     pub last_answer_at: Option<Moment>,
     pub last_rtt: Option<Duration>,
     /// Probes in a row that got no answer, up to the latest.

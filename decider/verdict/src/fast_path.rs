@@ -17,6 +17,13 @@
 //!   superseded. The datagrams are unauthenticated: ARCHITECTURE.md's trust
 //!   model says what else a spoofer must fake.
 //!
+//! A node that showed life (a heartbeat, an answer) after its BMC first read
+//! `Off` contradicts that BMC: it is never evidence then, and against a live
+//! node it is a misconfiguration (`degraded`). Life only *before* the first
+//! `Off` read is the node's last moments before the power went: while the
+//! sensor's silence and the probes still count out, the node is `suspect`
+//! and converging (the confirmation window runs meanwhile).
+//!
 //! Everything else (the maintenance rule, the decider's isolation check,
 //! the storm guard, the confirmation window) applies as on the Nova path.
 
@@ -59,6 +66,8 @@ pub(crate) struct BmcJudgment {
     /// A fresh `Off`, verified or not: against a live node, a misconfigured
     /// or lying BMC worth an alert.
     pub read_off: bool,
+    /// When the run of `Off` reads behind `read_off` began.
+    pub off_since: Option<Moment>,
     pub summary: Option<String>,
 }
 
@@ -66,6 +75,7 @@ pub(crate) fn judge_bmc(w: &BmcWitness, policy: &Policy, now: Moment) -> BmcJudg
     let none = BmcJudgment {
         off: false,
         read_off: false,
+        off_since: None,
         summary: None,
     };
     if !policy.bmc.enabled {
@@ -79,6 +89,7 @@ pub(crate) fn judge_bmc(w: &BmcWitness, policy: &Policy, now: Moment) -> BmcJudg
                 return BmcJudgment {
                     off: false,
                     read_off: false,
+                    off_since: None,
                     summary: Some(format!("not read yet; {}", identity_text(other))),
                 }
             }
@@ -102,13 +113,15 @@ pub(crate) fn judge_bmc(w: &BmcWitness, policy: &Policy, now: Moment) -> BmcJudg
             fmt_secs(policy.bmc.fresh_for)
         ));
     }
+    // Another machine's BMC reading Off says nothing about this node (the
+    // mismatch is reported on its own).
+    let read_off =
+        fresh && read.power == BmcPower::Off && !matches!(w.identity, BmcIdentity::Mismatch(_));
     BmcJudgment {
         off,
-        // Another machine's BMC reading Off says nothing about this node
-        // (the mismatch is reported on its own).
-        read_off: fresh
-            && read.power == BmcPower::Off
-            && !matches!(w.identity, BmcIdentity::Mismatch(_)),
+        read_off,
+        // A run with no recorded start began at this read at the latest.
+        off_since: read_off.then(|| w.off_since.unwrap_or(read.at).min(read.at)),
         summary: Some(summary),
     }
 }

@@ -23,6 +23,10 @@ pub struct NodeTracker {
     fresh: bool,
     /// When the assessments started saying dead without a break.
     dead_streak_since: Option<Moment>,
+    /// When the assessments started saying dead or converging on it (only
+    /// a witness's own wait still running) without a break: the ordinary
+    /// confirmation window counts from here.
+    agree_since: Option<Moment>,
     /// When the assessments started saying healthy without a break.
     healthy_streak_since: Option<Moment>,
     /// Whether the latest counted assessment was healthy, to detect flips.
@@ -76,6 +80,7 @@ impl NodeTracker {
             reasons: vec!["no evidence judged yet".to_string()],
             fresh: true,
             dead_streak_since: None,
+            agree_since: None,
             healthy_streak_since: None,
             last_healthy: None,
             flips: VecDeque::new(),
@@ -151,6 +156,11 @@ impl NodeTracker {
         } else {
             self.dead_streak_since = None;
         }
+        if a.verdict == Verdict::Dead || a.converging {
+            self.agree_since.get_or_insert(now);
+        } else {
+            self.agree_since = None;
+        }
         if a.verdict == Verdict::Healthy {
             self.healthy_streak_since.get_or_insert(now);
         } else {
@@ -174,17 +184,19 @@ impl NodeTracker {
         );
         let (target, mut reasons) = match a.verdict {
             Verdict::Dead => {
-                let need = if flapping {
-                    policy.confirm.flapping_dead_for
+                // A flapping node gets no credit for converging: its long
+                // window counts only assessments that said dead outright.
+                let (need, streak) = if flapping {
+                    (policy.confirm.flapping_dead_for, self.dead_streak_since)
                 } else {
-                    policy.confirm.dead_for
+                    (policy.confirm.dead_for, self.agree_since)
                 };
-                let held = now.since(self.dead_streak_since.unwrap_or(now));
+                let held = now.since(streak.unwrap_or(now));
                 if held >= need {
                     (Verdict::Dead, a.reasons.clone())
                 } else {
                     let mut r = vec![format!(
-                        "confirming dead: every required witness has agreed for {} of {}",
+                        "confirming dead: the witnesses have agreed for {} of {}",
                         fmt_secs(held),
                         fmt_secs(need)
                     )];
@@ -307,6 +319,7 @@ impl NodeTracker {
     fn release(&mut self, reason: String, policy: &Policy, now: Moment) -> Option<VerdictChange> {
         self.workflow_reason = None;
         self.dead_streak_since = None;
+        self.agree_since = None;
         self.healthy_streak_since = None;
         self.fresh = true;
         let before = self.verdict;

@@ -159,6 +159,7 @@ fn ping(now: Moment, role: PingRole) -> impl Strategy<Value = PingWitness> {
             address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, last_octet)),
             role: role.clone(),
             last_probe_at: probe,
+            last_sent_at: None,
             last_answer_at: answer,
             last_rtt: None,
             consecutive_failures: failures,
@@ -252,6 +253,7 @@ fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
             address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, o)),
             role: PingRole::Host,
             last_probe_at: Some(probe),
+            last_sent_at: None,
             last_answer_at: answer,
             last_rtt: None,
             consecutive_failures: failures,
@@ -261,6 +263,7 @@ fn near_dead(now: Moment) -> impl Strategy<Value = Evidence> {
         address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
         role: PingRole::Reference,
         last_probe_at: Some(at),
+        last_sent_at: None,
         last_answer_at: Some(at),
         last_rtt: None,
         consecutive_failures: failures,
@@ -303,8 +306,16 @@ fn bmc(now: Moment) -> impl Strategy<Value = BmcWitness> {
     let read = (power, before(now, 3_000)).prop_map(|(power, at)| BmcRead { at, power });
     prop_oneof![
         1 => Just(BmcWitness::default()),
-        3 => (identity, proptest::option::of(read))
-            .prop_map(|(identity, last)| BmcWitness { identity, last }),
+        3 => (identity, proptest::option::of(read), ms(4_000))
+            .prop_map(|(identity, last, run)| BmcWitness {
+                identity,
+                // A run of `Off` reads that began up to 4 s before the latest.
+                off_since: last
+                    .as_ref()
+                    .filter(|r| r.power == BmcPower::Off)
+                    .map(|r| r.at.minus(run)),
+                last,
+            }),
     ]
 }
 
@@ -415,6 +426,14 @@ proptest! {
                         let read = ev.bmc.last.as_ref().expect("a read");
                         prop_assert_eq!(&read.power, &BmcPower::Off);
                         prop_assert!(now.since(read.at) <= policy.bmc.fresh_for, "stale read counted");
+                        let since = ev.bmc.off_since.expect("a run of Off reads");
+                        if let SensorWitness::Seen(r) = &ev.sensor {
+                            prop_assert!(r.last_heartbeat_at < since, "a heartbeat after the BMC read off");
+                        }
+                        prop_assert!(
+                            ev.pings.iter().all(|p| p.last_answer_at.is_none_or(|a| a < since)),
+                            "an answer after the BMC read off"
+                        );
                     }
                     FastPath::Kdump => {
                         let last = ev.kdump.last_at.expect("a datagram");
@@ -422,6 +441,22 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+
+    /// Converging lets the confirmation window run early; it is only ever
+    /// a `suspect` node's, and never while the decider may be cut off.
+    #[test]
+    fn converging_is_only_a_suspect_nodes_and_never_an_isolated_deciders(ev in evidence(Moment::from_millis(START))) {
+        let policy = Policy::default();
+        let now = Moment::from_millis(START);
+        let a = evaluate(&ev, &policy, now);
+        if a.converging {
+            prop_assert_eq!(a.verdict, Verdict::Suspect);
+            prop_assert!(
+                !a.vetoes.iter().any(|v| v.rule == VetoRule::DeciderIsolated || v.rule == VetoRule::Maintenance),
+                "converging under {:?}", a.vetoes
+            );
         }
     }
 
@@ -532,7 +567,7 @@ fn the_evidence_generator_reaches_dead_and_vetoes() {
     let now = Moment::from_millis(START);
     let mut runner = TestRunner::deterministic();
     let strategy = evidence(now);
-    let (mut dead, mut vetoed, mut bmc, mut kdump) = (0, 0, 0, 0);
+    let (mut dead, mut vetoed, mut bmc, mut kdump, mut converging) = (0, 0, 0, 0, 0);
     for _ in 0..4000 {
         let ev = strategy.new_tree(&mut runner).expect("evidence").current();
         let a = evaluate(&ev, &policy, now);
@@ -540,8 +575,12 @@ fn the_evidence_generator_reaches_dead_and_vetoes() {
         vetoed += usize::from(!a.vetoes.is_empty());
         bmc += usize::from(a.fast_path == Some(FastPath::BmcOff));
         kdump += usize::from(a.fast_path == Some(FastPath::Kdump));
+        converging += usize::from(a.converging);
     }
-    eprintln!("of 4000: {dead} dead ({bmc} by the BMC, {kdump} by kdump), {vetoed} vetoed");
+    eprintln!(
+        "of 4000: {dead} dead ({bmc} by the BMC, {kdump} by kdump), {vetoed} vetoed, {converging} converging"
+    );
+    assert!(converging >= 20, "converging barely reached: {converging}");
     assert!(
         bmc >= 20 && kdump >= 20,
         "fast paths barely reached: {bmc} BMC, {kdump} kdump"

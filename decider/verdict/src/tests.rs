@@ -34,6 +34,7 @@ fn node() -> Ev {
         address: ip(address),
         role,
         last_probe_at: Some(ago(300)),
+        last_sent_at: None,
         last_answer_at: Some(ago(300)),
         last_rtt: Some(Duration::from_micros(80)),
         consecutive_failures: 0,
@@ -172,6 +173,10 @@ impl Ev {
     fn silence(p: &mut PingWitness) {
         p.last_probe_at = Some(ago(200));
         p.consecutive_failures = 5;
+        // Five probes at least half a second apart went unanswered since.
+        if p.last_answer_at.is_some() {
+            p.last_answer_at = Some(ago(3_000));
+        }
     }
     fn host_ping_silent(mut self) -> Self {
         self.0
@@ -363,7 +368,11 @@ mod fast {
     #[test] fn bmc_off_while_the_host_answers_is_a_misconfiguration_never_a_fence() { check(node().sensor_silent(20).nova_stalled(3).instance_pings_silent().bmc(BmcPower::Off, 500, true), Degraded, &["its BMC reads power off but 198.51.100.11 (host) answers ping", "veto: safety rule 2"]); }
     #[test] fn another_machines_bmc_reading_off_says_nothing_about_a_live_node() { let mut ev = node().bmc(BmcPower::Off, 500, true); ev.0.bmc.identity = BmcIdentity::Mismatch("BMC says 33…, sensor says 11…".into()); check(ev, Healthy, &["up", "IDENTITY MISMATCH"]); }
     #[test] fn bmc_off_while_the_sensor_streams_is_a_misconfiguration_never_a_fence() { check(node().host_ping_silent().instance_pings_silent().nova_stalled(3).bmc(BmcPower::Off, 500, true), Degraded, &["its BMC reads power off but its sensor stream is live", "veto: safety rule 3"]); }
-    #[test] fn bmc_off_while_pings_are_still_probing_waits() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.0.pings.iter_mut().for_each(|p| p.consecutive_failures = 1); check(ev, Degraded, &["its BMC reads power off but"]); }
+    #[test] fn bmc_off_while_pings_are_still_probing_waits() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.0.pings.iter_mut().for_each(|p| p.consecutive_failures = 1); let a = check(ev, Suspect, &["its BMC has read power off for 0.5 s and the node has shown no life since; waiting for its addresses' probes", "veto: safety rule 2"]); assert!(a.converging); }
+    #[test] fn power_loss_unfolding_is_neither_healthy_nor_a_misconfiguration() { let a = check(node().answered(2_000).last_heartbeat(1_800).bmc(BmcPower::Off, 500, true).bmc_off_since(1_500), Suspect, &["its BMC has read power off for 1.5 s and the node has shown no life since; waiting for its sensor's silence and its addresses' probes"]); assert!(a.converging, "the confirmation window runs while the sensor and probes count out"); assert_eq!(a.fast_path, None); }
+    #[test] fn a_heartbeat_after_the_first_off_read_makes_the_bmc_wrong() { let a = check(node().answered(2_000).last_heartbeat(300).bmc(BmcPower::Off, 200, true).bmc_off_since(1_500), Degraded, &["its BMC reads power off but its sensor stream is live"]); assert!(!a.converging); }
+    #[test] fn life_after_the_first_off_read_is_never_overridden_when_the_node_later_goes_silent() { let a = check(node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 200, true).bmc_off_since(5_000), Suspect, &["waiting for Nova", "answered 3.0 s ago) after the BMC first read power off"]); assert_eq!(a.fast_path, None); assert!(a.converging, "Nova's wait is the only one left"); }
+    #[test] fn unverified_bmc_off_during_a_power_loss_is_suspicion_not_convergence() { let a = check(node().answered(2_000).last_heartbeat(1_800).bmc(BmcPower::Off, 500, false).bmc_off_since(1_500), Suspect, &["its BMC has read power off"]); assert!(!a.converging, "an unverified BMC never runs the window"); }
     #[test] fn bmc_off_never_overrides_the_decider_isolation_check() { check(node().decider_cut_off().bmc(BmcPower::Off, 500, true), Suspect, &["decider may be cut off"]); }
     #[test] fn bmc_off_never_overrides_maintenance() { check(node().nova_disabled("bios").power_loss().bmc(BmcPower::Off, 500, true), Maintenance, &["disabled by an operator"]); }
     #[test] fn bmc_witness_switched_off_by_policy() { let mut ev = node().power_loss().nova_stalled(3).bmc(BmcPower::Off, 500, true); ev.1.bmc.enabled = false; check(ev, Suspect, &["waiting for Nova"]); }
@@ -388,11 +397,29 @@ impl Ev {
             } else {
                 BmcIdentity::Unverified("the sensor has not reported a system UUID".into())
             },
-            last: Some(BmcRead {
-                at: ago(read_ms_ago),
-                power,
-            }),
+            last: None,
+            off_since: None,
         };
+        self.0.bmc.record(BmcRead {
+            at: ago(read_ms_ago),
+            power,
+        });
+        self
+    }
+    /// The BMC's run of `Off` reads began this long ago.
+    fn bmc_off_since(mut self, ms_ago: u64) -> Self {
+        self.0.bmc.off_since = Some(ago(ms_ago));
+        self
+    }
+    fn last_heartbeat(mut self, ms_ago: u64) -> Self {
+        self.reading().last_heartbeat_at = ago(ms_ago);
+        self
+    }
+    /// Every address last answered this long ago.
+    fn answered(mut self, ms_ago: u64) -> Self {
+        for p in self.0.pings.iter_mut() {
+            p.last_answer_at = Some(ago(ms_ago));
+        }
         self
     }
     fn kdump(mut self, messages: u64, last_ms_ago: u64) -> Self {
@@ -547,6 +574,110 @@ mod machine {
         assert!(t.reasons()[0].contains("of 30 s"), "{:?}", t.reasons());
         t.observe(assess(&dead, at(start + 31_000)), &p, at(start + 31_000));
         assert_eq!(t.verdict(), Verdict::Dead);
+    }
+
+    /// Issue 16: the window runs while Nova's wait does (a hard hang), so
+    /// `dead` comes at the first assessment where Nova's rule allows it.
+    #[test]
+    fn the_window_runs_while_novas_wait_does() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node(), at(0)), &p, at(0));
+        let waiting = node().power_loss().nova_stalled(9);
+        assert!(evaluate(&waiting.0, &p, NOW).converging);
+        t.observe(assess(&waiting, at(100)), &p, at(100));
+        t.observe(assess(&waiting, at(2_000)), &p, at(2_000));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        assert!(
+            t.reasons()[0].contains("waiting for Nova"),
+            "{:?}",
+            t.reasons()
+        );
+        let c = t
+            .observe(assess(&node().power_loss(), at(2_100)), &p, at(2_100))
+            .expect("dead at once");
+        assert_eq!(c.to, Verdict::Dead);
+    }
+
+    /// The same wait with a live witness in it is not agreement: an address
+    /// that still answers (rule 2) restarts the window.
+    #[test]
+    fn life_during_novas_wait_restarts_the_window() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node(), at(0)), &p, at(0));
+        let waiting = node().power_loss().nova_stalled(9);
+        t.observe(assess(&waiting, at(100)), &p, at(100));
+        let answering = node().sensor_silent(14).nova_stalled(10);
+        assert!(!evaluate(&answering.0, &p, NOW).converging);
+        t.observe(assess(&answering, at(1_500)), &p, at(1_500));
+        t.observe(assess(&node().power_loss(), at(2_000)), &p, at(2_000));
+        assert_eq!(t.verdict(), Verdict::Suspect, "{:?}", t.reasons());
+        assert!(
+            t.reasons()[0].starts_with("confirming dead"),
+            "{:?}",
+            t.reasons()
+        );
+        t.observe(assess(&node().power_loss(), at(3_000)), &p, at(3_000));
+        assert_eq!(t.verdict(), Verdict::Dead);
+    }
+
+    /// A power loss as the decider sees it: the BMC reads off before the
+    /// sensor's silence and the third missed probe; `dead` follows the last
+    /// of them at once.
+    #[test]
+    fn the_window_runs_while_a_power_loss_unfolds() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        t.observe(assess(&node(), at(0)), &p, at(0));
+        let unfolding = node()
+            .answered(2_000)
+            .last_heartbeat(1_800)
+            .bmc(BmcPower::Off, 500, true)
+            .bmc_off_since(1_500);
+        t.observe(assess(&unfolding, at(100)), &p, at(100));
+        t.observe(assess(&unfolding, at(1_000)), &p, at(1_000));
+        assert_eq!(t.verdict(), Verdict::Suspect);
+        let off = node()
+            .power_loss()
+            .nova_stalled(3)
+            .bmc(BmcPower::Off, 500, true)
+            .bmc_off_since(1_500);
+        let c = t
+            .observe(assess(&off, at(1_200)), &p, at(1_200))
+            .expect("dead");
+        assert_eq!(c.to, Verdict::Dead);
+        assert_eq!(
+            t.latest().and_then(|a| a.fast_path.clone()),
+            Some(FastPath::BmcOff)
+        );
+    }
+
+    /// A flapping node gets no credit for converging: its 30 s counts only
+    /// assessments that said dead outright.
+    #[test]
+    fn a_flapping_node_gets_no_credit_for_converging() {
+        let p = Policy::default();
+        let mut t = NodeTracker::new(at(0));
+        let sick = node().sensor_silent(30);
+        let mut ms = 0;
+        for _ in 0..3 {
+            t.observe(assess(&node(), at(ms)), &p, at(ms));
+            ms += 10_000;
+            t.observe(assess(&sick, at(ms)), &p, at(ms));
+            ms += 10_000;
+        }
+        t.observe(assess(&node(), at(ms)), &p, at(ms));
+        let waiting = node().power_loss().nova_stalled(9);
+        for _ in 0..40 {
+            ms += 1_000;
+            t.observe(assess(&waiting, at(ms)), &p, at(ms));
+        }
+        assert!(t.flapping(&p));
+        ms += 1_000;
+        t.observe(assess(&node().power_loss(), at(ms)), &p, at(ms));
+        assert_eq!(t.verdict(), Verdict::Suspect, "{:?}", t.reasons());
+        assert!(t.reasons()[0].contains("of 30 s"), "{:?}", t.reasons());
     }
 
     #[test]
