@@ -246,6 +246,9 @@ impl Default for DegradedPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct ConfirmPolicy {
     /// Every required witness must keep saying dead this long before `dead`.
+    /// It counts from when the node began converging on `dead` (only a
+    /// witness's own wait left, nothing alive meanwhile), so it usually
+    /// runs out during Nova's or the sensor's wait rather than after it.
     #[serde(with = "serde_duration")]
     pub dead_for: Duration,
     /// A sick or suspect node must look healthy this long before `healthy`.
