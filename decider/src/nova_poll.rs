@@ -1,8 +1,9 @@
 //! Polls Nova for the engine: `os-services` every `poll_interval` (the engine
 //! measures how long each `updated_at` stands still between polls), and each
-//! host's instances on request (suspicion) and in a slow sweep. Failures and
-//! timeouts become "Nova unreachable" evidence, never a node's death; the
-//! next poll is the retry.
+//! host's instances on request (suspicion), when Nova shows a server booted
+//! or moved there (`nova_changes`, its own task), and in a slow sweep.
+//! Failures and timeouts become "Nova unreachable" evidence, never a node's
+//! death; the next poll is the retry.
 
 use crate::config::NovaConfig;
 use crate::engine::{Clock, Event};
@@ -15,6 +16,18 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+/// Hosts waiting for an instance listing at most.
+pub const LISTING_QUEUE: usize = 1024;
+
+/// Aborts the changes watcher when the poller returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 pub async fn run(
     nova: Arc<dyn NovaSource>,
@@ -32,7 +45,7 @@ pub async fn run(
     let mut hosts: BTreeSet<String> = BTreeSet::new();
     // Instance listings run beside the service poll so a slow listing never
     // delays the staleness measurement.
-    let (list_tx, list_rx) = mpsc::channel::<String>(1024);
+    let (list_tx, list_rx) = mpsc::channel::<String>(LISTING_QUEUE);
     let lister = {
         let nova = nova.clone();
         let events = events.clone();
@@ -61,6 +74,15 @@ pub async fn run(
                 }
             })
     };
+    // A task of its own, not a branch below: the poll never waits for it,
+    // and it only try_sends to the listing queue.
+    let _changes = crate::nova_changes::ChangesConfig::from_nova(&cfg).map(|c| {
+        AbortOnDrop(tokio::spawn(crate::nova_changes::run(
+            nova.clone(),
+            c,
+            list_tx.clone(),
+        )))
+    });
     tokio::pin!(lister);
     tokio::pin!(shutdown);
     loop {
@@ -112,5 +134,199 @@ pub async fn run(
                 let _ = list_tx.try_send(h);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::witness::{ChangedServer, ComputeService, ServerOnHost, WitnessError};
+    use futures::future::BoxFuture;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// A Nova whose `changes-since` is slow (`changes_delay`) and reports,
+    /// from its second answer on, a server booted on compute2.
+    struct Booting {
+        changes_delay: Duration,
+        changes_asked: AtomicU32,
+        changes_in_flight: AtomicU32,
+        most_in_flight: AtomicU32,
+    }
+
+    impl Booting {
+        fn new(changes_delay: Duration) -> Arc<Self> {
+            Arc::new(Booting {
+                changes_delay,
+                changes_asked: AtomicU32::new(0),
+                changes_in_flight: AtomicU32::new(0),
+                most_in_flight: AtomicU32::new(0),
+            })
+        }
+    }
+
+    impl NovaSource for Booting {
+        fn list_compute_services(
+            &self,
+        ) -> BoxFuture<'_, Result<Vec<ComputeService>, WitnessError>> {
+            Box::pin(async {
+                Ok(vec![ComputeService {
+                    id: "1".into(),
+                    host: "compute2".into(),
+                    state: "up".into(),
+                    status: "enabled".into(),
+                    forced_down: false,
+                    disabled_reason: None,
+                    updated_at: None,
+                    host_ip: None,
+                }])
+            })
+        }
+        fn list_servers_on_host<'a>(
+            &'a self,
+            _host: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<ServerOnHost>, WitnessError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn changed_servers<'a>(
+            &'a self,
+            _since: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<ChangedServer>, WitnessError>> {
+            Box::pin(async move {
+                let n = self.changes_asked.fetch_add(1, Ordering::SeqCst) + 1;
+                let now = self.changes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                // Out of flight when answered or abandoned (dropped).
+                let _done = InFlight(&self.changes_in_flight);
+                tokio::time::sleep(self.changes_delay).await;
+                Ok(if n >= 2 {
+                    vec![ChangedServer {
+                        id: "srv-new".into(),
+                        updated: "2026-12-07T00:00:05Z".into(),
+                        host: "compute2".into(),
+                    }]
+                } else {
+                    Vec::new()
+                })
+            })
+        }
+    }
+
+    struct InFlight<'a>(&'a AtomicU32);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Listings after the start-up ones (the new host's, the sweep's first).
+    fn after_start(listings: &[Duration]) -> Vec<Duration> {
+        listings
+            .iter()
+            .copied()
+            .filter(|t| *t >= Duration::from_secs(1))
+            .collect()
+    }
+
+    /// Runs the poller on the paused clock for `for_`, returning when each
+    /// `os-services` poll and each instance listing of compute2 arrived.
+    async fn drive(
+        nova: Arc<Booting>,
+        cfg: NovaConfig,
+        for_: Duration,
+    ) -> (Vec<Duration>, Vec<Duration>) {
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let (_req_tx, req_rx) = mpsc::channel(4);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            nova,
+            cfg,
+            Clock::start(),
+            Arc::new(Metrics::new()),
+            events_tx,
+            req_rx,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let started = tokio::time::Instant::now();
+        let deadline = started + for_;
+        let (mut polls, mut listings) = (Vec::new(), Vec::new());
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::NovaServices { .. })) => polls.push(started.elapsed()),
+                Ok(Some(Event::NovaInstances { host, .. })) if host == "compute2" => {
+                    listings.push(started.elapsed())
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let _ = stop_tx.send(());
+        let _ = task.await;
+        (polls, listings)
+    }
+
+    fn cfg() -> NovaConfig {
+        NovaConfig {
+            poll_interval: Duration::from_secs(1),
+            instances_interval: Duration::from_secs(3600),
+            changes_interval: Duration::from_secs(5),
+            changes_timeout: Duration::from_secs(4),
+            ..NovaConfig::default()
+        }
+    }
+
+    /// The reverted design asked `changes-since` on every os-services poll;
+    /// whatever slows that ask must never slow Nova's witness. Here every
+    /// ask takes 30 s (past its timeout): the poll still runs every second.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_changes_since_never_delays_an_os_services_poll() {
+        let nova = Booting::new(Duration::from_secs(30));
+        let (polls, _) = drive(nova.clone(), cfg(), Duration::from_secs(60)).await;
+        let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            polls.len() >= 59,
+            "{} polls in 60 s: {polls:?}",
+            polls.len()
+        );
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_millis(1100)),
+            "a poll waited: {gaps:?}"
+        );
+        // One ask at a time, each abandoned at its timeout, every 5 s at most.
+        assert_eq!(nova.most_in_flight.load(Ordering::SeqCst), 1);
+        let asked = nova.changes_asked.load(Ordering::SeqCst);
+        assert!((6..=13).contains(&asked), "{asked} asks in 60 s");
+    }
+
+    /// Without the watcher a booted server's address waited for the sweep
+    /// (an hour here); now its host is listed within one changes interval
+    /// of Nova reporting it, and once per change though every overlapping
+    /// ask reports it again.
+    #[tokio::test(start_paused = true)]
+    async fn a_booted_server_is_listed_within_the_changes_interval_and_once() {
+        let nova = Booting::new(Duration::from_millis(100));
+        let (polls, listings) = drive(nova.clone(), cfg(), Duration::from_secs(60)).await;
+        assert!(polls.len() >= 59);
+        // The change is reported by the second ask (at 5 s) and by every
+        // one after it.
+        let later = after_start(&listings);
+        assert_eq!(later.len(), 1, "{listings:?}");
+        assert!(later[0] <= Duration::from_secs(6), "listed at {later:?}");
+    }
+
+    /// `changes_interval = "0s"`: nothing is asked.
+    #[tokio::test(start_paused = true)]
+    async fn no_changes_asked_when_turned_off() {
+        let nova = Booting::new(Duration::from_millis(100));
+        let cfg = NovaConfig {
+            changes_interval: Duration::ZERO,
+            ..cfg()
+        };
+        let (_, listings) = drive(nova.clone(), cfg, Duration::from_secs(20)).await;
+        assert_eq!(nova.changes_asked.load(Ordering::SeqCst), 0);
+        assert!(after_start(&listings).is_empty(), "{listings:?}");
     }
 }
