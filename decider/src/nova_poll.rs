@@ -43,10 +43,14 @@ pub async fn run(
     let mut sweep = tokio::time::interval(cfg.instances_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hosts: BTreeSet<String> = BTreeSet::new();
-    // Instance listings run beside the service poll so a slow listing never
-    // delays the staleness measurement.
+    // Instance listings and the changes watcher run as tasks of their own,
+    // never as branches of the loop below: a branch's future is polled only
+    // while the loop waits, so one suspended while holding the Nova client's
+    // token or version lock stalled the poll that waited for it until its
+    // timeout (the reverted changes-since design, see
+    // a_lock_held_by_a_changes_ask_or_a_listing_never_stalls_the_poll).
     let (list_tx, list_rx) = mpsc::channel::<String>(LISTING_QUEUE);
-    let lister = {
+    let _lister = AbortOnDrop(tokio::spawn({
         let nova = nova.clone();
         let events = events.clone();
         let timeout = cfg.request_timeout;
@@ -73,9 +77,8 @@ pub async fn run(
                     let _ = events.send(Event::NovaInstances { host, result }).await;
                 }
             })
-    };
-    // A task of its own, not a branch below: the poll never waits for it,
-    // and it only try_sends to the listing queue.
+    }));
+    // It only try_sends to the listing queue.
     let _changes = crate::nova_changes::ChangesConfig::from_nova(&cfg).map(|c| {
         AbortOnDrop(tokio::spawn(crate::nova_changes::run(
             nova.clone(),
@@ -83,12 +86,10 @@ pub async fn run(
             list_tx.clone(),
         )))
     });
-    tokio::pin!(lister);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = &mut lister => return,
             _ = poll.tick() => {
                 let started = Instant::now();
                 let result = match tokio::time::timeout(cfg.request_timeout, nova.list_compute_services()).await {
@@ -315,6 +316,120 @@ mod tests {
         let later = after_start(&listings);
         assert_eq!(later.len(), 1, "{listings:?}");
         assert!(later[0] <= Duration::from_secs(6), "listed at {later:?}");
+    }
+
+    /// A Nova client whose calls share one lock that a call may hold across
+    /// an await: the real client's token lock while it logs in again, or
+    /// its version discovery. Each changes-since ask and each listing holds
+    /// it for `hold`; the os-services poll needs it for a moment.
+    struct SharedLock {
+        lock: tokio::sync::Mutex<()>,
+        hold: Duration,
+        asks: AtomicU32,
+    }
+
+    impl NovaSource for SharedLock {
+        fn list_compute_services(
+            &self,
+        ) -> BoxFuture<'_, Result<Vec<ComputeService>, WitnessError>> {
+            Box::pin(async move {
+                let _l = self.lock.lock().await;
+                Ok(Vec::new())
+            })
+        }
+        fn list_servers_on_host<'a>(
+            &'a self,
+            _host: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<ServerOnHost>, WitnessError>> {
+            Box::pin(async move {
+                let _l = self.lock.lock().await;
+                tokio::time::sleep(self.hold).await;
+                Ok(Vec::new())
+            })
+        }
+        fn changed_servers<'a>(
+            &'a self,
+            _since: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<ChangedServer>, WitnessError>> {
+            Box::pin(async move {
+                let n = self.asks.fetch_add(1, Ordering::SeqCst);
+                let _l = self.lock.lock().await;
+                tokio::time::sleep(self.hold).await;
+                // A new change every ask: compute2 is listed every round.
+                Ok(vec![ChangedServer {
+                    id: "srv".into(),
+                    updated: format!("t{n}"),
+                    host: "compute2".into(),
+                }])
+            })
+        }
+    }
+
+    /// What starved the poll in the reverted design (decider_lab and
+    /// fault_matrix, "listing os-services: no answer within 5s" from the
+    /// decider's start on): the changes-since ask and the listings were
+    /// futures of the poll's own task, polled only between its branches. One
+    /// suspended while holding the client's token or version lock stalled
+    /// the poll branch waiting for that lock until its timeout, and by then
+    /// its own request had passed its deadline, so it failed and took the
+    /// lock again at once. Here every holder runs as a task of its own and
+    /// lets go after `hold`: every poll answers.
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_held_by_a_changes_ask_or_a_listing_never_stalls_the_poll() {
+        let nova = Arc::new(SharedLock {
+            lock: tokio::sync::Mutex::new(()),
+            hold: Duration::from_millis(1500),
+            asks: AtomicU32::new(0),
+        });
+        let cfg = NovaConfig {
+            request_timeout: Duration::from_secs(5),
+            changes_timeout: Duration::from_secs(4),
+            ..cfg()
+        };
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let (_req_tx, req_rx) = mpsc::channel(4);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            nova.clone(),
+            cfg,
+            Clock::start(),
+            Arc::new(Metrics::new()),
+            events_tx,
+            req_rx,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (mut polls, mut failed, mut listings) = (0, Vec::new(), 0);
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::NovaServices { result, .. })) => {
+                    polls += 1;
+                    if let Err(e) = result {
+                        failed.push(e);
+                    }
+                }
+                Ok(Some(Event::NovaInstances { result, .. })) => {
+                    listings += 1;
+                    if let Err(e) = result {
+                        failed.push(e);
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let _ = stop_tx.send(());
+        let _ = task.await;
+        assert!(
+            failed.is_empty(),
+            "{} of {polls} polls and {listings} listings failed: {failed:?}",
+            failed.len()
+        );
+        assert!(polls >= 30, "{polls} polls in 60 s");
+        assert!(nova.asks.load(Ordering::SeqCst) >= 10);
+        assert!(listings >= 10, "{listings} listings");
     }
 
     /// `changes_interval = "0s"`: nothing is asked.
