@@ -165,6 +165,19 @@ pub struct NovaConfig {
     pub instances_interval: Duration,
     /// Concurrent per-host instance listings.
     pub instances_concurrency: usize,
+    /// How often Nova is asked which servers changed lately
+    /// (`changes-since`), to list again at once the hosts where one was
+    /// booted or moved: its address vetoes within this (plus a listing)
+    /// instead of at the next sweep. Its own task, one request at a time,
+    /// never inside the `os-services` poll. `0s` turns it off.
+    #[serde(with = "serde_duration")]
+    pub changes_interval: Duration,
+    /// A `changes-since` request is abandoned after this.
+    #[serde(with = "serde_duration")]
+    pub changes_timeout: Duration,
+    /// Hosts queued for listing per `changes_interval` at most; the rest
+    /// wait for the next round, so a burst of changes cannot flood Nova.
+    pub changes_max_hosts: usize,
 }
 
 impl Default for NovaConfig {
@@ -178,6 +191,9 @@ impl Default for NovaConfig {
             request_timeout: Duration::from_secs(5),
             instances_interval: Duration::from_secs(60),
             instances_concurrency: 4,
+            changes_interval: Duration::from_secs(5),
+            changes_timeout: Duration::from_secs(4),
+            changes_max_hosts: 8,
         }
     }
 }
@@ -455,6 +471,7 @@ impl Config {
             ("nova.poll_interval", self.nova.poll_interval),
             ("nova.request_timeout", self.nova.request_timeout),
             ("nova.instances_interval", self.nova.instances_interval),
+            ("nova.changes_timeout", self.nova.changes_timeout),
             ("ping.interval", self.ping.interval),
             ("ping.urgent_interval", self.ping.urgent_interval),
             ("ping.timeout", self.ping.timeout),
@@ -477,11 +494,20 @@ impl Config {
                 "nova.instances_concurrency",
                 self.nova.instances_concurrency,
             ),
+            ("nova.changes_max_hosts", self.nova.changes_max_hosts),
             ("engine.queue", self.engine.queue),
         ] {
             if n == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        // The listing queue holds 1024 hosts; more per round could only
+        // overflow it.
+        if self.nova.changes_max_hosts > crate::nova_poll::LISTING_QUEUE {
+            return Err(invalid(
+                "nova.changes_max_hosts",
+                &format!("must be at most {}", crate::nova_poll::LISTING_QUEUE),
+            ));
         }
         if let Some(tls) = &self.server.tls {
             for (key, p) in [

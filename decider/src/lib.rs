@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod node_proto;
 pub mod node_state;
 pub mod nova_adapter;
+pub mod nova_changes;
 pub mod nova_poll;
 pub mod operator_api;
 pub mod ping_adapter;

@@ -2,7 +2,7 @@
 //! ours here, so the engine never sees Nova's JSON shapes.
 
 use crate::config::NovaConfig;
-use crate::witness::{ComputeService, NovaSource, ServerOnHost, WitnessError};
+use crate::witness::{ChangedServer, ComputeService, NovaSource, ServerOnHost, WitnessError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::BTreeMap;
@@ -77,6 +77,11 @@ const HOST_IPS_TIMEOUT: Duration = Duration::from_secs(3);
 /// configured), read now and then beside the service poll.
 pub struct NovaWitnessClient {
     client: NovaClient,
+    /// For `changes-since` only: its own connection pool and token, so
+    /// that listing never holds a connection or the token lock the
+    /// `os-services` poll is waiting for. `None` when it cannot be built;
+    /// then changes are not asked (the sweep still lists every host).
+    changes: Option<NovaClient>,
     host_ips: Mutex<HostIps>,
 }
 
@@ -90,8 +95,12 @@ struct HostIps {
 
 impl NovaWitnessClient {
     pub fn new(client: NovaClient) -> Self {
+        let changes = NovaClient::new(client.config().clone(), client.options().clone())
+            .map_err(|e| warn!(error = %e, "cannot build the Nova client for changes-since; new servers' addresses wait for the instance sweep"))
+            .ok();
         NovaWitnessClient {
             client,
+            changes,
             host_ips: Mutex::new(HostIps::default()),
         }
     }
@@ -184,6 +193,40 @@ impl NovaSource for NovaWitnessClient {
                     name: s.name,
                     status: s.status_text,
                     addresses: s.addresses.iter().map(|a| a.ip).collect(),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn changed_servers<'a>(
+        &'a self,
+        since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ChangedServer>, WitnessError>> {
+        async move {
+            let Some(client) = &self.changes else {
+                return Ok(Vec::new());
+            };
+            let list = client
+                .list_servers(&vigil_nova::ServerQuery {
+                    extra: vec![("changes-since".into(), since.to_string())],
+                    ..vigil_nova::ServerQuery::default()
+                })
+                .await
+                .map_err(|e| WitnessError::Failed {
+                    what: format!("listing servers changed since {since}"),
+                    source: Box::new(e),
+                })?;
+            // A server not placed yet has no host: its placement is a new
+            // `updated`, seen by a later ask.
+            Ok(list
+                .into_iter()
+                .filter_map(|s| {
+                    Some(ChangedServer {
+                        host: s.host?,
+                        updated: s.updated.unwrap_or_default(),
+                        id: s.id,
+                    })
                 })
                 .collect())
         }

@@ -35,6 +35,15 @@ pub struct ServerOnHost {
     pub addresses: Vec<IpAddr>,
 }
 
+/// A server Nova changed lately (`changes-since`), and where it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedServer {
+    pub id: String,
+    /// Nova's `updated`: a new value is a new change.
+    pub updated: String,
+    pub host: String,
+}
+
 /// A witness could not answer. Never evidence of a node's death.
 #[derive(Debug, Error)]
 pub enum WitnessError {
@@ -59,6 +68,16 @@ pub trait NovaSource: Send + Sync + 'static {
         &'a self,
         host: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ServerOnHost>, WitnessError>>;
+    /// Servers Nova changed (booted, moved, status) since `since` (RFC 3339,
+    /// `changes-since`), across all projects, with their host. Asked by
+    /// `nova_changes` on its own cadence, never by the `os-services` poll.
+    /// A source that cannot tell answers nothing.
+    fn changed_servers<'a>(
+        &'a self,
+        _since: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ChangedServer>, WitnessError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// ICMP echo, as far as the decider needs it.
