@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use vigil_tests::bins;
+use vigil_tests::{bins, packaged};
 
 /// Exposure bounds (systemd-analyze security: 0 best, 10 worst). The sensor's
 /// is higher: it must see the whole host (/proc, eBPF) and reach the network.
@@ -83,11 +83,19 @@ fn exposure(root: &Path, unit: &str) -> f64 {
 #[test]
 fn packages_hold_binary_unit_config_docs_and_units_pass_systemd_analyze() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("debs");
-    run(Command::new(bins::bin("xtask"))
-        .current_dir(bins::workspace_root())
-        .args(["package", "--dev", "--no-build", "--out"])
-        .arg(&out));
+    // The packages the suite runs (`cargo xtask test` made them), else a
+    // fresh pair from the debug build.
+    let out = match packaged::dir() {
+        Some(d) => d,
+        None => {
+            let out = dir.path().join("debs");
+            run(Command::new(bins::bin("xtask"))
+                .current_dir(bins::workspace_root())
+                .args(["package", "--dev", "--no-build", "--out"])
+                .arg(&out));
+            out
+        }
+    };
     let decider = deb(&out, "vigil-decider");
     let sensor = deb(&out, "vigil-sensor");
 
@@ -207,4 +215,55 @@ fn packages_hold_binary_unit_config_docs_and_units_pass_systemd_analyze() {
         println!("{unit}: systemd-analyze security exposure {score} (bound {bound})");
         assert!(score <= bound, "{unit} exposure {score} > {bound}");
     }
+
+    // The decider unit's ExecStart, read the way the lab and the harness
+    // read it (tests/lab/nodes/sdunit.py), starts the packaged binary with
+    // the packaged config.
+    let cmd = packaged::unit_command(
+        &units.join("vigil-decider.service"),
+        &[
+            (
+                "/usr/".into(),
+                PathBuf::from(format!("{}/usr/", root.display())),
+            ),
+            (
+                "/etc/vigil/".into(),
+                PathBuf::from(format!("{}/etc/vigil/", root.display())),
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "vigil-decider.service ExecStart={} -> {:?}",
+        cmd.exec_start, cmd.argv
+    );
+    let exe = root.join("usr/bin/vigil-decider");
+    let config = root.join("etc/vigil/decider.toml");
+    assert_eq!(
+        cmd.argv,
+        [
+            exe.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string()
+        ],
+        "the decider unit's ExecStart"
+    );
+    let version = stdout(Command::new(&exe).arg("--version"));
+    assert!(
+        version.starts_with("vigil-decider "),
+        "{} --version: {version}",
+        exe.display()
+    );
+}
+
+/// sdunit.py's own unit tests (systemd's precedence of EnvironmentFile=
+/// over Environment=, specifiers, credentials, refusals).
+#[test]
+fn sdunit_reads_units_as_systemd_does() {
+    let o = run(Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_sdunit"])
+        .current_dir(bins::workspace_root().join("tests/lab/nodes"))
+        .env("PYTHONDONTWRITEBYTECODE", "1"));
+    println!("{}", String::from_utf8_lossy(&o.stderr));
 }
