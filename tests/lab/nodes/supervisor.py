@@ -130,8 +130,11 @@ class Supervisor:
                 self.save()
                 return
             n = self.node
-            if cfg.get("sensor_pkg"):
-                self.start_packaged_sensor(cfg["sensor_pkg"])
+            pkg = cfg.get("sensor_pkg")
+            # Only while sensor_bin is the package's own: a labctl from before
+            # packaged sensors rewrites sensor_bin and keeps sensor_pkg.
+            if pkg and binary == str(Path(pkg["root"]) / "usr/bin/vigil-sensor"):
+                self.start_packaged_sensor(pkg)
                 return
             # Exactly the command line of CONTRACT.md ("Node"): one --decider
             # for the host's decider, one more per lab controller when
