@@ -16,6 +16,7 @@
 //! decider's word: Nova's evacuate actions and service state, the BMCs'
 //! power readings and the Reset requests the Redfish BMC logged.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -481,21 +482,56 @@ impl Decider {
     /// Starts `serve` and a verdict watcher (every node) once the port answers.
     pub fn spawn(&mut self, lab: &Lab) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
+        let clouds = lab.info().clouds_yaml.clone();
+        const LOG: &str = "info,vigil_decider=debug,h2=warn,tower=warn";
+        // The packaged unit's command when the suite runs the packages: its
+        // settings in a decider.env as an operator writes it (README,
+        // "Install from packages"), its --config the test's.
+        let env_file = self.dir.path().join("decider.env");
+        std::fs::write(
+            &env_file,
+            format!(
+                "# /etc/vigil/decider.env of this test's decider\nOS_CLIENT_CONFIG_FILE={}\nVIGIL_LOG={LOG}\n",
+                clouds.display()
+            ),
+        )
+        .expect("write the decider's env file");
+        let (argv, env): (Vec<OsString>, Vec<(String, OsString)>) =
+            match crate::packaged::decider_serve(&self.config, &env_file) {
+                Some(unit) => (
+                    unit.argv.into_iter().map(OsString::from).collect(),
+                    unit.env.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                ),
+                None => (
+                    vec![
+                        bins::bin("vigil-decider").into(),
+                        "serve".into(),
+                        "--config".into(),
+                        self.config.clone().into(),
+                    ],
+                    vec![
+                        ("OS_CLIENT_CONFIG_FILE".into(), clouds.clone().into()),
+                        ("VIGIL_LOG".into(), LOG.into()),
+                    ],
+                ),
+            };
         let mut cmd = match &self.opts.ha {
             Some(h) => {
                 let mut c = lab.controller_command(&h.controller);
-                c.arg(bins::bin("vigil-decider"));
+                c.args(&argv);
                 c
             }
-            None => Command::new(bins::bin("vigil-decider")),
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
         };
-        cmd.args(["serve", "--config"]).arg(&self.config);
+        cmd.envs(env);
         if self.opts.dry_run {
             cmd.arg("--dry-run");
         }
         let child = cmd
-            .env("OS_CLIENT_CONFIG_FILE", &lab.info().clouds_yaml)
-            .env("VIGIL_LOG", "info,vigil_decider=debug,h2=warn,tower=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -436,7 +436,11 @@ impl Lab {
         let sensor = crate::bins::target_bin("vigil-sensor");
         let mut up = Command::new(&script);
         up.args(["up", "--nodes", &nodes.to_string()]);
-        if sensor.exists() && std::env::var_os("VIGIL_SENSOR_BIN").is_none() {
+        // With VIGIL_PACKAGED (inherited) the lab runs the sensor package.
+        if sensor.exists()
+            && std::env::var_os("VIGIL_SENSOR_BIN").is_none()
+            && crate::packaged::dir().is_none()
+        {
             up.env("VIGIL_SENSOR_BIN", &sensor);
         }
         run_cmd(&mut up, &format!("up --nodes {nodes}"))?;

@@ -751,3 +751,156 @@ fn sensor_runs_in_the_node_and_obeys_start_stop_and_kill() {
         lab.sensor_stop(n).expect("sensor stop");
     }
 }
+
+/// `/proc/PID/exe`, `cmdline` and `environ` of a running process.
+fn proc_exe(pid: i32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/exe: {e}"))
+}
+
+fn proc_list(pid: i32, what: &str) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/{what}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/{what}: {e}"))
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// What ships is what is tested: with `VIGIL_PACKAGED` (`cargo xtask test`
+/// sets it) every lab sensor is the packaged file, started with the
+/// packaged unit's ExecStart and settings, and the harness's decider is the
+/// packaged file started with its unit's ExecStart; the decider then sees
+/// every node healthy through those sensors. Asserted on what the kernel
+/// says runs (/proc/PID/exe), so a lab that ran the build tree fails it.
+/// Without `VIGIL_PACKAGED` (outside CI and `cargo xtask test` as root) it
+/// checks the build tree runs instead, and says so.
+#[test]
+fn lab_sensors_and_harness_deciders_run_the_packaged_files() {
+    if !tier::root(
+        "lab_sensors_and_harness_deciders_run_the_packaged_files",
+        "the lab",
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let packaged = vigil_tests::packaged::dir().is_some();
+    assert!(
+        packaged || !tier::strict(),
+        "CI and `cargo xtask test` run the end-to-end tier on the packages: VIGIL_PACKAGED must be set"
+    );
+    let lab = lab();
+    let _only_me = lab.exclusive();
+    let nodes = lab.node_names();
+    lab.heal(&nodes.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("heal");
+    let without: Vec<String> = nodes
+        .iter()
+        .filter(|n| lab.node_status(n).is_ok_and(|s| s.pid("sensor").is_none()))
+        .cloned()
+        .collect();
+    let said = lab.up_with_sensors().expect("lab up --sensors");
+    let lab_dir = &lab.info().lab_dir;
+    let pkg_root = lab_dir.join("pkg/vigil-sensor");
+    for node in &nodes {
+        let pid = lab
+            .node_status(node)
+            .expect("status")
+            .pid("sensor")
+            .unwrap_or_else(|| panic!("{node}: no sensor after `up --sensors`: {said}"));
+        let exe = proc_exe(pid);
+        let argv = proc_list(pid, "cmdline");
+        println!(
+            "{node}: sensor pid {pid} exe {} argv {argv:?}",
+            exe.display()
+        );
+        if !packaged {
+            assert!(
+                exe.starts_with(vigil_tests::bins::workspace_root().join("target")),
+                "{node}: VIGIL_PACKAGED unset, the lab must run the build tree: {}",
+                exe.display()
+            );
+            continue;
+        }
+        let want = pkg_root.join("usr/bin/vigil-sensor");
+        assert_eq!(
+            exe, want,
+            "{node}: the sensor running is not the packaged file"
+        );
+        // The unit's `ExecStart=/usr/bin/vigil-sensor run`, and nothing else:
+        // every setting came the unit's way.
+        assert_eq!(argv, [want.display().to_string(), "run".into()], "{node}");
+        let env: BTreeMap<String, String> = proc_list(pid, "environ")
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
+            .collect();
+        let state = lab_dir.join("state/nodes").join(node);
+        // Environment=VIGIL_NODE=%H (a lab node's host name is its name).
+        assert_eq!(env.get("VIGIL_NODE"), Some(node), "{node}: {env:?}");
+        // Environment=VIGIL_TOKEN_FILE=%d/sensor.token + LoadCredential=.
+        let cred = state.join("credentials/sensor.token");
+        assert_eq!(
+            env.get("VIGIL_TOKEN_FILE").map(String::as_str),
+            Some(cred.to_str().expect("utf-8 path")),
+            "{node}"
+        );
+        assert_eq!(
+            std::fs::read(&cred).expect("the credential"),
+            std::fs::read(state.join("sensor.token")).expect("the node's token"),
+            "{node}: the credential is the node's token"
+        );
+        // EnvironmentFile=/etc/vigil/sensor.env: the shipped file, then the
+        // lab's lines.
+        let env_file =
+            std::fs::read_to_string(state.join("etc/vigil/sensor.env")).expect("sensor.env");
+        let shipped = std::fs::read_to_string(pkg_root.join("etc/vigil/sensor.env"))
+            .expect("the packaged sensor.env");
+        assert!(env_file.starts_with(shipped.trim_end()), "{env_file}");
+        assert!(
+            env.get("VIGIL_DECIDERS")
+                .is_some_and(|d| d.contains("http://198.51.100.1:50051")),
+            "{node}: {env:?}"
+        );
+    }
+
+    let d = vigil_tests::decider::Decider::start(lab, vigil_tests::decider::Opts::default());
+    let pid = i32::try_from(d.pid().expect("decider pid")).expect("pid");
+    let exe = proc_exe(pid);
+    let argv = proc_list(pid, "cmdline");
+    println!("decider pid {pid} exe {} argv {argv:?}", exe.display());
+    if packaged {
+        let pkg = vigil_tests::packaged::package("vigil-decider").expect("decider package");
+        assert_eq!(
+            exe,
+            pkg.bin("vigil-decider"),
+            "the decider is not the packaged file"
+        );
+        // ExecStart=/usr/bin/vigil-decider serve --config /etc/vigil/decider.toml
+        assert_eq!(
+            argv,
+            [
+                pkg.bin("vigil-decider").display().to_string(),
+                "serve".into(),
+                "--config".into(),
+                d.config_path().display().to_string(),
+            ]
+        );
+    } else {
+        assert!(
+            exe.starts_with(vigil_tests::bins::workspace_root().join("target")),
+            "{}",
+            exe.display()
+        );
+    }
+    // The packaged parts work together: every node healthy, its sensor connected.
+    d.wait_all_healthy(lab);
+    drop(d);
+    // Leave the other tests the lab as it was.
+    for n in &without {
+        lab.sensor_stop(n).expect("sensor stop");
+    }
+    println!(
+        "packaged lab check took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod chaos;
 mod cmd;
+mod container;
 mod demo;
 mod ebpf;
 mod fuzz;
@@ -66,6 +67,9 @@ enum Command {
     /// The Debian packages of both binaries (cargo-deb; release build), with
     /// their systemd units, example config, man pages and completions.
     Package(package::PackageArgs),
+    /// The decider as a FROM-scratch container image (podman), from its
+    /// .deb: the binary, the libraries ldd lists, the loader, a vigil user.
+    Container(container::ContainerArgs),
     /// Fuzz what Vigil reads from outside (heartbeats, the decider config,
     /// clouds.yaml, Nova's and Redfish's JSON): each target for
     /// `--seconds N` (default 60) from the seeds in fuzz/seeds.
@@ -110,6 +114,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Bench { args } => bench::run(&args),
         Command::Chaos { args } => chaos::run(&args),
         Command::Package(args) => package::run(&args),
+        Command::Container(args) => container::run(&args),
     }
 }
 

@@ -35,6 +35,17 @@ pub struct PackageArgs {
 }
 
 pub fn run(args: &PackageArgs) -> Result<()> {
+    for d in make(args.dev, args.no_build, args.out.clone())? {
+        println!("package: {}", d.display());
+    }
+    Ok(())
+}
+
+/// Builds both packages (`dev`: from the debug build; `no_build`: from the
+/// binaries already built) into `out` (default target/debian); returns the
+/// .deb files.
+pub fn make(dev: bool, no_build: bool, out: Option<PathBuf>) -> Result<Vec<PathBuf>> {
+    let args = PackageArgs { dev, no_build, out };
     let root = crate::root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -102,10 +113,7 @@ pub fn run(args: &PackageArgs) -> Result<()> {
             .with_context(|| format!("cargo deb made no {bin}_*.deb in {}", out.display()))?;
         debs.push(made);
     }
-    for d in &debs {
-        println!("package: {}", d.display());
-    }
-    Ok(())
+    Ok(debs)
 }
 
 /// The newest `NAME_*.deb` in `dir` (cargo deb names it by version and arch).

@@ -47,6 +47,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "etcd-client",
         "etcdctl: the HA tests read etcd as an operator",
     ),
+    (
+        "podman",
+        "builds and runs the decider's FROM-scratch image (cargo xtask container)",
+    ),
+    (
+        "runc",
+        "podman's runtime here: crun refuses this host's hybrid cgroups",
+    ),
 ];
 
 /// PyPI packages for the system python (the lab has its own venv).

@@ -5,6 +5,10 @@
 //!   drive the lab (real Nova, BMC emulators). As root they all run and none
 //!   may skip (`VIGIL_REQUIRE_ROOT=1`); as non-root they report SKIPPED, except
 //!   under `CI=true`, where a missing prerequisite fails the run.
+//! - packages, before the root tier: `package --dev --no-build` of the debug
+//!   build just made (target/debian/dev); the root tier runs them
+//!   (`VIGIL_PACKAGED`, see tests/src/packaged.rs), so what ships is what is
+//!   tested.
 //! - fuzz, between the two: every cargo fuzz target for `FUZZ_SECONDS` each
 //!   (`cargo xtask fuzz`); without cargo-fuzz it is skipped, except in CI.
 
@@ -13,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, ebpf, fuzz, setup};
+use crate::{cmd, ebpf, fuzz, package, setup};
 
 /// Seconds each fuzz target runs in `cargo xtask test` (`VIGIL_FUZZ_SECONDS`
 /// overrides): five targets, under a minute with the build cached.
@@ -55,6 +59,32 @@ pub fn run(args: &[String]) -> Result<()> {
         Command::new("cargo").args(["build", "--workspace", "--bins"]),
     )?;
     let build_took = t.elapsed();
+
+    // What ships is what is tested: the end-to-end tier runs the packaged
+    // files (the lab's sensors with the unit's ExecStart, the harness's
+    // deciders likewise), from the debug build just made (cargo-deb
+    // --no-build: no second build).
+    let t = Instant::now();
+    let debs_dir = crate::root().join("target/debian/dev");
+    let packaged = match package::make(true, true, Some(debs_dir.clone())) {
+        Ok(debs) => {
+            println!(
+                "end-to-end tier runs the packages (VIGIL_PACKAGED={}): {}",
+                debs_dir.display(),
+                debs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Some(debs_dir)
+        }
+        Err(e) if !root && !ci() => {
+            println!("warning: packaging failed ({e:#}); the end-to-end tier runs the build tree");
+            None
+        }
+        Err(e) => return Err(e.context("packaging the debug build for the end-to-end tier")),
+    };
+    let package_took = t.elapsed();
 
     let t = Instant::now();
     let mut unit = Command::new("cargo");
@@ -101,6 +131,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if root {
         e2e.env("VIGIL_REQUIRE_ROOT", "1");
     }
+    match &packaged {
+        Some(dir) => e2e.env("VIGIL_PACKAGED", dir),
+        None => e2e.env_remove("VIGIL_PACKAGED"),
+    };
     let e2e_result = cmd::step(
         "root tier: cargo test -p vigil-tests (end-to-end)",
         &mut e2e,
@@ -119,8 +153,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     println!(
-        "all tests passed: build {:.0}s, unit {:.0}s, fuzz {:.0}s, end-to-end {:.0}s, total {:.0}s",
+        "all tests passed: build {:.0}s, package {:.0}s, unit {:.0}s, fuzz {:.0}s, end-to-end {:.0}s, total {:.0}s",
         build_took.as_secs_f64(),
+        package_took.as_secs_f64(),
         unit_took.as_secs_f64(),
         fuzz_took.as_secs_f64(),
         e2e_took.as_secs_f64(),

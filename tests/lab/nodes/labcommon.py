@@ -305,6 +305,21 @@ def proc_cmdline(pid):
         return []
 
 
+def proc_environ(pid, limit=1 << 20):
+    """A process's environment at exec (bounded), {} if it is gone."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read(limit)
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        k, eq, v = item.decode(errors="replace").partition("=")
+        if eq:
+            out[k] = v
+    return out
+
+
 def proc_alive(pid, starttime=None, contains=None):
     """True if pid runs (not a zombie), is the same process as recorded
     (starttime) and its command line contains `contains`."""

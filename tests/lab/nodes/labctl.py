@@ -56,6 +56,7 @@
 import argparse
 import concurrent.futures as cf
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -305,8 +306,13 @@ def is_up(cfg):
 
 
 def sensor_binary(cfg):
-    """VIGIL_SENSOR_BIN, else what the lab was configured with, else the
-    workspace's own build (debug first: what `cargo build`/tests make)."""
+    """The sensor executable: the packaged one when the lab runs the package
+    (cfg sensor_pkg), else VIGIL_SENSOR_BIN, else what the lab was configured
+    with, else the workspace's own build (debug first: what `cargo
+    build`/tests make)."""
+    pkg = cfg.get("sensor_pkg")
+    if pkg and not os.environ.get("VIGIL_SENSOR_BIN"):
+        return str(Path(pkg["root"]) / "usr/bin/vigil-sensor")
     given = os.environ.get("VIGIL_SENSOR_BIN")
     if given:
         return str(Path(given).resolve())
@@ -324,6 +330,113 @@ def sensor_binary(cfg):
     return None
 
 
+PKG_DIR = lc.LAB_DIR / "pkg"
+MAX_DEB_BYTES = 1 << 30
+
+
+def packaged_deb():
+    """VIGIL_PACKAGED=DIR: the newest vigil-sensor_*.deb in DIR (what
+    `cargo xtask package` made), or None when the variable is unset."""
+    given = os.environ.get("VIGIL_PACKAGED")
+    if not given:
+        return None
+    if os.environ.get("VIGIL_SENSOR_BIN"):
+        raise lc.LabError("both VIGIL_PACKAGED and VIGIL_SENSOR_BIN are set: the lab runs "
+                          "either the package or a binary; unset one")
+    debs = sorted(Path(given).glob("vigil-sensor_*.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise lc.LabError(f"VIGIL_PACKAGED={given}: no vigil-sensor_*.deb there "
+                          "(`cargo xtask package --dev` makes it)")
+    return debs[-1].resolve()
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack_sensor_deb(deb):
+    """Extracts the package into $VIGIL_LAB_DIR/pkg/vigil-sensor (dpkg-deb -x,
+    as dpkg would lay out its files), unless that root already holds this
+    very .deb. Returns the cfg record {deb, sha256, root}."""
+    if deb.stat().st_size > MAX_DEB_BYTES:
+        raise lc.LabError(f"{deb} is over {MAX_DEB_BYTES} bytes; not a vigil-sensor package")
+    sha = sha256_of(deb)
+    root = PKG_DIR / "vigil-sensor"
+    stamp = root / ".lab-package.json"
+    rec = {"deb": str(deb), "sha256": sha, "root": str(root)}
+    if (lc.read_json(stamp) or {}).get("sha256") == sha:
+        return rec
+    new, old = PKG_DIR / ".vigil-sensor.new", PKG_DIR / ".vigil-sensor.old"
+    for d in (new, old):
+        shutil.rmtree(d, ignore_errors=True)
+    new.mkdir(parents=True)
+    lc.run(["dpkg-deb", "-x", str(deb), str(new)], timeout=120)
+    unit = new / "usr/lib/systemd/system/vigil-sensor.service"
+    if not (new / "usr/bin/vigil-sensor").exists() or not unit.exists():
+        raise lc.LabError(f"{deb} holds no usr/bin/vigil-sensor and {unit.name}: "
+                          "not the vigil-sensor package")
+    lc.write_json(new / ".lab-package.json", rec)
+    if root.exists():
+        root.rename(old)
+    new.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    step(f"unpacked {deb.name} into {root}")
+    return rec
+
+
+def converge_sensor_source(cfg):
+    """Makes the lab config name what the caller's environment asks the
+    sensors to run (VIGIL_PACKAGED: the package; VIGIL_SENSOR_BIN: that
+    binary; neither: as configured) and restarts the running sensors when
+    that changed. Prints which one runs. Returns the config."""
+    deb = packaged_deb()
+    given = os.environ.get("VIGIL_SENSOR_BIN")
+    before = (cfg.get("sensor_pkg") or {}).get("sha256"), cfg.get("sensor_bin")
+    running = [node for node in nodes_of(cfg) if faults._proc(node, "sensor")] \
+        if cfg.get("nodes") else []
+    if deb is not None:
+        if (cfg.get("sensor_pkg") or {}).get("sha256") == sha256_of(deb):
+            return cfg
+        for node in running:
+            power.request(node, "stop sensor")
+        for node in running:
+            power.wait_proc(node, "sensor", running=False, deadline_s=20)
+        pkg = unpack_sensor_deb(deb)
+        cfg = dict(cfg, sensor_pkg=pkg, sensor_bin=str(Path(pkg["root"]) / "usr/bin/vigil-sensor"))
+    elif given:
+        if not cfg.get("sensor_pkg") and cfg.get("sensor_bin") == str(Path(given).resolve()):
+            return cfg
+        for node in running:
+            power.request(node, "stop sensor")
+        for node in running:
+            power.wait_proc(node, "sensor", running=False, deadline_s=20)
+        cfg = {k: v for k, v in cfg.items() if k != "sensor_pkg"}
+        cfg["sensor_bin"] = str(Path(given).resolve())
+    else:
+        return cfg
+    lc.write_json(lc.CONFIG_JSON, cfg)
+    step("sensors now run " + sensor_source(cfg)
+         + (f" (was {before[1]})" if before[1] else ""))
+    for node in running:
+        with contextlib.redirect_stdout(sys.stderr):
+            start_sensor(node)
+    refresh_lab_json()
+    return cfg
+
+
+def sensor_source(cfg):
+    """One line: what the lab's sensors run."""
+    pkg = cfg.get("sensor_pkg")
+    if pkg:
+        return (f"the package {pkg['deb']} (sha256 {pkg['sha256'][:12]}), unpacked in "
+                f"{pkg['root']}, with its unit's ExecStart")
+    return f"the binary {cfg.get('sensor_bin')} (build tree; VIGIL_PACKAGED unset)"
+
+
 def cmd_up(args):
     need_root()
     n = args.nodes
@@ -336,19 +449,12 @@ def cmd_up(args):
                               "`lab down` first")
         problems = is_up(cfg)
         if not problems:
-            # Converge to what was asked: a sensor binary named by
-            # VIGIL_SENSOR_BIN replaces the one running (several checkouts
-            # share one lab: each tests its own sensor), and `up --sensors`
-            # on a lab up without them starts them (kept across power cycles).
-            given = os.environ.get("VIGIL_SENSOR_BIN")
-            if given and str(Path(given).resolve()) != cfg.get("sensor_bin"):
-                cfg["sensor_bin"] = str(Path(given).resolve())
-                lc.write_json(lc.CONFIG_JSON, cfg)
-                for node in nodes_of(cfg):
-                    if faults._proc(node, "sensor"):
-                        power.request(node, "stop sensor")
-                        power.wait_proc(node, "sensor", running=False, deadline_s=20)
-                        start_sensor(node)
+            # Converge to what was asked: the package named by VIGIL_PACKAGED
+            # or the binary named by VIGIL_SENSOR_BIN replaces the sensor
+            # running (several checkouts share one lab: each tests its own
+            # sensor), and `up --sensors` on a lab up without them starts
+            # them (kept across power cycles).
+            cfg = converge_sensor_source(cfg)
             want = [node for node in nodes_of(cfg)
                     if args.sensors and not faults._proc(node, "sensor")]
             for node in want:
@@ -363,11 +469,21 @@ def cmd_up(args):
             return
         step("lab partly up; repairing: " + "; ".join(problems))
         n = cfg.get("nodes", n)
-    sensor_bin = sensor_binary(cfg)
+    deb = packaged_deb()
+    if deb is not None:
+        sensor_pkg = unpack_sensor_deb(deb)
+    elif os.environ.get("VIGIL_SENSOR_BIN"):
+        sensor_pkg = None
+    else:
+        sensor_pkg = cfg.get("sensor_pkg")
+    sensor_bin = sensor_binary({"sensor_pkg": sensor_pkg} if sensor_pkg else cfg)
     report_interval = args.report_interval or cfg.get("report_interval") or 10
     cfg = {"nodes": n, "sensors": bool(args.sensors or cfg.get("sensors")),
            "report_interval": report_interval, "sensor_bin": sensor_bin,
            "created_at": cfg.get("created_at") or time.time()}
+    if sensor_pkg:
+        cfg["sensor_pkg"] = sensor_pkg
+    step("sensors run " + sensor_source(cfg))
     for d in (lc.STATE, lc.LOGS, lc.NODES_RUN, lc.ETC):
         d.mkdir(parents=True, exist_ok=True)
     lc.write_json(lc.CONFIG_JSON, cfg)
@@ -644,6 +760,9 @@ def node_status(node, nova_svcs, servers):
         "bmc": {"ipmi": ipmi_f.result(), "redfish": rf_f.result()},
         "boot_id": power.boot_id(node),
         "pids": pids,
+        # What really runs (the package's file or the build tree's), from the
+        # kernel rather than from what the lab meant to start.
+        "sensor_exe": proc_exe(pids.get("sensor")),
         "processes": len(in_cg),
         "qemu": len(qemus),
         "faults": faults.active(node),
@@ -653,6 +772,15 @@ def node_status(node, nova_svcs, servers):
         if svc else None,
         "servers": [s for s in servers if s.get("host") == node.name],
     }
+
+
+def proc_exe(pid):
+    if not isinstance(pid, int):
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
 
 
 def gather_status(show_secrets=False):
@@ -729,6 +857,8 @@ def cmd_status(args):
             str(nd["pids"].get("nova-compute", "-"))[:9],
             str(nd["pids"].get("sensor", "-" if not nd["sensor_wanted"] else "wanted"))[:7],
             nd["qemu"], svc, ",".join(nd["faults"]) or "-"))
+    if st["config"]:
+        print("sensors run " + sensor_source(st["config"]))
     if st["controllers"]:
         print("\n%-6s %-15s %-5s %-6s %-9s %-8s %s" % ("CTL", "IP", "POWER", "PROCS", "ETCD",
                                                       "ETCD PID", "FAULTS"))
@@ -829,8 +959,13 @@ def cmd_controller_fault(args):
 # --- controllers ---------------------------------------------------------------
 
 def sensor_deciders_of(pid):
+    """The deciders a running sensor streams to: its --decider arguments, or
+    (run from the package's unit) VIGIL_DECIDERS in its environment."""
     argv = lc.proc_cmdline(pid)
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--decider"]
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--decider"]
+    if given:
+        return given
+    return [u for u in lc.proc_environ(pid).get("VIGIL_DECIDERS", "").split(",") if u]
 
 
 def resync_sensors(strict):
@@ -936,11 +1071,15 @@ def start_sensor(node):
     """Wants a sensor on the node (kept across power cycles) and, when the
     node is on, waits until it runs."""
     cfg = lc.lab_config()
+    if packaged_deb() is not None and \
+            (cfg.get("sensor_pkg") or {}).get("sha256") != sha256_of(packaged_deb()):
+        # Another package than the running sensors': all of them switch.
+        cfg = converge_sensor_source(cfg)
     binary = sensor_binary(cfg)
     if not binary:
         raise lc.LabError("no vigil-sensor binary: build it (cargo build -p vigil-sensor) "
-                          "or set VIGIL_SENSOR_BIN")
-    if cfg.get("sensor_bin") != binary:
+                          "or set VIGIL_SENSOR_BIN or VIGIL_PACKAGED")
+    if cfg.get("sensor_bin") != binary and not cfg.get("sensor_pkg"):
         cfg["sensor_bin"] = binary
         lc.write_json(lc.CONFIG_JSON, cfg)
     node.sensor_flag.touch()
@@ -961,6 +1100,17 @@ def start_sensor(node):
                               "or build it: cargo build -p vigil-sensor)")
         return rec if rec.get("pid") and lc.record_alive(rec) else None
     rec = lc.wait_for(f"vigil-sensor to run on {node.name}", 30, started)
+    argv = lc.proc_cmdline(rec["pid"])
+    if cfg.get("sensor_pkg") and argv[1:] != ["run"]:
+        # The node's supervisor is the code of the checkout that started its
+        # BMC: one from before packaged sensors starts the package's binary
+        # with the build-tree command line. Never let that pass as the unit's.
+        sup = power.supervisor(node) or {}
+        where = " ".join(lc.proc_cmdline(sup.get("pid"))[1:2]) if sup.get("pid") else "?"
+        raise lc.LabError(f"{node.name}: its supervisor {where} started the sensor as "
+                          f"{' '.join(argv)}, not as the package's unit says (ExecStart= "
+                          "... run): it predates VIGIL_PACKAGED; `lab down` and `lab up` "
+                          "from this checkout")
     print(f"{node.name}: vigil-sensor running (pid {rec['pid']}, log {rec.get('log')})")
 
 

@@ -31,9 +31,11 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import labcommon as lc
 import net
+import sdunit
 
 GRACE_S = 15.0
 
@@ -86,13 +88,13 @@ class Supervisor:
         )
         return env
 
-    def spawn(self, what, argv):
+    def spawn(self, what, argv, env=None):
         log_path = self.node.logs / f"{what}.out"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} boot {self.boot_id}: "
                          f"{' '.join(argv)}\n".encode())
-            pid = os.posix_spawn(argv[0], argv, self.env(), setsid=True, file_actions=[
+            pid = os.posix_spawn(argv[0], argv, env or self.env(), setsid=True, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, fd, 1),
                 (os.POSIX_SPAWN_DUP2, fd, 2),
@@ -128,6 +130,12 @@ class Supervisor:
                 self.save()
                 return
             n = self.node
+            pkg = cfg.get("sensor_pkg")
+            # Only while sensor_bin is the package's own: a labctl from before
+            # packaged sensors rewrites sensor_bin and keeps sensor_pkg.
+            if pkg and binary == str(Path(pkg["root"]) / "usr/bin/vigil-sensor"):
+                self.start_packaged_sensor(pkg)
+                return
             # Exactly the command line of CONTRACT.md ("Node"): one --decider
             # for the host's decider, one more per lab controller when
             # `lab controllers up` made some (read at each start: `controllers
@@ -141,6 +149,57 @@ class Supervisor:
             self.spawn(what, [binary, "run", "--node", n.name, *deciders,
                               "--token-file", str(n.token_path), "--cgroup", n.cgroup_rel,
                               "--boot-id-path", str(n.boot_id_path), *identity])
+
+    def start_packaged_sensor(self, pkg):
+        """The sensor as the vigil-sensor package runs it: the unit's
+        ExecStart= from the extracted package, its settings in the node's own
+        /etc/vigil/sensor.env (the shipped file plus the lab's lines, as an
+        operator edits it), the token as a credential. CONTRACT.md, "Node"."""
+        n = self.node
+        root = Path(pkg["root"])
+        etc = n.state / "etc" / "vigil"
+        etc.mkdir(parents=True, exist_ok=True)
+        try:
+            shipped = (root / "etc/vigil/sensor.env").read_text()
+            token = n.token_path.read_bytes()
+        except OSError as e:
+            return self.failed("sensor", f"packaged sensor: {e}")
+        lab_lines = [
+            "", "# Set by the lab (tests/lab/CONTRACT.md, Node):",
+            "VIGIL_DECIDERS=" + ",".join(lc.sensor_decider_urls()),
+            # Lab-only settings: a lab node shares the host's kernel, /proc
+            # and SMBIOS, so its sensor is scoped to the node's cgroup and
+            # reads the node's own boot id and system UUID.
+            f"VIGIL_CGROUP={n.cgroup_rel}",
+            f"VIGIL_BOOT_ID_PATH={n.boot_id_path}",
+            f"VIGIL_SYSTEM_UUID_FILE={n.product_uuid_path}",
+            # The lab's decider URL is plain http:// on the lab bridge.
+            "VIGIL_ALLOW_PLAINTEXT_TOKEN=true",
+        ]
+        (etc / "sensor.env").write_text(shipped.rstrip("\n") + "\n" + "\n".join(lab_lines) + "\n")
+        token_dst = etc / "sensor.token"
+        token_dst.write_bytes(token)
+        os.chmod(token_dst, 0o600)
+        try:
+            cmd = sdunit.command(
+                root / "usr/lib/systemd/system/vigil-sensor.service",
+                maps=[("/usr/", f"{root}/usr/"), ("/etc/vigil/", f"{etc}/")],
+                # A lab node has no host name of its own: %H is its name.
+                host=n.name, creds=n.state / "credentials")
+        except sdunit.UnitError as e:
+            return self.failed("sensor", f"packaged sensor unit: {e}")
+        # systemd's base environment; the unit's own settings on top.
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "LANG": os.environ.get("LANG", "C.UTF-8")}
+        env.update(cmd["env"])
+        say(f"sensor from package {pkg.get('deb')}: ExecStart={cmd['exec_start']} "
+            f"-> {' '.join(cmd['argv'])}")
+        self.spawn("sensor", cmd["argv"], env=env)
+
+    def failed(self, what, msg):
+        say(msg)
+        self.procs[what] = {"error": msg, "at": time.time()}
+        self.save()
 
     def stop(self, what):
         rec = self.procs.get(what)
