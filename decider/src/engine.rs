@@ -20,8 +20,8 @@ use vigil_proto::v1;
 use vigil_verdict::{
     counts_as_down, evaluate, Absorbed, Assessment, BmcIdentity, BmcRead, DeciderView, Heard,
     IllegalTransition, Moment, NovaInstance, NovaService, NovaWitness, PingRole, PingWitness,
-    Policy, ProbeMode, SensorReading, SensorWitness, ServiceState, Signals, StormGuard, Verdict,
-    WorkflowStep,
+    Policy, ProbeMode, SensorReading, SensorWitness, ServiceState, Signals, StormGuard, StormHold,
+    Verdict, WorkflowStep,
 };
 
 /// The decider's monotonic clock, as [`Moment`]s since the decider started.
@@ -1090,16 +1090,67 @@ impl Engine {
         }
     }
 
+    /// Counts every other node for the storm guard as of `now`. Their last
+    /// counts are up to a tick old, and a fast path makes a node `dead` 2–3 s
+    /// after a power cut: a partner cut a moment later may have missed its
+    /// first heartbeat only since that tick. `try_lock` skips `st` itself
+    /// (held by the caller) and any node a reader holds this instant, which
+    /// keeps its last count: never a deadlock, never a wait.
+    fn recount_others(&mut self, now: Moment) {
+        let nodes: Vec<_> = self
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for n in nodes {
+            let mut other = match n.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            other.evidence.decider.clone_from(&self.view);
+            let a = evaluate(&other.evidence, &self.policy, now);
+            let down = counts_as_down(&other.evidence, &a, &self.policy, now);
+            self.count_for_storm(&other, a.verdict, down, now);
+        }
+    }
+
     /// Holds `st` (just turned `dead`) if the storm guard, counting every
     /// node down so far in its window, names it.
     fn hold_if_storm(&mut self, st: &mut NodeState, now: Moment) {
-        let hold = self
+        self.recount_others(now);
+        let Some(h) = self
             .storm
             .check(&self.policy.storm, &self.segment_sizes, now)
-            .filter(|h| h.nodes.contains(&st.name));
-        if let Some(h) = hold {
+        else {
+            return;
+        };
+        self.hold_unfenced_others(&h, &st.name);
+        if h.nodes.contains(&st.name) {
             st.tracker.set_hold(Some(h.reason.clone()));
             self.announce_held(st, h.reason, now);
+        }
+    }
+
+    /// A storm that engages names nodes that turned `dead` a moment before
+    /// and whose recovery has not reached the fence yet: they are held too,
+    /// so the fence permit (`actionable()`, read at the fence) refuses them
+    /// and their incident stops and pages instead of powering them off.
+    /// Nodes past the fence (`fencing` and later) are the workflow's.
+    fn hold_unfenced_others(&self, h: &StormHold, except: &str) {
+        for name in h.nodes.iter().filter(|n| n.as_str() != except) {
+            let Some(n) = self.node(name) else { continue };
+            let mut other = match n.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            if other.tracker.verdict() == Verdict::Dead && other.tracker.hold().is_none() {
+                warn!(node = %name, reason = %h.reason, "storm guard holds a dead node before its fence");
+                other.tracker.set_hold(Some(h.reason.clone()));
+            }
         }
     }
 

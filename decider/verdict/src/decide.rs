@@ -413,7 +413,7 @@ pub fn evaluate(ev: &Evidence, policy: &Policy, now: Moment) -> Assessment {
 
 /// The node's most recent sign of life at or after `t`, if any: a heartbeat
 /// received, or an answer from one of its addresses.
-fn life_since(ev: &Evidence, t: Moment, now: Moment) -> Option<String> {
+pub(crate) fn life_since(ev: &Evidence, t: Moment, now: Moment) -> Option<String> {
     let heartbeat = match &ev.sensor {
         SensorWitness::Seen(r) if r.last_heartbeat_at >= t => Some(r.last_heartbeat_at),
         _ => None,

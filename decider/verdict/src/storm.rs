@@ -5,11 +5,12 @@
 //! together are both counted before either can be fenced.
 
 use crate::decide::{Assessment, Opinion};
-use crate::evidence::{Evidence, SensorWitness};
+use crate::evidence::{BmcIdentity, BmcPower, Evidence, SensorWitness};
 use crate::policy::{Policy, StormPolicy};
 use crate::time::{fmt_secs, Moment};
 use crate::verdict::Verdict;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// Whether a node counts as down for the storm guard now. Wider than its
 /// verdict on purpose: nodes that lose power together turn `dead` seconds
@@ -18,8 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 /// the time the first is `dead` the others must already count — the lab saw
 /// a node fenced while its partner, cut 0.8 s later, still had an address
 /// answering its last probes. So a node counts from the first sign that it
-/// went down: its evidence says dead (`suspect`, `dead`), its sensor, once
-/// heard, fell silent within the window, or its addresses stopped answering.
+/// went down: its evidence says dead (`suspect`, `dead`), it is converging
+/// on `dead`, its sensor, once heard, missed a heartbeat (late by half an
+/// interval) or fell silent within the window, its addresses stopped
+/// answering, or its BMC reads power off with no life from it since. The
+/// fast paths make a node `dead` 2–3 s after a power cut, before a partner
+/// cut a second later has missed three probes or 3 s of heartbeats: the
+/// first missed heartbeat and the BMC are what count it in time.
 /// Counting too much can only hold nodes and page; it never acts. A sensor
 /// that has not connected since the decider started does not count (after a
 /// decider restart every sensor is briefly unheard), and a node in
@@ -31,11 +37,15 @@ pub fn counts_as_down(ev: &Evidence, a: &Assessment, policy: &Policy, now: Momen
         Verdict::Dead | Verdict::Suspect if [o.sensor, o.nova, o.ping].contains(&Opinion::Dead) => {
             true
         }
+        _ if a.converging => true,
         _ => {
-            let sensor_fell_silent = o.sensor == Opinion::Dead
-                && matches!(&ev.sensor, SensorWitness::Seen(r)
-                    if now.since(r.last_heartbeat_at) <= policy.storm.window);
-            sensor_fell_silent || o.ping == Opinion::Dead
+            let heard_lately = matches!(&ev.sensor, SensorWitness::Seen(r)
+                if now.since(r.last_heartbeat_at) <= policy.storm.window);
+            let sensor_fell_silent = o.sensor == Opinion::Dead && heard_lately;
+            sensor_fell_silent
+                || (heard_lately && heartbeat_missed(ev, policy, now))
+                || o.ping == Opinion::Dead
+                || bmc_reads_off_since_last_life(ev, policy, now)
         }
     }
 }
@@ -53,6 +63,38 @@ struct Down {
     /// Reached `dead`: it stays counted for the window even if it comes back
     /// (a fence already happened or was held).
     confirmed: bool,
+}
+
+/// The node's sensor, once heard, is late by more than one and a half of
+/// its intervals (bounded by the policy, like its silence): a heartbeat
+/// went missing. Early and weak, so it only ever counts for the guard.
+fn heartbeat_missed(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
+    match &ev.sensor {
+        SensorWitness::Seen(r) => {
+            let every = r
+                .interval
+                .clamp(Duration::from_millis(100), policy.sensor.max_interval);
+            now.since(r.last_heartbeat_at) > every.saturating_add(every / 2)
+        }
+        SensorWitness::NeverSeen { .. } => false,
+    }
+}
+
+/// A fresh `Off` from the node's BMC (not another machine's) and no
+/// heartbeat or answer since its run of `Off` reads began.
+fn bmc_reads_off_since_last_life(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
+    let Some(since) = ev.bmc.off_since else {
+        return false;
+    };
+    let fresh_off = ev
+        .bmc
+        .last
+        .as_ref()
+        .is_some_and(|r| r.power == BmcPower::Off && now.since(r.at) <= policy.bmc.fresh_for);
+    fresh_off
+        && policy.bmc.enabled
+        && !matches!(ev.bmc.identity, BmcIdentity::Mismatch(_))
+        && crate::decide::life_since(ev, since, now).is_none()
 }
 
 /// The guard's decision: which nodes are held, and why.

@@ -801,6 +801,12 @@ mod storm_count {
             ("sensor silent longer than the storm window", node().sensor_silent(601), false),
             ("maintenance node loses power", node().nova_disabled("bios upgrade").power_loss(), false),
             ("Nova API down, node fine", node().nova_unreachable(), false),
+            ("a heartbeat missed (1.6 s since the last, interval 1 s)", node().last_heartbeat(1_600), true),
+            ("heartbeat a little late (1.2 s)", node().last_heartbeat(1_200), false),
+            ("an unverified BMC reads off, no life since", node().answered(2_000).last_heartbeat(1_200).bmc(BmcPower::Off, 300, false).bmc_off_since(1_000), true),
+            ("a BMC reads off under a live node", node().bmc(BmcPower::Off, 500, true).bmc_off_since(1_500), false),
+            ("another machine's BMC reads off", { let mut ev = node().answered(2_000).last_heartbeat(1_200).bmc(BmcPower::Off, 300, true).bmc_off_since(1_000); ev.0.bmc.identity = BmcIdentity::Mismatch("other".into()); ev }, false),
+            ("power loss unfolding (converging)", node().answered(2_000).last_heartbeat(1_800).bmc(BmcPower::Off, 500, true).bmc_off_since(1_500), true),
         ];
         let wrong: Vec<_> = rows
             .iter()
@@ -831,5 +837,33 @@ mod storm_count {
         let hold = g.check(&policy.storm, &sizes, NOW).expect("a storm");
         assert!(hold.nodes.contains("compute1"), "{hold:?}");
         assert!(hold.reason.contains("2 of 3 nodes"), "{}", hold.reason);
+    }
+
+    /// The lab's case 6 after the fast paths (issue 16): compute1 is `dead`
+    /// by its BMC 2.6 s after the cut, when compute2, cut 0.8 s later, has
+    /// only missed a heartbeat: its BMC not yet read, its addresses still
+    /// answering their last probes, its sensor not yet silent. It counts.
+    #[test]
+    fn a_partner_that_has_only_missed_a_heartbeat_holds_a_node_dead_by_its_bmc() {
+        let policy = Policy::default();
+        let first = node()
+            .power_loss()
+            .nova_stalled(3)
+            .bmc(BmcPower::Off, 400, true)
+            .bmc_off_since(1_400);
+        assert_eq!(
+            evaluate(&first.0, &first.1, NOW).fast_path,
+            Some(FastPath::BmcOff)
+        );
+        let partner = node().last_heartbeat(1_800);
+        assert_ne!(evaluate(&partner.0, &partner.1, NOW).verdict, Verdict::Dead);
+        let mut g = StormGuard::new();
+        for (name, ev) in [("compute2", &partner), ("compute1", &first)] {
+            assert!(counts(ev), "{name} must count");
+            g.note_down(name, "default", false, NOW);
+        }
+        let sizes = std::collections::BTreeMap::from([("default".to_string(), 3)]);
+        let hold = g.check(&policy.storm, &sizes, NOW).expect("a storm");
+        assert!(hold.nodes.contains("compute1"), "{hold:?}");
     }
 }
