@@ -20,12 +20,12 @@ use std::time::Duration;
 /// a node fenced while its partner, cut 0.8 s later, still had an address
 /// answering its last probes. So a node counts from the first sign that it
 /// went down: its evidence says dead (`suspect`, `dead`), it is converging
-/// on `dead`, its sensor, once heard, missed a heartbeat (late by half an
-/// interval) or fell silent within the window, its addresses stopped
+/// on `dead`, its sensor, once heard, missed two heartbeats (late by two
+/// intervals) or fell silent within the window, its addresses stopped
 /// answering, or its BMC reads power off with no life from it since. The
 /// fast paths make a node `dead` 2–3 s after a power cut, before a partner
-/// cut a second later has missed three probes or 3 s of heartbeats: the
-/// first missed heartbeat and the BMC are what count it in time.
+/// cut a second later has missed three probes or 3 s of heartbeats: its
+/// BMC reading off and its missed heartbeats are what count it in time.
 /// Counting too much can only hold nodes and page; it never acts. A sensor
 /// that has not connected since the decider started does not count (after a
 /// decider restart every sensor is briefly unheard), and a node in
@@ -65,16 +65,17 @@ struct Down {
     confirmed: bool,
 }
 
-/// The node's sensor, once heard, is late by more than one and a half of
-/// its intervals (bounded by the policy, like its silence): a heartbeat
-/// went missing. Early and weak, so it only ever counts for the guard.
+/// The node's sensor, once heard, is late by more than two of its intervals
+/// (bounded by the policy, like its silence): two heartbeats went missing.
+/// Early and weak, so it only ever counts for the guard; two rather than
+/// one, so a healthy sensor's hiccup beside a real death is not a storm.
 fn heartbeat_missed(ev: &Evidence, policy: &Policy, now: Moment) -> bool {
     match &ev.sensor {
         SensorWitness::Seen(r) => {
             let every = r
                 .interval
                 .clamp(Duration::from_millis(100), policy.sensor.max_interval);
-            now.since(r.last_heartbeat_at) > every.saturating_add(every / 2)
+            now.since(r.last_heartbeat_at) > every.saturating_mul(2)
         }
         SensorWitness::NeverSeen { .. } => false,
     }
