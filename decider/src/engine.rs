@@ -281,6 +281,16 @@ pub struct Engine {
     dead_sent: HashMap<String, Moment>,
 }
 
+/// The node's lock if nobody holds it this instant (the caller itself
+/// included): for passes over every node that must never wait.
+fn try_lock<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding a node's lock leaves data that is still
     // the best evidence we have; keep serving it rather than cascading.
@@ -288,6 +298,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Engine {
+    /// Every node's state, as of now.
+    fn all_nodes(&self) -> Vec<Arc<Mutex<NodeState>>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Builds the engine and the handle others use; run it with [`Engine::run`].
     pub fn new(
         settings: EngineSettings,
@@ -703,13 +723,7 @@ impl Engine {
         result: Result<Vec<ComputeService>, String>,
         now: Moment,
     ) {
-        let nodes: Vec<_> = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let nodes = self.all_nodes();
         match result {
             Ok(list) => {
                 if !self.nova_reachable {
@@ -861,13 +875,7 @@ impl Engine {
     }
 
     fn on_tick(&mut self, now: Moment) {
-        let nodes: Vec<_> = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let nodes = self.all_nodes();
         let silent = nodes
             .iter()
             .filter(|n| lock(n).evidence.sensor.is_silent(&self.policy, now))
@@ -1097,18 +1105,10 @@ impl Engine {
     /// (held by the caller) and any node a reader holds this instant, which
     /// keeps its last count: never a deadlock, never a wait.
     fn recount_others(&mut self, now: Moment) {
-        let nodes: Vec<_> = self
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let nodes = self.all_nodes();
         for n in nodes {
-            let mut other = match n.try_lock() {
-                Ok(g) => g,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => continue,
+            let Some(mut other) = try_lock(&n) else {
+                continue;
             };
             other.evidence.decider.clone_from(&self.view);
             let a = evaluate(&other.evidence, &self.policy, now);
@@ -1142,10 +1142,8 @@ impl Engine {
     fn hold_unfenced_others(&self, h: &StormHold, except: &str) {
         for name in h.nodes.iter().filter(|n| n.as_str() != except) {
             let Some(n) = self.node(name) else { continue };
-            let mut other = match n.try_lock() {
-                Ok(g) => g,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => continue,
+            let Some(mut other) = try_lock(&n) else {
+                continue;
             };
             if other.tracker.verdict() == Verdict::Dead && other.tracker.hold().is_none() {
                 warn!(node = %name, reason = %h.reason, "storm guard holds a dead node before its fence");
